@@ -1,0 +1,88 @@
+"""The one Settings object. Built in `create_app()` (or by the CLI), never at import time.
+
+Environment variables use the prefix ``SPK_``; nested groups use ``__``, e.g.
+``SPK_ENROLLMENT__MIN_SAMPLES=4`` or ``SPK_AUDIO__MAX_SECONDS=120``.
+The thresholds' defaults and the measurements behind them are in `service/calibration.py`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from service import calibration as cal
+
+DEFAULT_DATA_DIR = Path("data")
+
+
+class AudioSettings(BaseModel):
+    max_request_bytes: int = Field(25 * 1024 * 1024, description="413 beyond this body size")
+    max_seconds: float = Field(300.0, description="longest audio accepted, seconds")
+    decode_timeout_s: float = Field(20.0, description="wall-clock budget for one decode")
+    min_speech_seconds: float = Field(
+        cal.MIN_SPEECH_SECONDS, description="net speech (VAD) a clip must hold to be used"
+    )
+    max_clipped_fraction: float = Field(
+        cal.MAX_CLIPPED_FRACTION, description="fraction of samples at full scale"
+    )
+    min_snr_db: float = Field(cal.MIN_SNR_DB, description="speech-to-non-speech energy, dB")
+    vad_threshold: float = Field(0.5, description="silero-vad speech probability threshold")
+
+
+class EnrollmentSettings(BaseModel):
+    min_samples: int = Field(cal.MIN_SAMPLES, description="samples needed for Complete")
+    min_total_speech_seconds: float = Field(
+        cal.MIN_TOTAL_SPEECH_SECONDS, description="net speech over all samples for Complete"
+    )
+    min_spread: float = Field(
+        cal.MIN_SPREAD, description="mean cosine distance of samples to their centroid for Complete"
+    )
+    duplicate_cosine: float = Field(
+        cal.DUPLICATE_COSINE, description="a new sample this close to an old one is a near-copy"
+    )
+    mismatch_cosine: float = Field(
+        cal.MISMATCH_COSINE, description="a new sample below this cosine to the centroid is refused"
+    )
+    store_audio: bool = Field(False, description="keep the decoded 16 kHz audio of each sample")
+
+
+class IdentifySettings(BaseModel):
+    threshold: float = Field(cal.IDENTIFY_THRESHOLD, description="open-set accept threshold")
+    verify_threshold: float = Field(cal.VERIFY_THRESHOLD, description="verify accept threshold")
+    top_k: int = 5
+
+
+class AuthSettings(BaseModel):
+    rate_limit_per_minute: int = Field(600, description="requests per key per minute; 0 = off")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="SPK_", env_nested_delimiter="__", extra="ignore", protected_namespaces=()
+    )
+
+    data_dir: Path = DEFAULT_DATA_DIR
+    database_url: str = ""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    model_dir: Path | None = Field(
+        None, description="an operator's own speechbrain ECAPA folder instead of the bundled one"
+    )
+    precision: Literal["fp32", "bf16"] = "fp32"
+    torch_threads: int = Field(0, description="0 = one per core")
+    host: str = "127.0.0.1"
+    port: int = 8000
+    log_level: str = "INFO"
+    index_poll_seconds: float = Field(0.5, description="how often the index follows the change log")
+
+    audio: AudioSettings = AudioSettings()
+    enrollment: EnrollmentSettings = EnrollmentSettings()
+    identify: IdentifySettings = IdentifySettings()
+    auth: AuthSettings = AuthSettings()
+
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'speakerid.db').resolve()}"

@@ -1,0 +1,1 @@
+"""Speaker embedding: the ECAPA-TDNN core and the batcher that feeds it."""

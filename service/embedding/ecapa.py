@@ -1,0 +1,131 @@
+"""The ECAPA-TDNN core: 16 kHz mono waveforms in, 192-d speaker vectors out.
+
+It runs the same three modules as speechbrain's `EncoderClassifier.encode_batch` (Fbank, sentence
+mean normalisation, ECAPA-TDNN), built from the model folder's own ``hyperparams.yaml`` and loaded
+from its checked weights file, so an operator's own speechbrain ECAPA folder works the same way.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from collections.abc import Iterator, Sequence
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from hyperpyyaml import load_hyperpyyaml
+
+from service.embedding.weights import ModelFiles
+from service.errors import StartupError
+
+log = logging.getLogger(__name__)
+
+SAMPLE_RATE = 16_000
+Precision = Literal["fp32", "bf16"]
+
+
+def pick_device(requested: str) -> torch.device:
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise StartupError("SPK_DEVICE=cuda but torch sees no GPU; use SPK_DEVICE=cpu or auto")
+    return torch.device(requested)
+
+
+class EcapaEmbedder:
+    """Loads once; `embed_batch` is thread-safe (one forward at a time per process)."""
+
+    sample_rate = SAMPLE_RATE
+
+    def __init__(self, files: ModelFiles, device: str = "auto", precision: Precision = "fp32") -> None:
+        self.files = files
+        self.checksum = files.sha256
+        self.device = pick_device(device)
+        self.precision: Precision = precision
+        self._lock = threading.Lock()
+        with files.hyperparams.open() as fh:
+            # The pretrainer entry names hub paths; it is built but never asked to fetch anything.
+            hparams: dict[str, Any] = load_hyperpyyaml(fh)
+        try:
+            self.compute_features: torch.nn.Module = hparams["compute_features"]
+            self.mean_var_norm: torch.nn.Module = hparams["mean_var_norm"]
+            self.embedding_model: torch.nn.Module = hparams["embedding_model"]
+        except KeyError as exc:
+            raise StartupError(f"{files.hyperparams} lacks {exc}: not a speechbrain ECAPA folder") from exc
+        state = torch.load(files.weights, map_location="cpu", weights_only=True)
+        try:
+            self.embedding_model.load_state_dict(state, strict=True)
+        except RuntimeError as exc:
+            raise StartupError(f"{files.weights} does not fit {files.hyperparams}: {exc}") from exc
+        for module in (self.compute_features, self.mean_var_norm, self.embedding_model):
+            module.eval()
+            module.to(self.device)
+        self.dim = int(self._forward_padded(torch.zeros(1, SAMPLE_RATE), torch.ones(1)).shape[1])
+        log.info(
+            "model loaded",
+            extra={"device": str(self.device), "precision": precision, "sha256": self.checksum},
+        )
+
+    # --- the runner's surface: preprocess / forward / postprocess / warmup ----------------------
+
+    @staticmethod
+    def preprocess(waves: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pad 1-D float32 16 kHz waveforms into ``(batch, time)``.
+
+        Returns the padded batch and ``wav_lens``: each waveform's length relative to the longest
+        (1.0 for the longest), which is how speechbrain masks padding in normalisation and pooling.
+        """
+        if not waves:
+            raise ValueError("empty batch")
+        longest = max(len(w) for w in waves)
+        batch = torch.zeros(len(waves), longest, dtype=torch.float32)
+        for row, wave in enumerate(waves):
+            batch[row, : len(wave)] = torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32))
+        lens = torch.tensor([len(w) / longest for w in waves], dtype=torch.float32)
+        return batch, lens
+
+    def forward(self, batch: torch.Tensor, wav_lens: torch.Tensor) -> torch.Tensor:
+        """``(batch, time)`` at 16 kHz -> ``(batch, dim)`` float32 on the CPU. Only this touches the device."""
+        with self._lock:
+            return self._forward_padded(batch, wav_lens).float().cpu()
+
+    @staticmethod
+    def postprocess(vectors: torch.Tensor) -> np.ndarray:
+        return vectors.numpy().astype(np.float32, copy=False)
+
+    def warmup(self) -> None:
+        for seconds in (1.0, 3.0):
+            self.embed_batch([np.zeros(int(seconds * SAMPLE_RATE), dtype=np.float32)])
+
+    # --- convenience ------------------------------------------------------------------------------
+
+    def embed_batch(self, waves: Sequence[np.ndarray]) -> np.ndarray:
+        """1-D float32 16 kHz waveforms -> ``(len(waves), dim)`` float32, not length-normalised."""
+        batch, lens = self.preprocess(waves)
+        return self.postprocess(self.forward(batch, lens))
+
+    def embed(self, wave: np.ndarray) -> np.ndarray:
+        return self.embed_batch([wave])[0]
+
+    # --- internals --------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _autocast(self) -> Iterator[None]:
+        if self.precision == "bf16":
+            with torch.autocast(self.device.type, dtype=torch.bfloat16):
+                yield
+        else:
+            yield
+
+    @torch.inference_mode()
+    def _forward_padded(self, batch: torch.Tensor, wav_lens: torch.Tensor) -> torch.Tensor:
+        batch = batch.to(self.device, non_blocking=True)
+        wav_lens = wav_lens.to(self.device, non_blocking=True)
+        # Features and their normalisation stay in fp32: they are cheap and precision-sensitive.
+        feats = self.compute_features(batch)
+        feats = self.mean_var_norm(feats, wav_lens)
+        with self._autocast():
+            out = self.embedding_model(feats, wav_lens)
+        return out.reshape(out.shape[0], -1)

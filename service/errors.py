@@ -1,0 +1,174 @@
+"""One error hierarchy for the whole service.
+
+Every failure a client can cause is a `ServiceError` subclass carrying a stable error code and an
+HTTP status. One handler (`service.api.errors`) renders them: in the hosted API's fault shape on the
+DeepAffects-compatible routes, as ``{"error": {"code", "message"}}`` on the native routes.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+
+class ServiceError(Exception):
+    """Base class: `code` is stable and machine-readable, `message` is for humans."""
+
+    code: ClassVar[str] = "service.Error"
+    status: ClassVar[int] = 500
+    default_message: ClassVar[str] = "Internal error"
+
+    def __init__(self, message: str | None = None, *, headers: dict[str, str] | None = None) -> None:
+        self.message = message or self.default_message
+        self.headers = headers or {}
+        super().__init__(self.message)
+
+
+# --- request shape -------------------------------------------------------------------------------
+
+
+class BadRequest(ServiceError):
+    code = "request.Invalid"
+    status = 400
+    default_message = "Invalid request"
+
+
+class InvalidSpeakerId(BadRequest):
+    code = "request.InvalidSpeakerId"
+    default_message = "speakerId must be 1 to 128 characters of [A-Za-z0-9_.-]"
+
+
+class PayloadTooLarge(ServiceError):
+    code = "request.PayloadTooLarge"
+    status = 413
+    default_message = "Request body is too large"
+
+
+class UnsupportedMediaType(ServiceError):
+    code = "request.UnsupportedMediaType"
+    status = 415
+    default_message = "Unsupported content type"
+
+
+# --- auth ----------------------------------------------------------------------------------------
+
+
+class Unauthorized(ServiceError):
+    code = "auth.InvalidKey"
+    status = 401
+    default_message = "Missing or invalid API key"
+
+
+class RateLimited(ServiceError):
+    code = "request.RateLimited"
+    status = 429
+    default_message = "Too many requests"
+
+
+class Overloaded(ServiceError):
+    code = "service.Overloaded"
+    status = 429
+    default_message = "The embedding queue is full; retry shortly"
+
+
+# --- audio ---------------------------------------------------------------------------------------
+
+
+class AudioError(ServiceError):
+    code = "audio.Invalid"
+    status = 400
+    default_message = "Invalid audio"
+
+
+class InvalidBase64(AudioError):
+    code = "audio.InvalidBase64"
+    default_message = "content is not valid base64"
+
+
+class EmptyAudio(AudioError):
+    code = "audio.Empty"
+    default_message = "Audio content is empty"
+
+
+class UnsupportedEncoding(AudioError):
+    code = "audio.UnsupportedEncoding"
+    default_message = "Unsupported audio encoding"
+
+
+class MissingSampleRate(AudioError):
+    code = "audio.MissingSampleRate"
+    default_message = "sampleRate is required for raw audio encodings"
+
+
+class UndecodableAudio(AudioError):
+    code = "audio.Undecodable"
+    default_message = "Audio could not be decoded with the stated encoding"
+
+
+class AudioTooLong(AudioError):
+    code = "audio.TooLong"
+    status = 413
+    default_message = "Audio is longer than the allowed duration"
+
+
+class InsufficientSpeech(AudioError):
+    code = "audio.InsufficientSpeech"
+    status = 422
+    default_message = "Insufficient speech content in audio"
+
+
+class ClippedAudio(AudioError):
+    code = "audio.Clipped"
+    status = 422
+    default_message = "Audio is clipped too much"
+
+
+class NoisyAudio(AudioError):
+    code = "audio.TooNoisy"
+    status = 422
+    default_message = "Audio is too noisy"
+
+
+# --- enrollment and identification ---------------------------------------------------------------
+
+
+class SpeakerNotFound(ServiceError):
+    code = "speaker.NotFound"
+    status = 404
+    default_message = "Speaker not found"
+
+
+class SampleNotFound(ServiceError):
+    code = "sample.NotFound"
+    status = 404
+    default_message = "Sample not found"
+
+
+class DuplicateSample(ServiceError):
+    code = "enrollment.DuplicateSample"
+    status = 409
+    default_message = "This sample is a near-copy of one the speaker already has"
+
+
+class SpeakerMismatch(ServiceError):
+    code = "enrollment.SpeakerMismatch"
+    status = 409
+    default_message = "This sample does not sound like the speaker's earlier samples"
+
+
+class NoEnrolledSpeakers(ServiceError):
+    code = "identify.NoEnrolledSpeakers"
+    status = 404
+    default_message = "No enrolled speakers to identify against"
+
+
+# --- service state -------------------------------------------------------------------------------
+
+
+class NotReady(ServiceError):
+    code = "service.NotReady"
+    status = 503
+    default_message = "Service is not ready"
+
+
+class StartupError(RuntimeError):
+    """Raised at start-up (not per request): the message says how to fix it."""
