@@ -70,6 +70,7 @@ class Settings(BaseSettings):
     model_dir: Path | None = Field(
         None, description="an operator's own speechbrain ECAPA folder instead of the bundled one"
     )
+    model_sha256: str | None = Field(None, description="expected sha256 of SPK_MODEL_DIR's weights")
     precision: Literal["fp32", "bf16"] = "fp32"
     torch_threads: int = Field(0, description="0 = one per core")
     host: str = "127.0.0.1"

@@ -69,9 +69,7 @@ class DecodedAudio:
 def normalise_encoding(encoding: str) -> str:
     name = encoding.strip().upper().replace("/", "_").replace("-", "_").replace(" ", "_")
     if name not in CONTAINERS and name not in RAW:
-        raise UnsupportedEncoding(
-            f"Unsupported encoding {encoding!r}; supported: {', '.join(SUPPORTED)}"
-        )
+        raise UnsupportedEncoding(f"Unsupported encoding {encoding!r}; supported: {', '.join(SUPPORTED)}")
     return name
 
 
@@ -150,10 +148,12 @@ def _decode_container(data: bytes, demuxer: str, max_seconds: float, timeout_s: 
                 rate = int(frame.sample_rate)
                 _check_rate(rate)
                 channels = max(1, min(frame.layout.nb_channels, 8))
-                # Planar float at the file's own rate and layout; mixing and resampling come later.
-                resampler = av.AudioResampler(format="fltp", layout=frame.layout.name, rate=rate)
+                # Packed float at the file's own rate and layout; mixing and resampling come later.
+                # Not planar: PyAV's AudioFrame.planes reads past AVFrame.data[] for 8+ planes
+                # and segfaults, so an 8-channel upload would kill the process.
+                resampler = av.AudioResampler(format="flt", layout=frame.layout.name, rate=rate)
             for out in resampler.resample(frame):
-                block = out.to_ndarray().reshape(-1, out.samples)[:channels]
+                block = out.to_ndarray().reshape(out.samples, -1).T[:channels]
                 chunks.append(block)
                 total += block.shape[1]
             if total > max_seconds * rate:
@@ -162,13 +162,15 @@ def _decode_container(data: bytes, demuxer: str, max_seconds: float, timeout_s: 
                 raise UndecodableAudio(f"Decoding took longer than {timeout_s:g} s")
         if resampler is not None:
             for out in resampler.resample(None):
-                chunks.append(out.to_ndarray().reshape(-1, out.samples)[:channels])
+                chunks.append(out.to_ndarray().reshape(out.samples, -1).T[:channels])
     if not chunks:
         raise ValueError("no audio frames")
     samples = np.concatenate(chunks, axis=1).astype(np.float32, copy=False)
     if samples.shape[1] == 0:
         raise ValueError("no audio samples")
-    return DecodedAudio(np.nan_to_num(samples, nan=0.0, posinf=1.0, neginf=-1.0), rate)
+    # Float decoders (MP3, AAC, Opus, AMR) can overshoot far past full scale on corrupt input.
+    samples = np.clip(np.nan_to_num(samples, nan=0.0, posinf=1.0, neginf=-1.0), -1.0, 1.0)
+    return DecodedAudio(samples, rate)
 
 
 def _ulaw_table() -> np.ndarray:

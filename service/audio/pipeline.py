@@ -58,7 +58,9 @@ class PreparedAudio:
         return self._speech_wave
 
     def segment(self, start_s: float, end_s: float) -> np.ndarray:
-        return self.wave[int(start_s * TARGET_RATE) : int(end_s * TARGET_RATE)]
+        # round, not int: region bounds are sample indices / 16000, and int() of e.g. 1001 / 16000
+        # * 16000 (= 1000.9999999999999) would land one sample early.
+        return self.wave[round(start_s * TARGET_RATE) : round(end_s * TARGET_RATE)]
 
     def check(self, limits: QualityLimits) -> None:
         """Raise the matching 4xx error if the clip is not fit to use."""
@@ -128,10 +130,8 @@ def estimate_snr_db(wave: np.ndarray, speech: list[tuple[float, float]]) -> floa
         return 0.0
     speech_energy = float(energy[is_speech].mean())
     background = energy[~is_speech]
-    if len(background) >= 15:  # 0.3 s of non-speech
-        noise_energy = float(np.median(background))
-    else:
-        noise_energy = float(np.percentile(energy, 10))
+    enough_background = len(background) >= 15  # 0.3 s of non-speech
+    noise_energy = float(np.median(background) if enough_background else np.percentile(energy, 10))
     return float(min(10.0 * np.log10(speech_energy / noise_energy), 99.0))
 
 

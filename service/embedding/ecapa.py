@@ -26,6 +26,14 @@ SAMPLE_RATE = 16_000
 Precision = Literal["fp32", "bf16"]
 
 
+def configure_threads(threads: int) -> None:
+    """Set torch's intra-op threads once per process (0 = one per core)."""
+    if threads > 0:
+        torch.set_num_threads(threads)
+    with contextlib.suppress(RuntimeError):  # already set once in this process
+        torch.set_num_interop_threads(1)
+
+
 def pick_device(requested: str) -> torch.device:
     if requested == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -87,7 +95,7 @@ class EcapaEmbedder:
         return batch, lens
 
     def forward(self, batch: torch.Tensor, wav_lens: torch.Tensor) -> torch.Tensor:
-        """``(batch, time)`` at 16 kHz -> ``(batch, dim)`` float32 on the CPU. Only this touches the device."""
+        """``(batch, time)`` at 16 kHz -> ``(batch, dim)`` float32 on the CPU; the only device work."""
         with self._lock:
             return self._forward_padded(batch, wav_lens).float().cpu()
 

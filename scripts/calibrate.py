@@ -1,0 +1,914 @@
+"""Measure the audio and enrollment thresholds of `service/calibration.py` on real speech.
+
+Every clip of an eval-speech manifest goes through the service's own decoder, audio pipeline and
+ECAPA model, exactly as a request would, under three channel conditions:
+
+* ``16k``      the original file (16 kHz);
+* ``8k-flac``  resampled to 8 kHz and sent as 8 kHz FLAC (the hosted API's example format);
+* ``8k-mulaw`` resampled to 8 kHz, band-limited to 300-3400 Hz and sent as raw G.711 mu-law.
+
+The first clips of every enrollable speaker also get near-copies (MP3, added white noise, a trimmed
+start, lower gain) for the duplicate and spread checks. The report covers:
+
+1. same- versus different-speaker cosine and EER, per condition;
+2. the enrollment mismatch gate (centroid of the first 1 or 2 samples versus later samples and
+   other speakers' clips), including 16 kHz enrollment with 8 kHz samples and the reverse;
+3. the near-duplicate gate (near-copies versus the closest distinct utterances of a speaker);
+4. the spread that `Complete` asks of a speaker's samples;
+5. the audio gates (speech seconds, SNR, clipping) over every clip;
+
+with a proposed value for each threshold. Embeddings are cached in ``--cache-dir`` (keyed by the
+model's checksum and each file's content), so a rerun only redoes the statistics.
+
+    .venv/bin/python scripts/calibrate.py [--manifest PATH] [--out results.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import io
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import partial
+from itertools import combinations
+from pathlib import Path
+from typing import Any
+
+import av
+import numpy as np
+import torch
+import torchaudio.functional as AF
+
+from service import calibration as cal
+from service.audio.decode import DecodedAudio, decode
+from service.audio.pipeline import PreparedAudio, SpeechDetector, prepare
+from service.config import AudioSettings
+from service.embedding.ecapa import EcapaEmbedder
+from service.embedding.weights import resolve
+
+log = logging.getLogger("calibrate")
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_MANIFEST = REPO.parent / "shared" / "eval-speech" / "manifest.csv"
+DEFAULT_CACHE = Path("/tmp/calib-cache")
+
+CONDITIONS = ("16k", "8k-flac", "8k-mulaw")
+COPIES = ("mp3", "8k-flac", "noise-20db", "noise-10db", "trim-0.5s", "gain-0.5")
+PAIR_SCENARIOS = (
+    ("16k", "16k"),
+    ("8k-flac", "8k-flac"),
+    ("8k-mulaw", "8k-mulaw"),
+    ("16k", "8k-flac"),
+    ("16k", "8k-mulaw"),
+)
+# (condition of the enrolled samples, condition of the new sample)
+GATE_SCENARIOS = (
+    ("16k", "16k"),
+    ("8k-flac", "8k-flac"),
+    ("8k-mulaw", "8k-mulaw"),
+    ("16k", "8k-flac"),
+    ("8k-flac", "16k"),
+    ("16k", "8k-mulaw"),
+    ("8k-mulaw", "16k"),
+)
+ENROLLED_COUNTS = (1, 2)
+MISMATCH_GRID = tuple(round(0.10 + 0.05 * i, 2) for i in range(9))
+PERCENTILES = (1, 5, 50, 95, 99)
+
+MIN_CLIPS_ENROLLABLE = 3
+SPREAD_SET_SIZE = 3
+SPREAD_MIN_SPEECH_S = 4.0
+MP3_BIT_RATE = 64_000
+TELEPHONE_RATE = 8_000
+TELEPHONE_BAND_HZ = (300.0, 3400.0)
+TRIM_S = 0.5
+GAIN = 0.5
+MAX_GENUINE_REFUSAL = 0.01  # the mismatch gate may refuse at most this share of genuine samples
+CACHE_SAVE_EVERY = 20
+
+
+# --- data ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Clip:
+    path: str  # relative to the manifest's folder
+    speaker: str
+    session: str  # LibriSpeech chapter; one session per VCTK speaker
+
+
+@dataclass(frozen=True)
+class Measurement:
+    vector: np.ndarray  # L2-normalised embedding; NaN where no speech was found
+    speech_seconds: float
+    snr_db: float
+    clipped_fraction: float
+
+
+def read_manifest(path: Path) -> list[Clip]:
+    clips: list[Clip] = []
+    with path.open(newline="") as fh:
+        for row in csv.DictReader(fh):
+            stem = Path(row["path"]).stem
+            parts = stem.split("-")
+            session = f"{row['speaker']}/{parts[1]}" if len(parts) == 3 else row["speaker"]
+            clips.append(Clip(path=row["path"], speaker=row["speaker"], session=session))
+    return clips
+
+
+def enrollable_speakers(clips: Sequence[Clip]) -> dict[str, list[int]]:
+    """Speaker -> clip indices in manifest order, for speakers with enough clips to enroll."""
+    by_speaker: dict[str, list[int]] = {}
+    for index, clip in enumerate(clips):
+        by_speaker.setdefault(clip.speaker, []).append(index)
+    return {spk: idx for spk, idx in by_speaker.items() if len(idx) >= MIN_CLIPS_ENROLLABLE}
+
+
+# --- channel simulation ------------------------------------------------------------------------------
+
+
+def encode_container(samples: np.ndarray, rate: int, fmt: str, codec: str, bit_rate: int = 0) -> bytes:
+    """Mono float samples -> a container file made by FFmpeg (via PyAV)."""
+    pcm = np.round(np.clip(samples, -1.0, 32767 / 32768) * 32768).astype(np.int16)
+    buffer = io.BytesIO()
+    with av.open(buffer, mode="w", format=fmt) as container:
+        stream = container.add_stream(codec, rate=rate, layout="mono")
+        if bit_rate:
+            stream.bit_rate = bit_rate
+        frame = av.AudioFrame.from_ndarray(pcm[None, :], format="s16", layout="mono")
+        frame.sample_rate = rate
+        for packet in stream.encode(frame):
+            container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+    return buffer.getvalue()
+
+
+def resample(samples: np.ndarray, rate: int, new_rate: int) -> np.ndarray:
+    if rate == new_rate:
+        return samples
+    wave = AF.resample(torch.from_numpy(np.ascontiguousarray(samples, dtype=np.float32)), rate, new_rate)
+    return wave.numpy()
+
+
+def telephone_band(samples: np.ndarray, rate: int) -> np.ndarray:
+    """300-3400 Hz band-pass (two biquads each side, roughly 4th order)."""
+    low, high = TELEPHONE_BAND_HZ
+    wave = torch.from_numpy(np.ascontiguousarray(samples, dtype=np.float32))
+    for _ in range(2):
+        wave = AF.highpass_biquad(wave, rate, low)
+        wave = AF.lowpass_biquad(wave, rate, high)
+    return wave.numpy()
+
+
+def mulaw_encode(samples: np.ndarray) -> bytes:
+    """G.711 mu-law (the 14-bit segment encoder with bias 0x84) of float samples in [-1, 1]."""
+    pcm = np.round(np.clip(samples, -1.0, 1.0) * 32767).astype(np.int32)
+    sign = np.where(pcm < 0, 0x80, 0)
+    magnitude = np.minimum(np.abs(pcm), 32635) + 0x84
+    exponent = np.floor(np.log2(magnitude)).astype(np.int32) - 7
+    mantissa = (magnitude >> (exponent + 3)) & 0x0F
+    return (~(sign | (exponent << 4) | mantissa) & 0xFF).astype(np.uint8).tobytes()
+
+
+Request = tuple[bytes, str, int | None]  # payload, stated encoding, stated sample rate
+
+
+def as_flac(samples: np.ndarray, rate: int) -> Request:
+    return encode_container(samples, rate, "flac", "flac"), "FLAC", None
+
+
+def flac_8k(samples: np.ndarray, rate: int, speech_power: float, seed: int) -> Request:
+    return as_flac(resample(samples, rate, TELEPHONE_RATE), TELEPHONE_RATE)
+
+
+def mulaw_8k(samples: np.ndarray, rate: int, speech_power: float, seed: int) -> Request:
+    narrow = telephone_band(resample(samples, rate, TELEPHONE_RATE), TELEPHONE_RATE)
+    return mulaw_encode(narrow), "MULAW", TELEPHONE_RATE
+
+
+def mp3(samples: np.ndarray, rate: int, speech_power: float, seed: int) -> Request:
+    return encode_container(samples, rate, "mp3", "libmp3lame", MP3_BIT_RATE), "MP3", None
+
+
+def white_noise(samples: np.ndarray, rate: int, speech_power: float, seed: int, snr_db: float) -> Request:
+    rng = np.random.default_rng(seed)
+    noise = rng.standard_normal(len(samples)) * math.sqrt(speech_power / 10 ** (snr_db / 10))
+    return as_flac(samples + noise.astype(np.float32), rate)
+
+
+def trimmed(samples: np.ndarray, rate: int, speech_power: float, seed: int) -> Request:
+    return as_flac(samples[int(TRIM_S * rate) :], rate)
+
+
+def quieter(samples: np.ndarray, rate: int, speech_power: float, seed: int) -> Request:
+    return as_flac(samples * GAIN, rate)
+
+
+VARIANTS: dict[str, Callable[[np.ndarray, int, float, int], Request]] = {
+    "8k-flac": flac_8k,
+    "8k-mulaw": mulaw_8k,
+    "mp3": mp3,
+    "noise-20db": partial(white_noise, snr_db=20.0),
+    "noise-10db": partial(white_noise, snr_db=10.0),
+    "trim-0.5s": trimmed,
+    "gain-0.5": quieter,
+}
+# Part of every cache key, so changing how a variant is made invalidates its cached vectors.
+VARIANT_TAGS = {
+    "16k": "16k",
+    "8k-flac": "8k-flac",
+    "8k-mulaw": "8k-mulaw-bp300-3400",
+    "mp3": f"mp3-{MP3_BIT_RATE // 1000}k",
+    "noise-20db": "noise-20db-speech",
+    "noise-10db": "noise-10db-speech",
+    "trim-0.5s": f"trim-{TRIM_S}s",
+    "gain-0.5": f"gain-{GAIN}",
+}
+
+
+# --- measuring -------------------------------------------------------------------------------------
+
+
+class EmbeddingCache:
+    """Measurements keyed by '<file sha1>:<variant tag>' in one .npz file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.entries: dict[str, Measurement] = {}
+        self._unsaved = 0
+        if path.is_file():
+            with np.load(path) as data:
+                for key, vector, stats in zip(data["keys"], data["vectors"], data["stats"], strict=True):
+                    self.entries[str(key)] = Measurement(vector, *(float(s) for s in stats))
+
+    def get(self, key: str) -> Measurement | None:
+        return self.entries.get(key)
+
+    def put(self, key: str, measurement: Measurement) -> None:
+        self.entries[key] = measurement
+        self._unsaved += 1
+        if self._unsaved >= CACHE_SAVE_EVERY:
+            self.save()
+
+    def save(self) -> None:
+        if not self._unsaved:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        keys = sorted(self.entries)
+        temporary = self.path.with_name(self.path.stem + ".partial.npz")
+        np.savez(
+            temporary,
+            keys=np.array(keys),
+            vectors=np.stack([self.entries[k].vector for k in keys]).astype(np.float32),
+            stats=np.array(
+                [(m.speech_seconds, m.snr_db, m.clipped_fraction) for m in (self.entries[k] for k in keys)],
+                dtype=np.float64,
+            ),
+        )
+        os.replace(temporary, self.path)
+        self._unsaved = 0
+
+
+class Measurer:
+    """Runs clips and their variants through decode -> prepare -> ECAPA, through the cache."""
+
+    def __init__(self, root: Path, cache_dir: Path) -> None:
+        self.root = root
+        self.settings = AudioSettings()
+        self.detector = SpeechDetector(self.settings.vad_threshold)
+        files = resolve(None)
+        self.model_sha256 = files.sha256
+        self.embedder = EcapaEmbedder(files, "cpu", "fp32")
+        self.cache = EmbeddingCache(cache_dir / f"embeddings-{files.sha256[:16]}.npz")
+        self.computed = 0
+
+    def measure(self, clip: Clip, variants: Sequence[str]) -> dict[str, Measurement]:
+        data = (self.root / clip.path).read_bytes()
+        digest = hashlib.sha1(data).hexdigest()[:20]
+        keys = {v: f"{digest}:{VARIANT_TAGS[v]}" for v in variants}
+        found = {v: m for v, k in keys.items() if (m := self.cache.get(k)) is not None}
+        missing = [v for v in variants if v not in found]
+        if not missing:
+            return found
+        encoding = "WAV" if clip.path.lower().endswith(".wav") else "FLAC"
+        original = self._decode((data, encoding, None))
+        prepared = prepare(original, self.detector)
+        samples = original.samples.mean(axis=0).astype(np.float32)
+        power = speech_power(samples, original.sample_rate, prepared)
+        for variant in missing:
+            if variant == "16k":
+                result = self._measure_prepared(prepared)
+            else:
+                request = VARIANTS[variant](samples, original.sample_rate, power, int(digest[:8], 16))
+                result = self._measure_prepared(prepare(self._decode(request), self.detector))
+            self.cache.put(keys[variant], result)
+            found[variant] = result
+            self.computed += 1
+        return found
+
+    def _decode(self, request: Request) -> DecodedAudio:
+        payload, encoding, rate = request
+        return decode(
+            payload,
+            encoding,
+            rate,
+            max_seconds=self.settings.max_seconds,
+            timeout_s=self.settings.decode_timeout_s,
+        )
+
+    def _measure_prepared(self, prepared: PreparedAudio) -> Measurement:
+        wave = prepared.speech_wave()
+        if len(wave) < self.embedder.sample_rate // 10:
+            vector = np.full(self.embedder.dim, np.nan, dtype=np.float32)
+        else:
+            raw = self.embedder.embed(wave).astype(np.float64)
+            vector = (raw / np.linalg.norm(raw)).astype(np.float32)
+        return Measurement(vector, prepared.speech_seconds, prepared.snr_db, prepared.clipped_fraction)
+
+
+def speech_power(samples: np.ndarray, rate: int, prepared: PreparedAudio) -> float:
+    """Mean power of the clip inside its speech regions (the whole clip if none were found)."""
+    parts = [samples[int(start * rate) : int(end * rate)] for start, end in prepared.speech]
+    speech = np.concatenate(parts) if parts else samples
+    centred = speech.astype(np.float64) - float(samples.mean())
+    return float(np.mean(centred**2)) if centred.size else 0.0
+
+
+def measure_all(
+    measurer: Measurer, clips: Sequence[Clip], indices: Sequence[int], variants: Sequence[str], label: str
+) -> dict[str, dict[int, Measurement]]:
+    out: dict[str, dict[int, Measurement]] = {v: {} for v in variants}
+    started = time.monotonic()
+    for done, index in enumerate(indices, start=1):
+        for variant, measurement in measurer.measure(clips[index], variants).items():
+            out[variant][index] = measurement
+        if done % 25 == 0 or done == len(indices):
+            log.info(
+                "%s: %d/%d clips, %d new embeddings, %.0f s",
+                label,
+                done,
+                len(indices),
+                measurer.computed,
+                time.monotonic() - started,
+            )
+    measurer.cache.save()
+    return out
+
+
+def matrix(measurements: dict[int, Measurement], count: int, dim: int) -> np.ndarray:
+    """Row i = clip i's vector; NaN rows for clips not measured or without speech."""
+    rows = np.full((count, dim), np.nan, dtype=np.float64)
+    for index, measurement in measurements.items():
+        rows[index] = measurement.vector
+    return rows
+
+
+# --- statistics ------------------------------------------------------------------------------------
+
+
+def distribution(values: Sequence[float] | np.ndarray) -> dict[str, float]:
+    data = np.asarray(values, dtype=np.float64)
+    data = data[np.isfinite(data)]
+    if not data.size:
+        return {"n": 0}
+    out: dict[str, float] = {"n": int(data.size), "min": float(data.min())}
+    for p in PERCENTILES:
+        out[f"p{p}"] = float(np.percentile(data, p))
+    out["max"] = float(data.max())
+    out["mean"] = float(data.mean())
+    return out
+
+
+def equal_error_rate(genuine: np.ndarray, impostor: np.ndarray) -> dict[str, float]:
+    """EER with refusal = genuine score < t and acceptance = impostor score >= t."""
+    genuine, impostor = np.sort(genuine), np.sort(impostor)
+    thresholds = np.unique(np.concatenate([genuine, impostor]))
+    frr = np.searchsorted(genuine, thresholds, side="left") / len(genuine)
+    far = 1.0 - np.searchsorted(impostor, thresholds, side="left") / len(impostor)
+    best = int(np.argmin(np.abs(frr - far)))
+    return {"eer": float((frr[best] + far[best]) / 2), "threshold": float(thresholds[best])}
+
+
+def normalised(vector: np.ndarray) -> np.ndarray:
+    return vector / np.linalg.norm(vector)
+
+
+def spread(vectors: np.ndarray) -> float:
+    """Mean over samples of 1 - cosine(sample, normalised centroid)."""
+    centroid = normalised(vectors.mean(axis=0))
+    return float(np.mean(1.0 - vectors @ centroid))
+
+
+def pair_scores(
+    first: np.ndarray, second: np.ndarray, clips: Sequence[Clip], same_condition: bool
+) -> dict[str, np.ndarray]:
+    """Cosines of pairs of different clips: same speaker, same speaker across sessions, different."""
+    speakers = np.array([c.speaker for c in clips])
+    sessions = np.array([c.session for c in clips])
+    scores = first @ second.T
+    if same_condition:
+        pairs = np.triu(np.ones_like(scores, dtype=bool), k=1)
+    else:
+        pairs = ~np.eye(len(clips), dtype=bool)
+    pairs &= np.isfinite(scores)
+    same = speakers[:, None] == speakers[None, :]
+    other_session = sessions[:, None] != sessions[None, :]
+    return {
+        "same": scores[pairs & same],
+        "same_cross_session": scores[pairs & same & other_session],
+        "different": scores[pairs & ~same],
+    }
+
+
+def pairwise_section(vectors: dict[str, np.ndarray], clips: Sequence[Clip]) -> dict[str, Any]:
+    section: dict[str, Any] = {}
+    for enrol, probe in PAIR_SCENARIOS:
+        scores = pair_scores(vectors[enrol], vectors[probe], clips, enrol == probe)
+        section[scenario_name(enrol, probe)] = {
+            "same_speaker": distribution(scores["same"]),
+            "same_speaker_cross_session": distribution(scores["same_cross_session"]),
+            "different_speaker": distribution(scores["different"]),
+            **equal_error_rate(scores["same"], scores["different"]),
+            "eer_cross_session": equal_error_rate(scores["same_cross_session"], scores["different"])["eer"],
+        }
+    return section
+
+
+def scenario_name(enrol: str, probe: str) -> str:
+    return enrol if enrol == probe else f"{enrol} vs {probe}"
+
+
+def gate_trials(
+    enrolled: np.ndarray,
+    probes: np.ndarray,
+    clips: Sequence[Clip],
+    speakers: dict[str, list[int]],
+    count: int,
+) -> dict[str, np.ndarray]:
+    """Cosines to the centroid of a speaker's first `count` clips: later own clips vs other speakers."""
+    genuine: list[float] = []
+    cross_session: list[float] = []
+    impostor: list[float] = []
+    for speaker, indices in speakers.items():
+        centroid = normalised(enrolled[indices[:count]].mean(axis=0))
+        sessions = {clips[i].session for i in indices[:count]}
+        for index in indices[count:]:
+            score = float(probes[index] @ centroid)
+            genuine.append(score)
+            if clips[index].session not in sessions:
+                cross_session.append(score)
+        others = [i for i, c in enumerate(clips) if c.speaker != speaker]
+        impostor.extend((probes[others] @ centroid).tolist())
+    return {
+        "genuine": finite(genuine),
+        "genuine_cross_session": finite(cross_session),
+        "impostor": finite(impostor),
+    }
+
+
+def finite(values: Sequence[float]) -> np.ndarray:
+    data = np.asarray(values, dtype=np.float64)
+    return data[np.isfinite(data)]
+
+
+def gate_rates(genuine: np.ndarray, impostor: np.ndarray, threshold: float) -> dict[str, float]:
+    refused = int(np.sum(genuine < threshold))
+    accepted = int(np.sum(impostor >= threshold))
+    return {
+        "threshold": threshold,
+        "genuine_refused": refused,
+        "genuine_trials": int(genuine.size),
+        "genuine_refused_rate": refused / max(genuine.size, 1),
+        "impostor_accepted": accepted,
+        "impostor_trials": int(impostor.size),
+        "impostor_accepted_rate": accepted / max(impostor.size, 1),
+    }
+
+
+def mismatch_section(
+    vectors: dict[str, np.ndarray], clips: Sequence[Clip], speakers: dict[str, list[int]]
+) -> dict[str, Any]:
+    section: dict[str, Any] = {}
+    for enrol, probe in GATE_SCENARIOS:
+        for count in ENROLLED_COUNTS:
+            trials = gate_trials(vectors[enrol], vectors[probe], clips, speakers, count)
+            section[f"enrolled {count} x {enrol}, sample {probe}"] = {
+                "enrolled_condition": enrol,
+                "sample_condition": probe,
+                "enrolled_samples": count,
+                "genuine": distribution(trials["genuine"]),
+                "genuine_cross_session": distribution(trials["genuine_cross_session"]),
+                "impostor": distribution(trials["impostor"]),
+                "grid": [gate_rates(trials["genuine"], trials["impostor"], t) for t in MISMATCH_GRID],
+                "cross_session_grid": [
+                    gate_rates(trials["genuine_cross_session"], trials["impostor"], t) for t in MISMATCH_GRID
+                ],
+            }
+    return section
+
+
+def propose_mismatch(section: dict[str, Any]) -> dict[str, Any]:
+    """Highest grid value whose worst genuine refusal over every case is at most MAX_GENUINE_REFUSAL."""
+    chosen = MISMATCH_GRID[0]
+    for position, threshold in enumerate(MISMATCH_GRID):
+        worst = max(case["grid"][position]["genuine_refused_rate"] for case in section.values())
+        if worst <= MAX_GENUINE_REFUSAL:
+            chosen = threshold
+    position = MISMATCH_GRID.index(chosen)
+    return {
+        "value": chosen,
+        "rule": f"highest of {MISMATCH_GRID[0]}..{MISMATCH_GRID[-1]} refusing at most "
+        f"{MAX_GENUINE_REFUSAL:.0%} of genuine samples in every case",
+        "rates": {name: case["grid"][position] for name, case in section.items()},
+        "cross_session_rates": {name: case["cross_session_grid"][position] for name, case in section.items()},
+    }
+
+
+def long_clips(speakers: dict[str, list[int]], original: dict[int, Measurement]) -> dict[str, list[int]]:
+    """Each speaker's clips with enough speech for the spread check, in manifest order."""
+    return {
+        speaker: [i for i in indices if original[i].speech_seconds >= SPREAD_MIN_SPEECH_S]
+        for speaker, indices in speakers.items()
+    }
+
+
+def spread_clips(speakers: dict[str, list[int]], original: dict[int, Measurement]) -> dict[str, list[int]]:
+    """Each speaker's first clips with enough speech (topped up with its longest others)."""
+    chosen: dict[str, list[int]] = {}
+    usable_by_speaker = long_clips(speakers, original)
+    for speaker, indices in speakers.items():
+        usable = usable_by_speaker[speaker]
+        picked = usable[:SPREAD_SET_SIZE]
+        rest = sorted((i for i in indices if i not in picked), key=lambda i: -original[i].speech_seconds)
+        chosen[speaker] = (picked + rest)[:SPREAD_SET_SIZE]
+    return chosen
+
+
+def duplicate_section(
+    vectors: dict[str, np.ndarray],
+    copies: dict[str, dict[int, Measurement]],
+    clips: Sequence[Clip],
+    speakers: dict[str, list[int]],
+    copy_clips: dict[str, list[int]],
+) -> dict[str, Any]:
+    original = vectors["16k"]
+    copy_scores: dict[str, list[float]] = {v: [] for v in COPIES}
+    for indices in copy_clips.values():
+        for index in indices:
+            for variant in COPIES:
+                copy_scores[variant].append(float(copies[variant][index].vector @ original[index]))
+    every_copy = finite([s for scores in copy_scores.values() for s in scores])
+    distinct: dict[str, Any] = {}
+    closest: list[dict[str, Any]] = []
+    for condition in CONDITIONS:
+        maxima: dict[str, float] = {}
+        for speaker, indices in speakers.items():
+            block = vectors[condition][indices] @ vectors[condition][indices].T
+            rows, cols = np.triu_indices(len(indices), k=1)
+            upper = np.where(np.isfinite(block[rows, cols]), block[rows, cols], -np.inf)
+            best = int(np.argmax(upper))
+            if not np.isfinite(upper[best]):
+                continue
+            maxima[speaker] = float(upper[best])
+            a, b = rows[best], cols[best]
+            closest.append(
+                {
+                    "condition": condition,
+                    "speaker": speaker,
+                    "cosine": maxima[speaker],
+                    "clips": [clips[indices[a]].path, clips[indices[b]].path],
+                }
+            )
+        distinct[condition] = {
+            "per_speaker_max": distribution(list(maxima.values())),
+            "by_speaker": maxima,
+        }
+    highest_distinct = max(d["per_speaker_max"]["max"] for d in distinct.values())
+    lowest_copy = float(every_copy.min())
+    if lowest_copy > highest_distinct:
+        value = math.floor((lowest_copy + highest_distinct) / 2 * 200) / 200
+        rule = "midpoint between the highest distinct-utterance cosine and the lowest near-copy cosine"
+    else:
+        value = math.ceil((highest_distinct + 0.01) * 100) / 100
+        rule = "just above the highest distinct-utterance cosine (the distributions overlap)"
+    missed = {v: float(np.mean(np.asarray(s) < value)) for v, s in copy_scores.items()}
+    return {
+        "near_copy": {v: distribution(s) for v, s in copy_scores.items()},
+        "near_copy_all": distribution(every_copy),
+        "distinct_same_speaker": distinct,
+        "closest_distinct_pairs": sorted(closest, key=lambda c: -c["cosine"])[:5],
+        "highest_distinct": highest_distinct,
+        "lowest_near_copy": lowest_copy,
+        "proposal": {"value": value, "rule": rule, "near_copies_not_caught": missed},
+    }
+
+
+def spread_section(
+    vectors: dict[str, np.ndarray],
+    copies: dict[str, dict[int, Measurement]],
+    copy_clips: dict[str, list[int]],
+    long_clips: dict[str, list[int]],
+) -> dict[str, Any]:
+    """Spread of distinct utterances (first clips, and every triple of long clips) vs near-copy sets."""
+    distinct: dict[str, Any] = {}
+    for condition in CONDITIONS:
+        rows = vectors[condition]
+        values = {
+            speaker: spread(rows[indices])
+            for speaker, indices in copy_clips.items()
+            if np.isfinite(rows[indices]).all()
+        }
+        triples = [
+            spread(rows[list(group)])
+            for indices in long_clips.values()
+            for group in combinations(indices, SPREAD_SET_SIZE)
+            if np.isfinite(rows[list(group)]).all()
+        ]
+        distinct[condition] = {
+            "all": distribution(list(values.values())),
+            "every_triple": distribution(triples),
+            "by_speaker": values,
+        }
+    by_pair: dict[str, list[float]] = {}
+    for indices in copy_clips.values():
+        for index in indices:
+            for a, b in combinations(COPIES, 2):
+                group = np.stack([vectors["16k"][index], copies[a][index].vector, copies[b][index].vector])
+                by_pair.setdefault(f"{a}+{b}", []).append(spread(group))
+    every = [s for values in by_pair.values() for s in values]
+    copy_max = float(np.max(every))
+    distinct_min = min(
+        min(d["all"]["min"], d["every_triple"].get("min", math.inf)) for d in distinct.values()
+    )
+    if distinct_min > copy_max:
+        value = math.floor((copy_max + distinct_min) / 2 * 1000) / 1000
+        rule = "midpoint between the widest near-copy set and the narrowest set of distinct utterances"
+    else:
+        value = math.floor(distinct_min * 0.9 * 1000) / 1000
+        rule = "90 % of the narrowest set of distinct utterances (the distributions overlap)"
+    return {
+        "distinct_sets": distinct,
+        "near_copy_sets": distribution(every),
+        "near_copy_sets_by_pair": {pair: distribution(v) for pair, v in by_pair.items()},
+        "proposal": {
+            "value": value,
+            "rule": rule,
+            "near_copy_sets_passing": float(np.mean(np.asarray(every) >= value)),
+        },
+    }
+
+
+def audio_section(measured: dict[str, dict[int, Measurement]], clips: Sequence[Clip]) -> dict[str, Any]:
+    limits = {
+        "min_speech_seconds": cal.MIN_SPEECH_SECONDS,
+        "min_snr_db": cal.MIN_SNR_DB,
+        "max_clipped_fraction": cal.MAX_CLIPPED_FRACTION,
+    }
+    section: dict[str, Any] = {"current_defaults": limits}
+    lowest = {"speech_seconds": math.inf, "snr_db": math.inf}
+    highest_clipped = 0.0
+    for variant, by_clip in measured.items():
+        items = sorted(by_clip.items())
+        refused: list[dict[str, Any]] = []
+        for index, m in items:
+            reasons = []
+            if m.speech_seconds < limits["min_speech_seconds"]:
+                reasons.append(f"speech {m.speech_seconds:.2f} s")
+            if m.clipped_fraction > limits["max_clipped_fraction"]:
+                reasons.append(f"clipped {100 * m.clipped_fraction:.2f} %")
+            if m.snr_db < limits["min_snr_db"]:
+                reasons.append(f"SNR {m.snr_db:.1f} dB")
+            if reasons:
+                refused.append({"clip": clips[index].path, "why": reasons})
+        if variant in CONDITIONS:
+            lowest["speech_seconds"] = min(lowest["speech_seconds"], *(m.speech_seconds for _, m in items))
+            lowest["snr_db"] = min(lowest["snr_db"], *(m.snr_db for _, m in items))
+            highest_clipped = max(highest_clipped, *(m.clipped_fraction for _, m in items))
+        section[variant] = {
+            "clips": len(items),
+            "speech_seconds": distribution([m.speech_seconds for _, m in items]),
+            "snr_db": distribution([m.snr_db for _, m in items]),
+            "clipped_fraction": distribution([m.clipped_fraction for _, m in items]),
+            "refused_by_defaults": refused,
+        }
+    section["proposal"] = {
+        "min_speech_seconds": min(cal.MIN_SPEECH_SECONDS, math.floor(lowest["speech_seconds"] * 10) / 10),
+        "min_snr_db": min(cal.MIN_SNR_DB, math.floor(lowest["snr_db"]) - 1.0),
+        "max_clipped_fraction": max(cal.MAX_CLIPPED_FRACTION, math.ceil(highest_clipped * 1000) / 1000),
+        "lowest_speech_seconds": lowest["speech_seconds"],
+        "lowest_snr_db": lowest["snr_db"],
+        "highest_clipped_fraction": highest_clipped,
+    }
+    return section
+
+
+# --- report ----------------------------------------------------------------------------------------
+
+
+def fmt(d: dict[str, float], keys: Sequence[str] = ("min", "p1", "p5", "p50", "p95", "p99", "max")) -> str:
+    if not d.get("n"):
+        return "(no trials)"
+    return " ".join(f"{d[k]:6.3f}" for k in keys)
+
+
+def render(results: dict[str, Any]) -> list[str]:
+    meta = results["data"]
+    lines = [
+        "Speaker enrollment calibration",
+        f"model sha256 {meta['model_sha256'][:16]}..., manifest {meta['manifest']}",
+        f"{meta['clips']} clips, {meta['speakers']} speakers, {meta['enrollable_speakers']} enrollable "
+        f"({meta['enrollable_clips']} clips)",
+        "conditions: 16k = original file; 8k-flac = resampled to 8 kHz, 8 kHz FLAC; "
+        "8k-mulaw = 8 kHz, 300-3400 Hz, G.711 mu-law",
+        "distributions below: min p1 p5 p50 p95 p99 max",
+        "",
+        "1. Same- vs different-speaker cosine (pairs of different clips)",
+    ]
+    for name, row in results["pairwise"].items():
+        lines += [
+            f"  {name}",
+            f"    same speaker       n={row['same_speaker']['n']:6d}  {fmt(row['same_speaker'])}",
+            f"    same, other session n={row['same_speaker_cross_session']['n']:5d}  "
+            f"{fmt(row['same_speaker_cross_session'])}",
+            f"    different speaker  n={row['different_speaker']['n']:6d}  {fmt(row['different_speaker'])}",
+            f"    EER {100 * row['eer']:.2f} % at cosine {row['threshold']:.3f}; "
+            f"cross-session EER {100 * row['eer_cross_session']:.2f} %",
+        ]
+
+    mismatch = results["mismatch"]
+    lines += ["", "2. Enrollment mismatch gate: cosine of a new sample to the enrolled centroid"]
+    for name, case in mismatch["cases"].items():
+        lines += [
+            f"  {name}",
+            f"    genuine  n={case['genuine']['n']:5d}  {fmt(case['genuine'])}",
+            f"    impostor n={case['impostor']['n']:5d}  {fmt(case['impostor'])}",
+            "    threshold " + " ".join(f"{row['threshold']:6.2f}" for row in case["grid"]),
+            "    refused % " + " ".join(f"{100 * r['genuine_refused_rate']:6.2f}" for r in case["grid"]),
+            "    accepted %" + " ".join(f"{100 * r['impostor_accepted_rate']:6.2f}" for r in case["grid"]),
+        ]
+    proposal = mismatch["proposal"]
+    lines += [f"  proposed MISMATCH_COSINE = {proposal['value']:.2f} ({proposal['rule']})"]
+    for name, rates in proposal["rates"].items():
+        cross = proposal["cross_session_rates"][name]
+        lines.append(
+            f"    {name:40s} genuine refused {rates['genuine_refused']:3d}/{rates['genuine_trials']:<4d}"
+            f" ({100 * rates['genuine_refused_rate']:5.2f} %), impostors accepted "
+            f"{rates['impostor_accepted']:3d}/{rates['impostor_trials']:<5d}"
+            f" ({100 * rates['impostor_accepted_rate']:5.2f} %); other-session genuine refused "
+            f"{cross['genuine_refused']}/{cross['genuine_trials']}"
+        )
+
+    dup = results["duplicate"]
+    lines += ["", "3. Near-duplicate gate: cosine of a clip (16k) to a near-copy of itself"]
+    for variant, d in dup["near_copy"].items():
+        lines.append(f"    {variant:12s} n={d['n']:4d}  {fmt(d)}")
+    lines.append(f"    {'all copies':12s} n={dup['near_copy_all']['n']:4d}  {fmt(dup['near_copy_all'])}")
+    lines.append("  highest cosine between two different clips of one speaker (one value per speaker)")
+    for condition, d in dup["distinct_same_speaker"].items():
+        lines.append(f"    {condition:12s} n={d['per_speaker_max']['n']:4d}  {fmt(d['per_speaker_max'])}")
+    for pair in dup["closest_distinct_pairs"][:3]:
+        lines.append(f"    closest: {pair['cosine']:.3f} {pair['condition']} {' / '.join(pair['clips'])}")
+    p = dup["proposal"]
+    lines += [
+        f"  highest distinct {dup['highest_distinct']:.3f}, lowest near-copy {dup['lowest_near_copy']:.3f}",
+        f"  proposed DUPLICATE_COSINE = {p['value']:.3f} ({p['rule']})",
+        "    near-copies below it (not caught): "
+        + ", ".join(f"{v} {100 * r:.0f} %" for v, r in p["near_copies_not_caught"].items()),
+    ]
+
+    spr = results["spread"]
+    lines += [
+        "",
+        f"4. Complete spread: mean(1 - cos(sample, centroid)) over {SPREAD_SET_SIZE} samples",
+        f"  distinct utterances (each speaker's first clips with >= {SPREAD_MIN_SPEECH_S:g} s speech)",
+    ]
+    for condition, d in spr["distinct_sets"].items():
+        lines.append(f"    {condition:12s} n={d['all']['n']:4d}  {fmt(d['all'])}")
+    lines.append(
+        f"  distinct utterances (every triple of a speaker's clips with >= {SPREAD_MIN_SPEECH_S:g} s speech)"
+    )
+    for condition, d in spr["distinct_sets"].items():
+        triples = d["every_triple"]
+        lines.append(f"    {condition:12s} n={triples['n']:4d}  {fmt(triples)}")
+    lines.append(
+        f"  one clip + two near-copies  n={spr['near_copy_sets']['n']:4d}  {fmt(spr['near_copy_sets'])}"
+    )
+    widest = sorted(spr["near_copy_sets_by_pair"].items(), key=lambda kv: -kv[1]["max"])[:4]
+    for pair, d in widest:
+        lines.append(f"    widest copies {pair:24s} max {d['max']:.4f}, median {d['p50']:.4f}")
+    p = spr["proposal"]
+    lines += [
+        f"  proposed MIN_SPREAD = {p['value']:.3f} ({p['rule']}); "
+        f"{100 * p['near_copy_sets_passing']:.1f} % of near-copy sets would pass",
+    ]
+
+    audio = results["audio"]
+    d = audio["current_defaults"]
+    lines += [
+        "",
+        f"5. Audio gates (current: speech >= {d['min_speech_seconds']:g} s, SNR >= {d['min_snr_db']:g} dB, "
+        f"clipped <= {100 * d['max_clipped_fraction']:g} %)",
+    ]
+    for variant, row in audio.items():
+        if variant in ("current_defaults", "proposal"):
+            continue
+        lines += [
+            f"  {variant} ({row['clips']} clips)",
+            f"    speech s   {fmt(row['speech_seconds'])}",
+            f"    SNR dB     {fmt(row['snr_db'])}",
+            f"    clipped    {fmt(row['clipped_fraction'], ('p50', 'p95', 'p99', 'max'))}",
+        ]
+        refused = row["refused_by_defaults"]
+        lines.append(f"    refused by current defaults: {len(refused)}")
+        lines += [f"      {r['clip']}: {', '.join(r['why'])}" for r in refused]
+    p = audio["proposal"]
+    lines += [
+        f"  lowest speech {p['lowest_speech_seconds']:.2f} s, lowest SNR {p['lowest_snr_db']:.1f} dB, "
+        f"highest clipped {100 * p['highest_clipped_fraction']:.3f} % (the three conditions)",
+        "",
+        "Proposed values",
+    ]
+    for name, value in results["proposal"].items():
+        lines.append(f"  {name:22s} = {value:g}")
+    return lines
+
+
+# --- main ------------------------------------------------------------------------------------------
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--manifest", type=Path, default=DEFAULT_MANIFEST, help="eval-speech manifest.csv")
+    parser.add_argument("--out", type=Path, default=Path("results.json"), help="JSON file for every number")
+    parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE, help="embedding cache folder")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    return parser.parse_args(argv)
+
+
+def run(manifest: Path, cache_dir: Path) -> dict[str, Any]:
+    clips = read_manifest(manifest)
+    speakers = enrollable_speakers(clips)
+    measurer = Measurer(manifest.parent, cache_dir)
+    dim = measurer.embedder.dim
+    everything = list(range(len(clips)))
+    measured = measure_all(measurer, clips, everything, CONDITIONS, "conditions")
+    vectors = {c: matrix(measured[c], len(clips), dim) for c in CONDITIONS}
+
+    copy_clips = spread_clips(speakers, measured["16k"])
+    copy_indices = [i for indices in copy_clips.values() for i in indices]
+    extra = [v for v in COPIES if v not in CONDITIONS]
+    copies = measure_all(measurer, clips, copy_indices, extra, "near-copies")
+    copies.update({c: measured[c] for c in COPIES if c in CONDITIONS})
+
+    mismatch = mismatch_section(vectors, clips, speakers)
+    duplicate = duplicate_section(vectors, copies, clips, speakers, copy_clips)
+    spread_result = spread_section(vectors, copies, copy_clips, long_clips(speakers, measured["16k"]))
+    audio = audio_section({**measured, **{v: copies[v] for v in extra}}, clips)
+    mismatch_proposal = propose_mismatch(mismatch)
+    return {
+        "data": {
+            "manifest": str(manifest),
+            "model_sha256": measurer.model_sha256,
+            "clips": len(clips),
+            "speakers": len({c.speaker for c in clips}),
+            "enrollable_speakers": len(speakers),
+            "enrollable_clips": sum(len(v) for v in speakers.values()),
+            "near_copy_clips": {s: [clips[i].path for i in v] for s, v in copy_clips.items()},
+        },
+        "pairwise": pairwise_section(vectors, clips),
+        "mismatch": {"cases": mismatch, "proposal": mismatch_proposal},
+        "duplicate": duplicate,
+        "spread": spread_result,
+        "audio": audio,
+        "proposal": {
+            "MIN_SPEECH_SECONDS": audio["proposal"]["min_speech_seconds"],
+            "MAX_CLIPPED_FRACTION": audio["proposal"]["max_clipped_fraction"],
+            "MIN_SNR_DB": audio["proposal"]["min_snr_db"],
+            "MIN_SPREAD": spread_result["proposal"]["value"],
+            "DUPLICATE_COSINE": duplicate["proposal"]["value"],
+            "MISMATCH_COSINE": mismatch_proposal["value"],
+        },
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    torch.set_num_threads(args.threads)
+    results = run(args.manifest.resolve(), args.cache_dir)
+    print("\n".join(render(results)))
+    args.out.write_text(json.dumps(results, indent=2, default=float) + "\n")
+    log.info("wrote %s", args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""HTTP layer: routes per resource, schemas, auth, and the one error renderer."""

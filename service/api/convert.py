@@ -1,0 +1,57 @@
+"""Between HTTP bodies and use-case types."""
+
+from __future__ import annotations
+
+from service.api.schemas import AudioFields, EnrollmentStatusOut, LastSample
+from service.audio.decode import b64decode
+from service.audio.frontend import AudioInput
+from service.enrollment.service import EnrollmentStatus
+
+
+def audio_input(body: AudioFields) -> AudioInput:
+    return AudioInput(data=b64decode(body.content), encoding=body.encoding, sample_rate=body.sampleRate)
+
+
+def status_out(status: EnrollmentStatus) -> EnrollmentStatusOut:
+    last = status.last_sample
+    return EnrollmentStatusOut(
+        speakerId=status.speaker_id,
+        status="complete" if status.complete else "enrolling",
+        samples=status.samples,
+        speechSeconds=status.speech_seconds,
+        spread=status.spread,
+        progress=status.progress,
+        missing=status.missing,
+        lastSample=LastSample(sampleId=last.sample_id, speechSeconds=last.speech_seconds, snrDb=last.snr_db)
+        if last
+        else None,
+    )
+
+
+# Content-Type of a raw-body upload -> encoding name understood by the decoder.
+MEDIA_TYPES = {
+    "audio/flac": "FLAC",
+    "audio/x-flac": "FLAC",
+    "audio/wav": "WAV",
+    "audio/wave": "WAV",
+    "audio/x-wav": "WAV",
+    "audio/vnd.wave": "WAV",
+    "audio/mpeg": "MP3",
+    "audio/mp3": "MP3",
+    "audio/ogg": "OGG",
+    "audio/opus": "OGG_OPUS",
+    "audio/webm": "WEBM",
+    "audio/mp4": "M4A",
+    "audio/m4a": "M4A",
+    "audio/x-m4a": "M4A",
+    "audio/aac": "AAC",
+    "audio/amr": "AMR",
+    "audio/amr-wb": "AMR_WB",
+    "audio/basic": "MULAW",
+    "audio/pcmu": "MULAW",
+    "audio/pcma": "ALAW",
+}
+
+
+def encoding_for(content_type: str) -> str | None:
+    return MEDIA_TYPES.get(content_type.split(";", 1)[0].strip().lower())

@@ -1,0 +1,101 @@
+"""Typed dependencies: the wired services, the caller's tenant, and blocking-work offloading."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Annotated, Any, TypeVar
+
+import anyio.to_thread
+from fastapi import Depends, Request, Security
+from fastapi.security import APIKeyHeader, APIKeyQuery, HTTPAuthorizationCredentials, HTTPBearer
+
+from service.config import Settings
+from service.enrollment.service import EnrollmentService
+from service.errors import NotReady, RateLimited, Unauthorized
+from service.storage.repository import SqlStore, TenantKey
+
+T = TypeVar("T")
+
+
+@dataclass
+class Services:
+    """Everything a route may use, built once by `create_app()`'s start-up."""
+
+    settings: Settings
+    store: SqlStore
+    enrollment: EnrollmentService
+    checks: dict[str, bool] = field(default_factory=dict)
+    extras: dict[str, Any] = field(default_factory=dict)
+    limiter: KeyRateLimiter | None = None
+
+
+async def run_blocking(fn: Callable[..., T], *args: Any) -> T:
+    """The one way routes run blocking work (decode, model, database, faiss) off the event loop."""
+    return await anyio.to_thread.run_sync(fn, *args)
+
+
+def get_services(request: Request) -> Services:
+    services: Services | None = getattr(request.app.state, "services", None)
+    if services is None:
+        raise NotReady("The service is still starting")
+    return services
+
+
+ServicesDep = Annotated[Services, Depends(get_services)]
+
+_query_key = APIKeyQuery(name="apikey", auto_error=False, description="API key (hosted API's spelling)")
+_query_key_alt = APIKeyQuery(name="api_key", auto_error=False, description="API key")
+_header_key = APIKeyHeader(name="X-API-Key", auto_error=False, description="API key")
+_bearer = HTTPBearer(auto_error=False, description="Authorization: Bearer KEY")
+
+
+class KeyRateLimiter:
+    """Sliding one-minute window per key, in memory (per process)."""
+
+    def __init__(self, per_minute: int) -> None:
+        self.per_minute = per_minute
+        self._hits: dict[str, deque[float]] = {}
+        self._lock = threading.Lock()
+
+    def hit(self, key_id: str) -> None:
+        if self.per_minute <= 0:
+            return
+        with self._lock:
+            self._hit(key_id, time.monotonic())
+
+    def _hit(self, key_id: str, now: float) -> None:
+        window = self._hits.setdefault(key_id, deque())
+        while window and now - window[0] >= 60.0:
+            window.popleft()
+        if len(window) >= self.per_minute:
+            retry = max(1, int(60.0 - (now - window[0])) + 1)
+            raise RateLimited(
+                f"Rate limit of {self.per_minute} requests per minute exceeded",
+                headers={"Retry-After": str(retry)},
+            )
+        window.append(now)
+
+
+def authenticate(
+    services: ServicesDep,
+    apikey: Annotated[str | None, Security(_query_key)] = None,
+    api_key: Annotated[str | None, Security(_query_key_alt)] = None,
+    header: Annotated[str | None, Security(_header_key)] = None,
+    bearer: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)] = None,
+) -> TenantKey:
+    key = apikey or api_key or header or (bearer.credentials if bearer else None)
+    if not key:
+        raise Unauthorized("An API key is required (apikey query parameter, X-API-Key, or Bearer)")
+    tenant = services.store.authenticate(key)
+    if tenant is None:
+        raise Unauthorized("Invalid or revoked API key")
+    if services.limiter is not None:
+        services.limiter.hit(tenant.key_id)
+    return tenant
+
+
+TenantDep = Annotated[TenantKey, Depends(authenticate)]

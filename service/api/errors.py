@@ -1,0 +1,72 @@
+"""The one place where errors become HTTP answers.
+
+Routes raise `ServiceError`s; these handlers render them in the hosted API's fault shape on the
+DeepAffects-compatible routes and as ``{"error": {"code", "message"}}`` on the native ones.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from service.errors import BadRequest, InvalidSpeakerId, ServiceError
+
+log = logging.getLogger(__name__)
+
+COMPAT_PREFIX = "/audio/generic/api"
+
+
+def render(
+    request: Request, status: int, code: str, message: str, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    if request.url.path.startswith(COMPAT_PREFIX):
+        body: dict[str, object] = {"fault": {"faultstring": message, "detail": {"errorcode": code}}}
+    else:
+        body = {"error": {"code": code, "message": message}}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def render_error(request: Request, exc: ServiceError) -> JSONResponse:
+    return render(request, exc.status, exc.code, exc.message, exc.headers)
+
+
+async def _service_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ServiceError)
+    if exc.status >= 500:
+        log.error("request failed", extra={"path": request.url.path, "code": exc.code})
+    return render_error(request, exc)
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = exc.errors()
+    if any("speakerId" in map(str, e.get("loc", ())) for e in errors):
+        return render_error(request, InvalidSpeakerId())
+    parts = []
+    for e in errors[:5]:
+        where = ".".join(str(x) for x in e.get("loc", ()) if x != "body") or "body"
+        parts.append(f"{where}: {e.get('msg', 'invalid')}")
+    return render_error(request, BadRequest("Invalid request: " + "; ".join(parts)))
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    codes = {404: "request.NotFound", 405: "request.MethodNotAllowed"}
+    code = codes.get(exc.status_code, "request.Invalid" if exc.status_code < 500 else "service.Error")
+    return render(request, exc.status_code, code, str(exc.detail), dict(exc.headers or {}))
+
+
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unhandled error", extra={"path": request.url.path})
+    return render(request, 500, "service.Error", "Internal error")
+
+
+def install(app: FastAPI) -> None:
+    app.add_exception_handler(ServiceError, _service_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected)

@@ -1,0 +1,113 @@
+"""Native REST routes under /v1: enrollment progress, scores and quality the compatible routes hide."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Query, Request, Response
+from pydantic import ValidationError
+
+from service.api.convert import audio_input, encoding_for, status_out
+from service.api.deps import ServicesDep, TenantDep, run_blocking
+from service.api.schemas import (
+    SPEAKER_ID_PATTERN,
+    EnrollmentStatusOut,
+    EnrollRequest,
+    ErrorBody,
+    SpeakerPage,
+)
+from service.audio.frontend import AudioInput
+from service.errors import BadRequest, EmptyAudio, UnsupportedMediaType
+
+PathSpeakerId = Annotated[str, Path(pattern=SPEAKER_ID_PATTERN, description="1-128 of [A-Za-z0-9_.-]")]
+ERRORS: dict[int | str, dict[str, object]] = {
+    code: {"model": ErrorBody} for code in (400, 401, 404, 409, 413, 415, 422, 429, 503)
+}
+AUDIO_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": EnrollRequest.model_json_schema()},
+            "audio/*": {"schema": {"type": "string", "format": "binary"}},
+            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+        },
+    }
+}
+
+api = APIRouter(prefix="/v1", tags=["speakers"], responses=ERRORS)
+
+
+async def read_audio(request: Request, sample_rate: int | None, encoding: str | None) -> AudioInput:
+    """The audio of a request: JSON with base64 `content`, or the raw file as the body."""
+    content_type = request.headers.get("content-type", "")
+    body = await request.body()
+    if content_type.split(";", 1)[0].strip().lower() == "application/json":
+        try:
+            return audio_input(EnrollRequest.model_validate(json.loads(body)))
+        except (ValueError, ValidationError) as exc:
+            raise BadRequest(f"Invalid JSON audio body: {str(exc)[:300]}") from exc
+    name = encoding or encoding_for(content_type)
+    if name is None:
+        raise UnsupportedMediaType(
+            f"Content-Type {content_type or '(none)'} is not audio: send application/json, an audio/* "
+            "type, or ?encoding= with application/octet-stream"
+        )
+    if not body:
+        raise EmptyAudio()
+    return AudioInput(data=body, encoding=name, sample_rate=sample_rate)
+
+
+@api.post(
+    "/speakers/{speakerId}/enrollments",
+    status_code=201,
+    response_model=EnrollmentStatusOut,
+    openapi_extra=AUDIO_BODY,
+)
+async def enroll(
+    speakerId: PathSpeakerId,
+    request: Request,
+    tenant: TenantDep,
+    services: ServicesDep,
+    sampleRate: Annotated[int | None, Query(ge=1, le=10_000_000)] = None,
+    encoding: Annotated[str | None, Query(max_length=32)] = None,
+) -> EnrollmentStatusOut:
+    """Add one sample (JSON with base64 `content`, or the raw audio file as the body)."""
+    audio = await read_audio(request, sampleRate, encoding)
+    status = await run_blocking(services.enrollment.enroll, tenant.tenant_id, speakerId, audio)
+    return status_out(status)
+
+
+@api.get("/speakers", response_model=SpeakerPage)
+async def list_speakers(
+    tenant: TenantDep,
+    services: ServicesDep,
+    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> SpeakerPage:
+    statuses, total = await run_blocking(services.enrollment.list_speakers, tenant.tenant_id, offset, limit)
+    return SpeakerPage(speakers=[status_out(s) for s in statuses], total=total, offset=offset, limit=limit)
+
+
+@api.get("/speakers/{speakerId}", response_model=EnrollmentStatusOut)
+async def get_speaker(
+    speakerId: PathSpeakerId, tenant: TenantDep, services: ServicesDep
+) -> EnrollmentStatusOut:
+    return status_out(await run_blocking(services.enrollment.status, tenant.tenant_id, speakerId))
+
+
+@api.delete("/speakers/{speakerId}", status_code=204, response_class=Response)
+async def delete_speaker(speakerId: PathSpeakerId, tenant: TenantDep, services: ServicesDep) -> Response:
+    await run_blocking(services.enrollment.delete_speaker, tenant.tenant_id, speakerId)
+    return Response(status_code=204)
+
+
+@api.delete("/speakers/{speakerId}/enrollments/{sampleId}", status_code=204, response_class=Response)
+async def delete_sample(
+    speakerId: PathSpeakerId,
+    sampleId: Annotated[str, Path(pattern=r"^[0-9a-f]{32}$")],
+    tenant: TenantDep,
+    services: ServicesDep,
+) -> Response:
+    await run_blocking(services.enrollment.delete_sample, tenant.tenant_id, speakerId, sampleId)
+    return Response(status_code=204)

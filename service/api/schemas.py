@@ -1,0 +1,103 @@
+"""Request and response bodies, named for their role. Field names follow the hosted API (camelCase)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+SPEAKER_ID_PATTERN = r"^[A-Za-z0-9_.-]{1,128}$"
+SpeakerId = Annotated[str, Field(pattern=SPEAKER_ID_PATTERN, description="1-128 of [A-Za-z0-9_.-]")]
+
+
+class AudioFields(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    content: str = Field(description="base64 of the audio file (or raw samples)")
+    encoding: str = Field(
+        description="FLAC, WAV, MP3, OGG_OPUS, OGG_VORBIS, WEBM, M4A, AAC, AMR, LINEAR16, MULAW, ALAW"
+    )
+    sampleRate: int | None = Field(
+        None, ge=1, le=10_000_000, description="Hz; required for raw encodings, a container's header wins"
+    )
+    languageCode: str = "en-US"
+
+
+# --- DeepAffects-compatible ----------------------------------------------------------------------
+
+
+class CompatEnrollRequest(AudioFields):
+    speakerId: SpeakerId
+
+
+class CompatDeleteRequest(BaseModel):
+    speakerId: SpeakerId
+
+
+class CompatMessage(BaseModel):
+    message: Literal["Success", "Complete"]
+
+
+class CompatEnrolledSpeaker(BaseModel):
+    speaker_id: str
+    enrollment_complete: Literal["True", "False"]
+
+
+class CompatEnrolledSpeakers(BaseModel):
+    developer_id: str
+    enrolled_speaker_ids: list[CompatEnrolledSpeaker]
+
+
+class Fault(BaseModel):
+    faultstring: str
+    detail: dict[str, str]
+
+
+class FaultBody(BaseModel):
+    fault: Fault
+
+
+# --- native --------------------------------------------------------------------------------------
+
+
+class EnrollRequest(AudioFields):
+    pass
+
+
+class LastSample(BaseModel):
+    sampleId: str
+    speechSeconds: float
+    snrDb: float
+    accepted: bool = True
+
+
+class EnrollmentStatusOut(BaseModel):
+    speakerId: str
+    status: Literal["enrolling", "complete"]
+    samples: int
+    speechSeconds: float
+    spread: float
+    progress: float = Field(ge=0.0, le=1.0)
+    missing: list[str]
+    lastSample: LastSample | None = None
+
+
+class SpeakerPage(BaseModel):
+    speakers: list[EnrollmentStatusOut]
+    total: int
+    offset: int
+    limit: int
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail
+
+
+class Health(BaseModel):
+    status: str
+    checks: dict[str, bool] = {}

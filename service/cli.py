@@ -1,0 +1,126 @@
+"""`speakerid`: the operator's command line (serve, migrate, keys, rebuild-index)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from service.config import Settings
+
+
+def _store(settings: Settings):  # type: ignore[no-untyped-def]
+    from service.storage.database import check_migrated, make_engine
+    from service.storage.repository import SqlStore
+
+    url = settings.resolved_database_url()
+    engine = make_engine(url)
+    check_migrated(engine, url)
+    return SqlStore(engine)
+
+
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    import uvicorn
+
+    from service.embedding import weights
+    from service.main import configure_logging, create_app
+
+    _store(settings).engine.dispose()  # fail fast, with the fix in the message, before serving
+    weights.resolve(settings.model_dir, settings.model_sha256)
+    configure_logging(settings)
+    uvicorn.run(
+        create_app(settings),
+        host=args.host or settings.host,
+        port=args.port or settings.port,
+        access_log=False,
+        log_config=None,
+        timeout_graceful_shutdown=10,
+    )
+    return 0
+
+
+def cmd_migrate(_args: argparse.Namespace, settings: Settings) -> int:
+    from service.storage.database import migrate
+
+    migrate(settings.resolved_database_url())
+    print("database is at the latest migration")
+    return 0
+
+
+def cmd_keys(args: argparse.Namespace, settings: Settings) -> int:
+    store = _store(settings)
+    if args.keys_command == "create":
+        key_id, secret = store.create_key(args.tenant)
+        print(f"created key {key_id} for tenant {args.tenant}; the key is shown once:")
+        print(secret)
+    elif args.keys_command == "list":
+        for key in store.list_keys():
+            state = "revoked" if key.revoked else "active"
+            print(f"{key.key_id}\t{key.tenant}\t{state}\t{key.created_at:%Y-%m-%d %H:%M}")
+    elif args.keys_command == "revoke":
+        if not store.revoke_key(args.key_id):
+            print(f"no key {args.key_id}", file=sys.stderr)
+            return 1
+        print(f"revoked {args.key_id}")
+    elif args.keys_command == "ensure":
+        if store.has_active_key():
+            print("an active API key exists (speakerid keys list)")
+        else:
+            key_id, secret = store.create_key(args.tenant)
+            print(f"created key {key_id} for tenant {args.tenant}; the key is shown once:")
+            print(secret)
+    return 0
+
+
+def cmd_rebuild_index(_args: argparse.Namespace, settings: Settings) -> int:
+    from service.embedding import weights
+    from service.enrollment.maintenance import recompute_all
+    from service.main import enrollment_policy
+
+    store = _store(settings)
+    sha = weights.resolve(settings.model_dir, settings.model_sha256).sha256
+    speakers, indexed = recompute_all(store, sha, enrollment_policy(settings))
+    print(f"recomputed {speakers} speakers from their samples; {indexed} have vectors of the current model")
+    print("running replicas pick the changes up from the change log")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(prog="speakerid", description=__doc__)
+    sub = root.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the HTTP service")
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+    serve.set_defaults(run=cmd_serve)
+    sub.add_parser("migrate", help="bring the database schema up to date").set_defaults(run=cmd_migrate)
+    keys = sub.add_parser("keys", help="manage API keys")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
+    create = keys_sub.add_parser("create", help="create a key (and the tenant if new)")
+    create.add_argument("--tenant", required=True)
+    keys_sub.add_parser("list", help="list keys")
+    revoke = keys_sub.add_parser("revoke", help="revoke a key at once")
+    revoke.add_argument("key_id")
+    ensure = keys_sub.add_parser("ensure", help="create a first key if there is no active one")
+    ensure.add_argument("--tenant", default="default")
+    keys.set_defaults(run=cmd_keys)
+    sub.add_parser("rebuild-index", help="recompute every speaker's vector from its samples").set_defaults(
+        run=cmd_rebuild_index
+    )
+    return root
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    settings = Settings()
+    from service.errors import StartupError
+
+    try:
+        code: int = args.run(args, settings)
+    except StartupError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

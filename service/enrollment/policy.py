@@ -1,0 +1,100 @@
+"""When is an enrollment complete, and which new samples are refused. Pure functions, no I/O."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from service.enrollment.ports import Aggregates, SampleRecord
+from service.errors import DuplicateSample, SpeakerMismatch
+
+ENROLLING = "enrolling"
+COMPLETE = "complete"
+
+
+@dataclass(frozen=True)
+class EnrollmentPolicy:
+    min_samples: int
+    min_total_speech_seconds: float
+    min_spread: float
+    duplicate_cosine: float
+    mismatch_cosine: float
+
+
+def normalise(vector: np.ndarray) -> np.ndarray:
+    norm = float(np.linalg.norm(vector))
+    if not np.isfinite(norm) or norm == 0.0:
+        raise ValueError("cannot normalise a zero or non-finite vector")
+    return (vector / norm).astype(np.float32)
+
+
+def centroid_and_spread(vectors: Sequence[np.ndarray]) -> tuple[np.ndarray, float]:
+    """Normalised mean of normalised vectors, and the spread: mean cosine distance to it."""
+    stack = np.stack(vectors).astype(np.float32)
+    centre = normalise(stack.mean(axis=0))
+    spread = float(np.mean(1.0 - stack @ centre))
+    return centre, max(spread, 0.0)
+
+
+def check_new_sample(vector: np.ndarray, earlier: Sequence[SampleRecord], policy: EnrollmentPolicy) -> None:
+    """Refuse a near-copy of an earlier sample, or a voice unlike the earlier samples."""
+    if not earlier:
+        return
+    stack = np.stack([s.vector for s in earlier])
+    closest = float(np.max(stack @ vector))
+    if closest >= policy.duplicate_cosine:
+        raise DuplicateSample(
+            f"This sample is a near-copy of one the speaker already has (cosine {closest:.3f}); "
+            "send a different utterance"
+        )
+    centre, _ = centroid_and_spread(list(stack))
+    similarity = float(centre @ vector)
+    if similarity < policy.mismatch_cosine:
+        raise SpeakerMismatch(
+            f"This voice does not match the speaker's earlier samples (cosine {similarity:.3f}, "
+            f"at least {policy.mismatch_cosine:g} needed)"
+        )
+
+
+def aggregate(samples: Sequence[SampleRecord], model_sha256: str, policy: EnrollmentPolicy) -> Aggregates:
+    """The speaker's aggregates from its samples. Only the current model's vectors count:
+    vectors of different models are never mixed."""
+    current = [s for s in samples if s.model_sha256 == model_sha256]
+    speech = float(sum(s.speech_seconds for s in current))
+    if not current:
+        return Aggregates(ENROLLING, 0, 0.0, 0.0, None, None)
+    centre, spread = centroid_and_spread([s.vector for s in current])
+    complete = not missing(len(current), speech, spread, policy)
+    return Aggregates(
+        status=COMPLETE if complete else ENROLLING,
+        sample_count=len(current),
+        speech_seconds=speech,
+        spread=spread,
+        centroid=centre,
+        model_sha256=model_sha256,
+    )
+
+
+def missing(count: int, speech: float, spread: float, policy: EnrollmentPolicy) -> list[str]:
+    needs = []
+    if count < policy.min_samples:
+        needs.append("more samples")
+    if speech < policy.min_total_speech_seconds:
+        needs.append("more speech")
+    if spread < policy.min_spread:  # one sample has no spread at all
+        needs.append("more diverse samples")
+    return needs
+
+
+def progress(count: int, speech: float, spread: float, policy: EnrollmentPolicy) -> float:
+    """0..1, the mean of how far each of the three conditions has come."""
+    if not missing(count, speech, spread, policy):
+        return 1.0
+    parts = [
+        min(1.0, count / max(policy.min_samples, 1)),
+        min(1.0, speech / policy.min_total_speech_seconds) if policy.min_total_speech_seconds else 1.0,
+        min(1.0, spread / policy.min_spread) if policy.min_spread else 1.0,
+    ]
+    return round(min(sum(parts) / len(parts), 0.99), 3)

@@ -1,0 +1,141 @@
+"""What the use cases need from the outside world, declared here and implemented elsewhere.
+
+The use cases import neither FastAPI nor faiss nor SQLAlchemy: storage implements `Store` and
+`SpeakerIndex`, embedding implements `Embedder`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class SpeakerRecord:
+    id: int  # row id, the index key
+    tenant_id: int
+    external_id: str
+    status: str
+    sample_count: int
+    speech_seconds: float
+    spread: float
+    centroid: np.ndarray | None  # float32 (dim,), L2-normalised
+    model_sha256: str | None
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class SampleRecord:
+    sample_id: str
+    vector: np.ndarray  # float32 (dim,), L2-normalised
+    model_sha256: str
+    speech_seconds: float
+    duration_seconds: float
+    snr_db: float
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class NewSample:
+    sample_id: str
+    vector: np.ndarray
+    model_sha256: str
+    speech_seconds: float
+    duration_seconds: float
+    snr_db: float
+    clipped_fraction: float
+    source_rate: int
+    audio: bytes | None
+
+
+@dataclass(frozen=True)
+class Aggregates:
+    status: str
+    sample_count: int
+    speech_seconds: float
+    spread: float
+    centroid: np.ndarray | None
+    model_sha256: str | None
+
+
+@dataclass(frozen=True)
+class IndexEntry:
+    speaker_id: int
+    tenant_id: int
+    external_id: str
+    complete: bool
+    centroid: np.ndarray
+
+
+@dataclass(frozen=True)
+class ChangeRecord:
+    seq: int
+    tenant_id: int
+    speaker_id: int
+
+
+class Transaction(Protocol):
+    """One database transaction; committed when the context exits cleanly, else rolled back."""
+
+    def lock_speaker(self, tenant_id: int, external_id: str, *, create: bool) -> SpeakerRecord | None: ...
+
+    def samples(self, speaker_id: int) -> list[SampleRecord]: ...
+
+    def add_sample(self, speaker_id: int, sample: NewSample) -> None: ...
+
+    def remove_sample(self, speaker_id: int, sample_id: str) -> bool: ...
+
+    def update_speaker(self, speaker_id: int, aggregates: Aggregates) -> SpeakerRecord: ...
+
+    def delete_speaker(self, speaker_id: int) -> None: ...
+
+    def log_change(self, tenant_id: int, speaker_id: int, kind: str) -> None: ...
+
+
+class Store(Protocol):
+    def transaction(self) -> AbstractContextManager[Transaction]: ...
+
+    def get_speaker(self, tenant_id: int, external_id: str) -> SpeakerRecord | None: ...
+
+    def list_speakers(
+        self, tenant_id: int, *, offset: int = 0, limit: int | None = None
+    ) -> list[SpeakerRecord]: ...
+
+    def count_speakers(self, tenant_id: int) -> int: ...
+
+    def speaker_keys(self) -> list[tuple[int, str]]: ...
+
+    def latest_sample(self, speaker_id: int) -> SampleRecord | None: ...
+
+    def index_entries(self, speaker_ids: Iterable[int] | None = None) -> list[IndexEntry]: ...
+
+    def changes_since(self, seq: int, limit: int = 10_000) -> list[ChangeRecord]: ...
+
+    def last_change_seq(self) -> int: ...
+
+
+class SpeakerIndex(Protocol):
+    def replace(self, entries: Sequence[IndexEntry]) -> None: ...
+
+    def upsert(self, entry: IndexEntry) -> None: ...
+
+    def remove(self, speaker_id: int) -> None: ...
+
+    def search(
+        self, query: np.ndarray, tenant_id: int, k: int, only: Sequence[int] | None = None
+    ) -> list[tuple[IndexEntry, float]]: ...
+
+    def __len__(self) -> int: ...
+
+
+class Embedder(Protocol):
+    checksum: str
+    dim: int
+
+    def embed(self, wave: np.ndarray) -> np.ndarray: ...

@@ -1,0 +1,136 @@
+"""`create_app(settings)`: the one place where the parts are wired together."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI
+
+from service import __version__, logs
+from service.api import compat, errors, health, native
+from service.api.deps import KeyRateLimiter, Services, run_blocking
+from service.api.middleware import BodyLimit, Metrics
+from service.audio.frontend import AudioFrontEnd
+from service.audio.pipeline import QualityLimits
+from service.config import Settings
+from service.embedding import weights
+from service.embedding.ecapa import EcapaEmbedder, configure_threads
+from service.enrollment.policy import EnrollmentPolicy
+from service.enrollment.ports import Embedder
+from service.enrollment.service import EnrollmentService
+from service.storage.database import check_migrated, make_engine
+from service.storage.index import FaissSpeakerIndex
+from service.storage.repository import SqlStore
+from service.storage.sync import IndexFollower
+
+log = logging.getLogger(__name__)
+
+
+def load_embedder(settings: Settings) -> EcapaEmbedder:
+    files = weights.resolve(settings.model_dir, settings.model_sha256)
+    return EcapaEmbedder(files, settings.device, settings.precision)
+
+
+def enrollment_policy(settings: Settings) -> EnrollmentPolicy:
+    e = settings.enrollment
+    return EnrollmentPolicy(
+        min_samples=e.min_samples,
+        min_total_speech_seconds=e.min_total_speech_seconds,
+        min_spread=e.min_spread,
+        duplicate_cosine=e.duplicate_cosine,
+        mismatch_cosine=e.mismatch_cosine,
+    )
+
+
+def build_services(settings: Settings, embedder: Embedder | None = None) -> Services:
+    """Connect, check the schema, load and warm the model, build the index. Blocking."""
+    url = settings.resolved_database_url()
+    engine = make_engine(url)
+    check_migrated(engine, url)
+    store = SqlStore(engine)
+    configure_threads(settings.torch_threads)
+    if embedder is None:
+        embedder = load_embedder(settings)
+    audio = settings.audio
+    frontend = AudioFrontEnd(
+        max_seconds=audio.max_seconds,
+        decode_timeout_s=audio.decode_timeout_s,
+        vad_threshold=audio.vad_threshold,
+    )
+    index = FaissSpeakerIndex(embedder.dim)
+    follower = IndexFollower(store, index)
+    follower.rebuild()
+    enrollment = EnrollmentService(
+        store=store,
+        frontend=frontend,
+        embed=embedder.embed,
+        model_sha256=embedder.checksum,
+        policy=enrollment_policy(settings),
+        limits=QualityLimits(audio.min_speech_seconds, audio.max_clipped_fraction, audio.min_snr_db),
+        after_commit=follower.catch_up,
+        store_audio=settings.enrollment.store_audio,
+    )
+    warmup = getattr(embedder, "warmup", None)
+    if callable(warmup):
+        warmup()
+    return Services(
+        settings=settings,
+        store=store,
+        enrollment=enrollment,
+        checks={"model": True, "database": True, "index": True},
+        extras={"index": index, "follower": follower, "embedder": embedder, "engine": engine},
+        limiter=KeyRateLimiter(settings.auth.rate_limit_per_minute),
+    )
+
+
+async def _follow_changes(services: Services) -> None:
+    """Apply changes committed by other replicas (or missed ones) to this process's index."""
+    follower: IndexFollower = services.extras["follower"]
+    while True:
+        await asyncio.sleep(services.settings.index_poll_seconds)
+        try:
+            await run_blocking(follower.catch_up)
+            services.checks["index"] = True
+        except Exception:
+            services.checks["index"] = False
+            log.exception("index catch-up failed")
+
+
+def create_app(settings: Settings | None = None, *, embedder: Embedder | None = None) -> FastAPI:
+    settings = settings or Settings()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        services = await run_blocking(build_services, settings, embedder)
+        app.state.services = services
+        follower = asyncio.create_task(_follow_changes(services))
+        log.info("ready", extra={"speakers_indexed": len(services.extras["index"])})
+        try:
+            yield
+        finally:
+            follower.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await follower
+            services.extras["engine"].dispose()
+
+    app = FastAPI(
+        title="Speaker enrollment and identification",
+        version=__version__,
+        description="DeepAffects-compatible speaker enroll / delete / identify, plus a native /v1 API.",
+        lifespan=lifespan,
+    )
+    errors.install(app)
+    app.include_router(health.api)
+    app.include_router(compat.router("v1"))
+    app.include_router(compat.router("v2"))
+    app.include_router(native.api)
+    app.add_middleware(Metrics)
+    app.add_middleware(BodyLimit, max_bytes=settings.audio.max_request_bytes)
+    return app
+
+
+def configure_logging(settings: Settings) -> None:
+    logs.configure(settings.log_level)

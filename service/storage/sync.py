@@ -1,0 +1,82 @@
+"""Keep an index equal to what the database committed, by following the change log.
+
+Applying a change means re-reading that speaker's row (upsert it, or drop it if it is gone), so
+applying one twice is harmless. On PostgreSQL a sequence number can become visible after a higher
+one (transactions commit out of order) or never (a rolled-back insert): changes above the last
+contiguous sequence are re-read on each poll, and a gap still open after `GAP_GRACE_S` is taken to
+be a rollback.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterable
+
+from service.enrollment.ports import SpeakerIndex, Store
+
+log = logging.getLogger(__name__)
+
+GAP_GRACE_S = 30.0
+
+
+class IndexFollower:
+    def __init__(self, store: Store, index: SpeakerIndex) -> None:
+        self.store = store
+        self.index = index
+        self._floor = 0  # every change with seq <= floor has been applied
+        self._applied: set[int] = set()  # applied changes above the floor
+        self._gaps: dict[int, float] = {}  # missing seq -> when first seen missing
+        self._lock = threading.Lock()
+
+    @property
+    def applied_seq(self) -> int:
+        return max(self._applied, default=self._floor)
+
+    def rebuild(self) -> int:
+        """Load every speaker from the database; returns how many are indexed."""
+        with self._lock:
+            floor = self.store.last_change_seq()  # read first: later changes are re-applied
+            entries = self.store.index_entries()
+            self.index.replace(entries)
+            self._floor, self._applied, self._gaps = floor, set(), {}
+        log.info("index rebuilt", extra={"speakers": len(entries), "seq": floor})
+        return len(entries)
+
+    def catch_up(self) -> int:
+        """Apply committed changes not yet applied; returns how many speakers were refreshed."""
+        with self._lock:
+            changes = self.store.changes_since(self._floor)
+            if not changes:
+                return 0
+            fresh = {c.speaker_id for c in changes if c.seq not in self._applied}
+            self._refresh(fresh)
+            self._applied.update(c.seq for c in changes)
+            self._advance_floor(changes[-1].seq)
+            return len(fresh)
+
+    def _refresh(self, speaker_ids: Iterable[int]) -> None:
+        ids = set(speaker_ids)
+        if not ids:
+            return
+        found = {e.speaker_id: e for e in self.store.index_entries(ids)}
+        for speaker_id in ids:
+            entry = found.get(speaker_id)
+            if entry is None:
+                self.index.remove(speaker_id)
+            else:
+                self.index.upsert(entry)
+
+    def _advance_floor(self, highest: int) -> None:
+        now = time.monotonic()
+        seq = self._floor + 1
+        while seq <= highest:
+            if seq in self._applied:
+                self._applied.discard(seq)
+            elif now - self._gaps.setdefault(seq, now) < GAP_GRACE_S:
+                break
+            else:
+                del self._gaps[seq]
+            self._floor = seq
+            seq += 1

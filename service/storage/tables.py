@@ -1,0 +1,105 @@
+"""SQLAlchemy tables: the store of record. ORM rows never leave `service.storage`."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import (
+    BigInteger,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+# SQLite only auto-increments INTEGER PRIMARY KEY; PostgreSQL gets a BIGINT.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Tenant(Base):
+    __tablename__ = "tenants"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class ApiKey(Base):
+    __tablename__ = "api_keys"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    key_id: Mapped[str] = mapped_column(String(32), unique=True)  # public handle, e.g. for revoke
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)  # sha256 of the secret key
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class Speaker(Base):
+    __tablename__ = "speakers"
+    __table_args__ = (UniqueConstraint("tenant_id", "external_id", name="uq_speaker_tenant_external"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    external_id: Mapped[str] = mapped_column(String(128))  # the client's speakerId
+    status: Mapped[str] = mapped_column(String(16), default="enrolling")
+    sample_count: Mapped[int] = mapped_column(Integer, default=0)
+    speech_seconds: Mapped[float] = mapped_column(Float, default=0.0)
+    spread: Mapped[float] = mapped_column(Float, default=0.0)
+    # Normalised mean of the current model's sample vectors (float32 bytes); what identify scores.
+    centroid: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    model_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    samples: Mapped[list[Sample]] = relationship(
+        back_populates="speaker", cascade="all, delete-orphan", passive_deletes=True
+    )
+
+
+class Sample(Base):
+    __tablename__ = "samples"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    sample_id: Mapped[str] = mapped_column(String(36), unique=True)  # public id (uuid4 hex)
+    speaker_id: Mapped[int] = mapped_column(ForeignKey("speakers.id", ondelete="CASCADE"), index=True)
+    vector: Mapped[bytes] = mapped_column(LargeBinary)  # float32, L2-normalised, model's dim
+    model_sha256: Mapped[str] = mapped_column(String(64))
+    speech_seconds: Mapped[float] = mapped_column(Float)
+    duration_seconds: Mapped[float] = mapped_column(Float)
+    snr_db: Mapped[float] = mapped_column(Float)
+    clipped_fraction: Mapped[float] = mapped_column(Float)
+    source_rate: Mapped[int] = mapped_column(Integer)
+    audio: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)  # only if turned on
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    speaker: Mapped[Speaker] = relationship(back_populates="samples")
+
+
+class Change(Base):
+    """Append-only log: one row per committed enroll or delete, in the same transaction.
+
+    Each replica's index follows this log past the highest `seq` it has applied.
+    """
+
+    __tablename__ = "changes"
+    __table_args__ = (Index("ix_changes_speaker", "speaker_id"),)
+
+    seq: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    tenant_id: Mapped[int] = mapped_column(BigId)
+    speaker_id: Mapped[int] = mapped_column(BigId)  # no FK: the speaker may be gone
+    kind: Mapped[str] = mapped_column(String(16))  # "sample+", "sample-", "speaker-"
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
