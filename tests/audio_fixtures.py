@@ -123,6 +123,7 @@ def encode(
     buf = io.BytesIO()
     with av.open(buf, mode="w", format=fmt) as out:
         stream = out.add_stream(codec, rate=rate, layout=layout, options=dict(options or {}))
+        assert isinstance(stream, av.AudioStream)
         ctx = stream.codec_context
         frame = av.AudioFrame.from_ndarray(
             np.ascontiguousarray(wave.T.reshape(1, -1)), format="s16", layout=layout
@@ -143,9 +144,7 @@ def encode(
 
 def encode_recipe(samples: np.ndarray, source_rate: int, recipe: str | Recipe) -> bytes:
     r = RECIPES[recipe] if isinstance(recipe, str) else recipe
-    return encode(
-        samples, source_rate, r.fmt, r.codec, r.rate, channels=r.channels, options=dict(r.options)
-    )
+    return encode(samples, source_rate, r.fmt, r.codec, r.rate, channels=r.channels, options=dict(r.options))
 
 
 def g711_bytes(samples: np.ndarray, source_rate: int, law: str, rate: int = 8_000) -> bytes:

@@ -74,8 +74,9 @@ def normalise_encoding(encoding: str) -> str:
 
 
 def b64decode(content: str) -> bytes:
+    """Strict base64, except that line breaks and spaces (as `base64` tools wrap it) are allowed."""
     try:
-        data = base64.b64decode(content.strip(), validate=True)
+        data = base64.b64decode("".join(content.split()), validate=True)
     except (binascii.Error, ValueError) as exc:
         raise InvalidBase64() from exc
     if not data:

@@ -7,7 +7,6 @@ and leading or trailing silence neither dilute nor bias the voiceprint.
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -16,6 +15,7 @@ import torchaudio.functional as AF
 from silero_vad import get_speech_timestamps, load_silero_vad
 
 from service.audio.decode import DecodedAudio
+from service.concurrency import compute_lock
 from service.errors import ClippedAudio, InsufficientSpeech, NoisyAudio
 
 TARGET_RATE = 16_000
@@ -82,15 +82,14 @@ class PreparedAudio:
 
 
 class SpeechDetector:
-    """silero-vad (its model ships in the wheel). Stateful, so one call at a time."""
+    """silero-vad (its model ships in the wheel). Stateful: callers hold `compute_lock`."""
 
     def __init__(self, threshold: float = 0.5) -> None:
         self.threshold = threshold
         self._model = load_silero_vad(onnx=False)
-        self._lock = threading.Lock()
 
     def regions(self, wave: np.ndarray) -> list[tuple[float, float]]:
-        with self._lock, torch.inference_mode():
+        with torch.inference_mode():
             stamps = get_speech_timestamps(
                 torch.from_numpy(wave),
                 self._model,
@@ -136,8 +135,9 @@ def estimate_snr_db(wave: np.ndarray, speech: list[tuple[float, float]]) -> floa
 
 
 def prepare(audio: DecodedAudio, detector: SpeechDetector) -> PreparedAudio:
-    wave, clipped = to_mono_16k(audio)
-    speech = detector.regions(wave)
+    with compute_lock:
+        wave, clipped = to_mono_16k(audio)
+        speech = detector.regions(wave)
     return PreparedAudio(
         wave=wave,
         source_rate=audio.sample_rate,

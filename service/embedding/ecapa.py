@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from hyperpyyaml import load_hyperpyyaml
 
+from service.concurrency import compute_lock
 from service.embedding.weights import ModelFiles
 from service.errors import StartupError
 
@@ -52,7 +53,8 @@ class EcapaEmbedder:
         self.checksum = files.sha256
         self.device = pick_device(device)
         self.precision: Precision = precision
-        self._lock = threading.Lock()
+        # On a CPU the model shares the cores with speech detection: one torch call at a time.
+        self._lock = compute_lock if self.device.type == "cpu" else threading.Lock()
         with files.hyperparams.open() as fh:
             # The pretrainer entry names hub paths; it is built but never asked to fetch anything.
             hparams: dict[str, Any] = load_hyperpyyaml(fh)

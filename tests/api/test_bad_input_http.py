@@ -1,0 +1,134 @@
+"""Bad input over real HTTP: each a 4xx fault with its own error code, nothing stored, still serving."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+
+from tests.audio_fixtures import encode_recipe, load_clip
+from tests.conftest import LiveServer, b64, flac_body, needs_speech, new_key
+
+pytestmark = [needs_speech, pytest.mark.model]
+
+ENROLL = "/audio/generic/api/v1/sync/diarization/enroll"
+CLIP = "librispeech/test-other/367/367-130732-0002.flac"
+
+
+@pytest.fixture(scope="module")
+def key(live: LiveServer) -> str:
+    return new_key(live.settings, "acme")
+
+
+@pytest.fixture(scope="module")
+def client(live: LiveServer, key: str) -> Iterator[httpx.Client]:
+    with live.client(key) as c:
+        yield c
+
+
+def body(content: bytes, encoding: str = "FLAC", **extra: Any) -> dict[str, Any]:
+    return {
+        "content": b64(content),
+        "encoding": encoding,
+        "sampleRate": 16000,
+        "speakerId": "victim",
+        **extra,
+    }
+
+
+def _speech_half_second() -> bytes:
+    clip = load_clip(CLIP)
+    start = int(1.0 * clip.sample_rate)  # inside the first sentence
+    return encode_recipe(clip.samples[start : start + clip.sample_rate // 2], clip.sample_rate, "flac")
+
+
+CASES: list[tuple[str, dict[str, Any], int, str]] = [
+    ("invalid base64", {**body(b"x"), "content": "not base64 at all!!"}, 400, "audio.InvalidBase64"),
+    ("unknown encoding", body(b"RIFF....", encoding="SPEEX_MAGIC"), 400, "audio.UnsupportedEncoding"),
+    ("empty content", {**body(b"x"), "content": ""}, 400, "audio.Empty"),
+    ("random bytes as WAV", body(os.urandom(64_000), encoding="WAV"), 400, "audio.Undecodable"),
+    ("missing encoding", {"content": b64(b"abc"), "speakerId": "victim"}, 400, "request.Invalid"),
+    ("bad speakerId", body(b"abc", speakerId="no spaces/allowed"), 400, "request.InvalidSpeakerId"),
+    ("too long speakerId", body(b"abc", speakerId="x" * 129), 400, "request.InvalidSpeakerId"),
+    (
+        "raw without rate",
+        {**body(b"\0\0" * 800, encoding="LINEAR16"), "sampleRate": None},
+        400,
+        "audio.MissingSampleRate",
+    ),
+]
+
+
+@pytest.mark.parametrize(("name", "payload", "status", "code"), CASES, ids=[c[0] for c in CASES])
+def test_malformed_requests(
+    client: httpx.Client, live: LiveServer, name: str, payload: dict[str, Any], status: int, code: str
+) -> None:
+    before = live.services.store.counts()
+    answer = client.post(ENROLL, json=payload)
+    assert answer.status_code == status, answer.text
+    assert answer.json()["fault"]["detail"]["errorcode"] == code
+    assert answer.json()["fault"]["faultstring"]
+    assert live.services.store.counts() == before
+    assert client.get("/healthz").status_code == 200
+
+
+def test_truncated_flac(client: httpx.Client, live: LiveServer) -> None:
+    data = load_clip(CLIP).path.read_bytes()
+    _refused(client, live, body(data[:300]), 400, "audio.Undecodable")
+
+
+def test_pure_silence(client: httpx.Client, live: LiveServer) -> None:
+    silence = encode_recipe(np.zeros(16000 * 5, dtype=np.int16), 16000, "flac")
+    _refused(client, live, body(silence), 422, "audio.InsufficientSpeech")
+
+
+def test_half_a_second_of_speech(client: httpx.Client, live: LiveServer) -> None:
+    _refused(client, live, body(_speech_half_second()), 422, "audio.InsufficientSpeech")
+
+
+def test_body_over_the_size_limit(client: httpx.Client, live: LiveServer) -> None:
+    limit = live.settings.audio.max_request_bytes
+    payload = {"content": "A" * (limit + 1024), "encoding": "FLAC", "speakerId": "victim"}
+    _refused(client, live, payload, 413, "request.PayloadTooLarge")
+
+
+def test_missing_and_wrong_keys(live: LiveServer) -> None:
+    before = live.services.store.counts()
+    with live.client() as anonymous:
+        missing = anonymous.post(ENROLL, json=flac_body(CLIP, "victim"))
+        wrong = anonymous.post(ENROLL, params={"apikey": "sk_wrong"}, json=flac_body(CLIP, "victim"))
+        native = anonymous.get("/v1/speakers", headers={"Authorization": "Bearer sk_wrong"})
+    for answer in (missing, wrong):
+        assert answer.status_code == 401
+        assert answer.json()["fault"]["detail"]["errorcode"] == "auth.InvalidKey"
+    assert native.status_code == 401 and native.json()["error"]["code"] == "auth.InvalidKey"
+    assert live.services.store.counts() == before
+
+
+def test_native_route_errors_use_the_native_shape(client: httpx.Client) -> None:
+    answer = client.post("/v1/speakers/bad%20id/enrollments", json=flac_body(CLIP))
+    assert answer.status_code == 400
+    assert answer.json()["error"]["code"] == "request.InvalidSpeakerId"
+    unsupported = client.post(
+        "/v1/speakers/ok/enrollments", content=b"abc", headers={"Content-Type": "text/plain"}
+    )
+    assert unsupported.status_code == 415
+    assert unsupported.json()["error"]["code"] == "request.UnsupportedMediaType"
+
+
+def test_nothing_was_stored_and_the_server_still_serves(client: httpx.Client) -> None:
+    assert client.get("/v1/speakers/victim").status_code == 404
+    assert client.post(ENROLL, json=flac_body(CLIP, "after-the-storm")).json() == {"message": "Success"}
+
+
+def _refused(client: httpx.Client, live: LiveServer, payload: dict[str, Any], status: int, code: str) -> None:
+    before = live.services.store.counts()
+    answer = client.post(ENROLL, json=payload)
+    assert answer.status_code == status, answer.text
+    assert answer.json()["fault"]["detail"]["errorcode"] == code
+    assert live.services.store.counts() == before
+    assert client.get("/healthz").status_code == 200

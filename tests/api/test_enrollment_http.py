@@ -1,0 +1,166 @@
+"""Enrollment over real HTTP with the real model on real speech, on a real SQLite file."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from sqlalchemy import select
+
+from service.storage.tables import Sample, Speaker
+from tests.audio_fixtures import encode_recipe, load_clip
+from tests.conftest import LiveServer, b64, flac_body, needs_speech, new_key
+
+pytestmark = [needs_speech, pytest.mark.model]
+
+ENROLL = "/audio/generic/api/v1/sync/diarization/enroll"
+DELETE = "/audio/generic/api/v1/sync/diarization/delete"
+LIST = "/audio/generic/api/v2/sync/diarization/get_enrolled_speakers"
+
+# One reader, one recording session, three different utterances of 11-16 s.
+ALICE = [
+    "librispeech/test-other/367/367-130732-0002.flac",
+    "librispeech/test-other/367/367-130732-0003.flac",
+    "librispeech/test-other/367/367-130732-0005.flac",
+]
+OTHER_VOICE = "librispeech/test-other/2609/2609-156975-0004.flac"  # a man; ls-367 is a woman
+EIGHT_K = "librispeech/train-clean-100/32/32-21625-0000.flac"
+
+
+@pytest.fixture(scope="module")
+def key(live: LiveServer) -> str:
+    return new_key(live.settings, "acme")
+
+
+@pytest.fixture(scope="module")
+def client(live: LiveServer, key: str) -> Iterator[httpx.Client]:
+    with live.client(key) as c:
+        yield c
+
+
+def rows_of(live: LiveServer, speaker_id: str) -> tuple[int, int]:
+    """(speaker rows, sample rows) stored for a speakerId, read from the database itself."""
+    engine = live.services.extras["engine"]
+    with engine.connect() as conn:
+        speakers = conn.execute(select(Speaker.id).where(Speaker.external_id == speaker_id)).all()
+        ids = [s[0] for s in speakers]
+        samples = conn.execute(select(Sample.id).where(Sample.speaker_id.in_(ids))).all()
+    return len(speakers), len(samples)
+
+
+def speaker_row_id(live: LiveServer, speaker_id: str) -> int:
+    engine = live.services.extras["engine"]
+    with engine.connect() as conn:
+        return int(conn.execute(select(Speaker.id).where(Speaker.external_id == speaker_id)).scalar_one())
+
+
+def test_three_utterances_reach_complete(client: httpx.Client) -> None:
+    answers = [client.post(ENROLL, json=flac_body(path, "alice")) for path in ALICE]
+    assert [a.status_code for a in answers] == [200, 200, 200], [a.text for a in answers]
+    assert [a.json()["message"] for a in answers] == ["Success", "Success", "Complete"]
+
+    status = client.get("/v1/speakers/alice").json()
+    assert status["status"] == "complete"
+    assert status["samples"] == 3
+    assert status["progress"] == 1.0 and status["missing"] == []
+    listed = client.get(LIST).json()
+    assert listed["developer_id"] == "acme"
+    assert {"speaker_id": "alice", "enrollment_complete": "True"} in listed["enrolled_speaker_ids"]
+
+
+def test_same_clip_twice_is_refused_as_duplicate(client: httpx.Client, live: LiveServer) -> None:
+    first = client.post(ENROLL, json=flac_body(ALICE[0], "dup"))
+    assert first.json() == {"message": "Success"}
+    again = client.post(ENROLL, json=flac_body(ALICE[0], "dup"))
+    assert again.status_code == 409
+    assert again.json()["fault"]["detail"]["errorcode"] == "enrollment.DuplicateSample"
+    assert rows_of(live, "dup") == (1, 1)
+
+
+def test_another_voice_is_refused_as_mismatch(client: httpx.Client, live: LiveServer) -> None:
+    assert client.post(ENROLL, json=flac_body(ALICE[1], "mixed")).status_code == 200
+    other = client.post(ENROLL, json=flac_body(OTHER_VOICE, "mixed"))
+    assert other.status_code == 409
+    assert other.json()["fault"]["detail"]["errorcode"] == "enrollment.SpeakerMismatch"
+    assert rows_of(live, "mixed") == (1, 1)
+
+
+def test_eight_khz_flac_enrolls(client: httpx.Client) -> None:
+    clip = load_clip(EIGHT_K)
+    body = {"content": b64(encode_recipe(clip.samples, clip.sample_rate, "flac8k")), "encoding": "FLAC"}
+    answer = client.post(ENROLL, json={**body, "sampleRate": 8000, "speakerId": "phone"})
+    assert answer.json() == {"message": "Success"}
+    status = client.get("/v1/speakers/phone").json()
+    assert status["samples"] == 1
+    assert status["lastSample"]["speechSeconds"] > 10
+
+
+def test_delete_leaves_no_row_and_no_vector(client: httpx.Client, live: LiveServer) -> None:
+    for path in ALICE[:2]:
+        assert client.post(ENROLL, json=flac_body(path, "gone")).status_code == 200
+    row_id = speaker_row_id(live, "gone")
+    assert row_id in live.index_ids()
+
+    answer = client.post(DELETE, json={"speakerId": "gone"})
+    assert answer.status_code == 200 and answer.json() == {"message": "Success"}
+    assert rows_of(live, "gone") == (0, 0)
+    assert row_id not in live.index_ids()
+    assert client.get("/v1/speakers/gone").status_code == 404
+    again = client.post(DELETE, json={"speakerId": "gone"})
+    assert again.status_code == 404
+    assert again.json()["fault"]["detail"]["errorcode"] == "speaker.NotFound"
+
+
+def test_native_routes_enroll_list_and_delete_a_sample(client: httpx.Client, live: LiveServer) -> None:
+    raw = client.post(
+        "/v1/speakers/native.1/enrollments",
+        content=load_clip(ALICE[0]).path.read_bytes(),
+        headers={"Content-Type": "audio/flac"},
+    )
+    assert raw.status_code == 201, raw.text
+    first = raw.json()
+    assert first["status"] == "enrolling" and first["samples"] == 1
+    assert first["lastSample"]["snrDb"] > 10 and "more samples" in first["missing"]
+    assert 0 < first["progress"] < 1
+
+    second = client.post("/v1/speakers/native.1/enrollments", json=flac_body(ALICE[1]))
+    assert second.status_code == 201 and second.json()["samples"] == 2
+    page = client.get("/v1/speakers", params={"limit": 1000}).json()
+    assert "native.1" in [s["speakerId"] for s in page["speakers"]]
+
+    sample_id = second.json()["lastSample"]["sampleId"]
+    assert client.delete(f"/v1/speakers/native.1/enrollments/{sample_id}").status_code == 204
+    assert client.get("/v1/speakers/native.1").json()["samples"] == 1
+    assert rows_of(live, "native.1") == (1, 1)
+    assert client.delete(f"/v1/speakers/native.1/enrollments/{sample_id}").status_code == 404
+    assert client.delete("/v1/speakers/native.1").status_code == 204
+    assert rows_of(live, "native.1") == (0, 0)
+
+
+def test_second_tenant_sees_and_deletes_nothing_of_the_first(client: httpx.Client, live: LiveServer) -> None:
+    assert client.post(ENROLL, json=flac_body(ALICE[2], "shared-name")).status_code == 200
+    with live.client(new_key(live.settings, "globex")) as other:
+        listed = other.get(LIST).json()
+        assert listed == {"developer_id": "globex", "enrolled_speaker_ids": []}
+        assert other.get("/v1/speakers").json()["total"] == 0
+        assert other.get("/v1/speakers/shared-name").status_code == 404
+        denied = other.post(DELETE, json={"speakerId": "shared-name"})
+        assert denied.status_code == 404
+        assert other.delete("/v1/speakers/shared-name").status_code == 404
+        # The same speakerId in the second tenant is a different speaker.
+        mine = other.post(ENROLL, json=flac_body(OTHER_VOICE, "shared-name"))
+        assert mine.json() == {"message": "Success"}
+    assert rows_of(live, "shared-name") == (2, 2)
+    assert client.get("/v1/speakers/shared-name").json()["samples"] == 1
+
+
+def test_restart_keeps_every_enrollment(client: httpx.Client, live: LiveServer, key: str) -> None:
+    assert client.post(ENROLL, json=flac_body(ALICE[0], "durable")).status_code == 200
+    before = client.get(LIST).json()
+    before_ids = live.index_ids()
+    live.restart()
+    with live.client(key) as fresh:
+        assert fresh.get(LIST).json() == before
+        assert fresh.get("/v1/speakers/durable").json()["samples"] == 1
+    assert live.index_ids() == before_ids

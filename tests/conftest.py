@@ -1,0 +1,134 @@
+"""Shared fixtures: the real model, and the service served for real over HTTP on loopback."""
+
+from __future__ import annotations
+
+import base64
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+
+from service.config import Settings
+from service.embedding import weights
+from service.embedding.ecapa import EcapaEmbedder, configure_threads
+from service.main import create_app
+from service.storage.database import make_engine, migrate
+from service.storage.repository import SqlStore
+from tests.audio_fixtures import EVAL_SPEECH, clip_bytes, eval_speech_available
+
+configure_threads(int(os.environ.get("SPK_TORCH_THREADS", "0")))
+
+needs_speech = pytest.mark.skipif(
+    not eval_speech_available(), reason=f"real speech set not found at {EVAL_SPEECH}"
+)
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def flac_body(relative_path: str, speaker_id: str | None = None, **extra: Any) -> dict[str, Any]:
+    """A compatible-API JSON body for an eval-speech clip sent as it is stored (16 kHz FLAC/WAV)."""
+    encoding = "WAV" if relative_path.endswith(".wav") else "FLAC"
+    body: dict[str, Any] = {
+        "content": b64(clip_bytes(relative_path)),
+        "encoding": encoding,
+        "sampleRate": 16000,
+        "languageCode": "en-US",
+    }
+    if speaker_id is not None:
+        body["speakerId"] = speaker_id
+    body.update(extra)
+    return body
+
+
+@pytest.fixture(scope="session")
+def embedder() -> EcapaEmbedder:
+    """The real bundled ECAPA-TDNN model, loaded once per test session."""
+    return EcapaEmbedder(weights.resolve(None), "cpu", "fp32")
+
+
+class LiveServer:
+    """The app served by uvicorn on a loopback port, in a thread of the test process.
+
+    The test process can then look inside (index, database) while clients use real HTTP.
+    `restart()` stops it and starts a new app on the same database, as a process restart would.
+    """
+
+    def __init__(self, settings: Settings, embedder: Any) -> None:
+        self.settings = settings
+        self.embedder = embedder
+        self.url = ""
+        self._server: uvicorn.Server | None = None
+        self._thread: threading.Thread | None = None
+        self.app: Any = None
+
+    def start(self) -> None:
+        self.app = create_app(self.settings, embedder=self.embedder)
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        config = uvicorn.Config(self.app, log_config=None, access_log=False, lifespan="on")
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]}, daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + 120
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("server did not start")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self._server is not None and self._thread is not None:
+            self._server.should_exit = True
+            self._thread.join(timeout=30)
+        self._server = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    @property
+    def services(self) -> Any:
+        return self.app.state.services
+
+    def index_ids(self) -> set[int]:
+        ids: set[int] = self.services.extras["index"].faiss_ids()
+        return ids
+
+    def client(self, key: str | None = None) -> httpx.Client:
+        headers = {"X-API-Key": key} if key else {}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=120)
+
+
+def make_settings(data_dir: Path, **overrides: Any) -> Settings:
+    settings = Settings(
+        data_dir=data_dir, database_url=os.environ.get("SPK_TEST_DATABASE_URL", ""), **overrides
+    )
+    migrate(settings.resolved_database_url())
+    return settings
+
+
+def new_key(settings: Settings, tenant: str) -> str:
+    engine = make_engine(settings.resolved_database_url())
+    try:
+        return SqlStore(engine).create_key(tenant)[1]
+    finally:
+        engine.dispose()
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory: pytest.TempPathFactory, embedder: EcapaEmbedder) -> Iterator[LiveServer]:
+    settings = make_settings(tmp_path_factory.mktemp("service"))
+    server = LiveServer(settings, embedder)
+    server.start()
+    yield server
+    server.stop()

@@ -1,0 +1,101 @@
+"""The ECAPA core against speechbrain's own EncoderClassifier, and the model-loading safeguards."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from service.embedding import weights
+from service.embedding.ecapa import EcapaEmbedder
+from service.errors import StartupError
+from tests.audio_fixtures import load_clip
+from tests.conftest import needs_speech
+
+pytestmark = [needs_speech, pytest.mark.model]
+
+CLIPS = [
+    "librispeech/test-other/367/367-130732-0002.flac",
+    "librispeech/test-clean/61/61-70968-0002.flac",
+    "vctk/p226/p226_008.wav",
+]
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory) -> object:
+    """speechbrain's EncoderClassifier on the same local files (its pretrainer pointed at them)."""
+    from speechbrain.inference.speaker import EncoderClassifier
+
+    folder = weights.bundled_folder()
+    local = tmp_path_factory.mktemp("sb-model")
+    for name in ("hyperparams.yaml", "embedding_model.ckpt", "mean_var_norm_emb.ckpt", "classifier.ckpt"):
+        (local / name).symlink_to(folder / name)
+    shutil.copy(folder / "label_encoder.ckpt", local / "label_encoder.txt")
+    return EncoderClassifier.from_hparams(
+        source=str(local),
+        savedir=str(local),
+        overrides={"pretrained_path": str(local)},
+        run_opts={"device": "cpu"},
+    )
+
+
+def test_vectors_equal_speechbrain_encode_batch(embedder: EcapaEmbedder, reference: object) -> None:
+    for path in CLIPS:
+        wave = load_clip(path).as_float()
+        ours = embedder.embed(wave)
+        theirs = reference.encode_batch(torch.from_numpy(wave)[None]).squeeze().numpy()  # type: ignore[attr-defined]
+        assert ours.shape == (192,)
+        assert cosine(ours, theirs) >= 0.9999, path
+
+
+def test_padded_batch_matches_one_by_one(embedder: EcapaEmbedder) -> None:
+    waves = [load_clip(p).as_float() for p in CLIPS]
+    batch = embedder.embed_batch(waves)
+    for row, wave in zip(batch, waves, strict=True):
+        assert cosine(row, embedder.embed(wave)) >= 0.999
+
+
+def test_different_speakers_are_far_apart_and_same_speaker_close(embedder: EcapaEmbedder) -> None:
+    a1 = embedder.embed(load_clip("librispeech/test-other/367/367-130732-0002.flac").as_float())
+    a2 = embedder.embed(load_clip("librispeech/test-other/367/367-130732-0003.flac").as_float())
+    b = embedder.embed(load_clip("vctk/p226/p226_008.wav").as_float())
+    assert cosine(a1, a2) > 0.5
+    assert cosine(a1, b) < 0.3
+
+
+def test_bundled_weights_are_checked(embedder: EcapaEmbedder) -> None:
+    assert embedder.checksum == "0575cb64845e6b9a10db9bcb74d5ac32b326b8dc90352671d345e2ee3d0126a2"
+
+
+def _copy_model(target: Path) -> Path:
+    folder = weights.bundled_folder()
+    target.mkdir()
+    for name in ("hyperparams.yaml", "embedding_model.ckpt"):
+        shutil.copy(folder / name, target / name)
+    return target
+
+
+def test_operator_model_folder_loads(tmp_path: Path, embedder: EcapaEmbedder) -> None:
+    folder = _copy_model(tmp_path / "mine")
+    files = weights.resolve(folder, embedder.checksum)
+    wave = load_clip(CLIPS[1]).as_float()
+    assert cosine(EcapaEmbedder(files, "cpu").embed(wave), embedder.embed(wave)) > 0.9999
+
+
+def test_corrupt_or_missing_weights_stop_start_up(tmp_path: Path) -> None:
+    folder = _copy_model(tmp_path / "broken")
+    with (folder / "embedding_model.ckpt").open("r+b") as fh:
+        fh.seek(1000)
+        fh.write(b"\x00" * 16)
+    with pytest.raises(StartupError, match="sha256"):
+        weights.resolve(folder, "0575cb64845e6b9a10db9bcb74d5ac32b326b8dc90352671d345e2ee3d0126a2")
+    (folder / "embedding_model.ckpt").unlink()
+    with pytest.raises(StartupError, match="missing"):
+        weights.resolve(folder)
