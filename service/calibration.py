@@ -18,5 +18,8 @@ DUPLICATE_COSINE = 0.95
 MISMATCH_COSINE = 0.25
 
 # --- identification ------------------------------------------------------------------------------
-IDENTIFY_THRESHOLD = 0.35
-VERIFY_THRESHOLD = 0.35
+IDENTIFY_THRESHOLD = 0.5
+VERIFY_THRESHOLD = 0.5
+SEGMENT_THRESHOLD = 0.35
+PRIOR_WEIGHT = 5.0
+MIN_IDENTIFY_SPEECH_SECONDS = 1.0

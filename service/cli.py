@@ -106,6 +106,9 @@ def parser() -> argparse.ArgumentParser:
     sub.add_parser("rebuild-index", help="recompute every speaker's vector from its samples").set_defaults(
         run=cmd_rebuild_index
     )
+    from service.tools import register
+
+    register(sub)
     return root
 
 

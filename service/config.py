@@ -52,7 +52,14 @@ class EnrollmentSettings(BaseModel):
 class IdentifySettings(BaseModel):
     threshold: float = Field(cal.IDENTIFY_THRESHOLD, description="open-set accept threshold")
     verify_threshold: float = Field(cal.VERIFY_THRESHOLD, description="verify accept threshold")
-    top_k: int = 5
+    segment_threshold: float = Field(
+        cal.SEGMENT_THRESHOLD, description="accept threshold for the short windows of compatible identify"
+    )
+    domain_centring: bool = Field(True, description="score after removing the tenant's domain mean")
+    prior_weight: float = Field(cal.PRIOR_WEIGHT, description="pseudo-speakers of the prior in that mean")
+    min_speech_seconds: float = Field(
+        cal.MIN_IDENTIFY_SPEECH_SECONDS, description="net speech a clip to identify must hold"
+    )
 
 
 class AuthSettings(BaseModel):

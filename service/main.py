@@ -7,6 +7,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 
+import numpy as np
 from fastapi import FastAPI
 
 from service import __version__, logs
@@ -17,9 +18,11 @@ from service.audio.frontend import AudioFrontEnd
 from service.audio.pipeline import QualityLimits
 from service.config import Settings
 from service.embedding import weights
-from service.embedding.ecapa import EcapaEmbedder, configure_threads
+from service.embedding.ecapa import EcapaEmbedder, configure_threads, load_cohort
+from service.enrollment.identification import IdentificationService, Thresholds
 from service.enrollment.policy import EnrollmentPolicy
 from service.enrollment.ports import Embedder
+from service.enrollment.scoring import Scorer
 from service.enrollment.service import EnrollmentService
 from service.storage.database import check_migrated, make_engine
 from service.storage.index import FaissSpeakerIndex
@@ -73,6 +76,17 @@ def build_services(settings: Settings, embedder: Embedder | None = None) -> Serv
         after_commit=follower.catch_up,
         store_audio=settings.enrollment.store_audio,
     )
+    ident = settings.identify
+    cohort = load_cohort(embedder.files) if isinstance(embedder, EcapaEmbedder) else None
+    prior = cohort.mean(axis=0) if cohort is not None else np.zeros(embedder.dim, dtype=np.float32)
+    identification = IdentificationService(
+        frontend=frontend,
+        embed_batch=embedder.embed_batch,
+        index=index,
+        scorer=Scorer(prior, ident.prior_weight, centring=ident.domain_centring),
+        thresholds=Thresholds(ident.threshold, ident.verify_threshold, ident.segment_threshold),
+        limits=QualityLimits(ident.min_speech_seconds, audio.max_clipped_fraction, audio.min_snr_db),
+    )
     warmup = getattr(embedder, "warmup", None)
     if callable(warmup):
         warmup()
@@ -80,6 +94,7 @@ def build_services(settings: Settings, embedder: Embedder | None = None) -> Serv
         settings=settings,
         store=store,
         enrollment=enrollment,
+        identification=identification,
         checks={"model": True, "database": True, "index": True},
         extras={"index": index, "follower": follower, "embedder": embedder, "engine": engine},
         limiter=KeyRateLimiter(settings.auth.rate_limit_per_minute),

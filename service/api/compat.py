@@ -14,7 +14,9 @@ from service.api.schemas import (
     CompatEnrolledSpeaker,
     CompatEnrolledSpeakers,
     CompatEnrollRequest,
+    CompatIdentifyRequest,
     CompatMessage,
+    CompatSegment,
     FaultBody,
 )
 
@@ -60,5 +62,17 @@ def router(version: str) -> APIRouter:
                 for s in statuses
             ],
         )
+
+    @api.post("/identify", response_model=list[CompatSegment], operation_id=f"compat_identify_{version}")
+    async def identify(
+        body: CompatIdentifyRequest, tenant: TenantDep, services: ServicesDep
+    ) -> list[CompatSegment]:
+        """The clip's speech in time order, each stretch labelled with an enrolled speaker or "unknown"."""
+        segments = await run_blocking(
+            services.identification.segments, tenant.tenant_id, audio_input(body), body.speakerIds
+        )
+        return [
+            CompatSegment(speakerId=s.speaker_id or "unknown", start=s.start, end=s.end) for s in segments
+        ]
 
     return api

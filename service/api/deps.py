@@ -14,6 +14,7 @@ from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader, APIKeyQuery, HTTPAuthorizationCredentials, HTTPBearer
 
 from service.config import Settings
+from service.enrollment.identification import IdentificationService
 from service.enrollment.service import EnrollmentService
 from service.errors import NotReady, RateLimited, Unauthorized
 from service.storage.repository import SqlStore, TenantKey
@@ -28,6 +29,7 @@ class Services:
     settings: Settings
     store: SqlStore
     enrollment: EnrollmentService
+    identification: IdentificationService
     checks: dict[str, bool] = field(default_factory=dict)
     extras: dict[str, Any] = field(default_factory=dict)
     limiter: KeyRateLimiter | None = None

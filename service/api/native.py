@@ -12,10 +12,15 @@ from service.api.convert import audio_input, encoding_for, status_out
 from service.api.deps import ServicesDep, TenantDep, run_blocking
 from service.api.schemas import (
     SPEAKER_ID_PATTERN,
+    CandidateOut,
     EnrollmentStatusOut,
     EnrollRequest,
     ErrorBody,
+    IdentifyRequest,
+    IdentifyResponse,
     SpeakerPage,
+    VerifyRequest,
+    VerifyResponse,
 )
 from service.audio.frontend import AudioInput
 from service.errors import BadRequest, EmptyAudio, UnsupportedMediaType
@@ -111,3 +116,37 @@ async def delete_sample(
 ) -> Response:
     await run_blocking(services.enrollment.delete_sample, tenant.tenant_id, speakerId, sampleId)
     return Response(status_code=204)
+
+
+@api.post("/identify", response_model=IdentifyResponse, tags=["identification"])
+async def identify(body: IdentifyRequest, tenant: TenantDep, services: ServicesDep) -> IdentifyResponse:
+    """Who is speaking: the best enrolled speaker above the threshold, or null (open set)."""
+    found = await run_blocking(
+        services.identification.identify, tenant.tenant_id, audio_input(body), body.speakerIds, body.topK
+    )
+    return IdentifyResponse(
+        speakerId=found.speaker_id,
+        score=found.score,
+        threshold=found.threshold,
+        candidates=[
+            CandidateOut(speakerId=c.speaker_id, score=c.score, cosine=c.cosine, complete=c.complete)
+            for c in found.candidates
+        ],
+        speechSeconds=found.speech_seconds,
+    )
+
+
+@api.post("/verify", response_model=VerifyResponse, tags=["identification"])
+async def verify(body: VerifyRequest, tenant: TenantDep, services: ServicesDep) -> VerifyResponse:
+    """Is this clip the given speaker?"""
+    result = await run_blocking(
+        services.identification.verify, tenant.tenant_id, audio_input(body), body.speakerId
+    )
+    return VerifyResponse(
+        match=result.match,
+        score=result.score,
+        threshold=result.threshold,
+        cosine=result.cosine,
+        complete=result.complete,
+        speechSeconds=result.speech_seconds,
+    )

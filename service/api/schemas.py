@@ -101,3 +101,49 @@ class ErrorBody(BaseModel):
 class Health(BaseModel):
     status: str
     checks: dict[str, bool] = {}
+
+
+# --- identification ------------------------------------------------------------------------------
+
+
+class IdentifyRequest(AudioFields):
+    speakerIds: list[SpeakerId] | None = Field(None, max_length=10_000, description="restrict to these")
+    topK: int = Field(5, ge=1, le=100)
+
+
+class CandidateOut(BaseModel):
+    speakerId: str
+    score: float
+    cosine: float
+    complete: bool
+
+
+class IdentifyResponse(BaseModel):
+    speakerId: str | None
+    score: float
+    threshold: float
+    candidates: list[CandidateOut]
+    speechSeconds: float
+
+
+class VerifyRequest(AudioFields):
+    speakerId: SpeakerId
+
+
+class VerifyResponse(BaseModel):
+    match: bool
+    score: float
+    threshold: float
+    cosine: float
+    complete: bool
+    speechSeconds: float
+
+
+class CompatIdentifyRequest(AudioFields):
+    speakerIds: list[SpeakerId] | None = Field(None, max_length=10_000)
+
+
+class CompatSegment(BaseModel):
+    speakerId: str
+    start: float
+    end: float

@@ -35,6 +35,23 @@ def configure_threads(threads: int) -> None:
         torch.set_num_interop_threads(1)
 
 
+def load_cohort(files: ModelFiles) -> np.ndarray | None:
+    """The model's training-speaker prototypes, L2-normalised, ``(n, dim)`` float32, or None.
+
+    speechbrain's ECAPA classifier scores ``cos(embedding, weight_k)`` directly (no hidden layer),
+    so its weights live in the embedding space and serve as an impostor cohort.
+    """
+    if files.cohort is None:
+        return None
+    state = torch.load(files.cohort, map_location="cpu", weights_only=True)
+    weight = state.get("weight") if isinstance(state, dict) else None
+    if weight is None or weight.ndim != 2:
+        log.warning("no usable cohort in %s; scores will be plain cosine", files.cohort)
+        return None
+    cohort = torch.nn.functional.normalize(weight.float(), dim=1)
+    return cohort.numpy().astype(np.float32)
+
+
 def pick_device(requested: str) -> torch.device:
     if requested == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

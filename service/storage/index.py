@@ -25,6 +25,8 @@ class FaissSpeakerIndex:
         self._index = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
         self._entries: dict[int, IndexEntry] = {}
         self._by_tenant: dict[int, set[int]] = {}
+        self._by_key: dict[tuple[int, str], int] = {}
+        self._sums: dict[int, np.ndarray] = {}  # per tenant: sum of centroids (float64)
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -41,11 +43,17 @@ class FaissSpeakerIndex:
     def get(self, speaker_id: int) -> IndexEntry | None:
         return self._entries.get(speaker_id)
 
+    def lookup(self, tenant_id: int, external_id: str) -> IndexEntry | None:
+        speaker_id = self._by_key.get((tenant_id, external_id))
+        return None if speaker_id is None else self._entries.get(speaker_id)
+
     def replace(self, entries: Sequence[IndexEntry]) -> None:
         with self._lock:
             self._index.reset()
             self._entries.clear()
             self._by_tenant.clear()
+            self._by_key.clear()
+            self._sums.clear()
             if entries:
                 ids = np.array([e.speaker_id for e in entries], dtype=np.int64)
                 vectors = np.stack([self._vector(e) for e in entries])
@@ -69,14 +77,24 @@ class FaissSpeakerIndex:
                 return
             # faiss's stubs describe the C++ signatures, not the numpy wrappers it installs.
             self._index.remove_ids(np.array([speaker_id], dtype=np.int64))  # type: ignore[arg-type]
+            self._by_key.pop((entry.tenant_id, entry.external_id), None)
+            self._sums[entry.tenant_id] -= entry.centroid
             members = self._by_tenant.get(entry.tenant_id)
             if members is not None:
                 members.discard(speaker_id)
                 if not members:
                     del self._by_tenant[entry.tenant_id]
+                    del self._sums[entry.tenant_id]
 
     def tenant_size(self, tenant_id: int) -> int:
         return len(self._by_tenant.get(tenant_id, ()))
+
+    def tenant_sum(self, tenant_id: int) -> tuple[np.ndarray, int]:
+        """Sum of the tenant's centroids and their count, kept up to date on every change."""
+        with self._lock:
+            total = self._sums.get(tenant_id)
+            count = len(self._by_tenant.get(tenant_id, ()))
+            return (np.zeros(self.dim) if total is None else total.copy()), count
 
     def search(
         self, query: np.ndarray, tenant_id: int, k: int, only: Sequence[int] | None = None
@@ -100,7 +118,9 @@ class FaissSpeakerIndex:
 
     def _remember(self, entry: IndexEntry) -> None:
         self._entries[entry.speaker_id] = entry
+        self._by_key[(entry.tenant_id, entry.external_id)] = entry.speaker_id
         self._by_tenant.setdefault(entry.tenant_id, set()).add(entry.speaker_id)
+        self._sums[entry.tenant_id] = self._sums.get(entry.tenant_id, np.zeros(self.dim)) + entry.centroid
 
     def _vector(self, entry: IndexEntry) -> np.ndarray:
         vector = np.ascontiguousarray(entry.centroid, dtype=np.float32)

@@ -1,0 +1,441 @@
+"""`speakerid enroll-bulk`: migrate many speakers into a running service over its compatible API.
+
+Input is a folder with one subfolder per speaker, or a CSV with `path,speaker` columns. Each file
+is one sample, sent base64 in JSON to ``POST /audio/generic/api/v1/sync/diarization/enroll``. A
+speaker's samples go one at a time, in order (each is checked against the earlier ones); speakers
+run in parallel. Every answered file is written to a JSON-lines state file, so a re-run skips it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import sys
+import threading
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import httpx
+from tqdm import tqdm
+
+from service.tools.audio import ENCODINGS, encoding_for, header_sample_rate
+from service.tools.client import (
+    TRANSIENT_STATUS,
+    FatalHttpError,
+    ServiceClient,
+    add_connection_args,
+    connect,
+    error_of,
+)
+from service.tools.inputs import InputError, read_manifest, speaker_ids
+from service.tools.pool import run_bounded
+
+ENROLL = "/audio/generic/api/v1/sync/diarization/enroll"
+ENROLLED = "/audio/generic/api/v1/sync/diarization/get_enrolled_speakers"
+STATE_SUFFIX = ".enroll-bulk-state.jsonl"
+
+
+# --- the plan: which files, for which speaker ----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One file to send. `key` names it in the state file: its path relative to the input's folder."""
+
+    key: str
+    path: Path
+    speaker: str
+
+
+@dataclass
+class Plan:
+    samples: dict[str, list[Sample]] = field(default_factory=dict)  # speaker id -> samples in order
+    renamed: dict[str, str] = field(default_factory=dict)  # name in the input -> speaker id sent
+    ignored: list[tuple[str, str]] = field(default_factory=list)  # (file, why it is not sent)
+
+    @property
+    def total(self) -> int:
+        return sum(len(s) for s in self.samples.values())
+
+
+def plan_input(source: Path, encoding: str) -> Plan:
+    """The samples of a speaker folder tree or a CSV manifest. With `encoding` "auto", files whose
+    extension names no known encoding are ignored (and listed)."""
+    if source.is_dir():
+        base, named = source, list(_folder_files(source))
+    elif source.is_file():
+        base = source.parent
+        named = [(row.speaker, row.path) for row in read_manifest(source)]
+    else:
+        raise InputError(f"{source}: no such folder or file")
+    ids = speaker_ids(name for name, _ in named)
+    plan = Plan(renamed={name: sid for name, sid in ids.items() if name != sid})
+    for name, path in named:
+        key = _key(path, base)
+        if encoding == "auto" and encoding_for(path) is None:
+            plan.ignored.append((key, f"extension {path.suffix or '(none)'} is not audio"))
+        elif not path.is_file():
+            plan.ignored.append((key, "file not found"))
+        else:
+            plan.samples.setdefault(ids[name], []).append(Sample(key=key, path=path, speaker=ids[name]))
+    return plan
+
+
+def _folder_files(root: Path) -> Iterator[tuple[str, Path]]:
+    """(speaker folder name, file) for every file under each subfolder, in name order; hidden
+    files and folders (".state", ".DS_Store") are not samples."""
+    for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        for path in sorted(folder.rglob("*")):
+            hidden = any(part.startswith(".") for part in path.relative_to(root).parts)
+            if path.is_file() and not hidden:
+                yield folder.name, path
+
+
+def _key(path: Path, base: Path) -> str:
+    try:
+        return path.resolve().relative_to(base.resolve()).as_posix()
+    except ValueError:
+        return str(path.resolve())
+
+
+def default_state_path(source: Path) -> Path:
+    """Next to the input: folder `speakers/` -> `speakers.enroll-bulk-state.jsonl`, `x.csv` ->
+    `x.enroll-bulk-state.jsonl` (a sibling, since the input folder may be read-only)."""
+    source = source.resolve()
+    stem = source.name if source.is_dir() else source.stem
+    return source.parent / f"{stem}{STATE_SUFFIX}"
+
+
+# --- the state file ------------------------------------------------------------------------------
+
+
+class StateFile:
+    """JSON lines, one per answered file: accepted, or refused with a 4xx that retrying won't change.
+
+    A line is keyed by (service URL, speaker id, file), so the same input can be migrated to another
+    service with its own state. Lines are appended and flushed one by one, so an interrupted run
+    loses at most the answer in flight; a torn last line is ignored on reading.
+    """
+
+    def __init__(self, path: Path, *, retry_refused: bool = False) -> None:
+        self.path = path
+        self.retry_refused = retry_refused
+        self.records: dict[tuple[str, str, str], dict[str, Any]] = {}
+        self._lock = threading.Lock()
+        if path.exists():
+            for line in path.read_text(encoding="utf-8").splitlines():
+                try:
+                    record = json.loads(line)
+                    self.records[(record["url"], record["speakerId"], record["file"])] = record
+                except (ValueError, KeyError, TypeError):
+                    continue
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._fh = open(path, "a", encoding="utf-8")  # noqa: SIM115 - held open for the run, closed in close()
+
+    def get(self, url: str, sample: Sample) -> dict[str, Any] | None:
+        return self.records.get((url, sample.speaker, sample.key))
+
+    def done(self, url: str, sample: Sample) -> bool:
+        """Whether a run may skip the sample: it has an answer (only an acceptance, with retry_refused)."""
+        record = self.get(url, sample)
+        return record is not None and (record["result"] == "accepted" or not self.retry_refused)
+
+    def add(self, record: dict[str, Any]) -> None:
+        with self._lock:
+            self.records[(record["url"], record["speakerId"], record["file"])] = record
+            self._fh.write(json.dumps(record, ensure_ascii=False) + "\n")
+            self._fh.flush()
+
+    def close(self) -> None:
+        self._fh.close()
+
+
+# --- sending -------------------------------------------------------------------------------------
+
+
+@dataclass
+class Progress:
+    """This run's counts, updated from the worker threads."""
+
+    bar: tqdm[Any]
+    accepted: int = 0
+    refused: int = 0
+    unsent: Counter[str] = field(default_factory=Counter)  # why a file got no answer (re-run sends it)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def count(self, outcome: str, files: int = 1) -> None:
+        with self.lock:
+            if outcome == "accepted":
+                self.accepted += files
+            elif outcome == "refused":
+                self.refused += files
+            else:
+                self.unsent[outcome] += files
+            self.bar.set_postfix(accepted=self.accepted, refused=self.refused, refresh=False)
+            self.bar.update(files)
+
+
+@dataclass(frozen=True)
+class Options:
+    url: str
+    encoding: str
+    language_code: str
+
+
+def request_body(sample: Sample, options: Options) -> dict[str, Any]:
+    """The compatible enroll body: base64 content, encoding from the extension (or as forced), and
+    the file's own sample rate where its header gives it."""
+    body: dict[str, Any] = {
+        "content": base64.b64encode(sample.path.read_bytes()).decode("ascii"),
+        "encoding": encoding_for(sample.path) if options.encoding == "auto" else options.encoding,
+        "languageCode": options.language_code,
+        "speakerId": sample.speaker,
+    }
+    rate = header_sample_rate(sample.path)
+    if rate is not None:
+        body["sampleRate"] = rate
+    return body
+
+
+def enroll_speaker(
+    client: ServiceClient,
+    samples: list[Sample],
+    options: Options,
+    state: StateFile,
+    progress: Progress,
+    stop: threading.Event,
+) -> None:
+    """Send one speaker's samples in order. A sample without an answer (the service stayed busy or
+    unreachable through every retry) holds back the rest, so that a re-run keeps the order."""
+    for i, sample in enumerate(samples):
+        if stop.is_set():
+            return
+        try:
+            body = request_body(sample, options)
+        except OSError:
+            progress.count("file unreadable")
+            continue
+        try:
+            response = client.request("POST", ENROLL, json=body)
+        except httpx.TransportError as exc:
+            progress.count(f"connection failed ({type(exc).__name__})")
+            progress.count("held back behind an unsent sample", len(samples) - i - 1)
+            return
+        record: dict[str, Any] = {
+            "url": options.url,
+            "speakerId": sample.speaker,
+            "file": sample.key,
+            "status": response.status_code,
+            "at": datetime.now(UTC).isoformat(timespec="seconds"),
+        }
+        if response.status_code in (404, 405):  # never an answer about a sample: the URL is wrong
+            raise FatalHttpError(
+                f"POST {client.url}{ENROLL}: HTTP {response.status_code}; is --url the service?"
+            )
+        if response.status_code == 200:
+            state.add({**record, "result": "accepted", "message": _message(response)})
+            progress.count("accepted")
+        elif 400 <= response.status_code < 500 and response.status_code not in TRANSIENT_STATUS:
+            code, text = error_of(response)
+            state.add({**record, "result": "refused", "errorcode": code, "faultstring": text})
+            progress.count("refused")
+        else:
+            code, _ = error_of(response)
+            progress.count(f"HTTP {response.status_code} {code}")
+            progress.count("held back behind an unsent sample", len(samples) - i - 1)
+            return
+
+
+def _message(response: httpx.Response) -> str | None:
+    """The compatible API's "Success" / "Complete" (None if the body is not that JSON)."""
+    try:
+        body = response.json()
+    except ValueError:
+        return None
+    return body.get("message") if isinstance(body, dict) else None
+
+
+# --- the summary ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Summary:
+    speakers: int
+    complete: list[str]
+    enrolling: list[str]
+    none_accepted: list[str]
+    accepted: int
+    refused: Counter[str]
+    refused_example: dict[str, str]
+    skipped: int
+    unsent: Counter[str]
+    retries: int
+    renamed: dict[str, str]
+    ignored: list[tuple[str, str]]
+    state_path: Path
+    status_source: str
+
+    def lines(self) -> list[str]:
+        out = [
+            f"speakers: {self.speakers} ({len(self.complete)} complete, {len(self.enrolling)} enrolling, "
+            f"{len(self.none_accepted)} with no accepted sample; {self.status_source})",
+            f"samples accepted: {self.accepted}",
+            f"samples refused: {sum(self.refused.values())}",
+        ]
+        width = max((len(code) for code in self.refused), default=0)
+        for code, n in self.refused.most_common():
+            out.append(f"  {code:<{width}}  {n:>5}  e.g. {self.refused_example[code]}")
+        if self.none_accepted:
+            out.append("speakers with no accepted sample: " + ", ".join(self.none_accepted[:20]))
+        out.append(f"already answered in an earlier run (skipped): {self.skipped}; retries: {self.retries}")
+        if self.unsent:
+            out.append(f"not answered, sent again by a re-run: {sum(self.unsent.values())}")
+            out.extend(f"  {why}: {n}" for why, n in self.unsent.most_common())
+        if self.renamed:
+            out.append(f"speaker names that are not valid ids were renamed ({len(self.renamed)}):")
+            out.extend(f"  {name!r} -> {sid}" for name, sid in list(self.renamed.items())[:50])
+        if self.ignored:
+            out.append(f"files not sent ({len(self.ignored)}):")
+            out.extend(f"  {key}: {why}" for key, why in self.ignored[:20])
+            if len(self.ignored) > 20:
+                out.append(f"  ... and {len(self.ignored) - 20} more")
+        out.append(f"state: {self.state_path}")
+        return out
+
+
+def summarise(
+    plan: Plan, state: StateFile, url: str, progress: Progress, client: ServiceClient, skipped: int
+) -> Summary:
+    """Totals over the whole migration (earlier runs' answers come from the state file), and each
+    speaker's status as the service reports it now."""
+    accepted, refused, example = 0, Counter[str](), dict[str, str]()
+    last_message: dict[str, str] = {}
+    for speaker, samples in plan.samples.items():
+        for sample in samples:
+            record = state.get(url, sample)
+            if record is None:
+                continue
+            if record["result"] == "accepted":
+                accepted += 1
+                last_message[speaker] = str(record.get("message"))
+            else:
+                code = str(record.get("errorcode"))
+                refused[code] += 1
+                example.setdefault(code, f"{sample.key}: {record.get('faultstring', '')}"[:120])
+    complete_by_id, source = _service_status(client, last_message)
+    complete = [s for s in plan.samples if complete_by_id.get(s) is True]
+    enrolling = [s for s in plan.samples if complete_by_id.get(s) is False]
+    none = [s for s in plan.samples if s not in complete_by_id]
+    return Summary(
+        speakers=len(plan.samples),
+        complete=complete,
+        enrolling=enrolling,
+        none_accepted=none,
+        accepted=accepted,
+        refused=refused,
+        refused_example=example,
+        skipped=skipped,
+        unsent=progress.unsent,
+        retries=client.retries,
+        renamed=plan.renamed,
+        ignored=plan.ignored,
+        state_path=state.path,
+        status_source=source,
+    )
+
+
+def _service_status(client: ServiceClient, last_message: dict[str, str]) -> tuple[dict[str, bool], str]:
+    """speaker id -> complete, from the service's list; from the last answers if that fails."""
+    try:
+        response = client.request("GET", ENROLLED)
+        if response.status_code == 200:
+            listed = response.json()["enrolled_speaker_ids"]
+            return {s["speaker_id"]: s["enrollment_complete"] == "True" for s in listed}, "as listed now"
+    except (httpx.HTTPError, FatalHttpError, ValueError, KeyError, TypeError):
+        pass
+    by_answer = {s: m == "Complete" for s, m in last_message.items()}
+    return by_answer, "from the last answers; the speaker list was not available"
+
+
+# --- the command ---------------------------------------------------------------------------------
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "enroll-bulk",
+        help="enroll many speakers from a folder or CSV through a running service",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("input", type=Path, metavar="MANIFEST_OR_FOLDER", help="speaker folders, or a CSV")
+    add_connection_args(p)
+    p.add_argument("--concurrency", type=int, default=4, help="speakers enrolled at once (default 4)")
+    p.add_argument("--state", type=Path, help=f"resume file (default: next to the input, *{STATE_SUFFIX})")
+    p.add_argument(
+        "--encoding",
+        default="auto",
+        help=f"auto (from the extension: {', '.join(sorted(set(ENCODINGS.values())))}) or one for all files",
+    )
+    p.add_argument("--language-code", default="en-US")
+    p.add_argument(
+        "--retry-refused", action="store_true", help="send again the files an earlier run had refused"
+    )
+    p.set_defaults(run=cmd_enroll_bulk)
+
+
+def cmd_enroll_bulk(args: argparse.Namespace, _settings: object = None) -> int:
+    """Exit status: 0 when every file has an answer (accepted or refused), 1 when some must be sent
+    again (re-run to resume), 2 when the input or the service refuses the run itself."""
+    url = args.url.rstrip("/")
+    encoding = "auto" if args.encoding.lower() == "auto" else args.encoding.upper()
+    state_path = args.state or default_state_path(args.input)
+    try:
+        plan = plan_input(args.input, encoding)
+        client = connect(args)
+        state = StateFile(state_path, retry_refused=args.retry_refused)
+    except InputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(
+            f"error: cannot use the state file {state_path} ({exc}); choose one with --state", file=sys.stderr
+        )
+        return 2
+    options = Options(url=url, encoding=encoding, language_code=args.language_code)
+    todo = {s: [x for x in samples if not state.done(url, x)] for s, samples in plan.samples.items()}
+    pending = sum(len(x) for x in todo.values())
+    print(
+        f"{len(plan.samples)} speakers, {plan.total} files; {plan.total - pending} already answered",
+        file=sys.stderr,
+    )
+    stop = threading.Event()
+    fatal: str | None = None
+    with client, tqdm(total=pending, unit="file", desc="enroll-bulk", dynamic_ncols=True) as bar:
+        progress = Progress(bar=bar)
+        jobs = [
+            partial(enroll_speaker, client, samples, options, state, progress, stop)
+            for samples in todo.values()
+            if samples
+        ]
+        try:
+            run_bounded(jobs, args.concurrency, stop)
+        except FatalHttpError as exc:
+            fatal = str(exc)
+        except KeyboardInterrupt:
+            fatal = "interrupted; run the same command again to resume"
+        finally:
+            state.close()
+        bar.close()
+        summary = summarise(plan, state, url, progress, client, plan.total - pending)
+    print("\n".join(summary.lines()))
+    answered = plan.total - pending + progress.accepted + progress.refused
+    if fatal:
+        print(f"stopped: {fatal}", file=sys.stderr)
+        return 2
+    return 0 if answered == plan.total else 1

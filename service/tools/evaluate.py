@@ -1,0 +1,588 @@
+"""`speakerid evaluate`: identification accuracy of a running service, measured through its HTTP API.
+
+Each speaker of the manifest with at least --min-clips clips is enrolled (native API) on its first
+--enroll-clips clips under a fresh prefix (`eval-<random>-<speaker>`); every other clip is sent to
+``POST /v1/identify`` against exactly those speakers: the enrolled speakers' remaining clips are
+genuine trials, all clips of the other speakers are unknown-speaker trials. The run's speakers are
+deleted at the end. The service's calibrated `score` and the plain `cosine` of the same answers are
+both scored, so the report shows what the calibration adds over the baseline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import secrets
+import sys
+import threading
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from functools import partial
+from pathlib import Path
+from typing import Any, Literal
+
+import httpx
+from tqdm import tqdm
+
+from service.tools import metrics
+from service.tools.audio import AudioReadError, flac_clip
+from service.tools.client import FatalHttpError, ServiceClient, add_connection_args, connect, error_of
+from service.tools.inputs import MAX_ID, InputError, ManifestRow, clean_id, read_manifest
+from service.tools.pool import run_bounded
+
+Scoring = Literal["score", "cosine"]
+SCORINGS: tuple[Scoring, ...] = ("score", "cosine")
+TrialKind = Literal["genuine", "unknown"]
+TOP_K_MAX = 100  # the most candidates /v1/identify returns; beyond it, pairwise non-targets are the top 100
+
+
+# --- the plan ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One clip sent to identify. `expected` is its speaker's id in this run (None: not enrolled)."""
+
+    clip: ManifestRow
+    kind: TrialKind
+    expected: str | None
+
+
+@dataclass
+class EvalPlan:
+    prefix: str
+    ids: dict[str, str]  # manifest speaker -> speaker id in the service
+    enroll: dict[str, list[ManifestRow]]  # manifest speaker -> enrollment clips, in manifest order
+    trials: list[Trial]
+
+
+def plan_eval(rows: Sequence[ManifestRow], prefix: str, enroll_clips: int, min_clips: int) -> EvalPlan:
+    """Speakers with at least `min_clips` clips are enrolled on their first `enroll_clips`; their
+    other clips are genuine trials, and every clip of the remaining speakers an unknown-speaker one."""
+    if not 1 <= enroll_clips < min_clips:
+        raise InputError("need 1 <= --enroll-clips < --min-clips, so each enrolled speaker has a test clip")
+    by_speaker: dict[str, list[ManifestRow]] = {}
+    for row in rows:
+        by_speaker.setdefault(row.speaker, []).append(row)
+    ids: dict[str, str] = {}
+    for speaker, clips in by_speaker.items():
+        if len(clips) >= min_clips:
+            sid, n = f"{prefix}-{clean_id(speaker, MAX_ID - len(prefix) - 1)}", 1
+            while sid in ids.values():  # two names that clean to the same id
+                n += 1
+                sid = f"{prefix}-{clean_id(speaker, MAX_ID - len(prefix) - len(str(n)) - 2)}-{n}"
+            ids[speaker] = sid
+    plan = EvalPlan(prefix=prefix, ids=ids, enroll={}, trials=[])
+    for speaker, clips in by_speaker.items():
+        if speaker in ids:
+            plan.enroll[speaker] = clips[:enroll_clips]
+            plan.trials += [Trial(c, "genuine", ids[speaker]) for c in clips[enroll_clips:]]
+        else:
+            plan.trials += [Trial(c, "unknown", None) for c in clips]
+    return plan
+
+
+# --- talking to the service ----------------------------------------------------------------------
+
+
+@dataclass
+class EnrollRecord:
+    speaker: str
+    speakerId: str
+    file: str
+    status: int | None
+    accepted: bool
+    errorcode: str | None = None
+    message: str | None = None
+    enrollmentStatus: str | None = None
+
+
+@dataclass
+class TrialRecord:
+    """One identify answer as the report uses it (and as written to --json)."""
+
+    file: str
+    speaker: str
+    kind: TrialKind
+    expected: str | None
+    status: int | None
+    errorcode: str | None = None
+    message: str | None = None
+    speakerId: str | None = None
+    score: float | None = None
+    threshold: float | None = None
+    speechSeconds: float | None = None
+    candidates: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == 200
+
+
+def audio_body(row: ManifestRow, resample: int | None) -> dict[str, Any]:
+    clip = flac_clip(row.path, resample)
+    return {
+        "content": base64.b64encode(clip.data).decode("ascii"),
+        "encoding": "FLAC",
+        "sampleRate": clip.sample_rate,
+    }
+
+
+def _failure(exc: Exception) -> tuple[str, str]:
+    """A client-side failure as (code, message), in the shape of the service's errors."""
+    code = "client.ConnectionFailed" if isinstance(exc, httpx.TransportError) else "client.AudioUnreadable"
+    return code, f"{type(exc).__name__}: {exc}"[:200]
+
+
+def enroll_speaker(
+    client: ServiceClient,
+    speaker: str,
+    speaker_id: str,
+    clips: list[ManifestRow],
+    resample: int | None,
+    out: list[EnrollRecord],
+    tick: Callable[[], None],
+    stop: threading.Event,
+) -> None:
+    """Enroll one speaker's clips in order; a refused clip is noted and the next one is sent."""
+    for row in clips:
+        if stop.is_set():
+            return
+        record = EnrollRecord(
+            speaker=speaker, speakerId=speaker_id, file=row.name, status=None, accepted=False
+        )
+        try:
+            response = client.request(
+                "POST", f"/v1/speakers/{speaker_id}/enrollments", json=audio_body(row, resample)
+            )
+        except (httpx.TransportError, AudioReadError) as exc:
+            record.errorcode, record.message = _failure(exc)
+        else:
+            record.status = response.status_code
+            if response.status_code in (200, 201):
+                record.accepted = True
+                record.enrollmentStatus = response.json().get("status")
+            else:
+                record.errorcode, record.message = error_of(response)
+        out.append(record)
+        tick()
+
+
+def identify(
+    client: ServiceClient,
+    trial: Trial,
+    speaker_ids: list[str],
+    resample: int | None,
+    out: list[TrialRecord],
+    tick: Callable[[], None],
+    stop: threading.Event,
+) -> None:
+    if stop.is_set():
+        return
+    record = TrialRecord(
+        file=trial.clip.name,
+        speaker=trial.clip.speaker,
+        kind=trial.kind,
+        expected=trial.expected,
+        status=None,
+    )
+    try:
+        body = {
+            **audio_body(trial.clip, resample),
+            "speakerIds": speaker_ids,
+            "topK": min(len(speaker_ids), TOP_K_MAX),
+        }
+        response = client.request("POST", "/v1/identify", json=body)
+    except (httpx.TransportError, AudioReadError) as exc:
+        record.errorcode, record.message = _failure(exc)
+    else:
+        record.status = response.status_code
+        if response.status_code == 200:
+            answer = response.json()
+            record.speakerId = answer.get("speakerId")
+            record.score = answer.get("score")
+            record.threshold = answer.get("threshold")
+            record.speechSeconds = answer.get("speechSeconds")
+            record.candidates = list(answer.get("candidates") or [])
+        else:
+            record.errorcode, record.message = error_of(response)
+    out.append(record)
+    tick()
+
+
+def delete_speakers(client: ServiceClient, speaker_ids: Sequence[str]) -> list[str]:
+    """Delete the run's speakers; returns the ids that could not be deleted (404 counts as gone)."""
+    left: list[str] = []
+    for speaker_id in speaker_ids:
+        try:
+            response = client.request("DELETE", f"/v1/speakers/{speaker_id}")
+            if response.status_code not in (200, 204, 404):
+                left.append(speaker_id)
+        except (httpx.HTTPError, FatalHttpError):
+            left.append(speaker_id)
+    return left
+
+
+# --- metrics from the answers (no HTTP: testable on synthetic records) ---------------------------
+
+
+def rate(successes: int, trials: int) -> dict[str, Any]:
+    low, high = metrics.wilson(successes, trials)
+    return {
+        "rate": successes / trials if trials else None,
+        "count": successes,
+        "of": trials,
+        "ci95": [low, high],
+    }
+
+
+@dataclass
+class ScoreSets:
+    """Scores of one scoring ("score" or "cosine") arranged for each measurement. `*_groups` hold the
+    true speaker of the clip behind each score, for the bootstrap over speakers."""
+
+    top1_correct: int = 0
+    top1_trials: int = 0
+    open_target: list[float] = field(default_factory=list)
+    open_target_groups: list[str] = field(default_factory=list)
+    open_nontarget: list[float] = field(default_factory=list)
+    open_nontarget_groups: list[str] = field(default_factory=list)
+    pair_target: list[float] = field(default_factory=list)
+    pair_target_groups: list[str] = field(default_factory=list)
+    pair_nontarget: list[float] = field(default_factory=list)
+    pair_nontarget_groups: list[str] = field(default_factory=list)
+    missing_own: int = 0  # genuine answers without a candidate for the right speaker
+
+
+def score_sets(records: Sequence[TrialRecord], scoring: Scoring) -> ScoreSets:
+    """Arrange the candidates' `scoring` values: closed-set top-1 over genuine clips; open-set
+    detection (own-speaker score of genuine clips vs the top score of unknown clips); pairwise
+    verification (each clip against its own speaker vs against every other enrolled speaker)."""
+    sets = ScoreSets()
+    for r in records:
+        if not r.ok:
+            continue
+        scores = {str(c["speakerId"]): float(c[scoring]) for c in r.candidates if c.get(scoring) is not None}
+        for sid, value in scores.items():
+            if sid != r.expected:
+                sets.pair_nontarget.append(value)
+                sets.pair_nontarget_groups.append(r.speaker)
+        if r.kind == "genuine":
+            sets.top1_trials += 1
+            own = scores.get(r.expected or "")
+            if own is None:
+                sets.missing_own += 1
+                continue
+            sets.top1_correct += int(max(scores, key=lambda s: scores[s]) == r.expected)
+            for values, groups in (
+                (sets.open_target, sets.open_target_groups),
+                (sets.pair_target, sets.pair_target_groups),
+            ):
+                values.append(own)
+                groups.append(r.speaker)
+        elif scores:
+            sets.open_nontarget.append(max(scores.values()))
+            sets.open_nontarget_groups.append(r.speaker)
+    return sets
+
+
+def eer_entry(
+    target: list[float], t_groups: list[str], nontarget: list[float], n_groups: list[str], bootstrap: int
+) -> dict[str, Any]:
+    entry: dict[str, Any] = {
+        "eer": None,
+        "threshold": None,
+        "targets": len(target),
+        "nontargets": len(nontarget),
+    }
+    if target and nontarget:
+        result = metrics.eer(target, nontarget)
+        entry.update(eer=result.eer, threshold=result.threshold)
+        if bootstrap > 0:
+            ci = metrics.bootstrap_eer(target, t_groups, nontarget, n_groups, iterations=bootstrap)
+            entry["ci95"] = list(ci) if ci else None
+    return entry
+
+
+def scoring_report(records: Sequence[TrialRecord], scoring: Scoring, bootstrap: int) -> dict[str, Any]:
+    sets = score_sets(records, scoring)
+    report: dict[str, Any] = {
+        "closedSetTop1": rate(sets.top1_correct, sets.top1_trials),
+        "openSetEer": eer_entry(
+            sets.open_target,
+            sets.open_target_groups,
+            sets.open_nontarget,
+            sets.open_nontarget_groups,
+            bootstrap,
+        ),
+        "faAt5PercentFr": None,
+        "pairwiseEer": eer_entry(
+            sets.pair_target,
+            sets.pair_target_groups,
+            sets.pair_nontarget,
+            sets.pair_nontarget_groups,
+            bootstrap,
+        ),
+        "genuineWithoutOwnCandidate": sets.missing_own,
+    }
+    if sets.open_target and sets.open_nontarget:
+        fa = metrics.fa_at_fr(sets.open_target, sets.open_nontarget, 0.05)
+        report["faAt5PercentFr"] = {
+            **rate(fa.false_accepts, fa.nontargets),
+            "threshold": fa.threshold,
+            "falseRejects": fa.false_rejects,
+            "targets": fa.targets,
+        }
+    return report
+
+
+def decisions_report(records: Sequence[TrialRecord]) -> dict[str, Any]:
+    """The service's own answers at its default threshold: a named unknown voice, or a genuine clip
+    named as someone else, is a false accept; a genuine clip answered null is a false reject."""
+    answered = [r for r in records if r.ok]
+    genuine = [r for r in answered if r.kind == "genuine"]
+    unknown = [r for r in answered if r.kind == "unknown"]
+    fa_unknown = sum(r.speakerId is not None for r in unknown)
+    fa_wrong = sum(r.speakerId is not None and r.speakerId != r.expected for r in genuine)
+    rejects = sum(r.speakerId is None for r in genuine)
+    correct = sum(r.speakerId == r.expected for r in genuine)
+    return {
+        "thresholds": sorted({r.threshold for r in answered if r.threshold is not None}),
+        "falseAccepts": rate(fa_unknown + fa_wrong, len(answered)),
+        "unknownNamed": rate(fa_unknown, len(unknown)),
+        "genuineNamedWrong": rate(fa_wrong, len(genuine)),
+        "falseRejects": rate(rejects, len(genuine)),
+        "genuineCorrect": rate(correct, len(genuine)),
+    }
+
+
+def build_report(records: Sequence[TrialRecord], bootstrap: int = 1000) -> dict[str, Any]:
+    failed = Counter(r.errorcode or f"http.{r.status}" for r in records if not r.ok)
+    return {
+        "trials": {
+            "sent": len(records),
+            "answered": sum(r.ok for r in records),
+            "genuine": sum(r.ok and r.kind == "genuine" for r in records),
+            "unknown": sum(r.ok and r.kind == "unknown" for r in records),
+            "failedByCode": dict(failed.most_common()),
+        },
+        **{scoring: scoring_report(records, scoring, bootstrap) for scoring in SCORINGS},
+        "service": decisions_report(records),
+    }
+
+
+# --- printing ------------------------------------------------------------------------------------
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"
+
+
+def _ci(ci: Sequence[float] | None) -> str:
+    return "" if not ci else f" [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]"
+
+
+def _rate_cell(entry: dict[str, Any] | None) -> str:
+    if not entry or entry["rate"] is None:
+        return "-"
+    return f"{_pct(entry['rate'])}{_ci(entry['ci95'])} ({entry['count']}/{entry['of']})"
+
+
+def _eer_cell(entry: dict[str, Any]) -> str:
+    if entry["eer"] is None:
+        return "-"
+    return f"{_pct(entry['eer'])}{_ci(entry.get('ci95'))} @ {entry['threshold']:.3f}"
+
+
+def format_report(report: dict[str, Any], header: Sequence[str]) -> str:
+    score, cosine = report["score"], report["cosine"]
+    open_set, pairs = score["openSetEer"], score["pairwiseEer"]
+    rows = [
+        ("", "service score", "cosine baseline"),
+        (
+            "closed-set top-1 accuracy",
+            _rate_cell(score["closedSetTop1"]),
+            _rate_cell(cosine["closedSetTop1"]),
+        ),
+        (
+            f"open-set EER ({open_set['targets']} tgt / {open_set['nontargets']} non)",
+            _eer_cell(open_set),
+            _eer_cell(cosine["openSetEer"]),
+        ),
+        ("open-set FA at 5% FR", _rate_cell(score["faAt5PercentFr"]), _rate_cell(cosine["faAt5PercentFr"])),
+        (
+            f"pairwise EER ({pairs['targets']} tgt / {pairs['nontargets']} non)",
+            _eer_cell(pairs),
+            _eer_cell(cosine["pairwiseEer"]),
+        ),
+    ]
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    lines = [*header, ""]
+    lines += ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
+    service = report["service"]
+    named, wrong = service["unknownNamed"], service["genuineNamedWrong"]
+    thresholds = ", ".join(f"{t:.3f}" for t in service["thresholds"]) or "-"
+    lines += [
+        "",
+        f"service decisions at its threshold ({thresholds}):",
+        f"  false accepts  {_rate_cell(service['falseAccepts'])} of answered clips: "
+        f"{named['count']}/{named['of']} unknown clips named, "
+        f"{wrong['count']}/{wrong['of']} genuine clips named wrong",
+        f"  false rejects  {_rate_cell(service['falseRejects'])} of genuine clips answered null",
+        f"  correct        {_rate_cell(service['genuineCorrect'])} of genuine clips named right",
+    ]
+    failed = report["trials"]["failedByCode"]
+    if failed:
+        lines.append("identify trials without an answer: " + ", ".join(f"{c} {n}" for c, n in failed.items()))
+    if missing := score["genuineWithoutOwnCandidate"]:
+        lines.append(f"genuine answers lacking their own speaker among the candidates: {missing}")
+    lines.append("intervals: 95 % Wilson for rates, bootstrap over speakers for EERs")
+    return "\n".join(lines)
+
+
+# --- the command ---------------------------------------------------------------------------------
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "evaluate",
+        help="measure identification accuracy of a running service on a manifest",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "manifest", type=Path, help="CSV with path,speaker columns (like eval-speech's manifest.csv)"
+    )
+    add_connection_args(p)
+    p.add_argument(
+        "--resample", type=int, metavar="HZ", help="resample every clip (enrollment too), e.g. 8000"
+    )
+    p.add_argument("--json", type=Path, metavar="OUT", help="write the report and every trial here")
+    p.add_argument(
+        "--enroll-clips", type=int, default=3, help="clips each speaker is enrolled on (default 3)"
+    )
+    p.add_argument(
+        "--min-clips", type=int, default=5, help="clips a speaker needs to be enrolled (default 5)"
+    )
+    p.add_argument("--concurrency", type=int, default=4, help="requests at once (default 4)")
+    p.add_argument(
+        "--bootstrap", type=int, default=1000, help="bootstrap resamples for EER intervals; 0 = off"
+    )
+    p.add_argument("--keep", action="store_true", help="do not delete the run's speakers at the end")
+    p.set_defaults(run=cmd_evaluate)
+
+
+@dataclass
+class EvalRun:
+    """What a run sent and got back."""
+
+    enrolled: list[EnrollRecord] = field(default_factory=list)
+    trials: list[TrialRecord] = field(default_factory=list)
+    active: list[str] = field(default_factory=list)  # ids with at least one accepted clip
+    dropped: list[str] = field(default_factory=list)  # ids with none: their trials are left out
+    not_deleted: list[str] = field(default_factory=list)
+
+
+def run_eval(
+    client: ServiceClient,
+    plan: EvalPlan,
+    *,
+    resample: int | None = None,
+    concurrency: int = 4,
+    keep: bool = False,
+    progress: bool = True,
+) -> EvalRun:
+    """Enroll (speakers in parallel, each one's clips in order), identify every trial, then delete
+    the run's speakers, also when a step fails or is interrupted (unless `keep`)."""
+    run = EvalRun()
+    stop = threading.Event()
+    lock = threading.Lock()
+    total = sum(len(c) for c in plan.enroll.values()) + len(plan.trials)
+    with tqdm(total=total, unit="clip", desc="evaluate", dynamic_ncols=True, disable=not progress) as bar:
+
+        def tick() -> None:
+            with lock:
+                bar.update(1)
+
+        try:
+            enroll_jobs = [
+                partial(enroll_speaker, client, s, plan.ids[s], clips, resample, run.enrolled, tick, stop)
+                for s, clips in plan.enroll.items()
+            ]
+            run_bounded(enroll_jobs, concurrency, stop)
+            run.active = sorted({r.speakerId for r in run.enrolled if r.accepted})
+            run.dropped = sorted(set(plan.ids.values()) - set(run.active))
+            todo = [t for t in plan.trials if t.expected is None or t.expected in run.active]
+            bar.total = total - (len(plan.trials) - len(todo))
+            bar.refresh()
+            if run.active:
+                jobs = [
+                    partial(identify, client, t, run.active, resample, run.trials, tick, stop) for t in todo
+                ]
+                run_bounded(jobs, concurrency, stop)
+        finally:
+            if not keep:
+                run.not_deleted = delete_speakers(client, list(plan.ids.values()))
+    clips = [c.name for cs in plan.enroll.values() for c in cs] + [t.clip.name for t in plan.trials]
+    order = {name: i for i, name in enumerate(clips)}
+    run.enrolled.sort(key=lambda r: order.get(r.file, 0))
+    run.trials.sort(key=lambda r: order.get(r.file, 0))
+    return run
+
+
+def cmd_evaluate(args: argparse.Namespace, _settings: object = None) -> int:
+    """Exit status 0 with a report, 1 when no trial was answered, 2 when the run could not start."""
+    prefix = f"eval-{secrets.token_hex(4)}"
+    try:
+        if args.resample is not None and args.resample <= 0:
+            raise InputError("--resample must be a positive rate in Hz")
+        plan = plan_eval(read_manifest(args.manifest), prefix, args.enroll_clips, args.min_clips)
+        if not plan.ids:
+            raise InputError(f"no speaker has {args.min_clips} clips in {args.manifest}")
+        client = connect(args)
+    except InputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    started = datetime.now(UTC).isoformat(timespec="seconds")
+    with client:
+        try:
+            run = run_eval(client, plan, resample=args.resample, concurrency=args.concurrency, keep=args.keep)
+        except FatalHttpError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+    report = build_report(run.trials, args.bootstrap)
+    refused = Counter(r.errorcode for r in run.enrolled if not r.accepted)
+    audio = f"resampled to {args.resample} Hz FLAC" if args.resample else "FLAC at each clip's own rate"
+    header = [
+        f"manifest: {args.manifest}; audio: {audio}",
+        f"enrolled {len(run.active)} speakers as {prefix}-* on {sum(r.accepted for r in run.enrolled)} clips"
+        + (f"; enrollment clips refused: {dict(refused)}" if refused else ""),
+    ]
+    if run.dropped:
+        header.append(f"no enrollment clip accepted (their clips left out): {', '.join(run.dropped)}")
+    print(format_report(report, header))
+    if run.not_deleted:
+        print(f"warning: could not delete {', '.join(run.not_deleted)}", file=sys.stderr)
+    if args.json:
+        document = {
+            "run": {
+                "manifest": str(args.manifest),
+                "url": args.url,
+                "prefix": prefix,
+                "resample": args.resample,
+                "enrollClips": args.enroll_clips,
+                "minClips": args.min_clips,
+                "started": started,
+                "speakers": plan.ids,
+                "droppedSpeakers": run.dropped,
+                "notDeleted": run.not_deleted,
+            },
+            "metrics": report,
+            "enrollment": [asdict(r) for r in run.enrolled],
+            "trials": [asdict(r) for r in run.trials],
+        }
+        args.json.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+    return 0 if report["trials"]["answered"] else 1

@@ -1,0 +1,81 @@
+"""Reading the tools' inputs: manifests (CSV with `path,speaker`), and making valid speaker ids."""
+
+from __future__ import annotations
+
+import csv
+import re
+import unicodedata
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+SPEAKER_ID = re.compile(r"[A-Za-z0-9_.-]{1,128}")
+MAX_ID = 128
+
+
+class InputError(ValueError):
+    """The input cannot be used as given; the message says why."""
+
+
+@dataclass(frozen=True)
+class ManifestRow:
+    """One line of a manifest: the file (resolved), how it was written, its speaker, other columns."""
+
+    path: Path
+    name: str
+    speaker: str
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+def read_manifest(csv_path: Path, required: Iterable[str] = ("path", "speaker")) -> list[ManifestRow]:
+    """The rows of a CSV manifest in file order; relative paths resolve against the CSV's folder."""
+    try:
+        with open(csv_path, newline="", encoding="utf-8-sig") as fh:
+            reader = csv.DictReader(fh)
+            columns = [c.strip() for c in reader.fieldnames or []]
+            missing = [c for c in required if c not in columns]
+            if missing:
+                has = ", ".join(columns) or "none"
+                raise InputError(f"{csv_path}: missing column(s) {', '.join(missing)} (has: {has})")
+            rows: list[ManifestRow] = []
+            for line, raw in enumerate(reader, start=2):
+                row = {(k or "").strip(): (v or "").strip() for k, v in raw.items()}
+                name, speaker = row.pop("path"), row.pop("speaker")
+                if not name or not speaker:
+                    raise InputError(f"{csv_path}:{line}: empty path or speaker")
+                path = Path(name) if Path(name).is_absolute() else csv_path.parent / name
+                rows.append(ManifestRow(path=path, name=name, speaker=speaker, extra=row))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise InputError(f"cannot read {csv_path}: {exc}") from exc
+    return rows
+
+
+def clean_id(name: str, max_len: int = MAX_ID) -> str:
+    """`name` made into `[A-Za-z0-9_.-]{1,max_len}`: accents dropped (José -> Jose), every other run
+    of characters outside the set becomes one "_"."""
+    if SPEAKER_ID.fullmatch(name) and len(name) <= max_len:
+        return name
+    ascii_name = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode()
+    cleaned = re.sub(r"[^A-Za-z0-9_.-]+", "_", ascii_name).strip("_")[:max_len]
+    return cleaned or "speaker"
+
+
+def speaker_ids(names: Iterable[str]) -> dict[str, str]:
+    """A valid, distinct speaker id for every name. Valid names keep themselves; the others are
+    cleaned (`clean_id`) and, where that collides with another id, get a "-2", "-3"... suffix."""
+    unique = list(dict.fromkeys(names))
+    taken = {n for n in unique if SPEAKER_ID.fullmatch(n)}
+    ids: dict[str, str] = {}
+    for name in unique:
+        if name in taken:
+            ids[name] = name
+            continue
+        base = clean_id(name)
+        candidate, n = base, 1
+        while candidate in taken:
+            n += 1
+            suffix = f"-{n}"
+            candidate = base[: MAX_ID - len(suffix)] + suffix
+        taken.add(candidate)
+        ids[name] = candidate
+    return ids

@@ -1,0 +1,525 @@
+"""The operator tools (`speakerid enroll-bulk`, `speakerid evaluate`) as real HTTP clients.
+
+Metric functions are checked on synthetic scores with known answers; the HTTP plumbing of evaluate
+against a fake service (httpx.MockTransport); and both commands end to end against the real service
+(real model, real speech) served over loopback.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import io
+import json
+import math
+import shutil
+from pathlib import Path
+from threading import Event
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+import soundfile as sf
+from tqdm import tqdm
+
+from service.cli import main
+from service.tools import enroll_bulk, metrics
+from service.tools.client import FatalHttpError, RetryPolicy, ServiceClient, error_of, retry_after_seconds
+from service.tools.enroll_bulk import Options, Progress, Sample, StateFile
+from service.tools.evaluate import TrialKind, TrialRecord, build_report, plan_eval, run_eval
+from service.tools.inputs import ManifestRow, read_manifest, speaker_ids
+from tests.audio_fixtures import EVAL_SPEECH, silence_flac
+from tests.conftest import LiveServer, needs_speech, new_key
+
+# --- metrics on synthetic scores -----------------------------------------------------------------
+
+
+def test_eer_of_separated_reversed_and_identical_scores() -> None:
+    assert metrics.eer([2.0, 3.0], [0.0, 1.0]) == metrics.Eer(eer=0.0, threshold=2.0)
+    assert metrics.eer([0.0, 1.0], [2.0, 3.0]).eer == 1.0
+    assert metrics.eer([1.0, 1.0], [1.0, 1.0]).eer == 0.5
+
+
+def test_eer_with_one_error_on_each_side() -> None:
+    # One target of five below the threshold 0.6, one non-target of five above it: FR = FA = 20 %.
+    result = metrics.eer([0.6, 0.7, 0.8, 0.9, 0.35], [0.1, 0.2, 0.3, 0.4, 0.65])
+    assert result.eer == pytest.approx(0.2)
+    assert result.threshold == pytest.approx(0.6)
+
+
+def test_eer_of_two_gaussians_matches_theory() -> None:
+    # Unit-variance Gaussians d apart cross where FR = FA = Phi(-d/2); for d = 2 that is 15.87 %.
+    rng = np.random.default_rng(7)
+    target, nontarget = rng.normal(2.0, 1.0, 200_000), rng.normal(0.0, 1.0, 200_000)
+    expected = 0.5 * math.erfc(1.0 / math.sqrt(2.0))
+    result = metrics.eer(target, nontarget)
+    assert result.eer == pytest.approx(expected, abs=0.004)
+    assert result.threshold == pytest.approx(1.0, abs=0.02)
+    swapped = metrics.eer(-nontarget, -target)  # the same problem mirrored
+    assert swapped.eer == pytest.approx(result.eer, abs=1e-3)
+
+
+def test_eer_refuses_empty_or_non_finite_scores() -> None:
+    with pytest.raises(ValueError):
+        metrics.eer([], [1.0])
+    with pytest.raises(ValueError):
+        metrics.eer([1.0, float("nan")], [0.0])
+
+
+def test_fa_at_5_percent_fr() -> None:
+    target = np.arange(100, dtype=float)  # 0..99: the threshold that rejects 5 of them is 5
+    nontarget = np.array([-1.0, 4.9, 5.0, 50.0])
+    result = metrics.fa_at_fr(target, nontarget, 0.05)
+    assert result.threshold == 5.0
+    assert (result.false_rejects, result.targets) == (5, 100)
+    assert (result.false_accepts, result.nontargets) == (2, 4)
+    assert result.fa_rate == 0.5
+    # With fewer targets than 1/fr, no target may be rejected: the threshold is the lowest target.
+    assert metrics.fa_at_fr([3.0, 1.0, 2.0], [0.5, 1.5], 0.05).threshold == 1.0
+
+
+def test_wilson_interval() -> None:
+    low, high = metrics.wilson(5, 10)
+    assert (low, high) == (pytest.approx(0.2366, abs=1e-4), pytest.approx(0.7634, abs=1e-4))
+    assert metrics.wilson(0, 10) == (0.0, pytest.approx(0.2775, abs=1e-4))
+    assert metrics.wilson(10, 10)[1] == pytest.approx(1.0)
+    assert metrics.wilson(0, 0) == (0.0, 1.0)
+
+
+def test_bootstrap_over_speakers_brackets_the_eer() -> None:
+    rng = np.random.default_rng(3)
+    groups = [f"s{i % 10}" for i in range(200)]
+    target, nontarget = rng.normal(1.5, 1.0, 200), rng.normal(0.0, 1.0, 200)
+    point = metrics.eer(target, nontarget).eer
+    ci = metrics.bootstrap_eer(target, groups, nontarget, groups, iterations=300, seed=1)
+    assert ci is not None
+    assert ci[0] <= point <= ci[1] and ci[1] - ci[0] < 0.3
+    assert ci == metrics.bootstrap_eer(target, groups, nontarget, groups, iterations=300, seed=1)
+    assert metrics.bootstrap_eer([1.0], ["a"], [0.0], ["a"]) is None  # one speaker: nothing to resample
+
+
+# --- evaluate's arithmetic on synthetic answers --------------------------------------------------
+
+
+def answer(
+    speaker: str, kind: TrialKind, expected: str | None, scores: dict[str, tuple[float, float]]
+) -> TrialRecord:
+    """An identify answer with candidates {id: (score, cosine)}, decided at a threshold of 5."""
+    ranked = sorted(scores.items(), key=lambda kv: -kv[1][0])
+    best = ranked[0]
+    return TrialRecord(
+        file=f"{speaker}.flac",
+        speaker=speaker,
+        kind=kind,
+        expected=expected,
+        status=200,
+        speakerId=best[0] if best[1][0] >= 5 else None,
+        score=best[1][0],
+        threshold=5.0,
+        candidates=[{"speakerId": k, "score": s, "cosine": c, "complete": True} for k, (s, c) in ranked],
+    )
+
+
+def test_report_counts_and_rates_on_synthetic_answers() -> None:
+    records = [
+        # genuine, right on both scorings
+        answer("a", "genuine", "A", {"A": (9.0, 0.8), "B": (1.0, 0.1)}),
+        # genuine: the service's score is right, the cosine baseline picks B
+        answer("a", "genuine", "A", {"A": (6.0, 0.3), "B": (2.0, 0.4)}),
+        # genuine, but below the service threshold: a false reject
+        answer("b", "genuine", "B", {"A": (1.0, 0.1), "B": (4.0, 0.5)}),
+        # unknown voice, named A by the service: a false accept
+        answer("x", "unknown", None, {"A": (7.0, 0.2), "B": (0.0, 0.1)}),
+        answer("y", "unknown", None, {"A": (2.0, 0.1), "B": (3.0, 0.2)}),
+        TrialRecord(
+            file="z.flac", speaker="z", kind="unknown", expected=None, status=422, errorcode="audio.X"
+        ),
+    ]
+    report = build_report(records, bootstrap=0)
+    assert report["trials"] == {
+        "sent": 6,
+        "answered": 5,
+        "genuine": 3,
+        "unknown": 2,
+        "failedByCode": {"audio.X": 1},
+    }
+    score, cosine = report["score"], report["cosine"]
+    assert (score["closedSetTop1"]["count"], score["closedSetTop1"]["of"]) == (3, 3)
+    assert (cosine["closedSetTop1"]["count"], cosine["closedSetTop1"]["of"]) == (2, 3)
+    # open set: targets are own-speaker scores {9, 6, 4}, non-targets the unknowns' top {7, 3}
+    assert (score["openSetEer"]["targets"], score["openSetEer"]["nontargets"]) == (3, 2)
+    assert score["openSetEer"]["eer"] == pytest.approx(metrics.eer([9, 6, 4], [7, 3]).eer)
+    assert score["faAt5PercentFr"]["threshold"] == 4.0 and score["faAt5PercentFr"]["count"] == 1
+    # pairwise: 3 own-speaker pairs; 3 other-speaker pairs from genuine clips + 4 from unknown clips
+    assert (score["pairwiseEer"]["targets"], score["pairwiseEer"]["nontargets"]) == (3, 7)
+    assert cosine["pairwiseEer"]["eer"] == pytest.approx(
+        metrics.eer([0.8, 0.3, 0.5], [0.1, 0.4, 0.1, 0.2, 0.1, 0.1, 0.2]).eer
+    )
+    service = report["service"]
+    assert service["thresholds"] == [5.0]
+    assert (service["falseAccepts"]["count"], service["falseAccepts"]["of"]) == (1, 5)
+    assert (service["unknownNamed"]["count"], service["genuineNamedWrong"]["count"]) == (1, 0)
+    assert (service["falseRejects"]["count"], service["falseRejects"]["of"]) == (1, 3)
+    assert service["falseRejects"]["ci95"] == list(metrics.wilson(1, 3))
+
+
+def test_plan_enrolls_speakers_with_enough_clips_under_a_prefix() -> None:
+    rows = [
+        ManifestRow(Path(f"{s}{i}.flac"), f"{s}{i}.flac", s)
+        for s, n in (("a", 5), ("b b", 6), ("c", 2))
+        for i in range(n)
+    ]
+    plan = plan_eval(rows, "eval-1234", enroll_clips=3, min_clips=5)
+    assert plan.ids == {"a": "eval-1234-a", "b b": "eval-1234-b_b"}
+    assert [r.name for r in plan.enroll["a"]] == ["a0.flac", "a1.flac", "a2.flac"]
+    kinds = [(t.clip.name, t.kind, t.expected) for t in plan.trials]
+    assert kinds[:2] == [("a3.flac", "genuine", "eval-1234-a"), ("a4.flac", "genuine", "eval-1234-a")]
+    assert sum(k == "genuine" for _, k, _ in kinds) == 5 and kinds[-2:] == [
+        ("c0.flac", "unknown", None),
+        ("c1.flac", "unknown", None),
+    ]
+
+
+def test_speaker_ids_are_made_valid_and_distinct() -> None:
+    ids = speaker_ids(["José García", "a b", "a_b", "x" * 200, "///", "ok-1.2"])
+    assert ids["José García"] == "Jose_Garcia"
+    assert ids["a_b"] == "a_b" and ids["a b"] == "a_b-2"  # a valid name keeps itself
+    assert ids["x" * 200] == "x" * 128
+    assert ids["///"] == "speaker" and ids["ok-1.2"] == "ok-1.2"
+
+
+# --- the HTTP client -----------------------------------------------------------------------------
+
+
+def scripted(answers: list[httpx.Response | Exception]) -> tuple[httpx.MockTransport, list[httpx.Request]]:
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        item = answers.pop(0)
+        if isinstance(item, Exception):
+            raise item
+        return item
+
+    return httpx.MockTransport(handler), seen
+
+
+def test_client_retries_busy_answers_and_respects_retry_after() -> None:
+    transport, seen = scripted(
+        [
+            httpx.Response(
+                429, headers={"Retry-After": "2"}, json={"error": {"code": "request.RateLimited"}}
+            ),
+            httpx.Response(503),
+            httpx.ConnectError("refused"),
+            httpx.Response(200, json={"message": "Success"}),
+        ]
+    )
+    slept: list[float] = []
+    client = ServiceClient("http://svc", "k", transport=transport, sleep=slept.append)
+    assert client.request("POST", "/x", json={}).json() == {"message": "Success"}
+    assert len(seen) == 4 and seen[0].headers["X-API-Key"] == "k"
+    assert slept[0] == 2.0 and all(0 <= s <= 30 for s in slept) and client.retries == 3
+
+
+def test_client_gives_up_and_stops_on_a_bad_key() -> None:
+    transport, _ = scripted([httpx.Response(503)] * 3)
+    busy = ServiceClient(
+        "http://svc", "k", transport=transport, retry=RetryPolicy(attempts=3), sleep=lambda _: None
+    )
+    assert busy.request("GET", "/x").status_code == 503
+    transport, _ = scripted([httpx.ConnectError("down")] * 2)
+    down = ServiceClient(
+        "http://svc", "k", transport=transport, retry=RetryPolicy(attempts=2), sleep=lambda _: None
+    )
+    with pytest.raises(httpx.ConnectError):
+        down.request("GET", "/x")
+    fault = {
+        "fault": {"faultstring": "Missing or invalid API key", "detail": {"errorcode": "auth.InvalidKey"}}
+    }
+    transport, _ = scripted([httpx.Response(401, json=fault)])
+    with pytest.raises(FatalHttpError, match=r"auth\.InvalidKey"):
+        ServiceClient("http://svc", "bad", transport=transport).request("GET", "/x")
+
+
+def test_error_codes_of_both_error_shapes() -> None:
+    fault = {"fault": {"faultstring": "Too short", "detail": {"errorcode": "audio.InsufficientSpeech"}}}
+    assert error_of(httpx.Response(422, json=fault)) == ("audio.InsufficientSpeech", "Too short")
+    native = {"error": {"code": "speaker.NotFound", "message": "Speaker not found"}}
+    assert error_of(httpx.Response(404, json=native)) == ("speaker.NotFound", "Speaker not found")
+    assert error_of(httpx.Response(502, text="<html>bad gateway</html>"))[0] == "http.502"
+    assert (
+        retry_after_seconds(httpx.Response(429, headers={"Retry-After": "Wed, 21 Oct 2015 07:28:00 GMT"}))
+        == 0
+    )
+
+
+# --- evaluate against a fake service -------------------------------------------------------------
+
+
+def tone_wav(path: Path, seconds: float, rate: int = 16_000) -> None:
+    t = np.arange(int(seconds * rate)) / rate
+    sf.write(path, (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32), rate, subtype="PCM_16")
+
+
+class FakeService:
+    """Answers like the service, telling clips apart by their length: speaker A's clips last 1 s,
+    B's 1.5 s (and "refused" speaker R's 0.5 s are always refused); anything else is unknown."""
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[str, str, dict[str, Any]]] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content) if request.content else {}
+        self.requests.append((request.method, request.url.path, body))
+        if request.method == "DELETE":
+            return httpx.Response(204)
+        data, rate = sf.read(io.BytesIO(base64.b64decode(body["content"])))
+        assert body["encoding"] == "FLAC" and rate == body["sampleRate"]
+        who = {1.0: "A", 1.5: "B", 0.5: "R"}.get(round(len(data) / rate, 1))
+        if request.url.path.endswith("/enrollments"):
+            if who == "R":
+                return httpx.Response(
+                    422, json={"error": {"code": "audio.InsufficientSpeech", "message": "short"}}
+                )
+            return httpx.Response(201, json={"status": "enrolling"})
+        ids = body["speakerIds"]
+        own = next((i for i in ids if who and i.endswith(f"-{who}")), None)
+        candidates = [
+            {
+                "speakerId": i,
+                "score": 9.0 if i == own else 1.0,
+                "cosine": 0.8 if i == own else 0.1,
+                "complete": False,
+            }
+            for i in ids
+        ]
+        candidates.sort(key=lambda c: -c["score"])
+        return httpx.Response(
+            200,
+            json={
+                "speakerId": own,
+                "score": candidates[0]["score"],
+                "threshold": 5.0,
+                "candidates": candidates,
+                "speechSeconds": 1.0,
+            },
+        )
+
+
+@pytest.mark.parametrize("resample", [None, 8000])
+def test_evaluate_talks_to_the_service_as_specified(tmp_path: Path, resample: int | None) -> None:
+    rows = []
+    for speaker, seconds, count in (("A", 1.0, 3), ("B", 1.5, 3), ("R", 0.5, 3), ("X", 2.0, 1)):
+        for i in range(count):
+            tone_wav(tmp_path / f"{speaker}{i}.wav", seconds)
+            rows.append(ManifestRow(tmp_path / f"{speaker}{i}.wav", f"{speaker}{i}.wav", speaker))
+    plan = plan_eval(rows, "eval-test", enroll_clips=2, min_clips=3)
+    fake = FakeService()
+    client = ServiceClient("http://svc", "k", transport=httpx.MockTransport(fake))
+    run = run_eval(client, plan, resample=resample, concurrency=3, progress=False)
+
+    assert run.active == ["eval-test-A", "eval-test-B"] and run.dropped == ["eval-test-R"]
+    refused = [r for r in run.enrolled if not r.accepted]
+    assert len(run.enrolled) == 6 and {r.errorcode for r in refused} == {"audio.InsufficientSpeech"}
+    identifies = [body for _, path, body in fake.requests if path == "/v1/identify"]
+    assert len(identifies) == 3  # A2, B2 genuine, X0 unknown; R's test clip is left out
+    assert all(b["speakerIds"] == run.active and b["topK"] == 2 for b in identifies)
+    rates = {b["sampleRate"] for _, path, b in fake.requests if path != "/v1/identify" and "sampleRate" in b}
+    assert rates | {b["sampleRate"] for b in identifies} == {resample or 16_000}
+    deleted = sorted(path for method, path, _ in fake.requests if method == "DELETE")
+    assert deleted == [f"/v1/speakers/eval-test-{s}" for s in "ABR"]  # the dropped speaker too
+    report = build_report(run.trials, bootstrap=0)
+    assert report["score"]["closedSetTop1"]["count"] == 2 and report["score"]["openSetEer"]["eer"] == 0.0
+    assert report["service"]["falseAccepts"]["count"] == 0
+
+
+# --- both commands against the real service ------------------------------------------------------
+
+ALICE = [f"librispeech/test-other/367/367-130732-000{i}.flac" for i in (2, 3, 5)]
+BOB = ["librispeech/test-clean/61/61-70968-0000.flac"]
+EVAL_SPEAKERS = {
+    "ls-61": [
+        f"librispeech/test-clean/61/{n}.flac"
+        for n in ("61-70968-0000", "61-70968-0001", "61-70970-0000", "61-70970-0002")
+    ],
+    "vctk-p226": [f"vctk/p226/p226_{n}.wav" for n in ("003", "005", "011", "024")],
+    "ls-118": ["librispeech/impostors-train-clean-100/118-121721-0000.flac"],
+    "ls-201": ["librispeech/impostors-train-clean-100/201-122255-0000.flac"],
+}
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], *argv: str | Path) -> tuple[int, str]:
+    code = main([str(a) for a in argv])
+    return code, capsys.readouterr().out
+
+
+def state_lines(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@needs_speech
+@pytest.mark.model
+def test_enroll_bulk_from_folders_summarises_and_resumes(
+    live: LiveServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    key = new_key(live.settings, "bulk-folders")
+    root = tmp_path / "speakers"
+    (root / "alice").mkdir(parents=True)
+    (root / "Bob Smith").mkdir()
+    for rel in ALICE[:2]:
+        shutil.copy(EVAL_SPEECH / rel, root / "alice")
+    shutil.copy(EVAL_SPEECH / BOB[0], root / "Bob Smith" / "a.flac")
+    shutil.copy(EVAL_SPEECH / BOB[0], root / "Bob Smith" / "b-copy.flac")  # a duplicate: 409
+    (root / "Bob Smith" / "c-silence.flac").write_bytes(silence_flac(3.0))  # no speech: 422
+    (root / "Bob Smith" / "notes.txt").write_text("not audio")
+    args: list[str | Path] = ["enroll-bulk", root, "--url", live.url, "--api-key", key, "--concurrency", "2"]
+
+    code, out = run_cli(capsys, *args)
+    assert code == 0, out
+    state = tmp_path / "speakers.enroll-bulk-state.jsonl"
+    assert len(state_lines(state)) == 5
+    assert "speakers: 2 (0 complete, 2 enrolling" in out
+    assert "samples accepted: 3" in out and "samples refused: 2" in out
+    assert "enrollment.DuplicateSample" in out and "audio.InsufficientSpeech" in out
+    assert "'Bob Smith' -> Bob_Smith" in out and "notes.txt: extension .txt is not audio" in out
+    with live.client(key) as client:
+        assert client.get("/v1/speakers/Bob_Smith").json()["samples"] == 1
+
+    # A third file for alice: a re-run sends only that one and completes her enrollment.
+    shutil.copy(EVAL_SPEECH / ALICE[2], root / "alice")
+    code, out = run_cli(capsys, *args)
+    assert code == 0, out
+    lines = state_lines(state)
+    assert len(lines) == 6 and lines[-1]["file"] == "alice/367-130732-0005.flac"
+    assert lines[-1]["result"] == "accepted" and lines[-1]["message"] == "Complete"
+    assert "already answered in an earlier run (skipped): 5" in out
+    assert "speakers: 2 (1 complete, 1 enrolling" in out and "samples accepted: 4" in out
+    with live.client(key) as client:
+        assert client.get("/v1/speakers/alice").json()["samples"] == 3
+
+    # --retry-refused sends the two refused files again (and they are refused again).
+    code, out = run_cli(capsys, *args, "--retry-refused")
+    assert code == 0 and len(state_lines(state)) == 8
+    assert "samples accepted: 4" in out and "samples refused: 2" in out
+
+
+@needs_speech
+@pytest.mark.model
+def test_enroll_bulk_from_a_csv(live: LiveServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    key = new_key(live.settings, "bulk-csv")
+    (tmp_path / "audio").mkdir()
+    shutil.copy(EVAL_SPEECH / ALICE[0], tmp_path / "audio" / "one.flac")
+    manifest = tmp_path / "list.csv"
+    with open(manifest, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["path", "speaker", "note"])
+        writer.writerow(["audio/one.flac", "carol", "relative to the CSV"])
+        writer.writerow([str(EVAL_SPEECH / ALICE[1]), "carol", "absolute"])
+        writer.writerow(["audio/missing.flac", "carol", ""])
+        writer.writerow(["audio/one.flac", "bad id!", "same audio, another speaker"])
+    state = tmp_path / "my-state.jsonl"
+    code, out = run_cli(
+        capsys, "enroll-bulk", manifest, "--url", live.url, "--api-key", key, "--state", state
+    )
+    assert code == 0, out
+    assert "samples accepted: 3" in out and "'bad id!' -> bad_id" in out
+    assert "audio/missing.flac: file not found" in out
+    assert {(r["speakerId"], r["result"]) for r in state_lines(state)} == {
+        ("carol", "accepted"),
+        ("bad_id", "accepted"),
+    }
+    with live.client(key) as client:
+        listed = client.get("/audio/generic/api/v1/sync/diarization/get_enrolled_speakers").json()
+    assert sorted(s["speaker_id"] for s in listed["enrolled_speaker_ids"]) == ["bad_id", "carol"]
+
+
+@needs_speech
+@pytest.mark.model
+def test_evaluate_end_to_end_on_a_tiny_manifest(
+    live: LiveServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    key = new_key(live.settings, "evaluate")
+    (tmp_path / "silence.flac").write_bytes(silence_flac(2.0))
+    manifest = tmp_path / "manifest.csv"
+    with open(manifest, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["path", "speaker", "duration_s", "sample_rate", "source", "license"])
+        for speaker, paths in EVAL_SPEAKERS.items():
+            writer.writerows([str(EVAL_SPEECH / p), speaker, "", "16000", "", ""] for p in paths)
+        writer.writerow(["silence.flac", "nobody", "2.0", "8000", "", ""])
+    out_json = tmp_path / "report.json"
+    options = ["--enroll-clips", "2", "--min-clips", "4", "--json", str(out_json), "--bootstrap", "50"]
+    code, out = run_cli(capsys, "evaluate", manifest, "--url", live.url, "--api-key", key, *options)
+    assert code == 0, out
+    assert "closed-set top-1 accuracy" in out and "pairwise EER" in out and "cosine baseline" in out
+
+    document = json.loads(out_json.read_text())
+    report = document["metrics"]
+    assert report["trials"]["genuine"] == 4 and report["trials"]["unknown"] == 2
+    assert report["trials"]["failedByCode"] == {"audio.InsufficientSpeech": 1}  # the silent clip
+    assert [r["accepted"] for r in document["enrollment"]] == [True] * 4
+    for scoring in ("score", "cosine"):
+        assert report[scoring]["closedSetTop1"]["count"] == 4  # a man and a man of another corpus
+        assert (report[scoring]["openSetEer"]["targets"], report[scoring]["openSetEer"]["nontargets"]) == (
+            4,
+            2,
+        )
+        assert (report[scoring]["pairwiseEer"]["targets"], report[scoring]["pairwiseEer"]["nontargets"]) == (
+            4,
+            8,
+        )
+        assert 0.0 <= report[scoring]["pairwiseEer"]["eer"] <= 1.0
+    trial = next(t for t in document["trials"] if t["kind"] == "genuine")
+    assert {c["speakerId"] for c in trial["candidates"]} == set(document["run"]["speakers"].values())
+    with live.client(key) as client:
+        assert client.get("/v1/speakers").json()["total"] == 0  # the run cleaned up after itself
+
+
+@needs_speech
+@pytest.mark.model
+def test_enroll_bulk_stops_at_a_wrong_url_or_key(
+    live: LiveServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "in" / "dave").mkdir(parents=True)
+    shutil.copy(EVAL_SPEECH / BOB[0], tmp_path / "in" / "dave")
+    state = tmp_path / "state.jsonl"
+    key = new_key(live.settings, "bulk-wrong")
+    for url, api_key in ((live.url + "/nope", key), (live.url, "not-a-key")):
+        code, _ = run_cli(
+            capsys, "enroll-bulk", tmp_path / "in", "--url", url, "--api-key", api_key, "--state", state
+        )
+        assert code == 2
+        assert state.read_text() == ""  # nothing recorded: a corrected re-run sends everything
+
+
+def test_a_sample_without_an_answer_holds_back_the_rest_of_its_speaker(tmp_path: Path) -> None:
+    paths = []
+    for i in range(3):
+        tone_wav(tmp_path / f"{i}.wav", 1.0)
+        paths.append(tmp_path / f"{i}.wav")
+    transport, seen = scripted([httpx.Response(200, json={"message": "Success"}), httpx.Response(503)])
+    client = ServiceClient("http://svc", "k", transport=transport, retry=RetryPolicy(attempts=1))
+    state = StateFile(tmp_path / "state.jsonl")
+    samples = [Sample(key=p.name, path=p, speaker="s") for p in paths]
+    with tqdm(disable=True) as bar:
+        progress = Progress(bar=bar)
+        enroll_bulk.enroll_speaker(
+            client, samples, Options("http://svc", "auto", "en-US"), state, progress, Event()
+        )
+    state.close()
+    assert len(seen) == 2 and json.loads(seen[0].content)["encoding"] == "WAV"
+    assert json.loads(seen[0].content)["sampleRate"] == 16_000
+    assert progress.accepted == 1 and progress.unsent == {
+        "HTTP 503 http.503": 1,
+        "held back behind an unsent sample": 1,
+    }
+    assert [r["file"] for r in state_lines(tmp_path / "state.jsonl")] == ["0.wav"]
+
+
+def test_read_manifest_needs_path_and_speaker(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.csv"
+    bad.write_text("file,who\na.flac,x\n")
+    with pytest.raises(ValueError, match="missing column"):
+        read_manifest(bad)
