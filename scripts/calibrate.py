@@ -91,6 +91,8 @@ TELEPHONE_BAND_HZ = (300.0, 3400.0)
 TRIM_S = 0.5
 GAIN = 0.5
 MAX_GENUINE_REFUSAL = 0.01  # the mismatch gate may refuse at most this share of genuine samples
+DUPLICATE_MARGIN = 0.02  # the duplicate gate sits this far above the closest distinct utterances
+SPREAD_MARGIN = 0.9  # MIN_SPREAD at most this share of the narrowest set of distinct utterances
 CACHE_SAVE_EVERY = 20
 
 
@@ -140,6 +142,8 @@ def encode_container(samples: np.ndarray, rate: int, fmt: str, codec: str, bit_r
     buffer = io.BytesIO()
     with av.open(buffer, mode="w", format=fmt) as container:
         stream = container.add_stream(codec, rate=rate, layout="mono")
+        if not isinstance(stream, av.AudioStream):
+            raise TypeError(f"{codec} is not an audio codec")
         if bit_rate:
             stream.bit_rate = bit_rate
         frame = av.AudioFrame.from_ndarray(pcm[None, :], format="s16", layout="mono")
@@ -508,6 +512,7 @@ def mismatch_section(
                 "genuine_cross_session": distribution(trials["genuine_cross_session"]),
                 "impostor": distribution(trials["impostor"]),
                 "grid": [gate_rates(trials["genuine"], trials["impostor"], t) for t in MISMATCH_GRID],
+                "current": gate_rates(trials["genuine"], trials["impostor"], cal.MISMATCH_COSINE),
                 "cross_session_grid": [
                     gate_rates(trials["genuine_cross_session"], trials["impostor"], t) for t in MISMATCH_GRID
                 ],
@@ -593,13 +598,19 @@ def duplicate_section(
         }
     highest_distinct = max(d["per_speaker_max"]["max"] for d in distinct.values())
     lowest_copy = float(every_copy.min())
-    if lowest_copy > highest_distinct:
+    if lowest_copy - highest_distinct > 2 * DUPLICATE_MARGIN:
         value = math.floor((lowest_copy + highest_distinct) / 2 * 200) / 200
         rule = "midpoint between the highest distinct-utterance cosine and the lowest near-copy cosine"
     else:
-        value = math.ceil((highest_distinct + 0.01) * 100) / 100
-        rule = "just above the highest distinct-utterance cosine (the distributions overlap)"
-    missed = {v: float(np.mean(np.asarray(s) < value)) for v, s in copy_scores.items()}
+        value = math.ceil((highest_distinct + DUPLICATE_MARGIN) * 200) / 200
+        rule = (
+            f"highest distinct-utterance cosine + {DUPLICATE_MARGIN:g}, rounded up to 0.005 "
+            "(the distributions overlap)"
+        )
+
+    def caught(threshold: float) -> dict[str, float]:
+        return {v: float(np.mean(np.asarray(s) >= threshold)) for v, s in copy_scores.items()}
+
     return {
         "near_copy": {v: distribution(s) for v, s in copy_scores.items()},
         "near_copy_all": distribution(every_copy),
@@ -607,7 +618,8 @@ def duplicate_section(
         "closest_distinct_pairs": sorted(closest, key=lambda c: -c["cosine"])[:5],
         "highest_distinct": highest_distinct,
         "lowest_near_copy": lowest_copy,
-        "proposal": {"value": value, "rule": rule, "near_copies_not_caught": missed},
+        "current": {"value": cal.DUPLICATE_COSINE, "near_copies_caught": caught(cal.DUPLICATE_COSINE)},
+        "proposal": {"value": value, "rule": rule, "near_copies_caught": caught(value)},
     }
 
 
@@ -616,53 +628,72 @@ def spread_section(
     copies: dict[str, dict[int, Measurement]],
     copy_clips: dict[str, list[int]],
     long_clips: dict[str, list[int]],
+    duplicate_cosine: float,
 ) -> dict[str, Any]:
-    """Spread of distinct utterances (first clips, and every triple of long clips) vs near-copy sets."""
+    """Spread of distinct utterances (first clips, and every triple of long clips) vs near-copy sets.
+
+    A near-copy set counts as passing the duplicate gate at `duplicate_cosine` when every pairwise
+    cosine in it is below that value: for such sets the spread is the last check.
+    """
     distinct: dict[str, Any] = {}
+    triples: list[float] = []  # every triple of long clips, all conditions
     for condition in CONDITIONS:
         rows = vectors[condition]
-        values = {
+        first = {
             speaker: spread(rows[indices])
             for speaker, indices in copy_clips.items()
             if np.isfinite(rows[indices]).all()
         }
-        triples = [
+        every = [
             spread(rows[list(group)])
             for indices in long_clips.values()
             for group in combinations(indices, SPREAD_SET_SIZE)
             if np.isfinite(rows[list(group)]).all()
         ]
+        triples.extend(every)
         distinct[condition] = {
-            "all": distribution(list(values.values())),
-            "every_triple": distribution(triples),
-            "by_speaker": values,
+            "first_clips": distribution(list(first.values())),
+            "every_triple": distribution(every),
+            "by_speaker": first,
         }
     by_pair: dict[str, list[float]] = {}
+    past_gate: list[float] = []
     for indices in copy_clips.values():
         for index in indices:
             for a, b in combinations(COPIES, 2):
                 group = np.stack([vectors["16k"][index], copies[a][index].vector, copies[b][index].vector])
-                by_pair.setdefault(f"{a}+{b}", []).append(spread(group))
-    every = [s for values in by_pair.values() for s in values]
-    copy_max = float(np.max(every))
-    distinct_min = min(
-        min(d["all"]["min"], d["every_triple"].get("min", math.inf)) for d in distinct.values()
-    )
+                value = spread(group)
+                by_pair.setdefault(f"{a}+{b}", []).append(value)
+                if np.max((group @ group.T)[np.triu_indices(len(group), k=1)]) < duplicate_cosine:
+                    past_gate.append(value)
+    copy_sets = np.asarray([s for values in by_pair.values() for s in values])
+    distinct_sets = np.asarray(triples + [s for d in distinct.values() for s in d["by_speaker"].values()])
+    distinct_min, copy_max = float(distinct_sets.min()), float(copy_sets.max())
     if distinct_min > copy_max:
         value = math.floor((copy_max + distinct_min) / 2 * 1000) / 1000
         rule = "midpoint between the widest near-copy set and the narrowest set of distinct utterances"
     else:
-        value = math.floor(distinct_min * 0.9 * 1000) / 1000
-        rule = "90 % of the narrowest set of distinct utterances (the distributions overlap)"
+        value = math.floor(distinct_min * SPREAD_MARGIN * 1000) / 1000
+        rule = f"{SPREAD_MARGIN:.0%} of the narrowest set of distinct utterances (the distributions overlap)"
+
+    def verdict(threshold: float) -> dict[str, float]:
+        return {
+            "value": threshold,
+            "distinct_sets_refused": int(np.sum(distinct_sets < threshold)),
+            "distinct_sets": int(distinct_sets.size),
+            "near_copy_sets_passing": int(np.sum(copy_sets >= threshold)),
+            "near_copy_sets": int(copy_sets.size),
+            "near_copy_sets_passing_both_gates": int(np.sum(np.asarray(past_gate) >= threshold)),
+        }
+
     return {
         "distinct_sets": distinct,
-        "near_copy_sets": distribution(every),
+        "near_copy_sets": distribution(copy_sets),
         "near_copy_sets_by_pair": {pair: distribution(v) for pair, v in by_pair.items()},
-        "proposal": {
-            "value": value,
-            "rule": rule,
-            "near_copy_sets_passing": float(np.mean(np.asarray(every) >= value)),
-        },
+        "near_copy_sets_past_duplicate_gate": distribution(past_gate),
+        "duplicate_cosine": duplicate_cosine,
+        "current": verdict(cal.MIN_SPREAD),
+        "proposal": {**verdict(value), "rule": rule},
     }
 
 
@@ -733,15 +764,17 @@ def render(results: dict[str, Any]) -> list[str]:
         "1. Same- vs different-speaker cosine (pairs of different clips)",
     ]
     for name, row in results["pairwise"].items():
-        lines += [
-            f"  {name}",
-            f"    same speaker       n={row['same_speaker']['n']:6d}  {fmt(row['same_speaker'])}",
-            f"    same, other session n={row['same_speaker_cross_session']['n']:5d}  "
-            f"{fmt(row['same_speaker_cross_session'])}",
-            f"    different speaker  n={row['different_speaker']['n']:6d}  {fmt(row['different_speaker'])}",
+        lines.append(f"  {name}")
+        for label, key in (
+            ("same speaker", "same_speaker"),
+            ("same, other session", "same_speaker_cross_session"),
+            ("different speaker", "different_speaker"),
+        ):
+            lines.append(f"    {label:20s} n={row[key]['n']:6d}  {fmt(row[key])}")
+        lines.append(
             f"    EER {100 * row['eer']:.2f} % at cosine {row['threshold']:.3f}; "
-            f"cross-session EER {100 * row['eer_cross_session']:.2f} %",
-        ]
+            f"cross-session EER {100 * row['eer_cross_session']:.2f} %"
+        )
 
     mismatch = results["mismatch"]
     lines += ["", "2. Enrollment mismatch gate: cosine of a new sample to the enrolled centroid"]
@@ -754,6 +787,14 @@ def render(results: dict[str, Any]) -> list[str]:
             "    refused % " + " ".join(f"{100 * r['genuine_refused_rate']:6.2f}" for r in case["grid"]),
             "    accepted %" + " ".join(f"{100 * r['impostor_accepted_rate']:6.2f}" for r in case["grid"]),
         ]
+    current = {name: case["current"] for name, case in mismatch["cases"].items()}
+    worst = max(current, key=lambda name: current[name]["genuine_refused_rate"])
+    lines.append(
+        f"  current MISMATCH_COSINE = {cal.MISMATCH_COSINE:.2f}: worst genuine refusal "
+        f"{100 * current[worst]['genuine_refused_rate']:.2f} % ({worst}); impostor acceptance "
+        f"{100 * min(r['impostor_accepted_rate'] for r in current.values()):.1f}"
+        f"-{100 * max(r['impostor_accepted_rate'] for r in current.values()):.1f} %"
+    )
     proposal = mismatch["proposal"]
     lines += [f"  proposed MISMATCH_COSINE = {proposal['value']:.2f} ({proposal['rule']})"]
     for name, rates in proposal["rates"].items():
@@ -776,39 +817,46 @@ def render(results: dict[str, Any]) -> list[str]:
         lines.append(f"    {condition:12s} n={d['per_speaker_max']['n']:4d}  {fmt(d['per_speaker_max'])}")
     for pair in dup["closest_distinct_pairs"][:3]:
         lines.append(f"    closest: {pair['cosine']:.3f} {pair['condition']} {' / '.join(pair['clips'])}")
-    p = dup["proposal"]
-    lines += [
-        f"  highest distinct {dup['highest_distinct']:.3f}, lowest near-copy {dup['lowest_near_copy']:.3f}",
-        f"  proposed DUPLICATE_COSINE = {p['value']:.3f} ({p['rule']})",
-        "    near-copies below it (not caught): "
-        + ", ".join(f"{v} {100 * r:.0f} %" for v, r in p["near_copies_not_caught"].items()),
-    ]
+    lines.append(
+        f"  highest distinct {dup['highest_distinct']:.3f}, lowest near-copy {dup['lowest_near_copy']:.3f}"
+    )
+    for label, row in (("current ", dup["current"]), ("proposed", dup["proposal"])):
+        lines.append(
+            f"  {label} DUPLICATE_COSINE = {row['value']:.3f}: refuses "
+            + ", ".join(f"{v} {100 * r:.0f} %" for v, r in row["near_copies_caught"].items())
+            + (f"  ({row['rule']})" if "rule" in row else "")
+        )
 
     spr = results["spread"]
     lines += [
         "",
         f"4. Complete spread: mean(1 - cos(sample, centroid)) over {SPREAD_SET_SIZE} samples",
-        f"  distinct utterances (each speaker's first clips with >= {SPREAD_MIN_SPEECH_S:g} s speech)",
+        f"  distinct utterances, each speaker's first clips with >= {SPREAD_MIN_SPEECH_S:g} s speech",
     ]
     for condition, d in spr["distinct_sets"].items():
-        lines.append(f"    {condition:12s} n={d['all']['n']:4d}  {fmt(d['all'])}")
+        lines.append(f"    {condition:12s} n={d['first_clips']['n']:4d}  {fmt(d['first_clips'])}")
     lines.append(
-        f"  distinct utterances (every triple of a speaker's clips with >= {SPREAD_MIN_SPEECH_S:g} s speech)"
+        f"  distinct utterances, every triple of a speaker's clips with >= {SPREAD_MIN_SPEECH_S:g} s speech"
     )
     for condition, d in spr["distinct_sets"].items():
-        triples = d["every_triple"]
-        lines.append(f"    {condition:12s} n={triples['n']:4d}  {fmt(triples)}")
+        lines.append(f"    {condition:12s} n={d['every_triple']['n']:4d}  {fmt(d['every_triple'])}")
+    lines.append("  one clip (16k) + two of its near-copies (every pair of copy kinds)")
+    lines.append(f"    {'all':12s} n={spr['near_copy_sets']['n']:4d}  {fmt(spr['near_copy_sets'])}")
+    past = spr["near_copy_sets_past_duplicate_gate"]
     lines.append(
-        f"  one clip + two near-copies  n={spr['near_copy_sets']['n']:4d}  {fmt(spr['near_copy_sets'])}"
+        f"    {'past gate':12s} n={past.get('n', 0):4d}  {fmt(past)}"
+        f"  (no pair at or above DUPLICATE_COSINE {spr['duplicate_cosine']:.3f})"
     )
     widest = sorted(spr["near_copy_sets_by_pair"].items(), key=lambda kv: -kv[1]["max"])[:4]
     for pair, d in widest:
-        lines.append(f"    widest copies {pair:24s} max {d['max']:.4f}, median {d['p50']:.4f}")
-    p = spr["proposal"]
-    lines += [
-        f"  proposed MIN_SPREAD = {p['value']:.3f} ({p['rule']}); "
-        f"{100 * p['near_copy_sets_passing']:.1f} % of near-copy sets would pass",
-    ]
+        lines.append(f"    widest: {pair:24s} max {d['max']:.4f}, median {d['p50']:.4f}")
+    for label, row in (("current ", spr["current"]), ("proposed", spr["proposal"])):
+        lines.append(
+            f"  {label} MIN_SPREAD = {row['value']:.3f}: refuses {row['distinct_sets_refused']}/"
+            f"{row['distinct_sets']} distinct sets; passes {row['near_copy_sets_passing']}/"
+            f"{row['near_copy_sets']} near-copy sets, {row['near_copy_sets_passing_both_gates']} of them "
+            "also past the duplicate gate" + (f"  ({row['rule']})" if "rule" in row else "")
+        )
 
     audio = results["audio"]
     d = audio["current_defaults"]
@@ -870,7 +918,9 @@ def run(manifest: Path, cache_dir: Path) -> dict[str, Any]:
 
     mismatch = mismatch_section(vectors, clips, speakers)
     duplicate = duplicate_section(vectors, copies, clips, speakers, copy_clips)
-    spread_result = spread_section(vectors, copies, copy_clips, long_clips(speakers, measured["16k"]))
+    spread_result = spread_section(
+        vectors, copies, copy_clips, long_clips(speakers, measured["16k"]), duplicate["proposal"]["value"]
+    )
     audio = audio_section({**measured, **{v: copies[v] for v in extra}}, clips)
     mismatch_proposal = propose_mismatch(mismatch)
     return {

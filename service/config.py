@@ -43,6 +43,9 @@ class EnrollmentSettings(BaseModel):
     duplicate_cosine: float = Field(
         cal.DUPLICATE_COSINE, description="a new sample this close to an old one is a near-copy"
     )
+    duplicate_fingerprint: float = Field(
+        cal.DUPLICATE_FINGERPRINT, description="content-fingerprint agreement that marks the same recording"
+    )
     mismatch_cosine: float = Field(
         cal.MISMATCH_COSINE, description="a new sample below this cosine to the centroid is refused"
     )

@@ -45,6 +45,7 @@ def enrollment_policy(settings: Settings) -> EnrollmentPolicy:
         min_spread=e.min_spread,
         duplicate_cosine=e.duplicate_cosine,
         mismatch_cosine=e.mismatch_cosine,
+        duplicate_fingerprint=e.duplicate_fingerprint,
     )
 
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from service.audio import fingerprint as content
 from service.enrollment.ports import Aggregates, SampleRecord
 from service.errors import DuplicateSample, SpeakerMismatch
 
@@ -21,6 +22,7 @@ class EnrollmentPolicy:
     min_spread: float
     duplicate_cosine: float
     mismatch_cosine: float
+    duplicate_fingerprint: float = 1.1  # off unless set
 
 
 def normalise(vector: np.ndarray) -> np.ndarray:
@@ -38,10 +40,25 @@ def centroid_and_spread(vectors: Sequence[np.ndarray]) -> tuple[np.ndarray, floa
     return centre, max(spread, 0.0)
 
 
-def check_new_sample(vector: np.ndarray, earlier: Sequence[SampleRecord], policy: EnrollmentPolicy) -> None:
+def check_new_sample(
+    vector: np.ndarray,
+    earlier: Sequence[SampleRecord],
+    policy: EnrollmentPolicy,
+    fingerprint: bytes | None = None,
+) -> None:
     """Refuse a near-copy of an earlier sample, or a voice unlike the earlier samples."""
     if not earlier:
         return
+    if fingerprint:
+        for sample in earlier:
+            if (
+                sample.fingerprint
+                and content.similarity(fingerprint, sample.fingerprint) >= policy.duplicate_fingerprint
+            ):
+                raise DuplicateSample(
+                    "This sample is a copy of one the speaker already has (the same recording, "
+                    "re-encoded or with noise added); send a different utterance"
+                )
     stack = np.stack([s.vector for s in earlier])
     closest = float(np.max(stack @ vector))
     if closest >= policy.duplicate_cosine:

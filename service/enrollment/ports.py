@@ -39,6 +39,7 @@ class SampleRecord:
     duration_seconds: float
     snr_db: float
     created_at: datetime
+    fingerprint: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,7 @@ class NewSample:
     clipped_fraction: float
     source_rate: int
     audio: bytes | None
+    fingerprint: bytes | None = None
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from service.audio.fingerprint import fingerprint
 from service.audio.frontend import AudioFrontEnd, AudioInput
 from service.audio.pipeline import QualityLimits
 from service.enrollment import policy as rules
@@ -78,12 +79,13 @@ class EnrollmentService:
             clipped_fraction=prepared.clipped_fraction,
             source_rate=prepared.source_rate,
             audio=prepared.wave.astype("<f4").tobytes() if self.store_audio else None,
+            fingerprint=fingerprint(prepared.wave),
         )
         with self.store.transaction() as tx:
             speaker = tx.lock_speaker(tenant_id, speaker_id, create=True)
             assert speaker is not None
             earlier = [s for s in tx.samples(speaker.id) if s.model_sha256 == self.model_sha256]
-            rules.check_new_sample(vector, earlier, self.policy)
+            rules.check_new_sample(vector, earlier, self.policy, sample.fingerprint)
             tx.add_sample(speaker.id, sample)
             record = self._write_aggregates(tx, speaker, [*earlier, self._as_record(sample, speaker)])
             tx.log_change(tenant_id, speaker.id, "sample+")
@@ -138,6 +140,7 @@ class EnrollmentService:
             duration_seconds=sample.duration_seconds,
             snr_db=sample.snr_db,
             created_at=speaker.updated_at,
+            fingerprint=sample.fingerprint,
         )
 
     def _existing(self, tenant_id: int, speaker_id: str) -> SpeakerRecord:

@@ -59,6 +59,7 @@ def _sample(row: Sample) -> SampleRecord:
         duration_seconds=row.duration_seconds,
         snr_db=row.snr_db,
         created_at=row.created_at,
+        fingerprint=row.fingerprint,
     )
 
 
@@ -99,6 +100,7 @@ class SqlTransaction:
                 clipped_fraction=sample.clipped_fraction,
                 source_rate=sample.source_rate,
                 audio=sample.audio,
+                fingerprint=sample.fingerprint,
             )
         )
         self.s.flush()

@@ -83,6 +83,8 @@ class Sample(Base):
     snr_db: Mapped[float] = mapped_column(Float)
     clipped_fraction: Mapped[float] = mapped_column(Float)
     source_rate: Mapped[int] = mapped_column(Integer)
+    # Content fingerprint (sign bits of band-energy changes) for near-copy checks; not audio.
+    fingerprint: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
     audio: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)  # only if turned on
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import httpx
+import numpy as np
 import pytest
 from sqlalchemy import select
 
@@ -76,6 +77,19 @@ def test_same_clip_twice_is_refused_as_duplicate(client: httpx.Client, live: Liv
     assert again.status_code == 409
     assert again.json()["fault"]["detail"]["errorcode"] == "enrollment.DuplicateSample"
     assert rows_of(live, "dup") == (1, 1)
+
+
+def test_noisy_telephone_copy_of_a_sample_is_refused(client: httpx.Client, live: LiveServer) -> None:
+    clip = load_clip(ALICE[1])
+    rng = np.random.default_rng(0)
+    noise = rng.standard_normal(len(clip.samples)) * clip.samples.std() / 10  # 20 dB SNR
+    copy = np.clip(clip.samples + noise, -32768, 32767).astype(np.int16)
+    assert client.post(ENROLL, json=flac_body(ALICE[1], "copycat")).status_code == 200
+    body = {"content": b64(encode_recipe(copy, clip.sample_rate, "flac8k")), "encoding": "FLAC"}
+    again = client.post(ENROLL, json={**body, "speakerId": "copycat"})
+    assert again.status_code == 409, again.text
+    assert again.json()["fault"]["detail"]["errorcode"] == "enrollment.DuplicateSample"
+    assert rows_of(live, "copycat") == (1, 1)
 
 
 def test_another_voice_is_refused_as_mismatch(client: httpx.Client, live: LiveServer) -> None:
