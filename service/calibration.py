@@ -32,8 +32,9 @@ MIN_TOTAL_SPEECH_SECONDS = 20.0
 MIN_SPREAD = 0.022
 # Cosine between different utterances of one speaker reaches 0.937, while re-encoded or noisy
 # copies of one clip go as low as 0.61: embeddings cannot tell them apart, so the cosine check only
-# catches (near-)identical audio, and the content fingerprint does the rest.
-DUPLICATE_COSINE = 0.95
+# catches (near-)identical audio (0.02 above the highest distinct pair), and the content fingerprint
+# does the rest.
+DUPLICATE_COSINE = 0.96
 # Fingerprint agreement (0..1) of copies of one recording (66 clips): 8 kHz FLAC p5 0.90, MP3 p5
 # 0.54, noise at 20 dB p5 0.28, at 10 dB p5 0.15; of two different utterances of one speaker in one
 # session: at most 0.11 (median 0.07).
