@@ -145,3 +145,15 @@ def live(tmp_path_factory: pytest.TempPathFactory, embedder: EcapaEmbedder) -> I
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="module")
+def key(live: LiveServer) -> str:
+    """A key of tenant "acme" on the module's server."""
+    return new_key(live.settings, "acme")
+
+
+@pytest.fixture(scope="module")
+def client(live: LiveServer, key: str) -> Iterator[httpx.Client]:
+    with live.client(key) as c:
+        yield c

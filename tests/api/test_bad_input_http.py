@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -11,23 +10,12 @@ import numpy as np
 import pytest
 
 from tests.audio_fixtures import encode_recipe, load_clip
-from tests.conftest import LiveServer, b64, flac_body, needs_speech, new_key
+from tests.conftest import LiveServer, b64, flac_body, needs_speech
 
 pytestmark = [needs_speech, pytest.mark.model]
 
 ENROLL = "/audio/generic/api/v1/sync/diarization/enroll"
 CLIP = "librispeech/test-other/367/367-130732-0002.flac"
-
-
-@pytest.fixture(scope="module")
-def key(live: LiveServer) -> str:
-    return new_key(live.settings, "acme")
-
-
-@pytest.fixture(scope="module")
-def client(live: LiveServer, key: str) -> Iterator[httpx.Client]:
-    with live.client(key) as c:
-        yield c
 
 
 def body(content: bytes, encoding: str = "FLAC", **extra: Any) -> dict[str, Any]:

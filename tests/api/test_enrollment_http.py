@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import httpx
 import numpy as np
 import pytest
@@ -27,17 +25,6 @@ ALICE = [
 ]
 OTHER_VOICE = "librispeech/test-other/2609/2609-156975-0004.flac"  # a man; ls-367 is a woman
 EIGHT_K = "librispeech/train-clean-100/32/32-21625-0000.flac"
-
-
-@pytest.fixture(scope="module")
-def key(live: LiveServer) -> str:
-    return new_key(live.settings, "acme")
-
-
-@pytest.fixture(scope="module")
-def client(live: LiveServer, key: str) -> Iterator[httpx.Client]:
-    with live.client(key) as c:
-        yield c
 
 
 def rows_of(live: LiveServer, speaker_id: str) -> tuple[int, int]:
