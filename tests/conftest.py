@@ -20,9 +20,10 @@ from service.config import Settings
 from service.embedding import weights
 from service.embedding.ecapa import EcapaEmbedder, configure_threads
 from service.main import create_app
-from service.storage.database import make_engine, migrate
+from service.storage.database import make_engine
 from service.storage.repository import SqlStore
 from tests.audio_fixtures import EVAL_SPEECH, clip_bytes, eval_speech_available
+from tests.databases import fresh_url
 
 configure_threads(int(os.environ.get("SPK_TORCH_THREADS", "0")))
 
@@ -122,12 +123,9 @@ class LiveServer:
         return httpx.Client(base_url=self.url, headers=headers, timeout=120)
 
 
-def make_settings(data_dir: Path, **overrides: Any) -> Settings:
-    settings = Settings(
-        data_dir=data_dir, database_url=os.environ.get("SPK_TEST_DATABASE_URL", ""), **overrides
-    )
-    migrate(settings.resolved_database_url())
-    return settings
+def make_settings(data_dir: Path, database: str = "sqlite", **overrides: Any) -> Settings:
+    """Settings for a test server on a fresh, migrated database of kind `database`."""
+    return Settings(data_dir=data_dir, database_url=fresh_url(database, data_dir), **overrides)
 
 
 def new_key(settings: Settings, tenant: str) -> str:
