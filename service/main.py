@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 import numpy as np
 from fastapi import FastAPI
 
-from service import __version__, logs
+from service import __version__, logs, metrics
 from service.api import compat, errors, health, native
 from service.api.deps import KeyRateLimiter, Services, run_blocking
 from service.api.middleware import BodyLimit, Metrics
@@ -67,10 +67,12 @@ def build_services(settings: Settings, embedder: Embedder | None = None) -> Serv
     index = FaissSpeakerIndex(embedder.dim)
     follower = IndexFollower(store, index)
     follower.rebuild()
+    embed_batch = metrics.timed_embed_batch(embedder.embed_batch)
+    metrics.watch_index(index)
     enrollment = EnrollmentService(
         store=store,
         frontend=frontend,
-        embed=embedder.embed,
+        embed=lambda wave: embed_batch([wave])[0],
         model_sha256=embedder.checksum,
         policy=enrollment_policy(settings),
         limits=QualityLimits(audio.min_speech_seconds, audio.max_clipped_fraction, audio.min_snr_db),
@@ -82,7 +84,7 @@ def build_services(settings: Settings, embedder: Embedder | None = None) -> Serv
     prior = cohort.mean(axis=0) if cohort is not None else np.zeros(embedder.dim, dtype=np.float32)
     identification = IdentificationService(
         frontend=frontend,
-        embed_batch=embedder.embed_batch,
+        embed_batch=embed_batch,
         index=index,
         scorer=Scorer(prior, ident.prior_weight, centring=ident.domain_centring),
         thresholds=Thresholds(ident.threshold, ident.verify_threshold, ident.segment_threshold),

@@ -156,6 +156,16 @@ def test_second_tenant_sees_and_deletes_nothing_of_the_first(client: httpx.Clien
     assert client.get("/v1/speakers/shared-name").json()["samples"] == 1
 
 
+def test_metrics_count_requests_and_index(client: httpx.Client, live: LiveServer) -> None:
+    text = httpx.get(f"{live.url}/metrics").text
+    assert (
+        'speakerid_requests_total{method="POST",route="/audio/generic/api/v1/sync/diarization/enroll"' in text
+    )
+    assert "speakerid_embedding_seconds_count" in text
+    size = next(line for line in text.splitlines() if line.startswith("speakerid_index_speakers "))
+    assert float(size.split()[1]) == len(live.index_ids())
+
+
 def test_restart_keeps_every_enrollment(client: httpx.Client, live: LiveServer, key: str) -> None:
     assert client.post(ENROLL, json=flac_body(ALICE[0], "durable")).status_code == 200
     before = client.get(LIST).json()

@@ -1,0 +1,38 @@
+"""Prometheus metrics beyond per-route request counts (those are in `service.api.middleware`)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+from prometheus_client import Gauge, Histogram
+
+EMBED_SECONDS = Histogram(
+    "speakerid_embedding_seconds",
+    "Time in the model per call",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 6.4),
+)
+EMBED_BATCH = Histogram(
+    "speakerid_embedding_batch_size", "Waveforms per model call", buckets=(1, 2, 4, 8, 16, 32, 64, 128)
+)
+INDEX_SPEAKERS = Gauge("speakerid_index_speakers", "Speakers in this process's index")
+
+
+def timed_embed_batch(
+    fn: Callable[[Sequence[np.ndarray]], np.ndarray],
+) -> Callable[[Sequence[np.ndarray]], np.ndarray]:
+    def wrapper(waves: Sequence[np.ndarray]) -> np.ndarray:
+        start = time.perf_counter()
+        try:
+            return fn(waves)
+        finally:
+            EMBED_SECONDS.observe(time.perf_counter() - start)
+            EMBED_BATCH.observe(len(waves))
+
+    return wrapper
+
+
+def watch_index(index: Any) -> None:
+    INDEX_SPEAKERS.set_function(lambda: float(len(index)))
