@@ -5,11 +5,15 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from service.config import Settings
 
+if TYPE_CHECKING:
+    from service.storage.repository import SqlStore
 
-def _store(settings: Settings):  # type: ignore[no-untyped-def]
+
+def _store(settings: Settings) -> SqlStore:
     from service.storage.database import check_migrated, make_engine
     from service.storage.repository import SqlStore
 
