@@ -65,6 +65,16 @@ class IdentifySettings(BaseModel):
     )
 
 
+class BatchingSettings(BaseModel):
+    enabled: Literal["auto", "on", "off"] = Field(
+        "auto", description="dynamic batching of concurrent requests; auto = on a GPU only"
+    )
+    max_batch: int = Field(64, ge=1, description="waveforms per forward pass")
+    max_audio_seconds: float = Field(640.0, gt=0, description="padded audio per forward pass")
+    max_wait_ms: float = Field(5.0, ge=0, description="how long a batch waits to fill")
+    max_queue: int = Field(2048, ge=1, description="waiting waveforms before 429")
+
+
 class AuthSettings(BaseModel):
     rate_limit_per_minute: int = Field(600, description="requests per key per minute; 0 = off")
 
@@ -92,6 +102,7 @@ class Settings(BaseSettings):
     enrollment: EnrollmentSettings = EnrollmentSettings()
     identify: IdentifySettings = IdentifySettings()
     auth: AuthSettings = AuthSettings()
+    batching: BatchingSettings = BatchingSettings()
 
     def resolved_database_url(self) -> str:
         if self.database_url:

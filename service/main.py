@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Sequence
 
 import numpy as np
 from fastapi import FastAPI
@@ -18,6 +18,7 @@ from service.audio.frontend import AudioFrontEnd
 from service.audio.pipeline import QualityLimits
 from service.config import Settings
 from service.embedding import weights
+from service.embedding.batcher import BatchLimits, DynamicBatcher
 from service.embedding.ecapa import EcapaEmbedder, configure_threads, load_cohort
 from service.enrollment.identification import IdentificationService, Thresholds
 from service.enrollment.policy import EnrollmentPolicy
@@ -49,6 +50,19 @@ def enrollment_policy(settings: Settings) -> EnrollmentPolicy:
     )
 
 
+def _batcher(
+    settings: Settings, embedder: Embedder, embed_batch: Callable[[Sequence[np.ndarray]], np.ndarray]
+) -> DynamicBatcher | None:
+    b = settings.batching
+    on_gpu = getattr(getattr(embedder, "device", None), "type", "cpu") == "cuda"
+    if b.enabled == "off" or (b.enabled == "auto" and not on_gpu):
+        return None
+    limits = BatchLimits(b.max_batch, b.max_audio_seconds, b.max_wait_ms, b.max_queue)
+    batcher = DynamicBatcher(embed_batch, limits).start()
+    metrics.watch_queue(batcher)
+    return batcher
+
+
 def build_services(settings: Settings, embedder: Embedder | None = None) -> Services:
     """Connect, check the schema, load and warm the model, build the index. Blocking."""
     url = settings.resolved_database_url()
@@ -68,6 +82,9 @@ def build_services(settings: Settings, embedder: Embedder | None = None) -> Serv
     follower = IndexFollower(store, index)
     follower.rebuild()
     embed_batch = metrics.timed_embed_batch(embedder.embed_batch)
+    batcher = _batcher(settings, embedder, embed_batch)
+    if batcher is not None:
+        embed_batch = batcher.embed_batch
     metrics.watch_index(index)
     enrollment = EnrollmentService(
         store=store,
@@ -99,7 +116,13 @@ def build_services(settings: Settings, embedder: Embedder | None = None) -> Serv
         enrollment=enrollment,
         identification=identification,
         checks={"model": True, "database": True, "index": True},
-        extras={"index": index, "follower": follower, "embedder": embedder, "engine": engine},
+        extras={
+            "index": index,
+            "follower": follower,
+            "embedder": embedder,
+            "engine": engine,
+            "batcher": batcher,
+        },
         limiter=KeyRateLimiter(settings.auth.rate_limit_per_minute),
     )
 
@@ -132,6 +155,8 @@ def create_app(settings: Settings | None = None, *, embedder: Embedder | None = 
             follower.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await follower
+            if services.extras["batcher"] is not None:
+                services.extras["batcher"].stop()
             services.extras["engine"].dispose()
 
     app = FastAPI(

@@ -18,6 +18,7 @@ EMBED_BATCH = Histogram(
     "speakerid_embedding_batch_size", "Waveforms per model call", buckets=(1, 2, 4, 8, 16, 32, 64, 128)
 )
 INDEX_SPEAKERS = Gauge("speakerid_index_speakers", "Speakers in this process's index")
+QUEUE_DEPTH = Gauge("speakerid_batcher_queue_depth", "Waveforms waiting for the model (GPU batcher)")
 
 
 def timed_embed_batch(
@@ -36,3 +37,7 @@ def timed_embed_batch(
 
 def watch_index(index: Any) -> None:
     INDEX_SPEAKERS.set_function(lambda: float(len(index)))
+
+
+def watch_queue(batcher: Any) -> None:
+    QUEUE_DEPTH.set_function(lambda: float(batcher.depth))

@@ -99,3 +99,19 @@ def test_corrupt_or_missing_weights_stop_start_up(tmp_path: Path) -> None:
     (folder / "embedding_model.ckpt").unlink()
     with pytest.raises(StartupError, match="missing"):
         weights.resolve(folder)
+
+
+def test_batcher_gives_the_same_vectors_as_direct_calls(embedder: EcapaEmbedder) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from service.embedding.batcher import BatchLimits, DynamicBatcher
+
+    waves = [load_clip(p).as_float() for p in CLIPS]
+    batcher = DynamicBatcher(embedder.embed_batch, BatchLimits(max_wait_ms=100)).start()
+    try:
+        with ThreadPoolExecutor(len(waves)) as pool:
+            batched = list(pool.map(lambda w: batcher.embed_batch([w])[0], waves))
+    finally:
+        batcher.stop()
+    for wave, vector in zip(waves, batched, strict=True):
+        assert cosine(vector, embedder.embed(wave)) >= 0.999

@@ -1,0 +1,45 @@
+"""The GPU path: runs wherever torch sees a CUDA device, skipped with the reason elsewhere."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+import torch
+
+from service.embedding import weights
+from service.embedding.batcher import BatchLimits, DynamicBatcher
+from service.embedding.ecapa import EcapaEmbedder
+from tests.audio_fixtures import load_clip
+from tests.conftest import needs_speech
+
+pytestmark = [
+    needs_speech,
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="torch sees no CUDA GPU on this machine"),
+]
+
+CLIPS = [
+    "librispeech/test-other/367/367-130732-0002.flac",
+    "librispeech/test-clean/61/61-70968-0002.flac",
+    "vctk/p226/p226_008.wav",
+]
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+@pytest.mark.parametrize(("precision", "floor"), [("fp32", 0.999), ("bf16", 0.99)])
+def test_gpu_vectors_match_the_cpu(embedder: EcapaEmbedder, precision: str, floor: float) -> None:
+    gpu = EcapaEmbedder(weights.resolve(None), "cuda", precision)  # type: ignore[arg-type]
+    waves = [load_clip(p).as_float() for p in CLIPS]
+    batcher = DynamicBatcher(gpu.embed_batch, BatchLimits(max_wait_ms=50)).start()
+    try:
+        with ThreadPoolExecutor(len(waves)) as pool:
+            batched = list(pool.map(lambda w: batcher.embed_batch([w])[0], waves))
+    finally:
+        batcher.stop()
+    for wave, vector in zip(waves, batched, strict=True):
+        assert cosine(vector, embedder.embed(wave)) >= floor
