@@ -75,6 +75,13 @@ class BatchingSettings(BaseModel):
     max_queue: int = Field(2048, ge=1, description="waiting waveforms before 429")
 
 
+class IndexSettings(BaseModel):
+    ivf_threshold: int = Field(
+        200_000, ge=1, description="speakers in all above which search is approximate (faiss IVF)"
+    )
+    nprobe: int = Field(128, ge=1, description="IVF lists probed per query: recall against speed")
+
+
 class AuthSettings(BaseModel):
     rate_limit_per_minute: int = Field(600, description="requests per key per minute; 0 = off")
 
@@ -103,6 +110,7 @@ class Settings(BaseSettings):
     identify: IdentifySettings = IdentifySettings()
     auth: AuthSettings = AuthSettings()
     batching: BatchingSettings = BatchingSettings()
+    index: IndexSettings = IndexSettings()
 
     def resolved_database_url(self) -> str:
         if self.database_url:

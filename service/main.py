@@ -78,7 +78,7 @@ def build_services(settings: Settings, embedder: Embedder | None = None) -> Serv
         decode_timeout_s=audio.decode_timeout_s,
         vad_threshold=audio.vad_threshold,
     )
-    index = FaissSpeakerIndex(embedder.dim)
+    index = FaissSpeakerIndex(embedder.dim, settings.index.ivf_threshold, settings.index.nprobe)
     follower = IndexFollower(store, index)
     follower.rebuild()
     embed_batch = metrics.timed_embed_batch(embedder.embed_batch)

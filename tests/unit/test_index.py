@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from service.enrollment.ports import ChangeRecord, IndexEntry
+from service.storage import index as index_module
 from service.storage import sync
 from service.storage.index import FaissSpeakerIndex
 
@@ -87,3 +88,55 @@ def test_follower_applies_out_of_order_commits(vectors: np.ndarray, monkeypatch:
     monkeypatch.setattr(sync, "GAP_GRACE_S", 0.0)
     follower.catch_up()
     assert follower.applied_seq == 4 and follower.catch_up() == 0
+
+
+def _population(n: int, tenants: int, seed: int = 0) -> list[IndexEntry]:
+    raw = np.random.default_rng(seed).standard_normal((n, 16)).astype(np.float32)
+    return [entry(i + 1, 1 + i % tenants, raw[i]) for i in range(n)]
+
+
+def _near(vector: np.ndarray, rng: np.random.Generator, cos: float = 0.8) -> np.ndarray:
+    noise = rng.standard_normal(vector.shape).astype(np.float32)
+    noise -= (noise @ vector) * vector
+    noise /= np.linalg.norm(noise)
+    return (cos * vector + np.sqrt(1 - cos**2) * noise).astype(np.float32)
+
+
+def test_large_index_is_ivf_stays_in_tenant_and_finds_the_nearest(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(index_module, "EXACT_LIMIT", 50)  # make tenants "large" for this test
+    population = _population(3000, tenants=2)
+    index = FaissSpeakerIndex(16, ivf_threshold=1000, nprobe=64)
+    index.replace(population)
+    assert index.kind == "ivf" and index.faiss_ids() == {e.speaker_id for e in population}
+    rng = np.random.default_rng(1)
+    matrix = np.stack([e.centroid for e in population])
+    hits = 0
+    for target in rng.choice(len(population), 200, replace=False):
+        t = population[target]
+        query = _near(t.centroid, rng)
+        found = index.search(query, t.tenant_id, k=5)
+        assert found and all(e.tenant_id == t.tenant_id for e, _ in found)
+        mine = [j for j, e in enumerate(population) if e.tenant_id == t.tenant_id]
+        exact = mine[int(np.argmax(matrix[mine] @ query))]
+        hits += found[0][0].speaker_id == population[exact].speaker_id
+    assert hits / 200 >= 0.99
+    only = [e.speaker_id for e in population[:120]]
+    restricted = index.search(population[7].centroid, population[7].tenant_id, k=200, only=only)
+    assert {e.speaker_id for e, _ in restricted} <= set(only)
+    assert restricted[0][0].speaker_id == population[7].speaker_id
+
+
+def test_removal_and_growth_past_the_threshold(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(index_module, "EXACT_LIMIT", 50)
+    population = _population(1200, tenants=1)
+    index = FaissSpeakerIndex(16, ivf_threshold=1000, nprobe=64)
+    index.replace(population[:900])
+    assert index.kind == "flat"
+    for e in population[900:]:
+        index.upsert(e)
+    assert index.kind == "ivf" and len(index) == 1200
+    gone = population[500]
+    index.remove(gone.speaker_id)
+    assert gone.speaker_id not in index.faiss_ids() and len(index.faiss_ids()) == 1199
+    found = index.search(gone.centroid, gone.tenant_id, k=10)
+    assert gone.speaker_id not in {e.speaker_id for e, _ in found}
