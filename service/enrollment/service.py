@@ -7,6 +7,7 @@ loses nothing. Blocking: call these from a worker thread, not the event loop.
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,6 +21,8 @@ from service.enrollment import policy as rules
 from service.enrollment.policy import EnrollmentPolicy
 from service.enrollment.ports import NewSample, SampleRecord, SpeakerRecord, Store, Transaction
 from service.errors import SampleNotFound, SpeakerNotFound
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -89,7 +92,7 @@ class EnrollmentService:
             tx.add_sample(speaker.id, sample)
             record = self._write_aggregates(tx, speaker, [*earlier, self._as_record(sample, speaker)])
             tx.log_change(tenant_id, speaker.id, "sample+")
-        self.after_commit()
+        self._committed()
         return self._status(record, SampleSummary(sample.sample_id, sample.speech_seconds, sample.snr_db))
 
     def status(self, tenant_id: int, speaker_id: str) -> EnrollmentStatus:
@@ -111,7 +114,7 @@ class EnrollmentService:
                 raise SpeakerNotFound(f"Speaker {speaker_id!r} not found")
             tx.delete_speaker(speaker.id)
             tx.log_change(tenant_id, speaker.id, "speaker-")
-        self.after_commit()
+        self._committed()
 
     def delete_sample(self, tenant_id: int, speaker_id: str, sample_id: str) -> None:
         with self.store.transaction() as tx:
@@ -122,9 +125,17 @@ class EnrollmentService:
                 raise SampleNotFound(f"Sample {sample_id!r} not found for speaker {speaker_id!r}")
             self._write_aggregates(tx, speaker, tx.samples(speaker.id))
             tx.log_change(tenant_id, speaker.id, "sample-")
-        self.after_commit()
+        self._committed()
 
     # --- helpers ---------------------------------------------------------------------------------
+
+    def _committed(self) -> None:
+        """Bring this process's index up to the commit. The write is already durable and will be
+        acknowledged: if this fails (a database blip), the background follower catches up."""
+        try:
+            self.after_commit()
+        except Exception:
+            log.exception("index catch-up after a commit failed; the follower will retry")
 
     def _write_aggregates(
         self, tx: Transaction, speaker: SpeakerRecord, samples: list[SampleRecord]

@@ -156,6 +156,22 @@ def test_second_tenant_sees_and_deletes_nothing_of_the_first(client: httpx.Clien
     assert client.get("/v1/speakers/shared-name").json()["samples"] == 1
 
 
+def test_a_failed_index_refresh_does_not_fail_a_committed_enrollment(
+    client: httpx.Client, live: LiveServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def blip() -> None:
+        raise ConnectionError("database went away for a moment")
+
+    monkeypatch.setattr(live.services.enrollment, "after_commit", blip)
+    answer = client.post(ENROLL, json=flac_body(ALICE[2], "blip"))
+    assert answer.status_code == 200 and answer.json() == {"message": "Success"}
+    assert rows_of(live, "blip") == (1, 1)
+    row_id = speaker_row_id(live, "blip")
+    follower = live.services.extras["follower"]
+    follower.catch_up()  # what the background follower does every poll
+    assert row_id in live.index_ids()
+
+
 def test_metrics_count_requests_and_index(client: httpx.Client, live: LiveServer) -> None:
     text = httpx.get(f"{live.url}/metrics").text
     assert (
