@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
+from sqlalchemy import Engine
 
 from service.config import Settings
 from service.embedding import weights
@@ -23,7 +24,7 @@ from service.main import create_app
 from service.storage.database import make_engine
 from service.storage.repository import SqlStore
 from tests.audio_fixtures import EVAL_SPEECH, clip_bytes, eval_speech_available
-from tests.databases import fresh_url
+from tests.databases import drop_created, fresh_url, kind_params
 
 configure_threads(int(os.environ.get("SPK_TORCH_THREADS", "0")))
 
@@ -114,6 +115,16 @@ class LiveServer:
     def services(self) -> Any:
         return self.app.state.services
 
+    @property
+    def kind(self) -> str:
+        """The database kind it runs on: "sqlite" or "postgres"."""
+        return "postgres" if self.settings.resolved_database_url().startswith("postgresql") else "sqlite"
+
+    @property
+    def engine(self) -> Engine:
+        engine: Engine = self.services.extras["engine"]
+        return engine
+
     def index_ids(self) -> set[int]:
         ids: set[int] = self.services.extras["index"].faiss_ids()
         return ids
@@ -125,7 +136,12 @@ class LiveServer:
 
 def make_settings(data_dir: Path, database: str = "sqlite", **overrides: Any) -> Settings:
     """Settings for a test server on a fresh, migrated database of kind `database`."""
-    return Settings(data_dir=data_dir, database_url=fresh_url(database, data_dir), **overrides)
+    return settings_for(fresh_url(database, data_dir), data_dir, **overrides)
+
+
+def settings_for(database_url: str, data_dir: Path, **overrides: Any) -> Settings:
+    """Settings for a test server on an existing database (e.g. a second replica on the same one)."""
+    return Settings(data_dir=data_dir, database_url=database_url, **overrides)
 
 
 def new_key(settings: Settings, tenant: str) -> str:
@@ -136,13 +152,33 @@ def new_key(settings: Settings, tenant: str) -> str:
         engine.dispose()
 
 
-@pytest.fixture(scope="module")
-def live(tmp_path_factory: pytest.TempPathFactory, embedder: EcapaEmbedder) -> Iterator[LiveServer]:
-    settings = make_settings(tmp_path_factory.mktemp("service"))
-    server = LiveServer(settings, embedder)
+@pytest.fixture(scope="session", autouse=True)
+def _drop_test_databases() -> Iterator[None]:
+    yield
+    drop_created()
+
+
+def _serve(kind: str, tmp_path_factory: pytest.TempPathFactory, embedder: Any) -> Iterator[LiveServer]:
+    server = LiveServer(make_settings(tmp_path_factory.mktemp(f"service-{kind}"), kind), embedder)
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="module")
+def live(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, embedder: EcapaEmbedder
+) -> Iterator[LiveServer]:
+    """The module's server, on SQLite unless parametrized indirectly with a database kind."""
+    yield from _serve(getattr(request, "param", "sqlite"), tmp_path_factory, embedder)
+
+
+@pytest.fixture(scope="module", params=kind_params())
+def live_db(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, embedder: EcapaEmbedder
+) -> Iterator[LiveServer]:
+    """The module's server once on each database kind (`KINDS`); `live_db.kind` says which."""
+    yield from _serve(request.param, tmp_path_factory, embedder)
 
 
 @pytest.fixture(scope="module")

@@ -50,7 +50,7 @@ async def read_audio(request: Request, sample_rate: int | None, encoding: str | 
     if content_type.split(";", 1)[0].strip().lower() == "application/json":
         try:
             return audio_input(EnrollRequest.model_validate(json.loads(body)))
-        except (ValueError, ValidationError) as exc:
+        except (ValueError, ValidationError, RecursionError) as exc:  # RecursionError: absurd nesting
             raise BadRequest(f"Invalid JSON audio body: {str(exc)[:300]}") from exc
     name = encoding or encoding_for(content_type)
     if name is None:
@@ -87,7 +87,7 @@ async def enroll(
 async def list_speakers(
     tenant: TenantDep,
     services: ServicesDep,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=2**31)] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> SpeakerPage:
     statuses, total = await run_blocking(services.enrollment.list_speakers, tenant.tenant_id, offset, limit)

@@ -247,13 +247,19 @@ class SqlStore:
         """Create the tenant if needed and a new key for it. Returns (key_id, secret key)."""
         secret = "sk_" + secrets.token_urlsafe(32)
         key_id = "key_" + secrets.token_hex(6)
+        query = select(Tenant.id).where(Tenant.name == tenant)
         with self._sessions() as s, s.begin():
-            row = s.scalars(select(Tenant).where(Tenant.name == tenant)).one_or_none()
-            if row is None:
-                row = Tenant(name=tenant)
-                s.add(row)
-                s.flush()
-            s.add(ApiKey(key_id=key_id, tenant_id=row.id, key_hash=hash_key(secret)))
+            tenant_id = s.scalar(query)
+            if tenant_id is None:
+                # Under READ COMMITTED (PostgreSQL) two new keys for one new tenant both find no
+                # tenant; the second insert then fails on the unique name and uses the first's row.
+                try:
+                    with s.begin_nested():
+                        s.add(Tenant(name=tenant))
+                except IntegrityError:
+                    pass
+                tenant_id = s.scalars(query).one()
+            s.add(ApiKey(key_id=key_id, tenant_id=tenant_id, key_hash=hash_key(secret)))
         return key_id, secret
 
     def list_keys(self) -> list[KeyInfo]:

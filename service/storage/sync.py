@@ -4,7 +4,8 @@ Applying a change means re-reading that speaker's row (upsert it, or drop it if 
 applying one twice is harmless. On PostgreSQL a sequence number can become visible after a higher
 one (transactions commit out of order) or never (a rolled-back insert): changes above the last
 contiguous sequence are re-read on each poll, and a gap still open after `GAP_GRACE_S` is taken to
-be a rollback.
+be a rollback. For the same reason a rebuild cannot trust the highest sequence it sees: a lower one
+may still be in flight, so following resumes `REBUILD_WINDOW` below it.
 """
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ from service.enrollment.ports import SpeakerIndex, Store
 log = logging.getLogger(__name__)
 
 GAP_GRACE_S = 30.0
+# Sequence numbers below the highest visible one that a rebuild re-reads. A transaction draws its
+# number just before it commits, so far fewer than this many can overtake one still in flight.
+REBUILD_WINDOW = 1000
 
 
 class IndexFollower:
@@ -37,11 +41,14 @@ class IndexFollower:
     def rebuild(self) -> int:
         """Load every speaker from the database; returns how many are indexed."""
         with self._lock:
-            floor = self.store.last_change_seq()  # read first: later changes are re-applied
+            highest = self.store.last_change_seq()  # read first: later changes are re-applied
             entries = self.store.index_entries()
             self.index.replace(entries)
+            # Not `highest` itself: on PostgreSQL a lower change may commit after this snapshot.
+            # Changes in the window that the snapshot already holds are re-applied, harmlessly.
+            floor = max(0, highest - REBUILD_WINDOW)
             self._floor, self._applied, self._gaps = floor, set(), {}
-        log.info("index rebuilt", extra={"speakers": len(entries), "seq": floor})
+        log.info("index rebuilt", extra={"speakers": len(entries), "seq": highest})
         return len(entries)
 
     def catch_up(self) -> int:

@@ -1,0 +1,374 @@
+"""The store of record on both databases it supports: a SQLite file and a real PostgreSQL.
+
+Every test runs once per kind in `tests.databases.KINDS` on a database of its own: migrations from
+empty, the refusal of an unmigrated database, hashed keys and revocation, what one repository
+transaction promises (all or nothing, invisible until committed, one writer per speaker), and
+enrollment over real HTTP with the real model on real speech, through a restart.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import Engine, func, inspect, select
+
+from service.embedding.ecapa import EcapaEmbedder
+from service.enrollment.ports import Aggregates, NewSample
+from service.errors import StartupError
+from service.main import build_services
+from service.storage.database import alembic_config, check_migrated, make_engine, migrate
+from service.storage.repository import SqlStore
+from service.storage.tables import ApiKey, Base, Change, Sample, Speaker, Tenant
+from tests.conftest import LiveServer, flac_body, needs_speech, new_key, settings_for
+from tests.databases import fresh_url, indexable_speakers, kind_params, speaker_rows
+
+BY_KIND = pytest.mark.parametrize("kind", kind_params())
+
+ENROLL = "/audio/generic/api/v1/sync/diarization/enroll"
+DELETE = "/audio/generic/api/v1/sync/diarization/delete"
+
+# One reader, one session, three different utterances of 11-16 s; a fourth one to identify.
+ALICE = [
+    "librispeech/test-other/367/367-130732-0002.flac",
+    "librispeech/test-other/367/367-130732-0003.flac",
+    "librispeech/test-other/367/367-130732-0005.flac",
+]
+ALICE_AGAIN = "librispeech/test-other/367/367-130732-0007.flac"
+BOB = ["vctk/p226/p226_003.wav", "vctk/p226/p226_005.wav"]
+BOB_AGAIN = "vctk/p226/p226_008.wav"
+
+
+@pytest.fixture
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SqlStore]:
+    """A repository on a fresh migrated database of the test's `kind`."""
+    engine = make_engine(fresh_url(request.getfixturevalue("kind"), tmp_path))
+    yield SqlStore(engine)
+    engine.dispose()
+
+
+def unit_vector(seed: int, dim: int = 192) -> np.ndarray:
+    v = np.random.default_rng(seed).standard_normal(dim).astype(np.float32)
+    return v / np.linalg.norm(v)
+
+
+def new_sample(vector: np.ndarray) -> NewSample:
+    return NewSample(
+        sample_id=uuid.uuid4().hex,
+        vector=vector,
+        model_sha256="0" * 64,
+        speech_seconds=5.0,
+        duration_seconds=6.0,
+        snr_db=20.0,
+        clipped_fraction=0.0,
+        source_rate=16000,
+        audio=None,
+    )
+
+
+def aggregates(vector: np.ndarray, count: int = 1) -> Aggregates:
+    return Aggregates("enrolling", count, 5.0 * count, 0.0, vector, "0" * 64)
+
+
+def tenant_of(store: SqlStore, name: str = "acme") -> int:
+    _, secret = store.create_key(name)
+    found = store.authenticate(secret)
+    assert found is not None
+    return found.tenant_id
+
+
+# --- schema ---------------------------------------------------------------------------------------
+
+
+@BY_KIND
+def test_migrations_build_the_schema_from_empty_and_back(kind: str, tmp_path: Path) -> None:
+    url = fresh_url(kind, tmp_path, migrated=False)
+    engine = make_engine(url)
+    try:
+        assert inspect(engine).get_table_names() == []
+        with pytest.raises(StartupError, match=r"at migration none.*speakerid migrate"):
+            check_migrated(engine, url)
+
+        migrate(url)
+        check_migrated(engine, url)
+        assert set(inspect(engine).get_table_names()) == {*Base.metadata.tables, "alembic_version"}
+        with engine.connect() as conn:  # the migrations build exactly what tables.py declares
+            assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []
+
+        command.downgrade(alembic_config(url), "base")
+        assert set(inspect(engine).get_table_names()) == {"alembic_version"}
+        migrate(url)
+        check_migrated(engine, url)
+    finally:
+        engine.dispose()
+
+
+@BY_KIND
+def test_the_service_refuses_an_unmigrated_database(
+    kind: str, tmp_path: Path, embedder: EcapaEmbedder
+) -> None:
+    url = fresh_url(kind, tmp_path, migrated=False)
+    settings = settings_for(url, tmp_path)
+    with pytest.raises(StartupError, match="run `speakerid migrate` first"):
+        build_services(settings, embedder)
+
+    command.upgrade(alembic_config(url), "0001")  # half-way is refused too
+    with pytest.raises(StartupError, match="at migration 0001"):
+        build_services(settings, embedder)
+
+    migrate(url)
+    services = build_services(settings, embedder)
+    services.extras["engine"].dispose()
+
+
+# --- keys -----------------------------------------------------------------------------------------
+
+
+@BY_KIND
+def test_keys_are_stored_hashed_and_revocation_takes_effect(kind: str, store: SqlStore) -> None:
+    key_id, secret = store.create_key("acme")
+    other_id, other = store.create_key("acme")
+    with store.engine.connect() as conn:
+        rows = [dict(r._mapping) for r in conn.execute(select(ApiKey))]
+        assert conn.scalar(select(func.count()).select_from(Tenant)) == 1
+    assert {r["key_hash"] for r in rows} == {hashlib.sha256(s.encode()).hexdigest() for s in (secret, other)}
+    assert not any(secret in str(v) or other in str(v) for r in rows for v in r.values())
+
+    found = store.authenticate(secret)
+    assert found is not None and (found.tenant, found.key_id) == ("acme", key_id)
+    assert store.authenticate(secret + "x") is None
+    assert store.authenticate("") is None
+
+    assert store.revoke_key(key_id)
+    assert store.authenticate(secret) is None
+    assert store.authenticate(other) is not None
+    assert store.revoke_key(key_id)  # revoking twice is fine
+    assert not store.revoke_key("key_missing")
+    assert {(k.key_id, k.revoked) for k in store.list_keys()} == {(key_id, True), (other_id, False)}
+    assert store.has_active_key()
+    assert store.revoke_key(other_id)
+    assert not store.has_active_key()
+
+
+@BY_KIND
+def test_keys_for_a_new_tenant_created_at_once_share_one_tenant(kind: str, store: SqlStore) -> None:
+    start = threading.Barrier(8)
+    secrets: list[str] = []
+    errors: list[BaseException] = []
+
+    def create() -> None:
+        start.wait()
+        try:
+            secrets.append(store.create_key("newco")[1])
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=create) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    tenants = {found.tenant_id for s in secrets if (found := store.authenticate(s)) is not None}
+    assert len(secrets) == 8 and len(tenants) == 1
+
+
+# --- transactions ---------------------------------------------------------------------------------
+
+
+@BY_KIND
+def test_a_transaction_is_invisible_until_it_commits_and_all_or_nothing(kind: str, store: SqlStore) -> None:
+    tenant = tenant_of(store)
+    before = store.last_change_seq()
+
+    class Abort(Exception):
+        pass
+
+    with pytest.raises(Abort), store.transaction() as tx:
+        speaker = tx.lock_speaker(tenant, "ghost", create=True)
+        assert speaker is not None
+        tx.add_sample(speaker.id, new_sample(unit_vector(1)))
+        tx.update_speaker(speaker.id, aggregates(unit_vector(1)))
+        tx.log_change(tenant, speaker.id, "sample+")
+        raise Abort
+    assert store.get_speaker(tenant, "ghost") is None
+    assert store.counts()["speakers"] == 0 and store.counts()["samples"] == 0
+    assert store.last_change_seq() == before
+
+    seen: list[tuple[object, ...]] = []
+
+    def read() -> None:
+        found = store.get_speaker(tenant, "alice")
+        seen.append((found, store.counts()["samples"], store.index_entries(), store.last_change_seq()))
+
+    reader = threading.Thread(target=read)
+    with store.transaction() as tx:
+        speaker = tx.lock_speaker(tenant, "alice", create=True)
+        assert speaker is not None
+        tx.add_sample(speaker.id, new_sample(unit_vector(2)))
+        tx.update_speaker(speaker.id, aggregates(unit_vector(2)))
+        tx.log_change(tenant, speaker.id, "sample+")
+        reader.start()
+        reader.join(1.0)
+        answered_before_commit = not reader.is_alive()
+    reader.join(40)
+    # No other connection sees any of it before the commit. (PostgreSQL answers readers at once;
+    # SQLite's BEGIN IMMEDIATE on every transaction makes the reader wait for the commit.)
+    if answered_before_commit:
+        assert seen == [(None, 0, [], before)]
+    else:
+        assert kind == "sqlite"
+    stored = store.get_speaker(tenant, "alice")
+    assert stored is not None and stored.sample_count == 1
+    assert np.allclose(stored.centroid, unit_vector(2))  # type: ignore[arg-type]
+    assert [e.speaker_id for e in store.index_entries()] == [stored.id]
+    changes = store.changes_since(before)
+    assert [(c.tenant_id, c.speaker_id) for c in changes] == [(tenant, stored.id)]
+    assert store.last_change_seq() == changes[0].seq > before
+
+
+@BY_KIND
+@pytest.mark.parametrize("first", ["commits", "rolls back", "deletes"])
+def test_one_writer_at_a_time_per_speaker(kind: str, store: SqlStore, first: str) -> None:
+    """A second transaction locking the same speaker waits for the first, then sees its outcome."""
+    tenant = tenant_of(store)
+    if first == "deletes":
+        with store.transaction() as tx:
+            existing = tx.lock_speaker(tenant, "bob", create=True)
+            assert existing is not None
+            tx.update_speaker(existing.id, aggregates(unit_vector(3)))
+    holding, release = threading.Event(), threading.Event()
+    seen: dict[str, int] = {}
+
+    class Abort(Exception):
+        pass
+
+    def first_writer() -> None:
+        with contextlib.suppress(Abort), store.transaction() as tx:
+            speaker = tx.lock_speaker(tenant, "bob", create=True)
+            assert speaker is not None
+            seen["first"] = speaker.id
+            if first == "deletes":
+                tx.delete_speaker(speaker.id)
+            else:
+                tx.update_speaker(speaker.id, aggregates(unit_vector(4)))
+            holding.set()
+            release.wait(10)
+            if first == "rolls back":
+                raise Abort
+
+    def second_writer() -> None:
+        with store.transaction() as tx:
+            speaker = tx.lock_speaker(tenant, "bob", create=True)
+            assert speaker is not None
+            seen["second"] = speaker.id
+
+    a = threading.Thread(target=first_writer)
+    a.start()
+    assert holding.wait(10)
+    b = threading.Thread(target=second_writer)
+    b.start()
+    time.sleep(0.5)
+    assert "second" not in seen, "the second writer did not wait for the first"
+    release.set()
+    a.join(10)
+    b.join(10)
+    assert "second" in seen
+    final = store.get_speaker(tenant, "bob")
+    assert final is not None and final.id == seen["second"]
+    assert store.count_speakers(tenant) == 1
+    # After a commit the second writer locked the first one's row; otherwise a new, empty one.
+    assert (final.centroid is not None) == (first == "commits")
+
+
+# --- the enroll path over HTTP on each database ----------------------------------------------------
+
+
+def rows(engine: Engine, key: str, speaker_id: str) -> tuple[list[int], int]:
+    """(speaker row ids, sample row count) of one speakerId of the key's tenant."""
+    ids = speaker_rows(engine, key, speaker_id)
+    with engine.connect() as conn:
+        samples = conn.scalar(select(func.count()).where(Sample.speaker_id.in_(ids)))
+    return ids, samples or 0
+
+
+def change_kinds(engine: Engine, speaker_row: int) -> list[str]:
+    with engine.connect() as conn:
+        return list(
+            conn.scalars(select(Change.kind).where(Change.speaker_id == speaker_row).order_by(Change.seq))
+        )
+
+
+def identify(client: httpx.Client, path: str) -> tuple[str | None, set[str]]:
+    """The speakerId a clip is identified as (or None), and every candidate named."""
+    answer = client.post("/v1/identify", json=flac_body(path))
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    return body["speakerId"], {c["speakerId"] for c in body["candidates"]}
+
+
+@needs_speech
+@pytest.mark.model
+def test_enroll_to_complete_then_delete_over_http(live_db: LiveServer, embedder: EcapaEmbedder) -> None:
+    key = new_key(live_db.settings, f"acme-{uuid.uuid4().hex[:6]}")
+    with live_db.client(key) as client:
+        answers = [client.post(ENROLL, json=flac_body(path, "alice")) for path in ALICE]
+        assert [a.status_code for a in answers] == [200, 200, 200], [a.text for a in answers]
+        assert [a.json()["message"] for a in answers] == ["Success", "Success", "Complete"]
+        (speaker,), samples = rows(live_db.engine, key, "alice")
+        assert samples == 3 and change_kinds(live_db.engine, speaker) == ["sample+"] * 3
+        with live_db.engine.connect() as conn:
+            row = conn.execute(select(Speaker).where(Speaker.id == speaker)).one()
+            vectors = list(conn.scalars(select(Sample.vector).where(Sample.speaker_id == speaker)))
+        assert (row.status, row.sample_count) == ("complete", 3)
+        assert [len(v) for v in vectors] == [4 * embedder.dim] * 3
+        entry = live_db.services.extras["index"].get(speaker)
+        assert entry is not None and entry.complete
+        assert np.array_equal(entry.centroid, np.frombuffer(row.centroid, dtype="<f4"))
+        assert live_db.index_ids() == indexable_speakers(live_db.engine)
+        assert client.post(ENROLL, json=flac_body(BOB[0], "bob")).status_code == 200
+        assert identify(client, ALICE_AGAIN) == ("alice", {"alice", "bob"})
+
+        answer = client.post(DELETE, json={"speakerId": "alice"})
+        assert answer.status_code == 200 and answer.json() == {"message": "Success"}
+        assert rows(live_db.engine, key, "alice") == ([], 0)
+        assert change_kinds(live_db.engine, speaker) == ["sample+"] * 3 + ["speaker-"]
+        assert speaker not in live_db.index_ids()
+        assert live_db.index_ids() == indexable_speakers(live_db.engine)
+        assert client.get("/v1/speakers/alice").status_code == 404
+        assert identify(client, ALICE_AGAIN) == (None, {"bob"})
+
+
+@needs_speech
+@pytest.mark.model
+def test_a_restart_keeps_every_speaker_and_the_index(live_db: LiveServer) -> None:
+    key = new_key(live_db.settings, f"acme-{uuid.uuid4().hex[:6]}")
+    with live_db.client(key) as client:
+        for path in BOB:
+            assert client.post(ENROLL, json=flac_body(path, "bob")).status_code == 200
+        assert client.post(ENROLL, json=flac_body(ALICE[0], "alice")).status_code == 200
+        before = {s: client.get(f"/v1/speakers/{s}").json() for s in ("bob", "alice")}
+        ids_before = live_db.index_ids()
+
+    live_db.restart()
+
+    assert live_db.index_ids() == ids_before == indexable_speakers(live_db.engine)
+    with live_db.client(key) as client:
+        assert {s: client.get(f"/v1/speakers/{s}").json() for s in ("bob", "alice")} == before
+        assert before["bob"]["samples"] == 2
+        assert identify(client, BOB_AGAIN)[0] == "bob"
+        assert client.post(ENROLL, json=flac_body(ALICE[1], "alice")).status_code == 200
+        assert client.get("/v1/speakers/alice").json()["samples"] == 2
+    (speaker,), samples = rows(live_db.engine, key, "alice")
+    assert samples == 2 and change_kinds(live_db.engine, speaker) == ["sample+"] * 2
