@@ -23,6 +23,25 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
+class StripQueryStrings(logging.Filter):
+    """uvicorn's access records carry the full path with its query string, where an API key may be
+    (`?apikey=`); keep the path only, however the app is served."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and len(args) >= 3:
+            path = args[2]
+            if isinstance(path, str):
+                record.args = (*args[:2], path.split("?", 1)[0], *args[3:])
+        return True
+
+
+def protect_access_log() -> None:
+    access = logging.getLogger("uvicorn.access")
+    if not any(isinstance(f, StripQueryStrings) for f in access.filters):
+        access.addFilter(StripQueryStrings())
+
+
 def configure(level: str) -> None:
     handler = logging.StreamHandler()
     handler.setFormatter(JsonFormatter())

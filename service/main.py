@@ -142,6 +142,7 @@ async def _follow_changes(services: Services) -> None:
 
 def create_app(settings: Settings | None = None, *, embedder: Embedder | None = None) -> FastAPI:
     settings = settings or Settings()
+    logs.protect_access_log()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

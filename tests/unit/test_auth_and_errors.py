@@ -44,3 +44,21 @@ def test_rate_limit_answers_429_with_retry_after() -> None:
     assert refused.value.status == 429 and int(refused.value.headers["Retry-After"]) >= 1
     limiter.hit("k2")  # other keys are unaffected
     KeyRateLimiter(per_minute=0).hit("k1")
+
+
+def test_uvicorn_access_lines_lose_their_query_string() -> None:
+    import logging
+
+    from service.logs import StripQueryStrings
+
+    record = logging.LogRecord(
+        "uvicorn.access",
+        logging.INFO,
+        __file__,
+        1,
+        '%s - "%s %s HTTP/%s" %d',
+        ("127.0.0.1:5000", "GET", "/v1/speakers?apikey=sk_secret", "1.1", 200),
+        None,
+    )
+    assert StripQueryStrings().filter(record)
+    assert "sk_secret" not in record.getMessage() and "/v1/speakers" in record.getMessage()
