@@ -19,8 +19,10 @@ import pytest
 from fastapi.routing import APIRoute, iter_route_contexts
 
 from tests.conftest import LiveServer, flac_body, needs_speech, new_key
+from tests.databases import kind_params
 
-pytestmark = [needs_speech, pytest.mark.model]
+# The whole module runs once on SQLite and once on PostgreSQL.
+pytestmark = [needs_speech, pytest.mark.model, pytest.mark.parametrize("live", kind_params(), indirect=True)]
 
 COMPAT = "/audio/generic/api/{version}/sync/diarization"
 VERSIONS = ("v1", "v2")

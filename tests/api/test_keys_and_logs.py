@@ -21,8 +21,11 @@ from service.storage.database import make_engine
 from service.storage.repository import SqlStore, hash_key
 from service.storage.tables import ApiKey
 from tests.conftest import LiveServer, flac_body, make_settings, needs_speech, new_key
+from tests.databases import kind_params
 
 pytestmark = [needs_speech, pytest.mark.model]
+# Tests of the in-thread server run once on SQLite and once on PostgreSQL.
+ON_BOTH_DATABASES = pytest.mark.parametrize("live", kind_params(), indirect=True)
 
 ENROLL = "/audio/generic/api/v1/sync/diarization/enroll"
 LIST = "/audio/generic/api/v1/sync/diarization/get_enrolled_speakers"
@@ -76,6 +79,7 @@ def secrets_of(key: str) -> list[str]:
     return [key, key.removeprefix("sk_"), hash_key(key), WRONG]
 
 
+@ON_BOTH_DATABASES
 def test_no_key_in_the_service_log_records(live: LiveServer, caplog: pytest.LogCaptureFixture) -> None:
     key = new_key(live.settings, "logged")
     caplog.set_level(logging.DEBUG)
@@ -112,6 +116,7 @@ def test_no_key_in_the_served_process_log_or_database(tmp_path: Path) -> None:
     assert hash_key(server.key) not in log
 
 
+@ON_BOTH_DATABASES
 def test_revocation_takes_effect_on_the_next_request(live: LiveServer) -> None:
     engine = make_engine(live.settings.resolved_database_url())
     operator = SqlStore(engine)  # the operator's own connection, as `speakerid keys revoke` has
