@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 
-import numpy as np
 import pytest
 import torch
 
@@ -13,22 +12,13 @@ from service.embedding.batcher import BatchLimits, DynamicBatcher
 from service.embedding.ecapa import EcapaEmbedder
 from tests.audio_fixtures import load_clip
 from tests.conftest import needs_speech
+from tests.model.test_ecapa import CLIPS, cosine
 
 pytestmark = [
     needs_speech,
     pytest.mark.gpu,
     pytest.mark.skipif(not torch.cuda.is_available(), reason="torch sees no CUDA GPU on this machine"),
 ]
-
-CLIPS = [
-    "librispeech/test-other/367/367-130732-0002.flac",
-    "librispeech/test-clean/61/61-70968-0002.flac",
-    "vctk/p226/p226_008.wav",
-]
-
-
-def cosine(a: np.ndarray, b: np.ndarray) -> float:
-    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
 
 
 @pytest.mark.parametrize(("precision", "floor"), [("fp32", 0.999), ("bf16", 0.99)])
