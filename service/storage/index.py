@@ -7,11 +7,12 @@ are read from the database there.
 - faiss ids carry the tenant in their high bits (``tenant << 40 | speaker row id``), so a tenant's
   search is an O(1) id-range selector inside faiss: it never sees, and never returns, another
   tenant's speakers.
-- Small candidate sets (a tenant or a `speakerIds` list of up to `EXACT_LIMIT` speakers) are scored
-  exactly against a cached matrix; that is both faster and exact where a filtered approximate
-  search would lose recall.
-- Large tenants search a flat (exact) index below `ivf_threshold` speakers in all, an inverted-file
-  index (IVF, trained on the speakers themselves) above it, with `nprobe` lists probed per query.
+- Below `ivf_threshold` speakers in all, search is exact: a matrix product over the tenant's cached
+  centroids (faster than faiss's filtered flat scan, which cannot use BLAS).
+- Above it, the faiss index is an inverted file (IVF, trained on the speakers themselves) probed at
+  `nprobe` lists per query; small candidate sets (a tenant or a `speakerIds` list of up to
+  `EXACT_LIMIT` speakers) are still scored exactly, where a filtered approximate search would lose
+  recall.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ def faiss_id(tenant_id: int, speaker_id: int) -> int:
 
 
 class FaissSpeakerIndex:
-    def __init__(self, dim: int, ivf_threshold: int = 50_000, nprobe: int = 128) -> None:
+    def __init__(self, dim: int, ivf_threshold: int = 200_000, nprobe: int = 128) -> None:
         self.dim = dim
         self.ivf_threshold = ivf_threshold
         self.nprobe = nprobe
@@ -143,16 +144,17 @@ class FaissSpeakerIndex:
             members = self._by_tenant.get(tenant_id)
             if not members or k <= 0:
                 return []
+            exact = self.kind == "flat"  # numpy over a cached matrix beats faiss's filtered flat scan
             if only is not None:
                 allowed = [i for i in dict.fromkeys(only) if i in members]
-                if len(allowed) <= EXACT_LIMIT:
+                if exact or len(allowed) <= EXACT_LIMIT:
                     matrix = np.stack([self._entries[i].centroid for i in allowed]) if allowed else None
                     return self._exact(q, allowed, matrix, k)
                 selector = faiss.IDSelectorBatch(
                     np.array([faiss_id(tenant_id, i) for i in allowed], dtype=np.int64)
                 )
                 return self._faiss(q, selector, min(k, len(allowed)))
-            if len(members) <= EXACT_LIMIT:
+            if exact or len(members) <= EXACT_LIMIT:
                 ids, matrix = self._tenant_matrix(tenant_id)
                 return self._exact(q, ids, matrix, k)
             selector = faiss.IDSelectorRange(faiss_id(tenant_id, 0), faiss_id(tenant_id + 1, 0))
@@ -197,7 +199,8 @@ class FaissSpeakerIndex:
         if matrix is None or not ids:
             return []
         scores = matrix @ q
-        top = np.argsort(-scores)[:k]
+        top = np.argpartition(-scores, k - 1)[:k] if k < len(scores) else np.arange(len(scores))
+        top = top[np.argsort(-scores[top])]
         return [(self._entries[ids[j]], float(scores[j])) for j in top]
 
     def _faiss(self, q: np.ndarray, selector: Any, k: int) -> list[tuple[IndexEntry, float]]:
