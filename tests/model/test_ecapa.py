@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +12,7 @@ import pytest
 import torch
 
 from service.embedding import weights
+from service.embedding.batcher import BatchLimits, DynamicBatcher
 from service.embedding.ecapa import EcapaEmbedder
 from service.errors import StartupError
 from tests.audio_fixtures import load_clip
@@ -101,17 +104,19 @@ def test_corrupt_or_missing_weights_stop_start_up(tmp_path: Path) -> None:
         weights.resolve(folder)
 
 
-def test_batcher_gives_the_same_vectors_as_direct_calls(embedder: EcapaEmbedder) -> None:
-    from concurrent.futures import ThreadPoolExecutor
-
-    from service.embedding.batcher import BatchLimits, DynamicBatcher
-
-    waves = [load_clip(p).as_float() for p in CLIPS]
-    batcher = DynamicBatcher(embedder.embed_batch, BatchLimits(max_wait_ms=100)).start()
+def embed_concurrently(
+    embed_batch: Callable[[Sequence[np.ndarray]], np.ndarray], waves: list[np.ndarray]
+) -> list[np.ndarray]:
+    """Each waveform from its own thread through a dynamic batcher over `embed_batch`."""
+    batcher = DynamicBatcher(embed_batch, BatchLimits(max_wait_ms=100)).start()
     try:
         with ThreadPoolExecutor(len(waves)) as pool:
-            batched = list(pool.map(lambda w: batcher.embed_batch([w])[0], waves))
+            return list(pool.map(lambda w: batcher.embed_batch([w])[0], waves))
     finally:
         batcher.stop()
-    for wave, vector in zip(waves, batched, strict=True):
+
+
+def test_batcher_gives_the_same_vectors_as_direct_calls(embedder: EcapaEmbedder) -> None:
+    waves = [load_clip(p).as_float() for p in CLIPS]
+    for wave, vector in zip(waves, embed_concurrently(embedder.embed_batch, waves), strict=True):
         assert cosine(vector, embedder.embed(wave)) >= 0.999

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
-
 import pytest
 import torch
 
 from service.embedding import weights
-from service.embedding.batcher import BatchLimits, DynamicBatcher
 from service.embedding.ecapa import EcapaEmbedder
 from tests.audio_fixtures import load_clip
 from tests.conftest import needs_speech
-from tests.model.test_ecapa import CLIPS, cosine
+from tests.model.test_ecapa import CLIPS, cosine, embed_concurrently
 
 pytestmark = [
     needs_speech,
@@ -25,11 +22,6 @@ pytestmark = [
 def test_gpu_vectors_match_the_cpu(embedder: EcapaEmbedder, precision: str, floor: float) -> None:
     gpu = EcapaEmbedder(weights.resolve(None), "cuda", precision)  # type: ignore[arg-type]
     waves = [load_clip(p).as_float() for p in CLIPS]
-    batcher = DynamicBatcher(gpu.embed_batch, BatchLimits(max_wait_ms=50)).start()
-    try:
-        with ThreadPoolExecutor(len(waves)) as pool:
-            batched = list(pool.map(lambda w: batcher.embed_batch([w])[0], waves))
-    finally:
-        batcher.stop()
+    batched = embed_concurrently(gpu.embed_batch, waves)
     for wave, vector in zip(waves, batched, strict=True):
         assert cosine(vector, embedder.embed(wave)) >= floor
