@@ -73,6 +73,9 @@ class BatchingSettings(BaseModel):
     max_audio_seconds: float = Field(640.0, gt=0, description="padded audio per forward pass")
     max_wait_ms: float = Field(5.0, ge=0, description="how long a batch waits to fill")
     max_queue: int = Field(2048, ge=1, description="waiting waveforms before 429")
+    workers: int = Field(
+        2, ge=1, description="batches in flight: one is padded and copied while another is on the GPU"
+    )
 
 
 class IndexSettings(BaseModel):

@@ -58,7 +58,7 @@ def _batcher(
     if b.enabled == "off" or (b.enabled == "auto" and not on_gpu):
         return None
     limits = BatchLimits(b.max_batch, b.max_audio_seconds, b.max_wait_ms, b.max_queue)
-    batcher = DynamicBatcher(embed_batch, limits).start()
+    batcher = DynamicBatcher(embed_batch, limits, workers=b.workers).start()
     metrics.watch_queue(batcher)
     return batcher
 

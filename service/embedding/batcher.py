@@ -46,21 +46,28 @@ class DynamicBatcher:
         self,
         embed_batch: Callable[[Sequence[np.ndarray]], np.ndarray],
         limits: BatchLimits | None = None,
+        workers: int = 1,
     ) -> None:
         self._embed_batch = embed_batch
         self.limits = limits or BatchLimits()
         self._queue: queue.Queue[_Request] = queue.Queue(maxsize=self.limits.max_queue)
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="embedding-batcher", daemon=True)
+        self._threads = [
+            threading.Thread(target=self._run, name=f"embedding-batcher-{i}", daemon=True)
+            for i in range(max(1, workers))
+        ]
+        self._collecting = threading.Lock()  # one worker gathers a batch at a time
         self._carry: _Request | None = None  # a request that did not fit the last batch
 
     def start(self) -> DynamicBatcher:
-        self._thread.start()
+        for thread in self._threads:
+            thread.start()
         return self
 
     def stop(self, timeout: float = 10.0) -> None:
         self._stop.set()
-        self._thread.join(timeout)
+        for thread in self._threads:
+            thread.join(timeout)
 
     @property
     def depth(self) -> int:
@@ -90,7 +97,8 @@ class DynamicBatcher:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            batch = self._collect()
+            with self._collecting:
+                batch = self._collect()
             if batch:
                 self._forward(batch)
 

@@ -125,3 +125,25 @@ def test_a_failed_batch_fails_each_of_its_requests_and_the_next_batch_runs() -> 
         assert batcher.embed_batch([wave(500, 7.0)])[0].tolist() == [500.0, 7.0]
     finally:
         batcher.stop()
+
+
+def test_two_workers_keep_two_batches_in_flight_and_each_request_gets_its_own_result() -> None:
+    both_in = threading.Event()
+    active: list[int] = []
+
+    def model(waves: Sequence[np.ndarray]) -> np.ndarray:
+        active.append(1)
+        if len(active) >= 2:
+            both_in.set()
+        both_in.wait(10)  # the first batch holds the device until a second one is being prepared
+        return np.array([[len(w), w[0]] for w in waves], dtype=np.float32)
+
+    batcher = DynamicBatcher(model, BatchLimits(max_batch=4, max_wait_ms=20), workers=2).start()
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            results = list(pool.map(lambda i: batcher.embed_batch([wave(1000 + i, float(i))])[0], range(8)))
+    finally:
+        batcher.stop()
+    assert both_in.is_set(), "the second worker should have run a batch while the first was busy"
+    for i, vector in enumerate(results):
+        assert vector[0] == 1000 + i and vector[1] == float(i)
