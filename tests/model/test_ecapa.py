@@ -13,7 +13,7 @@ import torch
 
 from service.embedding import weights
 from service.embedding.batcher import BatchLimits, DynamicBatcher
-from service.embedding.ecapa import EcapaEmbedder
+from service.embedding.ecapa import LENGTH_BUCKET, EcapaEmbedder
 from service.errors import StartupError
 from tests.audio_fixtures import load_clip
 from tests.conftest import needs_speech
@@ -49,13 +49,31 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> object:
     )
 
 
-def test_vectors_equal_speechbrain_encode_batch(embedder: EcapaEmbedder, reference: object) -> None:
+@pytest.fixture(scope="module")
+def unbucketed() -> EcapaEmbedder:
+    """The core with batches padded only to their longest clip, as speechbrain pads them."""
+    return EcapaEmbedder(weights.resolve(None), "cpu", "fp32", length_bucket=1)
+
+
+def test_vectors_equal_speechbrain_encode_batch(unbucketed: EcapaEmbedder, reference: object) -> None:
     for path in CLIPS:
         wave = load_clip(path).as_float()
-        ours = embedder.embed(wave)
+        ours = unbucketed.embed(wave)
         theirs = reference.encode_batch(torch.from_numpy(wave)[None]).squeeze().numpy()  # type: ignore[attr-defined]
         assert ours.shape == (192,)
         assert cosine(ours, theirs) >= 0.9999, path
+
+
+def test_length_buckets_bound_the_shapes_and_barely_move_vectors(
+    embedder: EcapaEmbedder, unbucketed: EcapaEmbedder
+) -> None:
+    waves = [load_clip(p).as_float() for p in CLIPS]
+    for wave in waves:
+        batch, lens = embedder.preprocess([wave])
+        assert batch.shape[1] % LENGTH_BUCKET == 0
+        assert 0 <= batch.shape[1] - len(wave) < LENGTH_BUCKET
+        assert float(lens[0]) == pytest.approx(len(wave) / batch.shape[1])
+        assert cosine(embedder.embed(wave), unbucketed.embed(wave)) >= 0.9995
 
 
 def test_padded_batch_matches_one_by_one(embedder: EcapaEmbedder) -> None:
