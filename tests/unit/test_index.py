@@ -11,6 +11,7 @@ from service.enrollment.ports import ChangeRecord, IndexEntry
 from service.storage import index as index_module
 from service.storage import sync
 from service.storage.index import FaissSpeakerIndex
+from service.tools.bench_index import format_rows, run_index_bench
 
 
 def entry(speaker_id: int, tenant_id: int, vector: np.ndarray) -> IndexEntry:
@@ -140,3 +141,128 @@ def test_removal_and_growth_past_the_threshold(monkeypatch: pytest.MonkeyPatch) 
     assert gone.speaker_id not in index.faiss_ids() and len(index.faiss_ids()) == 1199
     found = index.search(gone.centroid, gone.tenant_id, k=10)
     assert gone.speaker_id not in {e.speaker_id for e, _ in found}
+
+
+# --- the IVF path at a size that runs fast: 2,000 speakers of dimension 192 above a threshold of 1,000
+
+
+def _ivf_index(population: list[IndexEntry], nprobe: int = 12) -> FaissSpeakerIndex:
+    index = FaissSpeakerIndex(192, ivf_threshold=1000, nprobe=nprobe)
+    index.replace(population)
+    assert index.kind == "ivf"
+    return index
+
+
+def _exact_top(population: list[IndexEntry], query: np.ndarray, allowed: set[int], k: int) -> list[int]:
+    pool = [e for e in population if e.speaker_id in allowed]
+    scores = np.stack([e.centroid for e in pool]) @ query
+    return [pool[j].speaker_id for j in np.argsort(-scores)[:k]]
+
+
+def test_ivf_search_matches_exact_search_on_genuine_like_queries(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(index_module, "EXACT_LIMIT", 50)  # both tenants go through faiss
+    population = _population_192(2000, tenants=2)
+    index = _ivf_index(population)  # 12 of 22 lists probed: the shortlist is really approximate
+    rng = np.random.default_rng(2)
+    hits = 0
+    for target in rng.choice(len(population), 300, replace=False):
+        t = population[target]
+        query = _near(t.centroid, rng, cos=0.7)
+        found = index.search(query, t.tenant_id, k=10)
+        assert len(found) == 10 and all(e.tenant_id == t.tenant_id for e, _ in found)
+        for e, score in found:  # scores are exact cosines, best first
+            assert score == pytest.approx(float(e.centroid @ query), abs=1e-5)
+        assert [s for _, s in found] == sorted((s for _, s in found), reverse=True)
+        mine = {e.speaker_id for e in population if e.tenant_id == t.tenant_id}
+        hits += found[0][0].speaker_id == _exact_top(population, query, mine, 1)[0]
+    assert hits / 300 >= 0.98
+
+
+def test_ivf_tenants_with_the_same_external_ids_stay_apart(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(index_module, "EXACT_LIMIT", 50)
+    raw = np.random.default_rng(3).standard_normal((2000, 192)).astype(np.float32)
+    # Speaker j of tenant 7 and speaker j of tenant 8 share the external id "s{j}".
+    population = [
+        IndexEntry(i + 1, 7 + i % 2, f"s{i // 2}", True, (raw[i] / np.linalg.norm(raw[i])).astype(np.float32))
+        for i in range(2000)
+    ]
+    index = _ivf_index(population)
+    for j in (0, 1, 500, 999):
+        seven, eight = index.lookup(7, f"s{j}"), index.lookup(8, f"s{j}")
+        assert seven is population[2 * j] and eight is population[2 * j + 1]
+    for e in population[1:400:2]:  # tenant 8's speakers, searched by their own vectors
+        assert index.search(e.centroid, 8, k=1)[0][0] is e
+        elsewhere = index.search(e.centroid, 7, k=50)
+        assert elsewhere and all(f.tenant_id == 7 for f, _ in elsewhere)
+    assert index.search(population[0].centroid, 9, k=5) == []
+
+
+@pytest.mark.parametrize("size", [40, 400])  # below and above EXACT_LIMIT (100 here)
+def test_ivf_only_restriction_stays_inside_the_allowed_set(
+    monkeypatch: pytest.MonkeyPatch, size: int
+) -> None:
+    monkeypatch.setattr(index_module, "EXACT_LIMIT", 100)
+    population = _population_192(2000, tenants=2)
+    index = _ivf_index(population)
+    rng = np.random.default_rng(4)
+    tenant_one = [e.speaker_id for e in population if e.tenant_id == 1]
+    allowed = {int(i) for i in rng.choice(tenant_one, size, replace=False)}
+    other_tenant = [e.speaker_id for e in population if e.tenant_id == 2][:20]
+    # Other tenants' speakers, unknown ids, ids no speaker can have, duplicates: all harmless.
+    only = [*allowed, *other_tenant, 10**6, 3 << 40 | 5, -1, *list(allowed)[:5]]
+    hits = 0
+    for target in rng.choice(sorted(allowed), 40, replace=False):
+        query = _near(population[int(target) - 1].centroid, rng, cos=0.7)
+        found = index.search(query, 1, k=20, only=only)
+        assert found and {e.speaker_id for e, _ in found} <= allowed
+        exact = _exact_top(population, query, allowed, 20)
+        if size <= index_module.EXACT_LIMIT:  # scored exactly: the same list
+            assert [e.speaker_id for e, _ in found] == exact
+        hits += found[0][0].speaker_id == exact[0]
+    assert hits / 40 >= 0.95
+    everyone = index.search(population[0].centroid, 1, k=10**6, only=only)
+    assert {e.speaker_id for e, _ in everyone} <= allowed
+    if size <= index_module.EXACT_LIMIT:
+        assert len(everyone) == size
+
+
+def test_ivf_deletes_and_re_adds_stay_correct() -> None:
+    population = _population_192(2000, tenants=1)
+    index = _ivf_index(population)
+    rng = np.random.default_rng(5)
+    gone = [population[int(i)] for i in rng.choice(len(population), 300, replace=False)]
+    for e in gone:
+        index.remove(e.speaker_id)
+        found = index.search(e.centroid, 1, k=10)
+        assert e.speaker_id not in {f.speaker_id for f, _ in found}
+    kept = [e for e in population if e not in gone]
+    assert index.faiss_ids() == {e.speaker_id for e in kept} and len(index) == len(kept)
+    # Removing moves other speakers' codes around inside faiss: every one left is still found.
+    assert all(index.search(e.centroid, 1, k=1)[0][0] is e for e in kept)
+    for e in gone:  # added back into the slots the removals freed
+        index.upsert(e)
+    assert all(index.search(e.centroid, 1, k=1)[0][0] is e for e in population)
+    # The exact re-scoring would hide a damaged code; faiss's own ranking must find them too.
+    raw = index._index
+    queries = np.stack([e.centroid for e in gone])
+    _, top = raw.search(queries, 1, params=index_module.faiss.SearchParametersIVF(nprobe=raw.nlist))
+    assert np.mean(top[:, 0] == [index_module.faiss_id(1, e.speaker_id) for e in gone]) >= 0.98
+    # An update moves a speaker: it is found where it now is, not where it was.
+    moved = entry(gone[0].speaker_id, 1, _near(population[7].centroid, rng, cos=0.95))
+    index.upsert(moved)
+    assert index.search(moved.centroid, 1, k=1)[0][0] is moved
+    assert moved.speaker_id not in {f.speaker_id for f, _ in index.search(gone[0].centroid, 1, k=3)}
+    assert index.faiss_ids() == {e.speaker_id for e in population}
+
+
+def _population_192(n: int, tenants: int) -> list[IndexEntry]:
+    raw = np.random.default_rng(6).standard_normal((n, 192)).astype(np.float32)
+    return [entry(i + 1, 1 + i % tenants, raw[i]) for i in range(n)]
+
+
+def test_index_bench_runs_the_ivf_path_and_finds_no_errors() -> None:
+    (row,) = run_index_bench([3000], queries=50, nprobe=12, ivf_threshold=1000)
+    assert row["kind"] == "ivf" and row["speakers"] == 3000
+    assert row["leaks"] == 0 and row["delete_errors"] == 0
+    assert row["recall_at_1"] >= 0.95 and row["tenant_recall_at_1"] == 1.0
+    assert "3000" in format_rows([row])
