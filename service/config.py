@@ -115,6 +115,9 @@ class Settings(BaseSettings):
     port: int = 8000
     log_level: str = "INFO"
     index_poll_seconds: float = Field(0.5, description="how often the index follows the change log")
+    heap_trim_seconds: float = Field(
+        10.0, ge=0, description="how often freed heap memory is handed back to the OS; 0 = never"
+    )
 
     audio: AudioSettings = AudioSettings()
     enrollment: EnrollmentSettings = EnrollmentSettings()

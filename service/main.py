@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 import numpy as np
 from fastapi import FastAPI
 
-from service import __version__, logs, metrics
+from service import __version__, logs, memory, metrics
 from service.api import compat, errors, health, native
 from service.api.deps import KeyRateLimiter, Services, run_blocking
 from service.api.middleware import BodyLimit, Metrics
@@ -140,6 +140,14 @@ async def _follow_changes(services: Services) -> None:
             log.exception("index catch-up failed")
 
 
+async def _trim_heap(interval: float) -> None:
+    """Give freed heap memory back to the OS now and then (see service/memory.py)."""
+    while True:
+        await asyncio.sleep(interval)
+        if not await run_blocking(memory.trim_heap):
+            return
+
+
 def create_app(settings: Settings | None = None, *, embedder: Embedder | None = None) -> FastAPI:
     settings = settings or Settings()
     logs.protect_access_log()
@@ -149,13 +157,17 @@ def create_app(settings: Settings | None = None, *, embedder: Embedder | None = 
         services = await run_blocking(build_services, settings, embedder)
         app.state.services = services
         follower = asyncio.create_task(_follow_changes(services))
+        background = [follower]
+        if settings.heap_trim_seconds > 0:
+            background.append(asyncio.create_task(_trim_heap(settings.heap_trim_seconds)))
         log.info("ready", extra={"speakers_indexed": len(services.extras["index"])})
         try:
             yield
         finally:
-            follower.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await follower
+            for task in background:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             if services.extras["batcher"] is not None:
                 services.extras["batcher"].stop()
             services.extras["engine"].dispose()
