@@ -109,7 +109,10 @@ class Settings(BaseSettings):
         None, description="an operator's own speechbrain ECAPA folder instead of the bundled one"
     )
     model_sha256: str | None = Field(None, description="expected sha256 of SPK_MODEL_DIR's weights")
-    precision: Literal["fp32", "bf16"] = "fp32"
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto",
+        description="auto = bf16 where the CPU (avx512_bf16/AMX) or GPU runs it natively, else fp32",
+    )
     torch_threads: int = Field(0, description="0 = one per core")
     host: str = "127.0.0.1"
     port: int = 8000

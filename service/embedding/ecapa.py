@@ -57,6 +57,27 @@ def load_cohort(files: ModelFiles) -> np.ndarray | None:
     return cohort.numpy().astype(np.float32)
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether `device` runs bf16 matrix work natively (else autocast would emulate it, slowly)."""
+    if device.type == "cuda":
+        return bool(torch.cuda.is_bf16_supported())
+    try:
+        with open("/proc/cpuinfo") as fh:
+            flags = fh.read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def pick_precision(requested: str, device: torch.device) -> Precision:
+    """``auto``: bf16 where the hardware has it (vectors within cosine 0.9999 of fp32), else fp32."""
+    if requested == "auto":
+        return "bf16" if native_bf16(device) else "fp32"
+    if requested not in ("fp32", "bf16"):
+        raise StartupError(f"unknown precision {requested!r}: use auto, fp32 or bf16")
+    return "bf16" if requested == "bf16" else "fp32"
+
+
 def pick_device(requested: str) -> torch.device:
     if requested == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -95,14 +116,14 @@ class EcapaEmbedder:
         self,
         files: ModelFiles,
         device: str = "auto",
-        precision: Precision = "fp32",
+        precision: Precision | Literal["auto"] = "fp32",
         length_bucket: int = LENGTH_BUCKET,
     ) -> None:
         self.files = files
         self.length_bucket = max(1, length_bucket)
         self.checksum = files.sha256
         self.device = pick_device(device)
-        self.precision: Precision = precision
+        self.precision: Precision = pick_precision(precision, self.device)
         # On a CPU the model shares the cores with speech detection: one torch call at a time.
         self._lock = compute_lock if self.device.type == "cpu" else threading.Lock()
         with files.hyperparams.open() as fh:
@@ -129,7 +150,7 @@ class EcapaEmbedder:
         self.dim = int(self._forward_padded(torch.zeros(1, SAMPLE_RATE), torch.ones(1)).shape[1])
         log.info(
             "model loaded",
-            extra={"device": str(self.device), "precision": precision, "sha256": self.checksum},
+            extra={"device": str(self.device), "precision": self.precision, "sha256": self.checksum},
         )
 
     # --- the runner's surface: preprocess / forward / postprocess / warmup ----------------------
