@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import threading
 from collections.abc import Iterator, Sequence
 from typing import Any, Literal
@@ -32,10 +33,20 @@ Precision = Literal["fp32", "bf16"]
 LENGTH_BUCKET = SAMPLE_RATE // 2
 
 
+def usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
 def configure_threads(threads: int) -> None:
-    """Set torch's intra-op threads once per process (0 = one per core)."""
-    if threads > 0:
-        torch.set_num_threads(threads)
+    """Set torch's intra-op threads once per process (0 = one per usable core).
+
+    Always set explicitly: importing silero_vad drops torch to one thread, so "torch's default"
+    would leave the model on one core.
+    """
+    torch.set_num_threads(threads if threads > 0 else usable_cores())
     with contextlib.suppress(RuntimeError):  # already set once in this process
         torch.set_num_interop_threads(1)
 
@@ -144,6 +155,12 @@ class EcapaEmbedder:
             module.eval()
             module.to(self.device)
         skip_identity_padding(self.embedding_model)
+        if self.precision == "bf16":
+            # Convolution weights are cast once here instead of by autocast on every call (20M
+            # parameters a forward); normalisation layers keep their fp32 statistics.
+            for module in self.embedding_model.modules():
+                if isinstance(module, torch.nn.Conv1d):
+                    module.to(torch.bfloat16)
         if self.device.type == "cuda":
             # Bucketed lengths keep the set of shapes small, so tuning each one once pays.
             torch.backends.cudnn.benchmark = True

@@ -138,3 +138,11 @@ def test_batcher_gives_the_same_vectors_as_direct_calls(embedder: EcapaEmbedder)
     waves = [load_clip(p).as_float() for p in CLIPS]
     for wave, vector in zip(waves, embed_concurrently(embedder.embed_batch, waves), strict=True):
         assert cosine(vector, embedder.embed(wave)) >= 0.999
+
+
+def test_bf16_core_keeps_the_fp32_vectors(embedder: EcapaEmbedder) -> None:
+    fast = EcapaEmbedder(weights.resolve(None), "cpu", "bf16")
+    assert fast.precision == "bf16"
+    for path in CLIPS:
+        wave = load_clip(path).as_float()
+        assert cosine(fast.embed(wave), embedder.embed(wave)) >= 0.999, path
