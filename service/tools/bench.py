@@ -788,7 +788,7 @@ def through_batcher(
         sizes.append(len(batch))
         return embed_batch(batch)
 
-    batcher = DynamicBatcher(counted, limits).start()
+    batcher = DynamicBatcher(counted, limits, workers=defaults.workers).start()
     stop = threading.Event()
     done = [0]
     failures: list[BaseException] = []
@@ -1054,7 +1054,12 @@ def run_bench(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     with contextlib.ExitStack() as stack:
         server = None
         if "enroll" in args.only or "http" in args.only:
-            server = stack.enter_context(served(device, args.serve_precision, threads))
+            import torch
+
+            from service.embedding.ecapa import pick_precision
+
+            precision = pick_precision(args.serve_precision, torch.device(device))
+            server = stack.enter_context(served(device, precision, threads))
         if "core" in args.only:
             # Loading overlaps the server's start-up; the timing starts once it is up, and idle.
             core_models(args, models)
@@ -1151,7 +1156,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     g.add_argument(
         "--device", choices=["auto", "cpu", "cuda"], help="the server's device (default SPK_DEVICE)"
     )
-    g.add_argument("--serve-precision", default="fp32", help="the server's SPK_PRECISION (default fp32)")
+    g.add_argument(
+        "--serve-precision", default="auto", help="the server's SPK_PRECISION (default auto, the service's)"
+    )
     g.add_argument("--timeout", type=float, default=120.0, help="seconds per request (default 120)")
     g = p.add_argument_group("http")
     g.add_argument(

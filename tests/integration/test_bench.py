@@ -75,7 +75,8 @@ def test_core_times_every_precision_against_speechbrain(report: Report) -> None:
 def test_enrollment_is_timed_against_the_bare_forward(report: Report) -> None:
     enroll = report[0]["enroll"]
     assert enroll["requests"] == CLIPS and enroll["errors"] == 0
-    assert enroll["server"] == {"device": "cpu", "precision": "fp32", "threads": 2}
+    assert enroll["server"]["device"] == "cpu" and enroll["server"]["threads"] == 2
+    assert enroll["server"]["precision"] in ("fp32", "bf16")
     assert 0 < enroll["speech_seconds"] <= enroll["mean_seconds"]
     for row in ("end_to_end", "bare_forward", "speechbrain"):
         assert positive(enroll[row]["ms_p50"], enroll[row]["enrollment_over_this"])
