@@ -113,7 +113,9 @@ class Settings(BaseSettings):
         "auto",
         description="auto = bf16 where the CPU (avx512_bf16/AMX) or GPU runs it natively, else fp32",
     )
-    torch_threads: int = Field(0, description="0 = one per core")
+    torch_threads: int = Field(
+        0, description="0 = one per core on a CPU box; 1 on a GPU box, where the cores prepare one clip each"
+    )
     host: str = "127.0.0.1"
     port: int = 8000
     log_level: str = "INFO"

@@ -19,7 +19,7 @@ from service.audio.pipeline import QualityLimits
 from service.config import Settings
 from service.embedding import weights
 from service.embedding.batcher import BatchLimits, DynamicBatcher
-from service.embedding.ecapa import EcapaEmbedder, configure_threads, load_cohort
+from service.embedding.ecapa import EcapaEmbedder, configure_threads, load_cohort, usable_cores
 from service.enrollment.identification import IdentificationService, Thresholds
 from service.enrollment.policy import EnrollmentPolicy
 from service.enrollment.ports import Embedder
@@ -50,12 +50,15 @@ def enrollment_policy(settings: Settings) -> EnrollmentPolicy:
     )
 
 
+def _on_gpu(embedder: Embedder) -> bool:
+    return getattr(getattr(embedder, "device", None), "type", "cpu") == "cuda"
+
+
 def _batcher(
     settings: Settings, embedder: Embedder, embed_batch: Callable[[Sequence[np.ndarray]], np.ndarray]
 ) -> DynamicBatcher | None:
     b = settings.batching
-    on_gpu = getattr(getattr(embedder, "device", None), "type", "cpu") == "cuda"
-    if b.enabled == "off" or (b.enabled == "auto" and not on_gpu):
+    if b.enabled == "off" or (b.enabled == "auto" and not _on_gpu(embedder)):
         return None
     limits = BatchLimits(b.max_batch, b.max_audio_seconds, b.max_wait_ms, b.max_queue)
     batcher = DynamicBatcher(embed_batch, limits, workers=b.workers).start()
@@ -69,14 +72,17 @@ def build_services(settings: Settings, embedder: Embedder | None = None) -> Serv
     engine = make_engine(url)
     check_migrated(engine, url)
     store = SqlStore(engine)
-    configure_threads(settings.torch_threads)
     if embedder is None:
         embedder = load_embedder(settings)
+    on_gpu = _on_gpu(embedder)
+    # On a GPU box torch's CPU work is the audio front end: one clip per core, one thread each.
+    threads = configure_threads(settings.torch_threads or (1 if on_gpu else 0))
     audio = settings.audio
     frontend = AudioFrontEnd(
         max_seconds=audio.max_seconds,
         decode_timeout_s=audio.decode_timeout_s,
         vad_threshold=audio.vad_threshold,
+        parallel=max(1, usable_cores() // threads) if on_gpu else 1,
     )
     index = FaissSpeakerIndex(embedder.dim, settings.index.ivf_threshold, settings.index.nprobe)
     follower = IndexFollower(store, index)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import queue
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from service.audio.decode import decode
@@ -18,10 +21,28 @@ class AudioInput:
 
 
 class AudioFrontEnd:
-    def __init__(self, *, max_seconds: float, decode_timeout_s: float, vad_threshold: float) -> None:
+    """`parallel` clips are prepared at once, each with its own speech detector (silero keeps
+    state). With 1, preparation shares `compute_lock` with the model: on a CPU box the two take
+    turns on the cores. Where the model runs on a GPU, the cores are free for one clip each.
+    """
+
+    def __init__(
+        self, *, max_seconds: float, decode_timeout_s: float, vad_threshold: float, parallel: int = 1
+    ) -> None:
         self.max_seconds = max_seconds
         self.decode_timeout_s = decode_timeout_s
-        self.detector = SpeechDetector(vad_threshold)
+        self.parallel = max(1, parallel)
+        self._detectors: queue.Queue[SpeechDetector] = queue.Queue()
+        for _ in range(self.parallel):
+            self._detectors.put(SpeechDetector(vad_threshold))
+
+    @contextlib.contextmanager
+    def _detector(self) -> Iterator[SpeechDetector]:
+        detector = self._detectors.get()
+        try:
+            yield detector
+        finally:
+            self._detectors.put(detector)
 
     def load(self, audio: AudioInput, limits: QualityLimits | None = None) -> PreparedAudio:
         """Decode, convert to 16 kHz mono, find speech; raise a 4xx error if `limits` fail."""
@@ -32,7 +53,11 @@ class AudioFrontEnd:
             max_seconds=self.max_seconds,
             timeout_s=self.decode_timeout_s,
         )
-        prepared = prepare(decoded, self.detector)
+        with self._detector() as detector:
+            if self.parallel == 1:
+                prepared = prepare(decoded, detector)
+            else:
+                prepared = prepare(decoded, detector, exclusive=contextlib.nullcontext())
         if limits is not None:
             prepared.check(limits)
         return prepared

@@ -7,7 +7,9 @@ and leading or trailing silence neither dilute nor bias the voiceprint.
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -134,8 +136,12 @@ def estimate_snr_db(wave: np.ndarray, speech: list[tuple[float, float]]) -> floa
     return float(min(10.0 * np.log10(speech_energy / noise_energy), 99.0))
 
 
-def prepare(audio: DecodedAudio, detector: SpeechDetector) -> PreparedAudio:
-    with compute_lock:
+def prepare(
+    audio: DecodedAudio, detector: SpeechDetector, exclusive: AbstractContextManager[Any] = compute_lock
+) -> PreparedAudio:
+    """Resample and find speech. `exclusive` is held around the torch work: the process-wide
+    `compute_lock` where the model shares the cores; nothing where each caller has a core of its own."""
+    with exclusive:
         wave, clipped = to_mono_16k(audio)
         speech = detector.regions(wave)
     return PreparedAudio(

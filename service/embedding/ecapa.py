@@ -40,15 +40,17 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-def configure_threads(threads: int) -> None:
-    """Set torch's intra-op threads once per process (0 = one per usable core).
+def configure_threads(threads: int) -> int:
+    """Set torch's intra-op threads once per process (0 = one per usable core); returns the count.
 
     Always set explicitly: importing silero_vad drops torch to one thread, so "torch's default"
     would leave the model on one core.
     """
-    torch.set_num_threads(threads if threads > 0 else usable_cores())
+    count = threads if threads > 0 else usable_cores()
+    torch.set_num_threads(count)
     with contextlib.suppress(RuntimeError):  # already set once in this process
         torch.set_num_interop_threads(1)
+    return count
 
 
 def load_cohort(files: ModelFiles) -> np.ndarray | None:
@@ -161,9 +163,6 @@ class EcapaEmbedder:
             for module in self.embedding_model.modules():
                 if isinstance(module, torch.nn.Conv1d):
                     module.to(torch.bfloat16)
-        if self.device.type == "cuda":
-            # Bucketed lengths keep the set of shapes small, so tuning each one once pays.
-            torch.backends.cudnn.benchmark = True
         self.dim = int(self._forward_padded(torch.zeros(1, SAMPLE_RATE), torch.ones(1)).shape[1])
         log.info(
             "model loaded",

@@ -317,3 +317,19 @@ def test_estimate_snr_edge_cases() -> None:
     rng = np.random.default_rng(0)
     noisy = wave + rng.standard_normal(len(wave)).astype(np.float32) * np.sqrt(0.125 / 100)
     assert estimate_snr_db(noisy, [(0.0, 1.0)]) == pytest.approx(20.0, abs=1.0)
+
+
+def test_parallel_front_end_prepares_clips_at_once_with_one_detector_each() -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from service.audio.frontend import AudioFrontEnd, AudioInput
+    from tests.audio_fixtures import clip_bytes
+
+    one = AudioFrontEnd(max_seconds=60, decode_timeout_s=10, vad_threshold=0.5)
+    four = AudioFrontEnd(max_seconds=60, decode_timeout_s=10, vad_threshold=0.5, parallel=4)
+    clips = [AudioInput(clip_bytes(p), "flac") for p in LIBRISPEECH_CLIPS]
+    expected = [one.load(c).speech for c in clips]
+    with ThreadPoolExecutor(8) as pool:
+        got = list(pool.map(lambda c: four.load(c).speech, clips * 3))
+    assert got == expected * 3
+    assert four._detectors.qsize() == 4  # every detector handed back
