@@ -17,7 +17,6 @@ from typing import Any, Literal
 import numpy as np
 import torch
 from hyperpyyaml import load_hyperpyyaml
-from speechbrain.nnet.CNN import Conv1d as SpeechbrainConv1d
 
 from service.concurrency import compute_lock
 from service.embedding.weights import ModelFiles
@@ -107,6 +106,10 @@ def skip_identity_padding(model: torch.nn.Module) -> int:
     of the bf16 forward time on a CPU. "valid" is the same convolution without the copy; kernels
     wider than 1 keep their reflect padding.
     """
+    # Imported here: importing speechbrain registers lazy stand-ins for its optional integrations
+    # (k2, ...) that break tools which walk sys.modules (pytest's collection with hypothesis).
+    from speechbrain.nnet.CNN import Conv1d as SpeechbrainConv1d
+
     count = 0
     for module in model.modules():
         if (
