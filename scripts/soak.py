@@ -323,6 +323,11 @@ def main(argv: list[str] | None = None) -> int:
         f"peak {peak / mib:.0f} MiB; growth {100 * (rss_end - rss_start) / rss_start:+.1f} %; "
         f"second-half trend {slope:+.2f} MiB/min"
     )
+    by_minute: dict[int, int] = {}
+    for t, r in samples:
+        by_minute[int(t // 60)] = max(by_minute.get(int(t // 60), 0), r)
+    per_minute = " ".join(f"{r // mib}" for r in by_minute.values())
+    print(f"server RSS, highest sample of each minute (MiB): {per_minute}")
     print(f"consistency (client's record vs the server's list): {len(mismatches)} mismatches")
     for line in mismatches[:10]:
         print(f"  {line}")
