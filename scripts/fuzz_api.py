@@ -31,9 +31,7 @@ import json
 import os
 import random
 import struct
-import subprocess
 import sys
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -52,9 +50,9 @@ from schemathesis import GenerationMode
 from schemathesis import checks as st_checks
 from schemathesis.core.result import Err
 
+from service.tools.server import LocalServer, local_server
 from tests.audio_fixtures import EVAL_SPEECH, RECIPES, encode_recipe, load_clip, silence_flac
 
-REPO = Path(__file__).resolve().parents[1]
 PUBLIC_PATHS = ("/healthz", "/readyz", "/metrics")
 AUTH_QUERY = ("apikey", "api_key")
 AUTH_HEADERS = ("x-api-key", "authorization")
@@ -547,92 +545,15 @@ def send_json_bomb(client: httpx.Client, path: str, bomb: tuple[str, str, bytes]
 # --- the server -----------------------------------------------------------------------------------
 
 
-@dataclass
-class Served:
-    url: str
-    key: str
-    process: subprocess.Popen[bytes]
-    log: Path
-    data_dir: Path
-
-    def env(self) -> dict[str, str]:
-        return server_env(self.data_dir)
-
-
-def server_env(data_dir: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SPK_")}
-    env.update(
-        SPK_DATA_DIR=str(data_dir),
-        SPK_DATABASE_URL=f"sqlite:///{data_dir / 'speakerid.db'}",
-        SPK_AUTH__RATE_LIMIT_PER_MINUTE="0",
-        SPK_DEVICE="cpu",
-    )
-    env.update(extra)
-    return env
-
-
-def speakerid(env: dict[str, str], *args: str) -> str:
-    """Run the operator's command line; its standard output."""
-    done = subprocess.run(
-        [sys.executable, "-m", "service.cli", *args],
-        env=env,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return done.stdout
+Served = LocalServer
 
 
 @contextlib.contextmanager
 def served(data_dir: Path | None = None, tenant: str = "fuzz", **env_extra: str) -> Iterator[Served]:
-    """`speakerid serve` on a free loopback port over a fresh SQLite database, with one key."""
-    with contextlib.ExitStack() as stack:
-        folder = data_dir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="speakerid-")))
-        env = server_env(folder, **env_extra)
-        speakerid(env, "migrate")
-        key = speakerid(env, "keys", "create", "--tenant", tenant).strip().splitlines()[-1]
-        port = _free_port()
-        log = folder / "server.log"
-        with log.open("wb") as sink:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "service.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
-                env=env,
-                cwd=REPO,
-                stdout=sink,
-                stderr=subprocess.STDOUT,
-            )
-        try:
-            url = f"http://127.0.0.1:{port}"
-            _wait_ready(url, process, log)
-            yield Served(url, key, process, log, folder)
-        finally:
-            process.terminate()
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _wait_ready(url: str, process: subprocess.Popen[bytes], log: Path, limit_s: float = 300) -> None:
-    deadline = time.monotonic() + limit_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"the server exited ({process.returncode}):\n{log.read_text()[-3000:]}")
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(f"{url}/readyz", timeout=5).status_code == 200:
-                return
-        time.sleep(0.5)
-    raise RuntimeError(f"the server was not ready within {limit_s:g} s")
+    """`speakerid serve` on a free loopback port over a fresh SQLite database, with one key, ready."""
+    with local_server(data_dir, tenant, **env_extra) as server:
+        server.wait_ready()
+        yield server
 
 
 def still_serves(base_url: str, key: str, speaker_id: str = "fuzz-final-check") -> list[str]:

@@ -34,9 +34,7 @@ import json
 import math
 import os
 import platform
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections import Counter
@@ -52,6 +50,7 @@ import numpy as np
 
 from service.config import Settings
 from service.tools.inputs import InputError, read_manifest
+from service.tools.server import LocalServer, local_server
 
 if TYPE_CHECKING:
     from service.embedding.ecapa import EcapaEmbedder
@@ -389,80 +388,38 @@ def core_section(args: argparse.Namespace, models: Models, speech: Sequence[Spee
 class Server:
     """A `speakerid serve` subprocess; `wait_ready()` before sending it anything."""
 
-    url: str
-    key: str
+    local: LocalServer
     device: str
     precision: str
     threads: int
-    process: subprocess.Popen[bytes]
-    log: Path
+
+    @property
+    def url(self) -> str:
+        return self.local.url
+
+    @property
+    def key(self) -> str:
+        return self.local.key
 
     def describe(self) -> dict[str, Any]:
         return {"device": self.device, "precision": self.precision, "threads": self.threads}
 
     def wait_ready(self, within_s: float = 300.0) -> None:
-        import httpx
-
-        deadline = time.monotonic() + within_s
-        while True:
-            if self.process.poll() is not None:
-                tail = self.log.read_text(errors="replace")[-3000:]
-                raise RuntimeError(f"the server exited ({self.process.returncode}):\n{tail}")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"the server was not ready within {within_s:g} s")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{self.url}/readyz", timeout=5).status_code == 200:
-                    return
-            time.sleep(0.3)
+        self.local.wait_ready(within_s)
 
 
 @contextlib.contextmanager
 def served(device: str, precision: str, threads: int) -> Iterator[Server]:
     """`speakerid serve` started as a subprocess on a fresh temporary SQLite database, rate limit off."""
-    with tempfile.TemporaryDirectory(prefix="speakerid-bench-") as tmp:
-        folder = Path(tmp)
-        env = {
-            **os.environ,
-            "SPK_DATA_DIR": tmp,
-            "SPK_DATABASE_URL": f"sqlite:///{folder / 'bench.db'}",
-            "SPK_DEVICE": device,
-            "SPK_PRECISION": precision,
-            "SPK_TORCH_THREADS": str(threads),
-            "SPK_LOG_LEVEL": "WARNING",
-            "SPK_AUTH__RATE_LIMIT_PER_MINUTE": "0",
-        }
-        cli = [sys.executable, "-m", "service.cli"]
-        subprocess.run([*cli, "migrate"], env=env, check=True, capture_output=True)
-        created = subprocess.run(
-            [*cli, "keys", "create", "--tenant", "bench"], env=env, check=True, capture_output=True, text=True
-        )
-        key = created.stdout.strip().splitlines()[-1]
-        port = free_port()
-        log = folder / "server.log"
-        with log.open("wb") as sink:
-            process = subprocess.Popen(
-                [*cli, "serve", "--host", "127.0.0.1", "--port", str(port)],
-                env=env,
-                stdout=sink,
-                stderr=subprocess.STDOUT,
-            )
-        try:
-            yield Server(f"http://127.0.0.1:{port}", key, device, precision, threads, process, log)
-        finally:
-            process.terminate()
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    with local_server(
+        tenant="bench",
+        inherit_settings=True,  # SPK_MODEL_DIR and the like, where the bundled model is not installed
+        SPK_DEVICE=device,
+        SPK_PRECISION=precision,
+        SPK_TORCH_THREADS=str(threads),
+        SPK_LOG_LEVEL="WARNING",
+    ) as local:
+        yield Server(local, device, precision, threads)
 
 
 def ten_second_bodies(speech: Sequence[SpeechClip], count: int) -> tuple[list[SpeechClip], list[bytes]]:
