@@ -185,7 +185,7 @@ def rss_bytes(pid: int) -> int:
 
 
 class MemoryWatch(threading.Thread):
-    def __init__(self, pid: int, every_s: float = 5.0) -> None:
+    def __init__(self, pid: int, every_s: float = 2.0) -> None:
         super().__init__(daemon=True)
         self.pid, self.every_s = pid, every_s
         self.samples: list[tuple[float, int]] = []
@@ -323,11 +323,21 @@ def main(argv: list[str] | None = None) -> int:
         f"peak {peak / mib:.0f} MiB; growth {100 * (rss_end - rss_start) / rss_start:+.1f} %; "
         f"second-half trend {slope:+.2f} MiB/min"
     )
-    by_minute: dict[int, int] = {}
+    minutes: dict[int, list[int]] = defaultdict(list)
     for t, r in samples:
-        by_minute[int(t // 60)] = max(by_minute.get(int(t // 60), 0), r)
-    per_minute = " ".join(f"{r // mib}" for r in by_minute.values())
-    print(f"server RSS, highest sample of each minute (MiB): {per_minute}")
+        minutes[int(t // 60)].append(r)
+    means = [float(np.mean(v)) for v in minutes.values()]
+    print(
+        "server RSS, mean and highest sample of each minute (MiB): "
+        + ", ".join(f"{m / mib:.0f}/{max(v) / mib:.0f}" for m, v in zip(means, minutes.values(), strict=True))
+    )
+    end_t = samples[-1][0]
+    first = [r for t, r in samples if t < 60]
+    last = [r for t, r in samples if t > end_t - 60]
+    if end_t >= 120 and first and last:
+        # The heap is trimmed every few seconds, so single samples swing; minute means do not.
+        growth = 100 * (np.mean(last) - np.mean(first)) / np.mean(first)
+        print(f"growth, mean RSS of the last minute over the first minute's: {growth:+.1f} %")
     print(f"consistency (client's record vs the server's list): {len(mismatches)} mismatches")
     for line in mismatches[:10]:
         print(f"  {line}")
