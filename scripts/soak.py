@@ -258,7 +258,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--threads", type=int, default=8)
     parser.add_argument("--max-requests", type=int, default=20_000)
-    parser.add_argument("--warmup-seconds", type=float, default=60.0, help="the same load, not measured")
+    parser.add_argument(
+        "--warmup-seconds",
+        type=float,
+        default=180.0,
+        help="the same load, not measured (per-shape kernel caches fill in the first 2-3 minutes)",
+    )
     parser.add_argument(
         "--timeout", type=float, default=120.0, help="seconds before a request counts as hung"
     )
