@@ -39,7 +39,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -67,6 +66,7 @@ from service.config import Settings  # noqa: E402
 from service.enrollment.policy import COMPLETE, EnrollmentPolicy, centroid_and_spread, missing  # noqa: E402
 from service.storage.repository import from_bytes  # noqa: E402
 from service.storage.tables import Change, Sample, Speaker, Tenant  # noqa: E402
+from service.tools.server import free_port  # noqa: E402
 
 EVAL_SPEECH = REPO.parent / "shared" / "eval-speech"
 READY_TIMEOUT_S = 180.0
@@ -258,12 +258,6 @@ def client_loop(
 
 
 # --- the server -----------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def speakerid_command() -> list[str]:

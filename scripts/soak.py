@@ -26,13 +26,13 @@ import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from itertools import count
-from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
 
 from scripts.fuzz_api import served, still_serves
+from service.memory import resident_bytes
 from tests.audio_fixtures import EVAL_SPEECH
 
 COMPAT = "/audio/generic/api/v1/sync/diarization"
@@ -177,13 +177,6 @@ class Worker:
         self.timed(op, results, "GET", "/v1/speakers", params={"limit": 1000})
 
 
-def rss_bytes(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmRSS")
-
-
 class MemoryWatch(threading.Thread):
     def __init__(self, pid: int, every_s: float = 2.0) -> None:
         super().__init__(daemon=True)
@@ -194,7 +187,7 @@ class MemoryWatch(threading.Thread):
     def run(self) -> None:
         start = time.monotonic()
         while not self.stop.is_set():
-            self.samples.append((time.monotonic() - start, rss_bytes(self.pid)))
+            self.samples.append((time.monotonic() - start, resident_bytes(self.pid)))
             self.stop.wait(self.every_s)
 
 
@@ -289,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
         time.sleep(1.0)
         watch.stop.set()
         watch.join()
-        rss_end = rss_bytes(server.process.pid)
+        rss_end = resident_bytes(server.process.pid)
         problems = still_serves(server.url, server.key, "soak-final-check")
         mismatches = consistency(server.url, server.key, workers)
         for worker in workers:

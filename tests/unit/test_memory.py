@@ -10,22 +10,14 @@ import pytest
 from service import memory
 
 
-def rss_bytes() -> int:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise AssertionError("no VmRSS")
-
-
 @pytest.mark.skipif(ctypes.util.find_library("c") is None, reason="no C library to trim")
 def test_trim_returns_freed_fragmented_blocks() -> None:
     # Many mid-sized blocks freed out of order leave holes glibc keeps mapped until trimmed.
     blocks = [np.ones(64 * 1024 + 4096 * (i % 7), dtype=np.uint8) for i in range(4000)]
     keep = blocks[::50]
     del blocks
-    before = rss_bytes()
+    before = memory.resident_bytes()
     assert memory.trim_heap()
-    after = rss_bytes()
+    after = memory.resident_bytes()
     assert before - after > 50 * 1024 * 1024, (before, after)
     assert all(int(k[0]) == 1 for k in keep)
