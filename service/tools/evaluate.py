@@ -302,7 +302,7 @@ def eer_entry(
         result = metrics.eer(target, nontarget)
         entry.update(eer=result.eer, threshold=result.threshold)
         if bootstrap > 0:
-            ci = metrics.bootstrap_eer(target, t_groups, nontarget, n_groups, iterations=bootstrap)
+            ci = metrics.bootstrap(target, t_groups, nontarget, n_groups, iterations=bootstrap)
             entry["ci95"] = list(ci) if ci else None
     return entry
 

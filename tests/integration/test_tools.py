@@ -1,8 +1,8 @@
 """The operator tools (`speakerid enroll-bulk`, `speakerid evaluate`) as real HTTP clients.
 
-Metric functions are checked on synthetic scores with known answers; the HTTP plumbing of evaluate
-against a fake service (httpx.MockTransport); and both commands end to end against the real service
-(real model, real speech) served over loopback.
+Evaluate's arithmetic is checked on synthetic answers; its HTTP plumbing against a fake service
+(httpx.MockTransport); and both commands end to end against the real service (real model, real
+speech) served over loopback. The metrics themselves are in tests/unit/test_metrics.py.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ import base64
 import csv
 import io
 import json
-import math
 import shutil
 from pathlib import Path
 from threading import Event
@@ -31,73 +30,6 @@ from service.tools.evaluate import TrialKind, TrialRecord, build_report, plan_ev
 from service.tools.inputs import ManifestRow, read_manifest, speaker_ids
 from tests.audio_fixtures import EVAL_SPEECH, silence_flac
 from tests.conftest import LiveServer, needs_speech, new_key
-
-# --- metrics on synthetic scores -----------------------------------------------------------------
-
-
-def test_eer_of_separated_reversed_and_identical_scores() -> None:
-    assert metrics.eer([2.0, 3.0], [0.0, 1.0]) == metrics.Eer(eer=0.0, threshold=2.0)
-    assert metrics.eer([0.0, 1.0], [2.0, 3.0]).eer == 1.0
-    assert metrics.eer([1.0, 1.0], [1.0, 1.0]).eer == 0.5
-
-
-def test_eer_with_one_error_on_each_side() -> None:
-    # One target of five below the threshold 0.6, one non-target of five above it: FR = FA = 20 %.
-    result = metrics.eer([0.6, 0.7, 0.8, 0.9, 0.35], [0.1, 0.2, 0.3, 0.4, 0.65])
-    assert result.eer == pytest.approx(0.2)
-    assert result.threshold == pytest.approx(0.6)
-
-
-def test_eer_of_two_gaussians_matches_theory() -> None:
-    # Unit-variance Gaussians d apart cross where FR = FA = Phi(-d/2); for d = 2 that is 15.87 %.
-    rng = np.random.default_rng(7)
-    target, nontarget = rng.normal(2.0, 1.0, 200_000), rng.normal(0.0, 1.0, 200_000)
-    expected = 0.5 * math.erfc(1.0 / math.sqrt(2.0))
-    result = metrics.eer(target, nontarget)
-    assert result.eer == pytest.approx(expected, abs=0.004)
-    assert result.threshold == pytest.approx(1.0, abs=0.02)
-    swapped = metrics.eer(-nontarget, -target)  # the same problem mirrored
-    assert swapped.eer == pytest.approx(result.eer, abs=1e-3)
-
-
-def test_eer_refuses_empty_or_non_finite_scores() -> None:
-    with pytest.raises(ValueError):
-        metrics.eer([], [1.0])
-    with pytest.raises(ValueError):
-        metrics.eer([1.0, float("nan")], [0.0])
-
-
-def test_fa_at_5_percent_fr() -> None:
-    target = np.arange(100, dtype=float)  # 0..99: the threshold that rejects 5 of them is 5
-    nontarget = np.array([-1.0, 4.9, 5.0, 50.0])
-    result = metrics.fa_at_fr(target, nontarget, 0.05)
-    assert result.threshold == 5.0
-    assert (result.false_rejects, result.targets) == (5, 100)
-    assert (result.false_accepts, result.nontargets) == (2, 4)
-    assert result.fa_rate == 0.5
-    # With fewer targets than 1/fr, no target may be rejected: the threshold is the lowest target.
-    assert metrics.fa_at_fr([3.0, 1.0, 2.0], [0.5, 1.5], 0.05).threshold == 1.0
-
-
-def test_wilson_interval() -> None:
-    low, high = metrics.wilson(5, 10)
-    assert (low, high) == (pytest.approx(0.2366, abs=1e-4), pytest.approx(0.7634, abs=1e-4))
-    assert metrics.wilson(0, 10) == (0.0, pytest.approx(0.2775, abs=1e-4))
-    assert metrics.wilson(10, 10)[1] == pytest.approx(1.0)
-    assert metrics.wilson(0, 0) == (0.0, 1.0)
-
-
-def test_bootstrap_over_speakers_brackets_the_eer() -> None:
-    rng = np.random.default_rng(3)
-    groups = [f"s{i % 10}" for i in range(200)]
-    target, nontarget = rng.normal(1.5, 1.0, 200), rng.normal(0.0, 1.0, 200)
-    point = metrics.eer(target, nontarget).eer
-    ci = metrics.bootstrap_eer(target, groups, nontarget, groups, iterations=300, seed=1)
-    assert ci is not None
-    assert ci[0] <= point <= ci[1] and ci[1] - ci[0] < 0.3
-    assert ci == metrics.bootstrap_eer(target, groups, nontarget, groups, iterations=300, seed=1)
-    assert metrics.bootstrap_eer([1.0], ["a"], [0.0], ["a"]) is None  # one speaker: nothing to resample
-
 
 # --- evaluate's arithmetic on synthetic answers --------------------------------------------------
 
