@@ -35,7 +35,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from functools import partial
 from itertools import combinations
 from pathlib import Path
@@ -52,6 +52,8 @@ from service.audio.pipeline import PreparedAudio, SpeechDetector, prepare
 from service.config import AudioSettings
 from service.embedding.ecapa import EcapaEmbedder
 from service.embedding.weights import resolve
+from service.tools import metrics
+from service.tools.metrics import distribution
 
 log = logging.getLogger("calibrate")
 
@@ -80,7 +82,6 @@ GATE_SCENARIOS = (
 )
 ENROLLED_COUNTS = (1, 2)
 MISMATCH_GRID = tuple(round(0.10 + 0.05 * i, 2) for i in range(9))
-PERCENTILES = (1, 5, 50, 95, 99)
 
 MIN_CLIPS_ENROLLABLE = 3
 SPREAD_SET_SIZE = 3
@@ -378,29 +379,6 @@ def matrix(measurements: dict[int, Measurement], count: int, dim: int) -> np.nda
 # --- statistics ------------------------------------------------------------------------------------
 
 
-def distribution(values: Sequence[float] | np.ndarray) -> dict[str, float]:
-    data = np.asarray(values, dtype=np.float64)
-    data = data[np.isfinite(data)]
-    if not data.size:
-        return {"n": 0}
-    out: dict[str, float] = {"n": int(data.size), "min": float(data.min())}
-    for p in PERCENTILES:
-        out[f"p{p}"] = float(np.percentile(data, p))
-    out["max"] = float(data.max())
-    out["mean"] = float(data.mean())
-    return out
-
-
-def equal_error_rate(genuine: np.ndarray, impostor: np.ndarray) -> dict[str, float]:
-    """EER with refusal = genuine score < t and acceptance = impostor score >= t."""
-    genuine, impostor = np.sort(genuine), np.sort(impostor)
-    thresholds = np.unique(np.concatenate([genuine, impostor]))
-    frr = np.searchsorted(genuine, thresholds, side="left") / len(genuine)
-    far = 1.0 - np.searchsorted(impostor, thresholds, side="left") / len(impostor)
-    best = int(np.argmin(np.abs(frr - far)))
-    return {"eer": float((frr[best] + far[best]) / 2), "threshold": float(thresholds[best])}
-
-
 def normalised(vector: np.ndarray) -> np.ndarray:
     return vector / np.linalg.norm(vector)
 
@@ -440,8 +418,12 @@ def pairwise_section(vectors: dict[str, np.ndarray], clips: Sequence[Clip]) -> d
             "same_speaker": distribution(scores["same"]),
             "same_speaker_cross_session": distribution(scores["same_cross_session"]),
             "different_speaker": distribution(scores["different"]),
-            **equal_error_rate(scores["same"], scores["different"]),
-            "eer_cross_session": equal_error_rate(scores["same_cross_session"], scores["different"])["eer"],
+            **asdict(metrics.eer(scores["same"], scores["different"])),
+            "eer_cross_session": (
+                metrics.eer(scores["same_cross_session"], scores["different"]).eer
+                if scores["same_cross_session"].size
+                else None
+            ),
         }
     return section
 
@@ -483,18 +465,9 @@ def finite(values: Sequence[float]) -> np.ndarray:
     return data[np.isfinite(data)]
 
 
-def gate_rates(genuine: np.ndarray, impostor: np.ndarray, threshold: float) -> dict[str, float]:
-    refused = int(np.sum(genuine < threshold))
-    accepted = int(np.sum(impostor >= threshold))
-    return {
-        "threshold": threshold,
-        "genuine_refused": refused,
-        "genuine_trials": int(genuine.size),
-        "genuine_refused_rate": refused / max(genuine.size, 1),
-        "impostor_accepted": accepted,
-        "impostor_trials": int(impostor.size),
-        "impostor_accepted_rate": accepted / max(impostor.size, 1),
-    }
+def gate_rates(genuine: np.ndarray, impostor: np.ndarray, threshold: float) -> dict[str, Any]:
+    """The gate at `threshold`: genuine samples it refuses (FR), impostor samples it lets in (FA)."""
+    return metrics.rates_at(genuine, impostor, threshold).as_dict()
 
 
 def mismatch_section(
@@ -524,7 +497,7 @@ def propose_mismatch(section: dict[str, Any]) -> dict[str, Any]:
     """Highest grid value whose worst genuine refusal over every case is at most MAX_GENUINE_REFUSAL."""
     chosen = MISMATCH_GRID[0]
     for position, threshold in enumerate(MISMATCH_GRID):
-        worst = max(case["grid"][position]["genuine_refused_rate"] for case in section.values())
+        worst = max(case["grid"][position]["falseRejects"]["rate"] or 0.0 for case in section.values())
         if worst <= MAX_GENUINE_REFUSAL:
             chosen = threshold
     position = MISMATCH_GRID.index(chosen)
@@ -750,6 +723,19 @@ def fmt(d: dict[str, float], keys: Sequence[str] = ("min", "p1", "p5", "p50", "p
     return " ".join(f"{d[k]:6.3f}" for k in keys)
 
 
+def pct(rate: dict[str, Any]) -> float:
+    """A rate entry of `metrics.Rate.as_dict()` in percent (0 for no trials)."""
+    return 100 * (rate["rate"] or 0.0)
+
+
+def rate_cell(rate: dict[str, Any]) -> str:
+    """A rate entry of `metrics.Rate.as_dict()` as "count/of (x.xx % [low, high])"."""
+    if not rate["of"]:
+        return "0/0"
+    low, high = rate["ci95"]
+    return f"{rate['count']}/{rate['of']} ({100 * rate['rate']:.2f} % [{100 * low:.2f}, {100 * high:.2f}])"
+
+
 def render(results: dict[str, Any]) -> list[str]:
     meta = results["data"]
     lines = [
@@ -773,7 +759,11 @@ def render(results: dict[str, Any]) -> list[str]:
             lines.append(f"    {label:20s} n={row[key]['n']:6d}  {fmt(row[key])}")
         lines.append(
             f"    EER {100 * row['eer']:.2f} % at cosine {row['threshold']:.3f}; "
-            f"cross-session EER {100 * row['eer_cross_session']:.2f} %"
+            + (
+                f"cross-session EER {100 * row['eer_cross_session']:.2f} %"
+                if row["eer_cross_session"] is not None
+                else "no cross-session pairs"
+            )
         )
 
     mismatch = results["mismatch"]
@@ -784,27 +774,25 @@ def render(results: dict[str, Any]) -> list[str]:
             f"    genuine  n={case['genuine']['n']:5d}  {fmt(case['genuine'])}",
             f"    impostor n={case['impostor']['n']:5d}  {fmt(case['impostor'])}",
             "    threshold " + " ".join(f"{row['threshold']:6.2f}" for row in case["grid"]),
-            "    refused % " + " ".join(f"{100 * r['genuine_refused_rate']:6.2f}" for r in case["grid"]),
-            "    accepted %" + " ".join(f"{100 * r['impostor_accepted_rate']:6.2f}" for r in case["grid"]),
+            "    refused % " + " ".join(f"{pct(r['falseRejects']):6.2f}" for r in case["grid"]),
+            "    accepted %" + " ".join(f"{pct(r['falseAccepts']):6.2f}" for r in case["grid"]),
         ]
     current = {name: case["current"] for name, case in mismatch["cases"].items()}
-    worst = max(current, key=lambda name: current[name]["genuine_refused_rate"])
+    worst = max(current, key=lambda name: pct(current[name]["falseRejects"]))
     lines.append(
         f"  current MISMATCH_COSINE = {cal.MISMATCH_COSINE:.2f}: worst genuine refusal "
-        f"{100 * current[worst]['genuine_refused_rate']:.2f} % ({worst}); impostor acceptance "
-        f"{100 * min(r['impostor_accepted_rate'] for r in current.values()):.1f}"
-        f"-{100 * max(r['impostor_accepted_rate'] for r in current.values()):.1f} %"
+        f"{pct(current[worst]['falseRejects']):.2f} % ({worst}); impostor acceptance "
+        f"{min(pct(r['falseAccepts']) for r in current.values()):.1f}"
+        f"-{max(pct(r['falseAccepts']) for r in current.values()):.1f} %"
     )
     proposal = mismatch["proposal"]
     lines += [f"  proposed MISMATCH_COSINE = {proposal['value']:.2f} ({proposal['rule']})"]
     for name, rates in proposal["rates"].items():
         cross = proposal["cross_session_rates"][name]
         lines.append(
-            f"    {name:40s} genuine refused {rates['genuine_refused']:3d}/{rates['genuine_trials']:<4d}"
-            f" ({100 * rates['genuine_refused_rate']:5.2f} %), impostors accepted "
-            f"{rates['impostor_accepted']:3d}/{rates['impostor_trials']:<5d}"
-            f" ({100 * rates['impostor_accepted_rate']:5.2f} %); other-session genuine refused "
-            f"{cross['genuine_refused']}/{cross['genuine_trials']}"
+            f"    {name:40s} genuine refused {rate_cell(rates['falseRejects'])}, "
+            f"impostors accepted {rate_cell(rates['falseAccepts'])}; "
+            f"other-session genuine refused {rate_cell(cross['falseRejects'])}"
         )
 
     dup = results["duplicate"]
