@@ -1,17 +1,37 @@
 """`speakerid evaluate`: identification accuracy of a running service, measured through its HTTP API.
 
-Each speaker of the manifest with at least --min-clips clips is enrolled (native API) on its first
---enroll-clips clips under a fresh prefix (`eval-<random>-<speaker>`); every other clip is sent to
-``POST /v1/identify`` against exactly those speakers: the enrolled speakers' remaining clips are
-genuine trials, all clips of the other speakers are unknown-speaker trials. The run's speakers are
-deleted at the end. The service's calibrated `score` and the plain `cosine` of the same answers are
-both scored, so the report shows what the calibration adds over the baseline.
+Speakers are enrolled (native API) under a fresh prefix (`eval-<random>-<speaker>`) and every test
+clip is sent to ``POST /v1/identify`` against exactly those speakers: an enrolled speaker's test clips
+are genuine trials, all clips of the speakers not enrolled are unknown-speaker trials. The run's
+speakers are deleted at the end. The service's calibrated `score` and the plain `cosine` of the same
+answers are both scored, so the report shows what the calibration adds over the baseline.
+
+Who is enrolled on what:
+  default        speakers with at least --min-clips clips, on their first --enroll-clips clips; their
+                 other clips are the genuine trials.
+  --by-session   (manifests with a `session` column, e.g. one phone call per session) a speaker is
+                 enrolled on up to --enroll-clips clips taken round-robin from all its sessions but
+                 its last, and tested only on the clips of the sessions none of those came from;
+                 speakers with one session become unknown speakers. --min-clips is not used.
+  --unknown-fraction F  holds out that share of the enrollable speakers (chosen by a hash of the
+                 label and --seed: the same options give the same split) as never-enrolled
+                 impostors, so a set where every speaker could be enrolled has unknown trials too.
+  --only-consistent  keeps only rows with consistent=1 as enrollment and genuine material (a label
+                 whose clips may be several people); the other rows still serve as unknown-speaker
+                 clips when their speaker is not enrolled. Ignored for manifests without the column.
+
+A clip the service refuses to judge (any non-200 answer to identify, e.g. 422 too little speech)
+counts as a reject of its trial in the service's decisions: a false reject of a genuine clip, a
+correct reject of an unknown one. Every rate is printed with its 95 % Wilson interval, every EER
+with a bootstrap interval over speakers. A DET curve and the score distributions are drawn as PNGs
+next to the --json report (or into --plots DIR).
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
+import hashlib
 import json
 import secrets
 import sys
@@ -55,31 +75,105 @@ class Trial:
 class EvalPlan:
     prefix: str
     ids: dict[str, str]  # manifest speaker -> speaker id in the service
-    enroll: dict[str, list[ManifestRow]]  # manifest speaker -> enrollment clips, in manifest order
+    enroll: dict[str, list[ManifestRow]]  # manifest speaker -> enrollment clips
     trials: list[Trial]
+    held_out: list[str] = field(default_factory=list)  # enrollable speakers kept as unknown speakers
+    unused: int = 0  # clips of enrolled speakers neither enrolled nor tested
 
 
-def plan_eval(rows: Sequence[ManifestRow], prefix: str, enroll_clips: int, min_clips: int) -> EvalPlan:
-    """Speakers with at least `min_clips` clips are enrolled on their first `enroll_clips`; their
-    other clips are genuine trials, and every clip of the remaining speakers an unknown-speaker one."""
-    if not 1 <= enroll_clips < min_clips:
+Split = tuple[list[ManifestRow], list[ManifestRow]]  # (enrollment clips, genuine test clips)
+
+
+def first_clips(clips: list[ManifestRow], enroll_clips: int, min_clips: int) -> Split | None:
+    """Enroll on the first clips, test on the rest; None below `min_clips` clips."""
+    if len(clips) < min_clips:
+        return None
+    return clips[:enroll_clips], clips[enroll_clips:]
+
+
+def other_sessions(clips: list[ManifestRow], enroll_clips: int) -> Split | None:
+    """Enroll on up to `enroll_clips` clips taken round-robin from every session but the last (sessions
+    in order of first appearance), test on every clip of the sessions that gave no enrollment clip,
+    so no test clip shares a session with the enrollment. None with a single session."""
+    sessions: dict[str, list[ManifestRow]] = {}
+    for clip in clips:
+        sessions.setdefault(clip.extra["session"], []).append(clip)
+    if len(sessions) < 2:
+        return None
+    pools = list(sessions.values())[:-1]
+    deepest = max(len(pool) for pool in pools)
+    enroll = [pool[i] for i in range(deepest) for pool in pools if i < len(pool)][:enroll_clips]
+    used = {clip.extra["session"] for clip in enroll}
+    return enroll, [clip for clip in clips if clip.extra["session"] not in used]
+
+
+def held_out_speakers(speakers: Sequence[str], fraction: float, seed: int) -> set[str]:
+    """round(fraction * n) of `speakers` (at most n - 1), picked by a hash of (seed, label): the same
+    labels, fraction and seed always give the same set, whatever the manifest's order."""
+    count = min(round(fraction * len(speakers)), max(len(speakers) - 1, 0))
+    ranked = sorted(speakers, key=lambda s: hashlib.sha256(f"{seed}\0{s}".encode()).digest())
+    return set(ranked[:count])
+
+
+def consistent(row: ManifestRow) -> bool:
+    """Whether a row may be enrollment or genuine material: consistent=1, or no such column."""
+    return row.extra.get("consistent", "1") == "1"
+
+
+def plan_eval(
+    rows: Sequence[ManifestRow],
+    prefix: str,
+    enroll_clips: int,
+    min_clips: int,
+    *,
+    by_session: bool = False,
+    unknown_fraction: float = 0.0,
+    seed: int = 0,
+    only_consistent: bool = False,
+) -> EvalPlan:
+    """Who is enrolled on which clips, and every trial (see the module's docstring). Speakers and
+    their trials keep manifest order."""
+    if not 0.0 <= unknown_fraction < 1.0:
+        raise InputError("--unknown-fraction must be in [0, 1)")
+    if by_session:
+        if enroll_clips < 1:
+            raise InputError("--enroll-clips must be at least 1")
+        if any("session" not in row.extra for row in rows):
+            raise InputError("--by-session needs a `session` column in the manifest")
+    elif not 1 <= enroll_clips < min_clips:
         raise InputError("need 1 <= --enroll-clips < --min-clips, so each enrolled speaker has a test clip")
     by_speaker: dict[str, list[ManifestRow]] = {}
     for row in rows:
         by_speaker.setdefault(row.speaker, []).append(row)
-    ids: dict[str, str] = {}
+    splits: dict[str, Split] = {}
     for speaker, clips in by_speaker.items():
-        if len(clips) >= min_clips:
-            sid, n = f"{prefix}-{clean_id(speaker, MAX_ID - len(prefix) - 1)}", 1
-            while sid in ids.values():  # two names that clean to the same id
-                n += 1
-                sid = f"{prefix}-{clean_id(speaker, MAX_ID - len(prefix) - len(str(n)) - 2)}-{n}"
-            ids[speaker] = sid
-    plan = EvalPlan(prefix=prefix, ids=ids, enroll={}, trials=[])
+        usable = [c for c in clips if consistent(c)] if only_consistent else clips
+        split = (
+            other_sessions(usable, enroll_clips)
+            if by_session
+            else first_clips(usable, enroll_clips, min_clips)
+        )
+        if split:
+            splits[speaker] = split
+    held_out = held_out_speakers(list(splits), unknown_fraction, seed)
+    ids: dict[str, str] = {}
+    for speaker in splits:
+        if speaker in held_out:
+            continue
+        sid, n = f"{prefix}-{clean_id(speaker, MAX_ID - len(prefix) - 1)}", 1
+        while sid in ids.values():  # two names that clean to the same id
+            n += 1
+            sid = f"{prefix}-{clean_id(speaker, MAX_ID - len(prefix) - len(str(n)) - 2)}-{n}"
+        ids[speaker] = sid
+    plan = EvalPlan(
+        prefix=prefix, ids=ids, enroll={}, trials=[], held_out=[s for s in splits if s in held_out]
+    )
     for speaker, clips in by_speaker.items():
         if speaker in ids:
-            plan.enroll[speaker] = clips[:enroll_clips]
-            plan.trials += [Trial(c, "genuine", ids[speaker]) for c in clips[enroll_clips:]]
+            enroll, tests = splits[speaker]
+            plan.enroll[speaker] = enroll
+            plan.trials += [Trial(c, "genuine", ids[speaker]) for c in tests]
+            plan.unused += len(clips) - len(enroll) - len(tests)
         else:
             plan.trials += [Trial(c, "unknown", None) for c in clips]
     return plan
@@ -120,6 +214,11 @@ class TrialRecord:
     @property
     def ok(self) -> bool:
         return self.status == 200
+
+    @property
+    def refused(self) -> bool:
+        """The service answered, but not with a decision (e.g. 422: too little speech)."""
+        return self.status is not None and self.status != 200
 
 
 def audio_body(row: ManifestRow, resample: int | None) -> dict[str, Any]:
@@ -229,14 +328,8 @@ def delete_speakers(client: ServiceClient, speaker_ids: Sequence[str]) -> list[s
 # --- metrics from the answers (no HTTP: testable on synthetic records) ---------------------------
 
 
-def rate(successes: int, trials: int) -> dict[str, Any]:
-    low, high = metrics.wilson(successes, trials)
-    return {
-        "rate": successes / trials if trials else None,
-        "count": successes,
-        "of": trials,
-        "ci95": [low, high],
-    }
+def rate(count: int, of: int) -> dict[str, Any]:
+    return metrics.Rate(count, of).as_dict()
 
 
 @dataclass
@@ -254,6 +347,7 @@ class ScoreSets:
     pair_target_groups: list[str] = field(default_factory=list)
     pair_nontarget: list[float] = field(default_factory=list)
     pair_nontarget_groups: list[str] = field(default_factory=list)
+    wrong_top: list[float] = field(default_factory=list)  # best other enrolled speaker, genuine clips
     missing_own: int = 0  # genuine answers without a candidate for the right speaker
 
 
@@ -266,12 +360,13 @@ def score_sets(records: Sequence[TrialRecord], scoring: Scoring) -> ScoreSets:
         if not r.ok:
             continue
         scores = {str(c["speakerId"]): float(c[scoring]) for c in r.candidates if c.get(scoring) is not None}
-        for sid, value in scores.items():
-            if sid != r.expected:
-                sets.pair_nontarget.append(value)
-                sets.pair_nontarget_groups.append(r.speaker)
+        others = [value for sid, value in scores.items() if sid != r.expected]
+        sets.pair_nontarget += others
+        sets.pair_nontarget_groups += [r.speaker] * len(others)
         if r.kind == "genuine":
             sets.top1_trials += 1
+            if others:
+                sets.wrong_top.append(max(others))
             own = scores.get(r.expected or "")
             if own is None:
                 sets.missing_own += 1
@@ -290,7 +385,12 @@ def score_sets(records: Sequence[TrialRecord], scoring: Scoring) -> ScoreSets:
 
 
 def eer_entry(
-    target: list[float], t_groups: list[str], nontarget: list[float], n_groups: list[str], bootstrap: int
+    target: list[float],
+    t_groups: list[str],
+    nontarget: list[float],
+    n_groups: list[str],
+    bootstrap: int,
+    seed: int = 0,
 ) -> dict[str, Any]:
     entry: dict[str, Any] = {
         "eer": None,
@@ -302,12 +402,14 @@ def eer_entry(
         result = metrics.eer(target, nontarget)
         entry.update(eer=result.eer, threshold=result.threshold)
         if bootstrap > 0:
-            ci = metrics.bootstrap(target, t_groups, nontarget, n_groups, iterations=bootstrap)
+            ci = metrics.bootstrap(target, t_groups, nontarget, n_groups, iterations=bootstrap, seed=seed)
             entry["ci95"] = list(ci) if ci else None
     return entry
 
 
-def scoring_report(records: Sequence[TrialRecord], scoring: Scoring, bootstrap: int) -> dict[str, Any]:
+def scoring_report(
+    records: Sequence[TrialRecord], scoring: Scoring, bootstrap: int, seed: int = 0
+) -> dict[str, Any]:
     sets = score_sets(records, scoring)
     report: dict[str, Any] = {
         "closedSetTop1": rate(sets.top1_correct, sets.top1_trials),
@@ -317,6 +419,7 @@ def scoring_report(records: Sequence[TrialRecord], scoring: Scoring, bootstrap: 
             sets.open_nontarget,
             sets.open_nontarget_groups,
             bootstrap,
+            seed,
         ),
         "faAt5PercentFr": None,
         "pairwiseEer": eer_entry(
@@ -325,53 +428,117 @@ def scoring_report(records: Sequence[TrialRecord], scoring: Scoring, bootstrap: 
             sets.pair_nontarget,
             sets.pair_nontarget_groups,
             bootstrap,
+            seed,
         ),
         "genuineWithoutOwnCandidate": sets.missing_own,
     }
     if sets.open_target and sets.open_nontarget:
         fa = metrics.fa_at_fr(sets.open_target, sets.open_nontarget, 0.05)
         report["faAt5PercentFr"] = {
-            **rate(fa.false_accepts, fa.nontargets),
+            **fa.fa.as_dict(),
             "threshold": fa.threshold,
-            "falseRejects": fa.false_rejects,
-            "targets": fa.targets,
+            "falseRejects": fa.fr.as_dict(),
         }
     return report
 
 
 def decisions_report(records: Sequence[TrialRecord]) -> dict[str, Any]:
-    """The service's own answers at its default threshold: a named unknown voice, or a genuine clip
-    named as someone else, is a false accept; a genuine clip answered null is a false reject."""
-    answered = [r for r in records if r.ok]
-    genuine = [r for r in answered if r.kind == "genuine"]
-    unknown = [r for r in answered if r.kind == "unknown"]
-    fa_unknown = sum(r.speakerId is not None for r in unknown)
-    fa_wrong = sum(r.speakerId is not None and r.speakerId != r.expected for r in genuine)
-    rejects = sum(r.speakerId is None for r in genuine)
-    correct = sum(r.speakerId == r.expected for r in genuine)
+    """The service's own answers at its default threshold over every clip it answered, with a
+    decision or a refusal (counted as a reject): a named unknown voice, or a genuine clip named as
+    someone else, is a false accept; a genuine clip answered null or refused is a false reject."""
+    judged = [r for r in records if r.ok or r.refused]
+    genuine = [r for r in judged if r.kind == "genuine"]
+    unknown = [r for r in judged if r.kind == "unknown"]
+    named = [r for r in judged if r.ok and r.speakerId is not None]
+    fa_unknown = sum(r.kind == "unknown" for r in named)
+    fa_wrong = sum(r.kind == "genuine" and r.speakerId != r.expected for r in named)
+    correct = sum(r.kind == "genuine" and r.speakerId == r.expected for r in named)
     return {
-        "thresholds": sorted({r.threshold for r in answered if r.threshold is not None}),
-        "falseAccepts": rate(fa_unknown + fa_wrong, len(answered)),
+        "thresholds": sorted({r.threshold for r in judged if r.ok and r.threshold is not None}),
+        "falseAccepts": rate(fa_unknown + fa_wrong, len(judged)),
         "unknownNamed": rate(fa_unknown, len(unknown)),
         "genuineNamedWrong": rate(fa_wrong, len(genuine)),
-        "falseRejects": rate(rejects, len(genuine)),
+        "falseRejects": rate(sum(r.speakerId is None for r in genuine), len(genuine)),
         "genuineCorrect": rate(correct, len(genuine)),
+        "refusedGenuine": sum(r.refused for r in genuine),
+        "refusedUnknown": sum(r.refused for r in unknown),
     }
 
 
-def build_report(records: Sequence[TrialRecord], bootstrap: int = 1000) -> dict[str, Any]:
+def build_report(records: Sequence[TrialRecord], bootstrap: int = 1000, seed: int = 0) -> dict[str, Any]:
     failed = Counter(r.errorcode or f"http.{r.status}" for r in records if not r.ok)
+    refused = Counter(r.errorcode or f"http.{r.status}" for r in records if r.refused)
     return {
         "trials": {
             "sent": len(records),
             "answered": sum(r.ok for r in records),
+            "refused": sum(r.refused for r in records),
             "genuine": sum(r.ok and r.kind == "genuine" for r in records),
             "unknown": sum(r.ok and r.kind == "unknown" for r in records),
             "failedByCode": dict(failed.most_common()),
+            "refusedByCode": dict(refused.most_common()),
         },
-        **{scoring: scoring_report(records, scoring, bootstrap) for scoring in SCORINGS},
+        **{scoring: scoring_report(records, scoring, bootstrap, seed) for scoring in SCORINGS},
         "service": decisions_report(records),
     }
+
+
+# --- plots ---------------------------------------------------------------------------------------
+
+
+def plot_paths(json_path: Path | None, plots_dir: Path | None) -> tuple[Path, Path] | None:
+    """Where the DET and score plots go: `<stem>.det.png`, `<stem>.scores.png` in --plots DIR (stem:
+    the --json file's, else "evaluate") or next to the --json file; None when neither is given."""
+    if plots_dir is None and json_path is None:
+        return None
+    stem = json_path.stem if json_path else "evaluate"
+    folder = plots_dir if plots_dir is not None else (json_path or Path()).parent
+    return folder / f"{stem}.det.png", folder / f"{stem}.scores.png"
+
+
+def write_plots(
+    records: Sequence[TrialRecord], report: dict[str, Any], det_path: Path, scores_path: Path
+) -> list[Path]:
+    """The DET curves (open-set and pairwise, service score and cosine, the service's threshold
+    marked) and the service score's distributions (genuine: own speaker; unknown speaker: best
+    candidate; wrong speaker: best other candidate of a genuine clip) with its threshold. A DET plot
+    needs targets and non-targets; returns the files written."""
+    sets = {scoring: score_sets(records, scoring) for scoring in SCORINGS}
+    thresholds = report["service"]["thresholds"]
+    curves: dict[str, metrics.Det] = {}
+    labels: dict[Scoring, str] = {"score": "service score", "cosine": "cosine"}
+    for scoring, label in labels.items():
+        s = sets[scoring]
+        for kind, target, nontarget in (
+            ("open-set", s.open_target, s.open_nontarget),
+            ("pairwise", s.pair_target, s.pair_nontarget),
+        ):
+            if target and nontarget:
+                curves[f"{kind}, {label}"] = metrics.det_curve(target, nontarget)
+    written: list[Path] = []
+    for path in (det_path, scores_path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+    if curves:
+        score = sets["score"]
+        points = {
+            f"service threshold {t:.3g}": metrics.rates_at(score.open_target, score.open_nontarget, t)
+            for t in thresholds
+        }
+        written.append(metrics.plot_det(curves, det_path, points=points, title="speakerid evaluate: DET"))
+    written.append(
+        metrics.plot_score_histograms(
+            {
+                "genuine (own speaker)": sets["score"].open_target,
+                "unknown speaker (best candidate)": sets["score"].open_nontarget,
+                "wrong speaker (best other candidate)": sets["score"].wrong_top,
+            },
+            scores_path,
+            thresholds=thresholds,
+            title="speakerid evaluate: service scores",
+            xlabel="service score",
+        )
+    )
+    return written
 
 
 # --- printing ------------------------------------------------------------------------------------
@@ -395,6 +562,10 @@ def _eer_cell(entry: dict[str, Any]) -> str:
     if entry["eer"] is None:
         return "-"
     return f"{_pct(entry['eer'])}{_ci(entry.get('ci95'))} @ {entry['threshold']:.3f}"
+
+
+def _codes(counts: dict[str, int]) -> str:
+    return ", ".join(f"{code} {n}" for code, n in counts.items())
 
 
 def format_report(report: dict[str, Any], header: Sequence[str]) -> str:
@@ -422,21 +593,32 @@ def format_report(report: dict[str, Any], header: Sequence[str]) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
     lines = [*header, ""]
     lines += ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
+    lines.append("(scores: answered clips only)")
     service = report["service"]
-    named, wrong = service["unknownNamed"], service["genuineNamedWrong"]
     thresholds = ", ".join(f"{t:.3f}" for t in service["thresholds"]) or "-"
-    lines += [
-        "",
-        f"service decisions at its threshold ({thresholds}):",
-        f"  false accepts  {_rate_cell(service['falseAccepts'])} of answered clips: "
-        f"{named['count']}/{named['of']} unknown clips named, "
-        f"{wrong['count']}/{wrong['of']} genuine clips named wrong",
-        f"  false rejects  {_rate_cell(service['falseRejects'])} of genuine clips answered null",
-        f"  correct        {_rate_cell(service['genuineCorrect'])} of genuine clips named right",
+    decisions = [
+        ("false accepts", service["falseAccepts"], "of judged clips: unknown named or genuine named wrong"),
+        ("unknown named", service["unknownNamed"], "of unknown-speaker clips"),
+        ("misidentified", service["genuineNamedWrong"], "of genuine clips named as another speaker"),
+        ("false rejects", service["falseRejects"], "of genuine clips answered null or refused"),
+        ("correct", service["genuineCorrect"], "of genuine clips named right"),
     ]
-    failed = report["trials"]["failedByCode"]
-    if failed:
-        lines.append("identify trials without an answer: " + ", ".join(f"{c} {n}" for c, n in failed.items()))
+    cells = [_rate_cell(entry) for _, entry, _ in decisions]
+    width = max(len(c) for c in cells)
+    lines += ["", f"service decisions at its threshold ({thresholds}), a refused clip counted as a reject:"]
+    lines += [
+        f"  {name:<14} {cell:<{width}}  {what}"
+        for (name, _, what), cell in zip(decisions, cells, strict=True)
+    ]
+    trials = report["trials"]
+    if trials["refused"]:
+        lines.append(
+            f"identify refused {trials['refused']} clips, counted as rejects ({service['refusedGenuine']} "
+            f"genuine, {service['refusedUnknown']} unknown): {_codes(trials['refusedByCode'])}"
+        )
+    unanswered = Counter(trials["failedByCode"]) - Counter(trials["refusedByCode"])
+    if unanswered:
+        lines.append(f"identify trials without an answer (left out): {_codes(dict(unanswered))}")
     if missing := score["genuineWithoutOwnCandidate"]:
         lines.append(f"genuine answers lacking their own speaker among the candidates: {missing}")
     lines.append("intervals: 95 % Wilson for rates, bootstrap over speakers for EERs")
@@ -470,6 +652,32 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--concurrency", type=int, default=4, help="requests at once (default 4)")
     p.add_argument(
         "--bootstrap", type=int, default=1000, help="bootstrap resamples for EER intervals; 0 = off"
+    )
+    p.add_argument(
+        "--plots",
+        type=Path,
+        metavar="DIR",
+        help="write the DET and score PNGs here (default: next to --json; none without either)",
+    )
+    p.add_argument(
+        "--by-session",
+        action="store_true",
+        help="enroll from some sessions, test on others (needs a session column)",
+    )
+    p.add_argument(
+        "--unknown-fraction",
+        type=float,
+        default=0.0,
+        metavar="F",
+        help="hold out this share of the enrollable speakers as unknown speakers (default 0)",
+    )
+    p.add_argument(
+        "--seed", type=int, default=0, help="seed of the --unknown-fraction split and the bootstrap"
+    )
+    p.add_argument(
+        "--only-consistent",
+        action="store_true",
+        help="enroll and test genuine trials only on rows with consistent=1",
     )
     p.add_argument("--keep", action="store_true", help="do not delete the run's speakers at the end")
     p.set_defaults(run=cmd_evaluate)
@@ -533,15 +741,53 @@ def run_eval(
     return run
 
 
+def run_header(args: argparse.Namespace, plan: EvalPlan, run: EvalRun) -> list[str]:
+    """What was enrolled on what, and who the unknown speakers are."""
+    refused = Counter(r.errorcode for r in run.enrolled if not r.accepted)
+    audio = f"resampled to {args.resample} Hz FLAC" if args.resample else "FLAC at each clip's own rate"
+    if args.by_session:
+        protocol = f"by session: up to {args.enroll_clips} clips from earlier sessions, tests from others"
+    else:
+        protocol = f"first {args.enroll_clips} clips of speakers with >= {args.min_clips}"
+    if args.only_consistent:
+        protocol += "; consistent=1 rows only for enrollment and genuine trials"
+    unknown = {t.clip.speaker for t in plan.trials if t.kind == "unknown"}
+    header = [
+        f"manifest: {args.manifest}; audio: {audio}",
+        f"protocol: {protocol}",
+        f"enrolled {len(run.active)} speakers as {plan.prefix}-* on "
+        f"{sum(r.accepted for r in run.enrolled)} clips"
+        + (f"; enrollment clips refused: {dict(refused)}" if refused else ""),
+        f"unknown speakers: {len(unknown)} ({len(plan.held_out)} enrollable ones held out by "
+        f"--unknown-fraction {args.unknown_fraction:g} --seed {args.seed}, "
+        f"{len(unknown) - len(plan.held_out)} not enrollable)",
+    ]
+    if plan.unused:
+        header.append(f"clips of enrolled speakers neither enrolled nor tested: {plan.unused}")
+    if run.dropped:
+        header.append(f"no enrollment clip accepted (their clips left out): {', '.join(run.dropped)}")
+    return header
+
+
 def cmd_evaluate(args: argparse.Namespace, _settings: object = None) -> int:
     """Exit status 0 with a report, 1 when no trial was answered, 2 when the run could not start."""
     prefix = f"eval-{secrets.token_hex(4)}"
     try:
         if args.resample is not None and args.resample <= 0:
             raise InputError("--resample must be a positive rate in Hz")
-        plan = plan_eval(read_manifest(args.manifest), prefix, args.enroll_clips, args.min_clips)
+        plan = plan_eval(
+            read_manifest(args.manifest),
+            prefix,
+            args.enroll_clips,
+            args.min_clips,
+            by_session=args.by_session,
+            unknown_fraction=args.unknown_fraction,
+            seed=args.seed,
+            only_consistent=args.only_consistent,
+        )
         if not plan.ids:
-            raise InputError(f"no speaker has {args.min_clips} clips in {args.manifest}")
+            need = "clips from two sessions" if args.by_session else f"{args.min_clips} clips"
+            raise InputError(f"no speaker to enroll: none has {need} in {args.manifest}")
         client = connect(args)
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -553,17 +799,8 @@ def cmd_evaluate(args: argparse.Namespace, _settings: object = None) -> int:
         except FatalHttpError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
-    report = build_report(run.trials, args.bootstrap)
-    refused = Counter(r.errorcode for r in run.enrolled if not r.accepted)
-    audio = f"resampled to {args.resample} Hz FLAC" if args.resample else "FLAC at each clip's own rate"
-    header = [
-        f"manifest: {args.manifest}; audio: {audio}",
-        f"enrolled {len(run.active)} speakers as {prefix}-* on {sum(r.accepted for r in run.enrolled)} clips"
-        + (f"; enrollment clips refused: {dict(refused)}" if refused else ""),
-    ]
-    if run.dropped:
-        header.append(f"no enrollment clip accepted (their clips left out): {', '.join(run.dropped)}")
-    print(format_report(report, header))
+    report = build_report(run.trials, args.bootstrap, args.seed)
+    print(format_report(report, run_header(args, plan, run)))
     if run.not_deleted:
         print(f"warning: could not delete {', '.join(run.not_deleted)}", file=sys.stderr)
     if args.json:
@@ -575,6 +812,12 @@ def cmd_evaluate(args: argparse.Namespace, _settings: object = None) -> int:
                 "resample": args.resample,
                 "enrollClips": args.enroll_clips,
                 "minClips": args.min_clips,
+                "bySession": args.by_session,
+                "unknownFraction": args.unknown_fraction,
+                "seed": args.seed,
+                "onlyConsistent": args.only_consistent,
+                "heldOut": plan.held_out,
+                "unusedClips": plan.unused,
                 "started": started,
                 "speakers": plan.ids,
                 "droppedSpeakers": run.dropped,
@@ -585,4 +828,7 @@ def cmd_evaluate(args: argparse.Namespace, _settings: object = None) -> int:
             "trials": [asdict(r) for r in run.trials],
         }
         args.json.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+    if paths := plot_paths(args.json, args.plots):
+        written = write_plots(run.trials, report, *paths)
+        print("plots: " + ", ".join(str(p) for p in written))
     return 0 if report["trials"]["answered"] else 1
