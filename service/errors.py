@@ -34,7 +34,10 @@ class BadRequest(ServiceError):
 
 class InvalidSpeakerId(BadRequest):
     code = "request.InvalidSpeakerId"
-    default_message = "speakerId must be 1 to 128 characters of [A-Za-z0-9_.-]"
+    default_message = (
+        "speakerId must be 1 to 128 characters of [A-Za-z0-9_.-], not dots alone ('.' and '..' are "
+        "path segments in a URL)"
+    )
 
 
 class PayloadTooLarge(ServiceError):

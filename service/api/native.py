@@ -11,7 +11,7 @@ from pydantic import ValidationError
 from service.api.convert import audio_input, encoding_for, status_out
 from service.api.deps import ServicesDep, TenantDep, run_blocking
 from service.api.schemas import (
-    SPEAKER_ID_PATTERN,
+    SPEAKER_ID_RULE,
     CandidateOut,
     EnrollmentStatusOut,
     EnrollRequest,
@@ -25,7 +25,7 @@ from service.api.schemas import (
 from service.audio.frontend import AudioInput
 from service.errors import BadRequest, EmptyAudio, UnsupportedMediaType
 
-PathSpeakerId = Annotated[str, Path(pattern=SPEAKER_ID_PATTERN, description="1-128 of [A-Za-z0-9_.-]")]
+PathSpeakerId = Annotated[str, Path(**SPEAKER_ID_RULE)]
 ERRORS: dict[int | str, dict[str, object]] = {
     code: {"model": ErrorBody} for code in (400, 401, 404, 409, 413, 415, 422, 429, 503)
 }
