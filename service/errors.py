@@ -9,6 +9,15 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+SHOWN_CHARS = 40
+
+
+def shown(value: object, limit: int = SHOWN_CHARS) -> str:
+    """A client's value as an error message may quote it: printable characters only, at most
+    `limit` of them (a 100 KB "encoding" comes back as its first few characters and "...")."""
+    text = "".join(c for c in str(value)[: limit * 4] if c.isprintable())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
 
 class ServiceError(Exception):
     """Base class: `code` is stable and machine-readable, `message` is for humans."""

@@ -7,13 +7,15 @@ DeepAffects-compatible routes and as ``{"error": {"code", "message"}}`` on the n
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from service.errors import BadRequest, InvalidSpeakerId, ServiceError
+from service.errors import BadRequest, InvalidSpeakerId, ServiceError, shown
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +36,15 @@ def render_error(request: Request, exc: ServiceError) -> JSONResponse:
     return render(request, exc.status, exc.code, exc.message, exc.headers)
 
 
+def validation_summary(errors: Sequence[Any]) -> str:
+    """What was wrong with a request body, briefly, quoting none of the client's values."""
+    parts = []
+    for e in errors[:5]:
+        where = ".".join(str(x) for x in e.get("loc", ()) if x != "body") or "body"
+        parts.append(f"{shown(where)}: {shown(e.get('msg', 'invalid'), 120)}")
+    return "; ".join(parts)
+
+
 async def _service_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ServiceError)
     if exc.status >= 500:
@@ -46,18 +57,14 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     errors = exc.errors()
     if any("speakerId" in map(str, e.get("loc", ())) for e in errors):
         return render_error(request, InvalidSpeakerId())
-    parts = []
-    for e in errors[:5]:
-        where = ".".join(str(x) for x in e.get("loc", ()) if x != "body") or "body"
-        parts.append(f"{where}: {e.get('msg', 'invalid')}")
-    return render_error(request, BadRequest("Invalid request: " + "; ".join(parts)))
+    return render_error(request, BadRequest("Invalid request: " + validation_summary(errors)))
 
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     codes = {404: "request.NotFound", 405: "request.MethodNotAllowed"}
     code = codes.get(exc.status_code, "request.Invalid" if exc.status_code < 500 else "service.Error")
-    return render(request, exc.status_code, code, str(exc.detail), dict(exc.headers or {}))
+    return render(request, exc.status_code, code, shown(exc.detail, 200), dict(exc.headers or {}))
 
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
