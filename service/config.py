@@ -93,6 +93,14 @@ class IndexSettings(BaseModel):
     )
 
 
+class HttpSettings(BaseModel):
+    header_timeout_s: float = Field(
+        10.0, gt=0, description="a connection whose request headers are not complete by then is closed (408)"
+    )
+    body_idle_timeout_s: float = Field(30.0, gt=0, description="408 when the body stops coming this long")
+    body_timeout_s: float = Field(60.0, gt=0, description="408 when the whole body takes longer")
+
+
 class AuthSettings(BaseModel):
     rate_limit_per_minute: int = Field(600, description="requests per key per minute; 0 = off")
 
@@ -128,6 +136,7 @@ class Settings(BaseSettings):
     enrollment: EnrollmentSettings = EnrollmentSettings()
     identify: IdentifySettings = IdentifySettings()
     auth: AuthSettings = AuthSettings()
+    http: HttpSettings = HttpSettings()
     batching: BatchingSettings = BatchingSettings()
     index: IndexSettings = IndexSettings()
 

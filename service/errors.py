@@ -49,6 +49,12 @@ class InvalidSpeakerId(BadRequest):
     )
 
 
+class RequestTimeout(ServiceError):
+    code = "request.Timeout"
+    status = 408
+    default_message = "The request was not received in time"
+
+
 class PayloadTooLarge(ServiceError):
     code = "request.PayloadTooLarge"
     status = 413

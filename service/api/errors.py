@@ -14,6 +14,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Receive, Scope, Send
 
 from service.errors import BadRequest, InvalidSpeakerId, ServiceError, shown
 
@@ -22,18 +23,26 @@ log = logging.getLogger(__name__)
 COMPAT_PREFIX = "/audio/generic/api"
 
 
+def error_body(path: str, code: str, message: str) -> dict[str, object]:
+    """The error shape of the route family that `path` belongs to."""
+    if path.startswith(COMPAT_PREFIX):
+        return {"fault": {"faultstring": message, "detail": {"errorcode": code}}}
+    return {"error": {"code": code, "message": message}}
+
+
 def render(
     request: Request, status: int, code: str, message: str, headers: dict[str, str] | None = None
 ) -> JSONResponse:
-    if request.url.path.startswith(COMPAT_PREFIX):
-        body: dict[str, object] = {"fault": {"faultstring": message, "detail": {"errorcode": code}}}
-    else:
-        body = {"error": {"code": code, "message": message}}
-    return JSONResponse(body, status_code=status, headers=headers)
+    return JSONResponse(error_body(request.url.path, code, message), status_code=status, headers=headers)
 
 
 def render_error(request: Request, exc: ServiceError) -> JSONResponse:
     return render(request, exc.status, exc.code, exc.message, exc.headers)
+
+
+async def send_error(scope: Scope, receive: Receive, send: Send, exc: ServiceError) -> None:
+    """Answer with `exc` from ASGI middleware, outside the app's exception handlers."""
+    await render_error(Request(scope), exc)(scope, receive, send)
 
 
 def validation_summary(errors: Sequence[Any]) -> str:
@@ -69,7 +78,10 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error", extra={"path": request.url.path})
-    return render(request, 500, "service.Error", "Internal error")
+    # Rendered outside every middleware (Starlette's outermost layer): the headers that
+    # `SecurityHeaders` adds elsewhere are set here.
+    headers = {"X-Content-Type-Options": "nosniff", "Cache-Control": "no-store"}
+    return render(request, 500, "service.Error", "Internal error", headers)
 
 
 def install(app: FastAPI) -> None:

@@ -1,15 +1,47 @@
-"""What the service shows to anyone who asks: error bodies that must not carry internals or echo
-what a client sent."""
+"""What the service shows to anyone who asks: response headers, and error bodies that must not
+carry internals or echo what a client sent."""
 
 from __future__ import annotations
+
+from collections.abc import Iterator
 
 import httpx
 import pytest
 
-from tests.conftest import b64, flac_body, needs_speech
+from tests.conftest import LiveServer, b64, flac_body, needs_speech
 
 ENROLL = "/audio/generic/api/v1/sync/diarization/enroll"
 CLIP = "librispeech/test-other/367/367-130732-0002.flac"
+
+
+# --- headers -------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def anonymous(live: LiveServer) -> Iterator[httpx.Client]:
+    with live.client() as c:
+        yield c
+
+
+@needs_speech
+@pytest.mark.model
+def test_every_answer_says_nosniff_and_names_no_server(client: httpx.Client, anonymous: httpx.Client) -> None:
+    answers = {
+        "enroll": client.post(ENROLL, json=flac_body(CLIP, "headers")),
+        "list": client.get("/v1/speakers"),
+        "no key": anonymous.get("/v1/speakers"),
+        "unknown speaker": client.get("/v1/speakers/nobody"),
+        "bad json": client.post("/v1/identify", content=b"{", headers={"Content-Type": "application/json"}),
+        "no route": client.get("/nowhere"),
+        "health": anonymous.get("/healthz"),
+        "docs": anonymous.get("/docs"),
+        "openapi": anonymous.get("/openapi.json"),
+    }
+    for name, answer in answers.items():
+        assert answer.headers.get("x-content-type-options") == "nosniff", name
+        assert "server" not in answer.headers, (name, answer.headers.get("server"))
+    for name in ("enroll", "list", "no key", "unknown speaker", "bad json"):
+        assert answers[name].headers.get("cache-control") == "no-store", name
 
 
 # --- error bodies --------------------------------------------------------------------------------
