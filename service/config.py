@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from service import calibration as cal
@@ -128,6 +128,10 @@ class Settings(BaseSettings):
     port: int = 8000
     log_level: str = "INFO"
     index_poll_seconds: float = Field(0.5, description="how often the index follows the change log")
+    metrics_token: SecretStr | None = Field(
+        None,
+        description="/metrics needs `Authorization: Bearer` with it; unset, /metrics answers loopback only",
+    )
     heap_trim_seconds: float = Field(
         10.0, ge=0, description="how often freed heap memory is handed back to the OS; 0 = never"
     )

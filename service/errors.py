@@ -76,6 +76,12 @@ class Unauthorized(ServiceError):
     default_message = "Missing or invalid API key"
 
 
+class Forbidden(ServiceError):
+    code = "auth.Forbidden"
+    status = 403
+    default_message = "Not allowed from this client"
+
+
 class RateLimited(ServiceError):
     code = "request.RateLimited"
     status = 429

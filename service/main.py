@@ -11,7 +11,7 @@ import numpy as np
 from fastapi import FastAPI
 
 from service import __version__, logs, memory, metrics
-from service.api import compat, errors, health, native
+from service.api import compat, docs, errors, health, native
 from service.api.deps import KeyRateLimiter, Services, run_blocking
 from service.api.middleware import BodyLimit, Metrics, SecurityHeaders
 from service.audio.frontend import AudioFrontEnd
@@ -183,8 +183,12 @@ def create_app(settings: Settings | None = None, *, embedder: Embedder | None = 
         version=__version__,
         description="DeepAffects-compatible speaker enroll / delete / identify, plus a native /v1 API.",
         lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
     )
+    app.state.settings = settings
     errors.install(app)
+    docs.install(app)
     app.include_router(health.api)
     app.include_router(compat.router("v1"))
     app.include_router(compat.router("v2"))
@@ -197,7 +201,7 @@ def create_app(settings: Settings | None = None, *, embedder: Embedder | None = 
         total_timeout_s=settings.http.body_timeout_s,
     )
     app.add_middleware(Metrics)
-    app.add_middleware(SecurityHeaders)
+    app.add_middleware(SecurityHeaders, cacheable=(docs.ASSETS,))
     return app
 
 

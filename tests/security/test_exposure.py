@@ -1,17 +1,87 @@
-"""What the service shows to anyone who asks: response headers, and error bodies that must not
-carry internals or echo what a client sent."""
+"""What the service shows to anyone who asks: metrics, the API docs, response headers, and error
+bodies that must not carry internals or echo what a client sent."""
 
 from __future__ import annotations
 
+import contextlib
+import re
 from collections.abc import Iterator
 
 import httpx
 import pytest
+from starlette.testclient import TestClient
 
+from service.config import Settings
+from service.main import create_app
 from tests.conftest import LiveServer, b64, flac_body, needs_speech
 
 ENROLL = "/audio/generic/api/v1/sync/diarization/enroll"
 CLIP = "librispeech/test-other/367/367-130732-0002.flac"
+TOKEN = "metrics-token-0123456789"
+
+
+@contextlib.contextmanager
+def app_client(settings: Settings, client_host: str = "127.0.0.1") -> Iterator[httpx.Client]:
+    """The app in process, as seen from `client_host`, without its start-up (the routes here need
+    no model or database: TestClient runs the lifespan only when entered)."""
+    client = TestClient(create_app(settings), client=(client_host, 40000))
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+# --- /metrics ------------------------------------------------------------------------------------
+
+
+def test_metrics_without_a_token_answer_loopback_only() -> None:
+    with app_client(Settings()) as local:
+        assert local.get("/metrics").status_code == 200
+    with app_client(Settings(), "203.0.113.7") as remote:
+        refused = remote.get("/metrics")
+    assert refused.status_code == 403
+    assert refused.json()["error"]["code"] == "auth.Forbidden"
+    assert "speakerid_" not in refused.text
+
+
+def test_metrics_with_a_token_need_it_from_everywhere() -> None:
+    settings = Settings(metrics_token=TOKEN)
+    for host in ("127.0.0.1", "203.0.113.7"):
+        with app_client(settings, host) as client:
+            assert client.get("/metrics").status_code == 401
+            assert client.get("/metrics", headers={"Authorization": "Bearer wrong"}).status_code == 401
+            assert client.get("/metrics", params={"token": TOKEN}).status_code == 401
+            allowed = client.get("/metrics", headers={"Authorization": f"Bearer {TOKEN}"})
+            assert allowed.status_code == 200
+            assert "speakerid_requests_total" in allowed.text
+
+
+def test_metrics_leave_out_the_python_and_platform_details() -> None:
+    with app_client(Settings()) as local:
+        text = local.get("/metrics").text
+    assert "python_info" not in text
+    assert "python_gc" not in text
+    assert "platform" not in text.lower()
+
+
+# --- /docs ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("page", ["/docs", "/redoc"])
+def test_docs_load_nothing_from_other_hosts(page: str) -> None:
+    with app_client(Settings()) as client:
+        html = client.get(page)
+        if page == "/redoc" and html.status_code == 404:
+            return  # no page at all is fine too
+        assert html.status_code == 200
+        assert not re.search(r"https?://", html.text), re.findall(r"https?://[^\s\"']+", html.text)
+        assets = re.findall(r"""(?:src|href|url)\s*[=:(]\s*['"]([^'"]+)['"]""", html.text)
+        assets = [a for a in assets if not a.startswith(("#", "data:"))]
+        assert any(a.endswith(".js") for a in assets), assets
+        for asset in assets:
+            answer = client.get(asset)
+            assert answer.status_code == 200, asset
+            assert answer.content
 
 
 # --- headers -------------------------------------------------------------------------------------
