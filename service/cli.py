@@ -26,20 +26,21 @@ def _store(settings: Settings) -> SqlStore:
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
+    from service.api.serving import uvicorn_config
     from service.embedding import weights
     from service.main import configure_logging, create_app
 
     _store(settings).engine.dispose()  # fail fast, with the fix in the message, before serving
     weights.resolve(settings.model_dir, settings.model_sha256)
     configure_logging(settings)
-    uvicorn.run(
+    config = uvicorn_config(
         create_app(settings),
+        settings,
         host=args.host or settings.host,
         port=args.port or settings.port,
-        access_log=False,
-        log_config=None,
         timeout_graceful_shutdown=10,
     )
+    uvicorn.Server(config).run()
     return 0
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from service import calibration as cal
@@ -93,6 +93,14 @@ class IndexSettings(BaseModel):
     )
 
 
+class HttpSettings(BaseModel):
+    header_timeout_s: float = Field(
+        10.0, gt=0, description="a connection whose request headers are not complete by then is closed (408)"
+    )
+    body_idle_timeout_s: float = Field(30.0, gt=0, description="408 when the body stops coming this long")
+    body_timeout_s: float = Field(60.0, gt=0, description="408 when the whole body takes longer")
+
+
 class AuthSettings(BaseModel):
     rate_limit_per_minute: int = Field(600, description="requests per key per minute; 0 = off")
 
@@ -120,6 +128,10 @@ class Settings(BaseSettings):
     port: int = 8000
     log_level: str = "INFO"
     index_poll_seconds: float = Field(0.5, description="how often the index follows the change log")
+    metrics_token: SecretStr | None = Field(
+        None,
+        description="/metrics needs `Authorization: Bearer` with it; unset, /metrics answers loopback only",
+    )
     heap_trim_seconds: float = Field(
         10.0, ge=0, description="how often freed heap memory is handed back to the OS; 0 = never"
     )
@@ -128,6 +140,7 @@ class Settings(BaseSettings):
     enrollment: EnrollmentSettings = EnrollmentSettings()
     identify: IdentifySettings = IdentifySettings()
     auth: AuthSettings = AuthSettings()
+    http: HttpSettings = HttpSettings()
     batching: BatchingSettings = BatchingSettings()
     index: IndexSettings = IndexSettings()
 

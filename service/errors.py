@@ -9,6 +9,15 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+SHOWN_CHARS = 40
+
+
+def shown(value: object, limit: int = SHOWN_CHARS) -> str:
+    """A client's value as an error message may quote it: printable characters only, at most
+    `limit` of them (a 100 KB "encoding" comes back as its first few characters and "...")."""
+    text = "".join(c for c in str(value)[: limit * 4] if c.isprintable())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
 
 class ServiceError(Exception):
     """Base class: `code` is stable and machine-readable, `message` is for humans."""
@@ -34,7 +43,16 @@ class BadRequest(ServiceError):
 
 class InvalidSpeakerId(BadRequest):
     code = "request.InvalidSpeakerId"
-    default_message = "speakerId must be 1 to 128 characters of [A-Za-z0-9_.-]"
+    default_message = (
+        "speakerId must be 1 to 128 characters of [A-Za-z0-9_.-], not dots alone ('.' and '..' are "
+        "path segments in a URL)"
+    )
+
+
+class RequestTimeout(ServiceError):
+    code = "request.Timeout"
+    status = 408
+    default_message = "The request was not received in time"
 
 
 class PayloadTooLarge(ServiceError):
@@ -56,6 +74,12 @@ class Unauthorized(ServiceError):
     code = "auth.InvalidKey"
     status = 401
     default_message = "Missing or invalid API key"
+
+
+class Forbidden(ServiceError):
+    code = "auth.Forbidden"
+    status = 403
+    default_message = "Not allowed from this client"
 
 
 class RateLimited(ServiceError):

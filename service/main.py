@@ -11,9 +11,9 @@ import numpy as np
 from fastapi import FastAPI
 
 from service import __version__, logs, memory, metrics
-from service.api import compat, errors, health, native
+from service.api import compat, docs, errors, health, native
 from service.api.deps import KeyRateLimiter, Services, run_blocking
-from service.api.middleware import BodyLimit, Metrics
+from service.api.middleware import BodyLimit, Metrics, SecurityHeaders
 from service.audio.frontend import AudioFrontEnd
 from service.audio.pipeline import QualityLimits
 from service.config import Settings
@@ -183,14 +183,25 @@ def create_app(settings: Settings | None = None, *, embedder: Embedder | None = 
         version=__version__,
         description="DeepAffects-compatible speaker enroll / delete / identify, plus a native /v1 API.",
         lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
     )
+    app.state.settings = settings
     errors.install(app)
+    docs.install(app)
     app.include_router(health.api)
     app.include_router(compat.router("v1"))
     app.include_router(compat.router("v2"))
     app.include_router(native.api)
+    # Outermost last: headers go on every answer, the metrics count refused bodies too.
+    app.add_middleware(
+        BodyLimit,
+        max_bytes=settings.audio.max_request_bytes,
+        idle_timeout_s=settings.http.body_idle_timeout_s,
+        total_timeout_s=settings.http.body_timeout_s,
+    )
     app.add_middleware(Metrics)
-    app.add_middleware(BodyLimit, max_bytes=settings.audio.max_request_bytes)
+    app.add_middleware(SecurityHeaders, cacheable=(docs.ASSETS,))
     return app
 
 

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
-from prometheus_client import Gauge, Histogram
+from prometheus_client import GC_COLLECTOR, PLATFORM_COLLECTOR, REGISTRY, Gauge, Histogram, generate_latest
+
+# The default registry also describes the interpreter (python_info: version and implementation)
+# and its garbage collector: nothing an operator needs, something an attacker may.
+for _collector in (PLATFORM_COLLECTOR, GC_COLLECTOR):
+    with contextlib.suppress(KeyError):
+        REGISTRY.unregister(_collector)
 
 EMBED_SECONDS = Histogram(
     "speakerid_embedding_seconds",
@@ -19,6 +26,11 @@ EMBED_BATCH = Histogram(
 )
 INDEX_SPEAKERS = Gauge("speakerid_index_speakers", "Speakers in this process's index")
 QUEUE_DEPTH = Gauge("speakerid_batcher_queue_depth", "Waveforms waiting for the model (GPU batcher)")
+
+
+def exposition() -> bytes:
+    """What /metrics serves: every metric of the process's registry, in Prometheus' text format."""
+    return generate_latest(REGISTRY)
 
 
 def timed_embed_batch(

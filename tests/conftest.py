@@ -17,6 +17,7 @@ import pytest
 import uvicorn
 from sqlalchemy import Engine
 
+from service.api.serving import uvicorn_config
 from service.config import Settings
 from service.embedding import weights
 from service.embedding.ecapa import EcapaEmbedder, configure_threads
@@ -91,7 +92,7 @@ class LiveServer:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(("127.0.0.1", 0))
         self.url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-        config = uvicorn.Config(self.app, log_config=None, access_log=False, lifespan="on")
+        config = uvicorn_config(self.app, self.settings, lifespan="on")
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]}, daemon=True)
         self._thread.start()

@@ -7,31 +7,51 @@ DeepAffects-compatible routes and as ``{"error": {"code", "message"}}`` on the n
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Receive, Scope, Send
 
-from service.errors import BadRequest, InvalidSpeakerId, ServiceError
+from service.errors import BadRequest, InvalidSpeakerId, ServiceError, shown
 
 log = logging.getLogger(__name__)
 
 COMPAT_PREFIX = "/audio/generic/api"
 
 
+def error_body(path: str, code: str, message: str) -> dict[str, object]:
+    """The error shape of the route family that `path` belongs to."""
+    if path.startswith(COMPAT_PREFIX):
+        return {"fault": {"faultstring": message, "detail": {"errorcode": code}}}
+    return {"error": {"code": code, "message": message}}
+
+
 def render(
     request: Request, status: int, code: str, message: str, headers: dict[str, str] | None = None
 ) -> JSONResponse:
-    if request.url.path.startswith(COMPAT_PREFIX):
-        body: dict[str, object] = {"fault": {"faultstring": message, "detail": {"errorcode": code}}}
-    else:
-        body = {"error": {"code": code, "message": message}}
-    return JSONResponse(body, status_code=status, headers=headers)
+    return JSONResponse(error_body(request.url.path, code, message), status_code=status, headers=headers)
 
 
 def render_error(request: Request, exc: ServiceError) -> JSONResponse:
     return render(request, exc.status, exc.code, exc.message, exc.headers)
+
+
+async def send_error(scope: Scope, receive: Receive, send: Send, exc: ServiceError) -> None:
+    """Answer with `exc` from ASGI middleware, outside the app's exception handlers."""
+    await render_error(Request(scope), exc)(scope, receive, send)
+
+
+def validation_summary(errors: Sequence[Any]) -> str:
+    """What was wrong with a request body, briefly, quoting none of the client's values."""
+    parts = []
+    for e in errors[:5]:
+        where = ".".join(str(x) for x in e.get("loc", ()) if x != "body") or "body"
+        parts.append(f"{shown(where)}: {shown(e.get('msg', 'invalid'), 120)}")
+    return "; ".join(parts)
 
 
 async def _service_error(request: Request, exc: Exception) -> JSONResponse:
@@ -46,23 +66,22 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     errors = exc.errors()
     if any("speakerId" in map(str, e.get("loc", ())) for e in errors):
         return render_error(request, InvalidSpeakerId())
-    parts = []
-    for e in errors[:5]:
-        where = ".".join(str(x) for x in e.get("loc", ()) if x != "body") or "body"
-        parts.append(f"{where}: {e.get('msg', 'invalid')}")
-    return render_error(request, BadRequest("Invalid request: " + "; ".join(parts)))
+    return render_error(request, BadRequest("Invalid request: " + validation_summary(errors)))
 
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     codes = {404: "request.NotFound", 405: "request.MethodNotAllowed"}
     code = codes.get(exc.status_code, "request.Invalid" if exc.status_code < 500 else "service.Error")
-    return render(request, exc.status_code, code, str(exc.detail), dict(exc.headers or {}))
+    return render(request, exc.status_code, code, shown(exc.detail, 200), dict(exc.headers or {}))
 
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error", extra={"path": request.url.path})
-    return render(request, 500, "service.Error", "Internal error")
+    # Rendered outside every middleware (Starlette's outermost layer): the headers that
+    # `SecurityHeaders` adds elsewhere are set here.
+    headers = {"X-Content-Type-Options": "nosniff", "Cache-Control": "no-store"}
+    return render(request, 500, "service.Error", "Internal error", headers)
 
 
 def install(app: FastAPI) -> None:

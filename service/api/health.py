@@ -1,13 +1,19 @@
-"""Health, readiness and Prometheus metrics: no API key needed."""
+"""Health, readiness and Prometheus metrics: no API key needed (metrics: see `metrics`)."""
 
 from __future__ import annotations
 
+import hmac
+import ipaddress
+
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
+from service import metrics as exported
 from service.api.deps import run_blocking
 from service.api.schemas import Health
+from service.config import Settings
+from service.errors import Forbidden, Unauthorized
 
 api = APIRouter(tags=["health"])
 
@@ -34,5 +40,22 @@ async def readyz(request: Request) -> JSONResponse:
 
 
 @api.get("/metrics", response_class=Response)
-async def metrics() -> Response:
-    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+async def metrics(request: Request) -> Response:
+    """Prometheus metrics. They show activity across all tenants: with SPK_METRICS_TOKEN set they
+    need `Authorization: Bearer <token>`; without it they answer loopback clients only."""
+    settings: Settings = request.app.state.settings
+    if settings.metrics_token is not None:
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        expected = settings.metrics_token.get_secret_value()
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), expected.encode()):
+            raise Unauthorized("/metrics needs Authorization: Bearer with the metrics token")
+    elif not _loopback(request.client.host if request.client else None):
+        raise Forbidden("/metrics answers loopback clients only unless SPK_METRICS_TOKEN is set")
+    return Response(exported.exposition(), media_type=CONTENT_TYPE_LATEST)
+
+
+def _loopback(host: str | None) -> bool:
+    try:
+        return host is not None and ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

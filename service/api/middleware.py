@@ -1,16 +1,16 @@
-"""ASGI middleware: body size limit (refused before the body is read whole) and request metrics."""
+"""ASGI middleware: limits on the request body, security headers, request metrics."""
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 
+import anyio
 from prometheus_client import Counter, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.api.errors import COMPAT_PREFIX
-from service.errors import PayloadTooLarge
+from service.api.errors import send_error
+from service.errors import PayloadTooLarge, RequestTimeout, ServiceError
 
 log = logging.getLogger("service.access")
 
@@ -21,58 +21,97 @@ LATENCY = Histogram(
     ["method", "route"],
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
+# The refused request's body is left unread: the connection cannot carry another request.
+CLOSE = {"Connection": "close"}
+HEADERS = ((b"x-content-type-options", b"nosniff"), (b"cache-control", b"no-store"))
 
 
 class BodyLimit:
-    """413 for a declared Content-Length over the limit, or once a streamed body passes it."""
+    """Read the request body before the app, within limits of size and time.
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    413 for a declared Content-Length over `max_bytes` (before reading any of it) or once a body
+    without one (chunked) passes it; 408 when the body stops coming for `idle_timeout_s` or takes
+    longer than `total_timeout_s` in all, so a client that sends half a request cannot hold a
+    connection and a worker. The app then reads the same messages, as they came.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int, idle_timeout_s: float, total_timeout_s: float) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.idle_timeout_s = idle_timeout_s
+        self.total_timeout_s = total_timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         declared = dict(scope.get("headers", [])).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await self._refuse(scope, send)
+        try:
+            if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+                raise PayloadTooLarge(self._too_large(), headers=CLOSE)
+            messages = await self._read(receive)
+        except ServiceError as exc:
+            await send_error(scope, receive, send, exc)
             return
+        pending = iter(messages)
+
+        async def replay() -> Message:
+            # After the body, `receive` is left to say when the client goes away.
+            return next(pending, None) or await receive()
+
+        await self.app(scope, replay, send)
+
+    async def _read(self, receive: Receive) -> list[Message]:
+        messages: list[Message] = []
         seen = 0
+        deadline = time.monotonic() + self.total_timeout_s
+        while True:
+            wait = min(self.idle_timeout_s, deadline - time.monotonic())
+            message = None
+            with anyio.move_on_after(max(wait, 0.0)):
+                message = await receive()
+            if message is None:
+                raise RequestTimeout(
+                    f"The request body did not arrive within {self.idle_timeout_s:g} s of its last part "
+                    f"or {self.total_timeout_s:g} s in all",
+                    headers=CLOSE,
+                )
+            messages.append(message)
+            if message["type"] != "http.request":  # the client went away: the app will see it
+                return messages
+            seen += len(message.get("body", b""))
+            if seen > self.max_bytes:
+                raise PayloadTooLarge(self._too_large(), headers=CLOSE)
+            if not message.get("more_body", False):
+                return messages
 
-        async def counted() -> Message:
-            nonlocal seen
-            message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
-                    raise PayloadTooLarge(self._message())
-            return message
-
-        await self.app(scope, counted, send)
-
-    def _message(self) -> str:
+    def _too_large(self) -> str:
         return f"Request body is larger than {self.max_bytes} bytes"
 
-    async def _refuse(self, scope: Scope, send: Send) -> None:
-        error = PayloadTooLarge(self._message())
-        if scope["path"].startswith(COMPAT_PREFIX):
-            body = {"fault": {"faultstring": error.message, "detail": {"errorcode": error.code}}}
-        else:
-            body = {"error": {"code": error.code, "message": error.message}}
-        payload = json.dumps(body).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": error.status,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(payload)).encode()),
-                    (b"connection", b"close"),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": payload})
+
+class SecurityHeaders:
+    """On every response, no content-type sniffing; on every response outside the `cacheable`
+    path prefixes (the docs' static files), no caching: answers carry tenants' data."""
+
+    def __init__(self, app: ASGIApp, cacheable: tuple[str, ...] = ()) -> None:
+        self.app = app
+        self.cacheable = cacheable
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        extra = HEADERS[:1] if scope["path"].startswith(self.cacheable) else HEADERS
+
+        async def with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                present = {name.lower() for name, _ in headers}
+                message = {**message, "headers": headers + [h for h in extra if h[0] not in present]}
+            await send(message)
+
+        await self.app(scope, receive, with_headers)
 
 
 class Metrics:

@@ -10,8 +10,9 @@ from pydantic import ValidationError
 
 from service.api.convert import audio_input, encoding_for, status_out
 from service.api.deps import ServicesDep, TenantDep, run_blocking
+from service.api.errors import validation_summary
 from service.api.schemas import (
-    SPEAKER_ID_PATTERN,
+    SPEAKER_ID_RULE,
     CandidateOut,
     EnrollmentStatusOut,
     EnrollRequest,
@@ -23,9 +24,9 @@ from service.api.schemas import (
     VerifyResponse,
 )
 from service.audio.frontend import AudioInput
-from service.errors import BadRequest, EmptyAudio, UnsupportedMediaType
+from service.errors import BadRequest, EmptyAudio, UnsupportedMediaType, shown
 
-PathSpeakerId = Annotated[str, Path(pattern=SPEAKER_ID_PATTERN, description="1-128 of [A-Za-z0-9_.-]")]
+PathSpeakerId = Annotated[str, Path(**SPEAKER_ID_RULE)]
 ERRORS: dict[int | str, dict[str, object]] = {
     code: {"model": ErrorBody} for code in (400, 401, 404, 409, 413, 415, 422, 429, 503)
 }
@@ -50,13 +51,15 @@ async def read_audio(request: Request, sample_rate: int | None, encoding: str | 
     if content_type.split(";", 1)[0].strip().lower() == "application/json":
         try:
             return audio_input(EnrollRequest.model_validate(json.loads(body)))
-        except (ValueError, ValidationError, RecursionError) as exc:  # RecursionError: absurd nesting
-            raise BadRequest(f"Invalid JSON audio body: {str(exc)[:300]}") from exc
+        except ValidationError as exc:
+            raise BadRequest(f"Invalid JSON audio body: {validation_summary(exc.errors())}") from exc
+        except (ValueError, RecursionError) as exc:  # RecursionError: absurd nesting
+            raise BadRequest("Invalid JSON audio body: not a JSON object") from exc
     name = encoding or encoding_for(content_type)
     if name is None:
         raise UnsupportedMediaType(
-            f"Content-Type {content_type or '(none)'} is not audio: send application/json, an audio/* "
-            "type, or ?encoding= with application/octet-stream"
+            f"Content-Type {shown(content_type) or '(none)'} is not audio: send application/json, an "
+            "audio/* type, or ?encoding= with application/octet-stream"
         )
     if not body:
         raise EmptyAudio()

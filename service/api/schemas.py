@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+import re
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-SPEAKER_ID_PATTERN = r"^[A-Za-z0-9_.-]{1,128}$"
-SpeakerId = Annotated[str, Field(pattern=SPEAKER_ID_PATTERN, description="1-128 of [A-Za-z0-9_.-]")]
+# The one speakerId rule: 1 to 128 of [A-Za-z0-9_.-], not dots alone ("." and ".." are path
+# segments: a URL cannot name them). Without look-ahead, which pydantic's regex engine lacks.
+SPEAKER_ID_PATTERN = r"^[A-Za-z0-9_.-]*[A-Za-z0-9_-][A-Za-z0-9_.-]*$"
+SPEAKER_ID_MAX_LENGTH = 128
+SPEAKER_ID_RULE: dict[str, Any] = {
+    "pattern": SPEAKER_ID_PATTERN,
+    "max_length": SPEAKER_ID_MAX_LENGTH,
+    "description": "1-128 of [A-Za-z0-9_.-], not dots alone",
+}
+SpeakerId = Annotated[str, Field(**SPEAKER_ID_RULE)]
+
+
+def is_speaker_id(name: str) -> bool:
+    return len(name) <= SPEAKER_ID_MAX_LENGTH and re.fullmatch(SPEAKER_ID_PATTERN, name) is not None
 
 
 class AudioFields(BaseModel):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import logging
 import time
 from dataclasses import dataclass
 
@@ -25,7 +26,10 @@ from service.errors import (
     MissingSampleRate,
     UndecodableAudio,
     UnsupportedEncoding,
+    shown,
 )
+
+log = logging.getLogger(__name__)
 
 MIN_RATE = 4_000
 MAX_RATE = 384_000
@@ -69,7 +73,9 @@ class DecodedAudio:
 def normalise_encoding(encoding: str) -> str:
     name = encoding.strip().upper().replace("/", "_").replace("-", "_").replace(" ", "_")
     if name not in CONTAINERS and name not in RAW:
-        raise UnsupportedEncoding(f"Unsupported encoding {encoding!r}; supported: {', '.join(SUPPORTED)}")
+        raise UnsupportedEncoding(
+            f"Unsupported encoding {shown(encoding)!r}; supported: {', '.join(SUPPORTED)}"
+        )
     return name
 
 
@@ -107,7 +113,9 @@ def decode(
             return _decode_container(data, demuxer, max_seconds, timeout_s)
         except (av.FFmpegError, ValueError, IndexError, OverflowError, MemoryError) as exc:
             errors.append(f"{demuxer}: {exc}")
-    raise UndecodableAudio(f"Audio could not be decoded as {encoding}: {'; '.join(errors)}"[:500])
+    # FFmpeg's own words stay in the log: they describe its internals, not the client's mistake.
+    log.info("undecodable audio", extra={"encoding": name, "detail": "; ".join(errors)[:1000]})
+    raise UndecodableAudio(f"Audio could not be decoded as {name}")
 
 
 def _decode_raw(data: bytes, name: str, sample_rate: int | None, max_seconds: float) -> DecodedAudio:

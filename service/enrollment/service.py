@@ -117,14 +117,22 @@ class EnrollmentService:
         self._committed()
 
     def delete_sample(self, tenant_id: int, speaker_id: str, sample_id: str) -> None:
+        """Remove one sample; removing the last one removes the speaker."""
         with self.store.transaction() as tx:
             speaker = tx.lock_speaker(tenant_id, speaker_id, create=False)
             if speaker is None:
                 raise SpeakerNotFound(f"Speaker {speaker_id!r} not found")
             if not tx.remove_sample(speaker.id, sample_id):
                 raise SampleNotFound(f"Sample {sample_id!r} not found for speaker {speaker_id!r}")
-            self._write_aggregates(tx, speaker, tx.samples(speaker.id))
-            tx.log_change(tenant_id, speaker.id, "sample-")
+            remaining = tx.samples(speaker.id)
+            if remaining:
+                self._write_aggregates(tx, speaker, remaining)
+                tx.log_change(tenant_id, speaker.id, "sample-")
+            else:
+                # A speaker without samples is no speaker: gone as if deleted, so it is neither
+                # listed nor a candidate, and its id is free for a new enrollment.
+                tx.delete_speaker(speaker.id)
+                tx.log_change(tenant_id, speaker.id, "speaker-")
         self._committed()
 
     # --- helpers ---------------------------------------------------------------------------------

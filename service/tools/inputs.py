@@ -9,8 +9,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-SPEAKER_ID = re.compile(r"[A-Za-z0-9_.-]{1,128}")
-MAX_ID = 128
+from service.api.schemas import SPEAKER_ID_MAX_LENGTH as MAX_ID
+from service.api.schemas import is_speaker_id
 
 
 class InputError(ValueError):
@@ -51,20 +51,20 @@ def read_manifest(csv_path: Path, required: Iterable[str] = ("path", "speaker"))
 
 
 def clean_id(name: str, max_len: int = MAX_ID) -> str:
-    """`name` made into `[A-Za-z0-9_.-]{1,max_len}`: accents dropped (José -> Jose), every other run
-    of characters outside the set becomes one "_"."""
-    if SPEAKER_ID.fullmatch(name) and len(name) <= max_len:
+    """`name` made into a valid speaker id of at most `max_len` characters: accents dropped
+    (José -> Jose), every other run of characters outside `[A-Za-z0-9_.-]` becomes one "_"."""
+    if is_speaker_id(name) and len(name) <= max_len:
         return name
     ascii_name = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode()
     cleaned = re.sub(r"[^A-Za-z0-9_.-]+", "_", ascii_name).strip("_")[:max_len]
-    return cleaned or "speaker"
+    return cleaned if is_speaker_id(cleaned) else "speaker"
 
 
 def speaker_ids(names: Iterable[str]) -> dict[str, str]:
     """A valid, distinct speaker id for every name. Valid names keep themselves; the others are
     cleaned (`clean_id`) and, where that collides with another id, get a "-2", "-3"... suffix."""
     unique = list(dict.fromkeys(names))
-    taken = {n for n in unique if SPEAKER_ID.fullmatch(n)}
+    taken = {n for n in unique if is_speaker_id(n)}
     ids: dict[str, str] = {}
     for name in unique:
         if name in taken:

@@ -37,8 +37,8 @@ B_ALICE = ["vctk/p226/p226_003.wav", "vctk/p226/p226_005.wav", "vctk/p226/p226_0
 
 # No key needed, no tenant data: checked separately.
 PUBLIC = {"GET /healthz", "GET /readyz", "GET /metrics"}
-# Served by FastAPI itself, outside the OpenAPI document.
-DOCS = {"/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"}
+# The docs pages, their static files and the document itself, outside the OpenAPI document.
+DOCS = {"/docs", "/docs/assets", "/redoc", "/openapi.json"}
 REFUSED = {"speaker.NotFound", "sample.NotFound", "identify.NoEnrolledSpeakers"}
 
 

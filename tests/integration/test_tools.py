@@ -40,6 +40,7 @@ def test_speaker_ids_are_made_valid_and_distinct() -> None:
     assert ids["a_b"] == "a_b" and ids["a b"] == "a_b-2"  # a valid name keeps itself
     assert ids["x" * 200] == "x" * 128
     assert ids["///"] == "speaker" and ids["ok-1.2"] == "ok-1.2"
+    assert speaker_ids(["..", "a..b"]) == {"..": "speaker", "a..b": "a..b"}  # no id of dots alone
 
 
 # --- the HTTP client -----------------------------------------------------------------------------

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from service.audio.decode import decode
+from service.audio.decode import DecodedAudio, decode
 from service.audio.fingerprint import fingerprint, similarity
 from service.audio.pipeline import to_mono_16k
 from service.calibration import DUPLICATE_FINGERPRINT
@@ -48,6 +48,25 @@ def test_copies_of_one_recording_match(path: str) -> None:
     for name, copy in copies.items():
         assert similarity(original, copy) >= DUPLICATE_FINGERPRINT, name
     assert similarity(original, original) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("path", SAME_SESSION[:3])
+def test_copies_played_faster_slower_or_backwards_match(path: str) -> None:
+    clip = load_clip(path)
+    original = fingerprint(to_mono_16k(DecodedAudio(clip.as_float()[None, :], 16000))[0])
+    for speed in (0.9, 0.95, 1.05, 1.1, 48000 / 44100, 44100 / 48000):
+        # The same samples declared at another rate: played that much faster or slower.
+        wave, _ = to_mono_16k(DecodedAudio(clip.as_float()[None, :], round(16000 * speed)))
+        assert similarity(fingerprint(wave), original) >= DUPLICATE_FINGERPRINT, speed
+    backwards = clip.as_float()[::-1].copy()
+    wave, _ = to_mono_16k(DecodedAudio(backwards[None, :], 16000))
+    assert similarity(fingerprint(wave), original) >= DUPLICATE_FINGERPRINT
+
+
+def test_shared_digital_silence_is_no_match() -> None:
+    silence = np.zeros(3 * 16000, dtype=np.float32)
+    a, b = (np.concatenate([silence, load_clip(p).as_float()]) for p in SAME_SESSION[:2])
+    assert similarity(fingerprint(a), fingerprint(b)) < DUPLICATE_FINGERPRINT
 
 
 def test_different_utterances_of_one_speaker_do_not_match() -> None:
