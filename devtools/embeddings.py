@@ -1,0 +1,154 @@
+"""Speaker vectors of every clip of a manifest, through the service's own front end and model,
+cached on disk per manifest and model: calibration studies then run in numpy in seconds.
+
+For each clip: the vector of its whole speech (as enroll and identify take it), the vector of its
+first `SHORT_S` seconds of speech (a short telephone turn), speech seconds and SNR as the front end
+measured them. A clip the front end finds no speech in has NaN vectors.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from service.audio.decode import decode
+from service.audio.pipeline import TARGET_RATE, SpeechDetector, prepare
+from service.config import Settings
+from service.embedding.ecapa import EcapaEmbedder
+from service.main import load_embedder
+from service.tools.audio import encoding_for
+from service.tools.inputs import ManifestRow, read_manifest
+
+log = logging.getLogger(__name__)
+
+SHORT_S = 3.0
+
+
+@dataclass(frozen=True)
+class Embedded:
+    """Per clip, in manifest order: ``vectors`` and ``short`` are ``(n, dim)`` L2-normalised float32
+    (NaN rows where the clip has no speech); ``speech_s`` and ``snr_db`` are ``(n,)``."""
+
+    rows: list[ManifestRow]
+    vectors: np.ndarray
+    short: np.ndarray
+    speech_s: np.ndarray
+    snr_db: np.ndarray
+
+    @property
+    def speakers(self) -> np.ndarray:
+        return np.array([r.speaker for r in self.rows])
+
+
+def _unit(vector: np.ndarray) -> np.ndarray:
+    return (vector / np.linalg.norm(vector)).astype(np.float32)
+
+
+class Embedding:
+    """The service's front end and model, loaded once."""
+
+    def __init__(self, settings: Settings | None = None) -> None:
+        self.settings = settings or Settings()
+        self.model: EcapaEmbedder = load_embedder(self.settings)
+        self.detector = SpeechDetector(self.settings.audio.vad_threshold)
+
+    def clip(self, row: ManifestRow) -> tuple[np.ndarray, np.ndarray, float, float]:
+        audio = self.settings.audio
+        decoded = decode(
+            row.path.read_bytes(),
+            encoding_for(row.path) or "FLAC",
+            None,
+            max_seconds=audio.max_seconds,
+            timeout_s=audio.decode_timeout_s,
+        )
+        prepared = prepare(decoded, self.detector)
+        speech = prepared.speech_wave()
+        if len(speech) < TARGET_RATE // 10:
+            nan = np.full(self.model.dim, np.nan, dtype=np.float32)
+            return nan, nan, prepared.speech_seconds, prepared.snr_db
+        whole = _unit(self.model.embed(speech))
+        short_len = int(SHORT_S * TARGET_RATE)
+        short = whole if len(speech) <= short_len else _unit(self.model.embed(speech[:short_len]))
+        return whole, short, prepared.speech_seconds, prepared.snr_db
+
+    def manifest(self, manifest: Path, cache_dir: Path) -> Embedded:
+        rows = read_manifest(manifest)
+        key = hashlib.sha256(
+            "\n".join([self.model.checksum, self.settings.precision, str(manifest.resolve())]).encode()
+        ).hexdigest()[:16]
+        cache = cache_dir / f"{manifest.parent.name}-{key}.npz"
+        if cache.exists():
+            data = np.load(cache)
+            if len(data["speech_s"]) == len(rows):
+                return Embedded(rows, data["vectors"], data["short"], data["speech_s"], data["snr_db"])
+        started = time.monotonic()
+        out = [self.clip(row) for row in rows]
+        log.info(
+            "%s: %d clips embedded in %.0f s", manifest.parent.name, len(rows), time.monotonic() - started
+        )
+        embedded = Embedded(
+            rows,
+            np.stack([o[0] for o in out]),
+            np.stack([o[1] for o in out]),
+            np.array([o[2] for o in out], dtype=np.float32),
+            np.array([o[3] for o in out], dtype=np.float32),
+        )
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        np.savez(
+            cache,
+            vectors=embedded.vectors,
+            short=embedded.short,
+            speech_s=embedded.speech_s,
+            snr_db=embedded.snr_db,
+        )
+        return embedded
+
+
+def joined_by_session(embedding: Embedding, manifest: Path, cache_dir: Path) -> Embedded:
+    """One vector per (speaker, session): the speech of all its clips joined, as a whole call would
+    be heard. Rows are the session's first clip's row."""
+    rows = read_manifest(manifest)
+    groups: dict[tuple[str, str], list[ManifestRow]] = {}
+    for row in rows:
+        groups.setdefault((row.speaker, row.extra.get("session", row.name)), []).append(row)
+    key = hashlib.sha256(f"{embedding.model.checksum}:{manifest.resolve()}:joined".encode()).hexdigest()[:16]
+    cache = cache_dir / f"{manifest.parent.name}-joined-{key}.npz"
+    firsts = [g[0] for g in groups.values()]
+    if cache.exists():
+        data = np.load(cache)
+        return Embedded(firsts, data["vectors"], data["short"], data["speech_s"], data["snr_db"])
+    vectors, speech_s = [], []
+    audio = embedding.settings.audio
+    for group in groups.values():
+        waves = []
+        for row in group:
+            decoded = decode(
+                row.path.read_bytes(),
+                encoding_for(row.path) or "FLAC",
+                None,
+                max_seconds=audio.max_seconds,
+                timeout_s=audio.decode_timeout_s,
+            )
+            waves.append(prepare(decoded, embedding.detector).speech_wave())
+        speech = np.concatenate(waves)
+        speech_s.append(len(speech) / TARGET_RATE)
+        vectors.append(
+            _unit(embedding.model.embed(speech))
+            if len(speech) >= TARGET_RATE // 10
+            else np.full(embedding.model.dim, np.nan, dtype=np.float32)
+        )
+    out = Embedded(
+        firsts,
+        np.stack(vectors),
+        np.stack(vectors),
+        np.array(speech_s, np.float32),
+        np.zeros(len(firsts), np.float32),
+    )
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    np.savez(cache, vectors=out.vectors, short=out.short, speech_s=out.speech_s, snr_db=out.snr_db)
+    return out

@@ -1,0 +1,44 @@
+"""The data of the decision study: every eval-speech clip through every channel, and the real
+telephone calls as they are, rendered and embedded once (see `devtools.channels`,
+`devtools.embeddings`)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from devtools import channels
+from devtools.embeddings import Embedded, Embedding
+from devtools.sets import EVAL_SPEECH, EVAL_TELEPHONE, REPO_ROOT, manifest
+from service.audio.pipeline import SpeechDetector
+from service.config import Settings
+
+log = logging.getLogger(__name__)
+
+WORK = REPO_ROOT / "data" / "study"
+
+
+def render_all(work: Path = WORK) -> dict[str, Path]:
+    """Render eval-speech through every channel; returns channel -> manifest path."""
+    clips = manifest(EVAL_SPEECH)
+    detector = SpeechDetector(Settings().audio.vad_threshold)
+    noise = channels.real_noise(manifest(EVAL_TELEPHONE), detector.regions)
+    out = {}
+    for name, apply in channels.channels(noise).items():
+        out[name] = channels.render(clips, name, apply, work / "speech" / name)
+        log.info("rendered %s", name)
+    return out
+
+
+def embed_all(work: Path = WORK) -> dict[str, Embedded]:
+    """Every channel of eval-speech (key: channel name) and eval-telephone (key: "telephone")."""
+    manifests = render_all(work)
+    embedding = Embedding()
+    out = {name: embedding.manifest(path, work / "cache") for name, path in manifests.items()}
+    out["telephone"] = embedding.manifest(EVAL_TELEPHONE / "manifest.csv", work / "cache")
+    return out
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    embed_all()
