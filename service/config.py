@@ -46,20 +46,31 @@ class EnrollmentSettings(BaseModel):
     duplicate_fingerprint: float = Field(
         cal.DUPLICATE_FINGERPRINT, description="content-fingerprint agreement that marks the same recording"
     )
-    mismatch_cosine: float = Field(
-        cal.MISMATCH_COSINE, description="a new sample below this cosine to the centroid is refused"
+    voice_check: float = Field(
+        cal.VOICE_CHECK,
+        description="a new sample scoring below this (normalised units, against the speaker's earlier "
+        "samples) is refused as another voice; a complete speaker's new samples must pass the verify "
+        "threshold",
     )
     store_audio: bool = Field(False, description="keep the decoded 16 kHz audio of each sample")
 
 
 class IdentifySettings(BaseModel):
-    threshold: float = Field(cal.IDENTIFY_THRESHOLD, description="open-set accept threshold")
-    verify_threshold: float = Field(cal.VERIFY_THRESHOLD, description="verify accept threshold")
+    threshold: float = Field(
+        cal.IDENTIFY_THRESHOLD, description="open-set accept threshold, in normalised score units"
+    )
+    verify_threshold: float = Field(cal.VERIFY_THRESHOLD, description="verify accept threshold (units)")
     segment_threshold: float = Field(
         cal.SEGMENT_THRESHOLD, description="accept threshold for the short windows of compatible identify"
     )
     domain_centring: bool = Field(True, description="score after removing the tenant's domain mean")
     prior_weight: float = Field(cal.PRIOR_WEIGHT, description="pseudo-speakers of the prior in that mean")
+    pair_mean: float = Field(cal.PAIR_MEAN, description="prior mean of impostor pair scores")
+    pair_sd: float = Field(cal.PAIR_SD, gt=0, description="prior sd of impostor pair scores")
+    prior_strength: float = Field(
+        cal.PRIOR_STRENGTH, ge=0, description="speakers the impostor prior counts as in a tenant's level"
+    )
+    score_unit: float = Field(cal.SCORE_UNIT, gt=0, description="cosine per normalised score unit")
     min_speech_seconds: float = Field(
         cal.MIN_IDENTIFY_SPEECH_SECONDS, description="net speech a clip to identify must hold"
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 from collections.abc import AsyncIterator, Callable, Sequence
 
 import numpy as np
@@ -20,10 +21,10 @@ from service.config import Settings
 from service.embedding import weights
 from service.embedding.batcher import BatchLimits, DynamicBatcher
 from service.embedding.ecapa import EcapaEmbedder, configure_threads, load_cohort, usable_cores
-from service.enrollment.identification import IdentificationService, Thresholds
+from service.enrollment.identification import IdentificationService, Thresholds, VoiceScore
 from service.enrollment.policy import EnrollmentPolicy
 from service.enrollment.ports import Embedder
-from service.enrollment.scoring import Scorer
+from service.enrollment.scoring import DecisionRule, Scorer
 from service.enrollment.service import EnrollmentService
 from service.storage.database import check_migrated, make_engine
 from service.storage.index import FaissSpeakerIndex
@@ -45,7 +46,7 @@ def enrollment_policy(settings: Settings) -> EnrollmentPolicy:
         min_total_speech_seconds=e.min_total_speech_seconds,
         min_spread=e.min_spread,
         duplicate_cosine=e.duplicate_cosine,
-        mismatch_cosine=e.mismatch_cosine,
+        voice_check=e.voice_check,
         duplicate_fingerprint=e.duplicate_fingerprint,
     )
 
@@ -92,6 +93,20 @@ def build_services(settings: Settings, embedder: Embedder | None = None) -> Serv
     if batcher is not None:
         embed_batch = batcher.embed_batch
     metrics.watch_index(index)
+    ident = settings.identify
+    cohort = load_cohort(embedder.files) if isinstance(embedder, EcapaEmbedder) else None
+    prior = cohort.mean(axis=0) if cohort is not None else np.zeros(embedder.dim, dtype=np.float32)
+    scorer = Scorer(
+        DecisionRule(
+            prior_mean=prior,
+            prior_weight=ident.prior_weight,
+            pair_mean=ident.pair_mean,
+            pair_sd=ident.pair_sd,
+            strength=ident.prior_strength,
+            unit=ident.score_unit,
+            centring=ident.domain_centring,
+        )
+    )
     enrollment = EnrollmentService(
         store=store,
         frontend=frontend,
@@ -100,18 +115,18 @@ def build_services(settings: Settings, embedder: Embedder | None = None) -> Serv
         policy=enrollment_policy(settings),
         limits=QualityLimits(audio.min_speech_seconds, audio.max_clipped_fraction, audio.min_snr_db),
         after_commit=follower.catch_up,
+        voice_score=VoiceScore(scorer, index),
+        complete_threshold=ident.verify_threshold,
         store_audio=settings.enrollment.store_audio,
     )
-    ident = settings.identify
-    cohort = load_cohort(embedder.files) if isinstance(embedder, EcapaEmbedder) else None
-    prior = cohort.mean(axis=0) if cohort is not None else np.zeros(embedder.dim, dtype=np.float32)
     identification = IdentificationService(
         frontend=frontend,
         embed_batch=embed_batch,
         index=index,
-        scorer=Scorer(prior, ident.prior_weight, centring=ident.domain_centring),
+        scorer=scorer,
         thresholds=Thresholds(ident.threshold, ident.verify_threshold, ident.segment_threshold),
-        limits=QualityLimits(ident.min_speech_seconds, audio.max_clipped_fraction, audio.min_snr_db),
+        # Identification answers noisy clips too: the score decides (see service.calibration).
+        limits=QualityLimits(ident.min_speech_seconds, audio.max_clipped_fraction, -math.inf),
     )
     warmup = getattr(embedder, "warmup", None)
     if callable(warmup):

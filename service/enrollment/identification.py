@@ -2,7 +2,9 @@
 
 Every speaker of the tenant with at least one accepted sample is a candidate; a candidate whose
 enrollment is not complete says so and apps decide. Unknown voices are rejected by threshold, never
-forced onto the nearest enrolled speaker. Blocking: call from a worker thread.
+forced onto the nearest enrolled speaker. Scores are the decision rule's normalised units
+(`service.enrollment.scoring`), with the plain cosine beside them. Blocking: call from a worker
+thread.
 """
 
 from __future__ import annotations
@@ -75,6 +77,19 @@ class SegmentOptions:
     min_unknown_s: float = 1.5
 
 
+class VoiceScore:
+    """The decision rule for one new sample against one speaker's voiceprint (the enrollment voice
+    check): the tenant's normalised score, as verify computes it."""
+
+    def __init__(self, scorer: Scorer, index: SpeakerIndex) -> None:
+        self.scorer = scorer
+        self.index = index
+
+    def __call__(self, tenant_id: int, vector: np.ndarray, voiceprint: np.ndarray) -> float:
+        scale = self.scorer.scale(tenant_id, *self.index.cohort(tenant_id))
+        return float(self.scorer.scores(vector, voiceprint, scale, gallery=1)[0, 0])
+
+
 class IdentificationService:
     def __init__(
         self,
@@ -102,7 +117,7 @@ class IdentificationService:
         only = self._restriction(tenant_id, speaker_ids)
         prepared = self.frontend.load(audio, self.limits)
         vector = self._vector(prepared.speech_wave())
-        ranked = self._rank(vector, tenant_id, only, max(top_k, 1))
+        ranked = self._rank(vector, tenant_id, only, max(top_k, 1), self._gallery(tenant_id, only))
         best = ranked[0]
         accepted = best.score >= self.thresholds.identify
         return Identification(
@@ -118,7 +133,7 @@ class IdentificationService:
         prepared = self.frontend.load(audio, self.limits)
         vector = self._vector(prepared.speech_wave())
         cosine = float(entry.centroid @ vector)
-        score = float(self._score_matrix(vector[None], [entry], tenant_id)[0, 0])
+        score = float(self._score_matrix(vector[None], [entry], tenant_id, gallery=1)[0, 0])
         return Verification(
             match=score >= self.thresholds.verify,
             score=round(score, 4),
@@ -144,7 +159,8 @@ class IdentificationService:
             return []
         vectors = self._vectors([prepared.segment(a, b) for a, b in windows])
         candidates = self._candidates(vectors, tenant_id, only)
-        scores = self._score_matrix(vectors, candidates, tenant_id)  # (windows, candidates)
+        gallery = self._gallery(tenant_id, only)
+        scores = self._score_matrix(vectors, candidates, tenant_id, gallery)  # (windows, candidates)
         smoothed = np.copy(scores)
         for i in range(len(windows)):
             smoothed[i] = scores[max(0, i - 1) : i + 2].mean(axis=0)
@@ -154,7 +170,7 @@ class IdentificationService:
             for i, j in enumerate(best)
         ]
         stretches = self._stretches(windows, labels, prepared.speech)
-        return self._confirm(prepared, stretches, candidates, tenant_id)
+        return self._confirm(prepared, stretches, candidates, tenant_id, gallery)
 
     # --- helpers ---------------------------------------------------------------------------------
 
@@ -178,13 +194,17 @@ class IdentificationService:
         raw = self.embed_batch(waves)
         return np.stack([normalise(v) for v in raw])
 
+    def _gallery(self, tenant_id: int, only: list[int] | None) -> int:
+        """How many speakers a clip is compared against: the level of the decision rule grows with it."""
+        return len(only) if only is not None else self.index.tenant_size(tenant_id)
+
     def _rank(
-        self, vector: np.ndarray, tenant_id: int, only: list[int] | None, top_k: int
+        self, vector: np.ndarray, tenant_id: int, only: list[int] | None, top_k: int, gallery: int
     ) -> list[Candidate]:
         hits = self.index.search(vector, tenant_id, max(top_k, SHORTLIST), only)
         if not hits:
             raise NoEnrolledSpeakers("No enrolled speakers to identify against")
-        scores = self._score_matrix(vector[None], [e for e, _ in hits], tenant_id)[0]
+        scores = self._score_matrix(vector[None], [e for e, _ in hits], tenant_id, gallery)[0]
         ranked = [
             Candidate(e.external_id, round(float(score), 4), round(c, 4), e.complete)
             for (e, c), score in zip(hits, scores, strict=True)
@@ -200,10 +220,13 @@ class IdentificationService:
             raise NoEnrolledSpeakers("No enrolled speakers to identify against")
         return list(found.values())
 
-    def _score_matrix(self, vectors: np.ndarray, candidates: list[IndexEntry], tenant_id: int) -> np.ndarray:
-        """``(n, dim)`` clip vectors x candidates -> ``(n, len(candidates))`` scores."""
-        mean = self.scorer.mean(*self.index.tenant_sum(tenant_id))
-        return self.scorer.scores(vectors, np.stack([c.centroid for c in candidates]), mean)
+    def _score_matrix(
+        self, vectors: np.ndarray, candidates: list[IndexEntry], tenant_id: int, gallery: int
+    ) -> np.ndarray:
+        """``(n, dim)`` clip vectors x candidates -> ``(n, len(candidates))`` normalised scores, for
+        clips compared against `gallery` speakers in all."""
+        scale = self.scorer.scale(tenant_id, *self.index.cohort(tenant_id))
+        return self.scorer.scores(vectors, np.stack([c.centroid for c in candidates]), scale, gallery)
 
     def _windows(self, prepared: PreparedAudio) -> list[tuple[float, float]]:
         o = self.options
@@ -257,12 +280,13 @@ class IdentificationService:
         stretches: list[Segment],
         candidates: list[IndexEntry],
         tenant_id: int,
+        gallery: int,
     ) -> list[Segment]:
         """Re-score each stretch as a whole with the clip-level threshold; merge again after."""
         if not stretches:
             return []
         vectors = self._vectors([prepared.segment(s.start, s.end) for s in stretches])
-        scores = self._score_matrix(vectors, candidates, tenant_id)
+        scores = self._score_matrix(vectors, candidates, tenant_id, gallery)
         out: list[Segment] = []
         for stretch, row in zip(stretches, scores, strict=True):
             j = int(row.argmax())

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,7 +21,7 @@ class EnrollmentPolicy:
     min_total_speech_seconds: float
     min_spread: float
     duplicate_cosine: float
-    mismatch_cosine: float
+    voice_check: float  # normalised units (the decision rule against one speaker)
     duplicate_fingerprint: float = 1.1  # off unless set
 
 
@@ -40,13 +40,21 @@ def centroid_and_spread(vectors: Sequence[np.ndarray]) -> tuple[np.ndarray, floa
     return centre, max(spread, 0.0)
 
 
+VoiceScore = Callable[[np.ndarray, np.ndarray], float]  # (new vector, voiceprint) -> normalised score
+
+
 def check_new_sample(
     vector: np.ndarray,
     earlier: Sequence[SampleRecord],
     policy: EnrollmentPolicy,
     fingerprint: bytes | None = None,
+    voice: tuple[VoiceScore, float] | None = None,
 ) -> None:
-    """Refuse a near-copy of an earlier sample, or a voice unlike the earlier samples."""
+    """Refuse a near-copy of an earlier sample, or a voice unlike the earlier samples.
+
+    `voice`: the decision rule's score of the new sample against the voiceprint of the earlier
+    samples, and the least it must reach (`policy.voice_check` while enrolling; the verify threshold
+    once the speaker is complete, so accepted samples cannot walk a finished voiceprint away)."""
     if not earlier:
         return
     if fingerprint:
@@ -66,12 +74,15 @@ def check_new_sample(
             f"This sample is a near-copy of one the speaker already has (cosine {closest:.3f}); "
             "send a different utterance"
         )
+    if voice is None:
+        return
+    score_of, least = voice
     centre, _ = centroid_and_spread(list(stack))
-    similarity = float(centre @ vector)
-    if similarity < policy.mismatch_cosine:
+    score = score_of(vector, centre)
+    if score < least:
         raise SpeakerMismatch(
-            f"This voice does not match the speaker's earlier samples (cosine {similarity:.3f}, "
-            f"at least {policy.mismatch_cosine:g} needed)"
+            f"This voice does not match the speaker's earlier samples (score {score:.2f}, "
+            f"at least {least:g} needed)"
         )
 
 

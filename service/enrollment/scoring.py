@@ -1,44 +1,164 @@
-"""How a clip is scored against speakers: cosine after removing the tenant's domain mean.
+"""The one decision rule: how a clip is scored against a tenant's speakers, in units that mean the
+same on every channel.
 
-Plain cosine to a speaker's centroid is the baseline. A recording channel adds a shared offset to
-every embedding made through it (8 kHz telephone speech pushes genuine and impostor cosines up
-alike), so a threshold tuned on 16 kHz speech accepts telephone impostors. Subtracting the mean of
-the tenant's enrolled centroids, which carry that channel too, removes the offset before the cosine
-is taken; the mean is shrunk towards a prior (the mean of the model's 7,205 training-speaker
-prototypes) so that a tenant with few speakers is not centred on those few voices:
+1. Centre: remove the tenant's domain mean (the mean of its speakers' centroids, shrunk towards the
+   mean of the model's training-speaker prototypes) from the clip and the centroids, then take the
+   cosine. A channel (telephone codecs, a room, a handset) shifts every embedding made through it
+   the same way; the tenant's speakers were enrolled through it too, so this removes the shift.
+2. Level: where a voice the tenant never enrolled would score. The tenant's own speakers play the
+   unknown voices: each one's centroid is scored against every other speaker's centroid, after
+   centring on the tenant *without* it (exactly how an unknown caller is scored; centring on a mean
+   that includes it would push its scores against the others down, most in a small tenant). The
+   mean and sd of these scores, shrunk towards a prior for a tenant with few speakers, give the
+   level of the best of `gallery` impostor scores: ``mean + sd * E[max of gallery draws]``. So the
+   level rises on channels where voices sound alike and with the number of speakers a clip is
+   compared against (identify against all, a `speakerIds` list, verify against one).
+3. Normalised score = (centred cosine - level) / unit; one threshold in these units holds across
+   channels. The plain cosine is always reported beside it.
 
-    mu = (n * mean(tenant centroids) + k * prior) / (n + k)
-    score = cos(q - mu, c - mu)
-
-Measured on ../shared/eval-speech (see `service/calibration.py`), this beat plain cosine at 8 kHz and
-matched it at 16 kHz; adaptive s-norm against the prototypes did not remove the 8 kHz shift (both
-its genuine and impostor scores rose by about 5 units), so it was not kept.
+Measured in `scripts/calibrate_decisions.py` (see `service/calibration.py` for the numbers): the
+tenant's level tracks where unknown voices score on each channel (16 kHz, G.711, AMR-NB, Opus, MP3,
+noise, reverberation and real telephone calls), which a fixed cosine threshold cannot. Adaptive
+s-norm against the tenant's top-scoring voices was tried and separated genuine from unknown voices
+less well than centring alone: with tens of speakers its per-candidate statistics are noise.
 """
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from statistics import NormalDist
+
 import numpy as np
+
+# Cohorts of up to this many speakers get exact leave-one-out statistics; larger ones are scored
+# on the whole cohort's mean (its leave-one-out change is below 1/64) with a bounded set of probes.
+EXACT_COHORT = 64
+MAX_PROBES = 256
+
+
+def expected_maximum(m: int) -> float:
+    """E[max of m independent standard normal draws] (Blom's approximation); 0 for m <= 1."""
+    if m <= 1:
+        return 0.0
+    return float(NormalDist().inv_cdf((m - 0.375) / (m + 0.25)))
+
+
+def unit_rows(rows: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(rows, axis=-1, keepdims=True)
+    return (rows / np.maximum(norms, 1e-8)).astype(np.float32)
+
+
+def centred(queries: np.ndarray, centroids: np.ndarray, mean: np.ndarray) -> np.ndarray:
+    """Cosines after removing `mean`: ``(n, dim)`` x ``(m, dim)`` -> ``(n, m)``."""
+    return unit_rows(np.atleast_2d(queries) - mean) @ unit_rows(np.atleast_2d(centroids) - mean).T
+
+
+def domain_mean(centroids: np.ndarray, prior: np.ndarray, prior_weight: float) -> np.ndarray:
+    """The mean of `centroids` ``(c, dim)`` with `prior` counted as `prior_weight` speakers."""
+    total = centroids.sum(axis=0) if len(centroids) else np.zeros_like(prior)
+    return ((total + prior_weight * prior) / (len(centroids) + prior_weight)).astype(np.float32)
+
+
+def impostor_scores(centroids: np.ndarray, prior: np.ndarray, prior_weight: float) -> np.ndarray:
+    """The tenant's speakers scored against each other, leave one speaker out (see the module
+    docstring): every ordered pair's centred cosine, ``(c * (c - 1),)``, or a bounded sample of the
+    pairs for a large cohort."""
+    c = len(centroids)
+    if c < 2:
+        return np.zeros(0, dtype=np.float32)
+    if c > EXACT_COHORT:
+        mean = domain_mean(centroids, prior, prior_weight)
+        probes = np.linspace(0, c - 1, min(c, MAX_PROBES)).round().astype(int)
+        scores = centred(centroids[probes], centroids, mean)
+        scores[np.arange(len(probes)), probes] = np.nan  # a speaker against itself
+        return scores[np.isfinite(scores)].astype(np.float32)
+    total = centroids.sum(axis=0)
+    out = []
+    for i in range(c):
+        mean = (total - centroids[i] + prior_weight * prior) / (c - 1 + prior_weight)
+        out.append(centred(centroids[i], np.delete(centroids, i, axis=0), mean).reshape(-1))
+    return np.concatenate(out).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class DecisionRule:
+    """The rule's constants (calibrated in `service.calibration`)."""
+
+    prior_mean: np.ndarray  # (dim,): the mean of the model's training-speaker prototypes
+    prior_weight: float  # the prior counted as this many speakers in the domain mean
+    pair_mean: float  # prior for the mean of impostor pair scores
+    pair_sd: float  # prior for their sd
+    strength: float  # those priors counted as this many speakers
+    unit: float  # cosine per normalised unit
+    centring: bool = True  # off: plain cosine, for comparison only
+
+
+@dataclass(frozen=True)
+class TenantScale:
+    """What the rule knows of one tenant: its domain mean and its impostor pair statistics."""
+
+    mean: np.ndarray
+    pair_mean: float
+    pair_sd: float
+    speakers: int  # cohort speakers behind the statistics
 
 
 class Scorer:
-    def __init__(self, prior_mean: np.ndarray, prior_weight: float, centring: bool = True) -> None:
-        self.prior = np.asarray(prior_mean, dtype=np.float32)
-        self.prior_weight = prior_weight
-        self.centring = centring
+    """Scores clips against a tenant's speakers with `DecisionRule`. Thread-safe; caches each
+    tenant's scale until the cohort arrays handed to `scale` change."""
 
-    def mean(self, tenant_sum: np.ndarray, tenant_count: int) -> np.ndarray:
-        """The shrunk domain mean for a tenant whose centroids sum to `tenant_sum`."""
-        return ((tenant_sum + self.prior_weight * self.prior) / (tenant_count + self.prior_weight)).astype(
-            np.float32
+    def __init__(self, rule: DecisionRule) -> None:
+        self.rule = rule
+        self._lock = threading.Lock()
+        self._cache: dict[int, tuple[np.ndarray, TenantScale]] = {}
+
+    def scale(self, tenant_id: int, cohort_ids: np.ndarray, cohort: np.ndarray) -> TenantScale:
+        """The tenant's scale from its cohort (`cohort_ids` ``(c,)``, centroids ``(c, dim)``); the
+        arrays must be the index's shared ones, replaced (not modified) when the cohort changes."""
+        with self._lock:
+            cached = self._cache.get(tenant_id)
+            if cached is not None and cached[0] is cohort_ids:
+                return cached[1]
+        built = self.build_scale(cohort)
+        with self._lock:
+            self._cache[tenant_id] = (cohort_ids, built)
+        return built
+
+    def build_scale(self, cohort: np.ndarray) -> TenantScale:
+        r = self.rule
+        c = len(cohort)
+        if not r.centring:
+            return TenantScale(np.zeros_like(r.prior_mean), r.pair_mean, r.pair_sd, c)
+        pairs = impostor_scores(cohort, r.prior_mean, r.prior_weight)
+        mean = float(pairs.mean()) if len(pairs) else r.pair_mean
+        var = float(pairs.var()) if len(pairs) else r.pair_sd**2
+        n, k = (c if len(pairs) else 0), r.strength
+        return TenantScale(
+            mean=domain_mean(cohort, r.prior_mean, r.prior_weight),
+            pair_mean=(n * mean + k * r.pair_mean) / (n + k),
+            pair_sd=float(np.sqrt((n * var + k * r.pair_sd**2) / (n + k))),
+            speakers=c,
         )
 
-    def scores(self, queries: np.ndarray, centroids: np.ndarray, mean: np.ndarray) -> np.ndarray:
-        """``(n, dim)`` normalised clip vectors x ``(m, dim)`` normalised centroids -> ``(n, m)``."""
-        if not self.centring:
-            return np.atleast_2d(queries) @ np.atleast_2d(centroids).T
-        return _unit(np.atleast_2d(queries) - mean) @ _unit(np.atleast_2d(centroids) - mean).T
+    def level(self, scale: TenantScale, gallery: int) -> float:
+        """Where the best of `gallery` unknown-voice scores is expected to lie (cosine units)."""
+        return scale.pair_mean + scale.pair_sd * expected_maximum(gallery)
 
+    def scores(
+        self, queries: np.ndarray, centroids: np.ndarray, scale: TenantScale, gallery: int
+    ) -> np.ndarray:
+        """Normalised scores of clips ``(n, dim)`` against speakers ``(m, dim)`` -> ``(n, m)``, for a
+        clip compared against `gallery` speakers in all."""
+        if self.rule.centring:
+            cosines = centred(queries, centroids, scale.mean)
+        else:
+            cosines = np.atleast_2d(queries) @ np.atleast_2d(centroids).T
+        return (cosines - self.level(scale, gallery)) / self.rule.unit
 
-def _unit(rows: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(rows, axis=1, keepdims=True)
-    return rows / np.maximum(norms, 1e-8)
+    def forget(self, keep: Sequence[int]) -> None:
+        """Drop cached scales of tenants not in `keep`."""
+        with self._lock:
+            for tenant_id in set(self._cache) - set(keep):
+                del self._cache[tenant_id]

@@ -58,6 +58,8 @@ class EnrollmentService:
         policy: EnrollmentPolicy,
         limits: QualityLimits,
         after_commit: Callable[[], object],
+        voice_score: Callable[[int, np.ndarray, np.ndarray], float] | None = None,
+        complete_threshold: float = float("inf"),
         store_audio: bool = False,
     ) -> None:
         self.store = store
@@ -67,6 +69,8 @@ class EnrollmentService:
         self.policy = policy
         self.limits = limits
         self.after_commit = after_commit
+        self.voice_score = voice_score
+        self.complete_threshold = complete_threshold
         self.store_audio = store_audio
 
     def enroll(self, tenant_id: int, speaker_id: str, audio: AudioInput) -> EnrollmentStatus:
@@ -88,7 +92,9 @@ class EnrollmentService:
             speaker = tx.lock_speaker(tenant_id, speaker_id, create=True)
             assert speaker is not None
             earlier = [s for s in tx.samples(speaker.id) if s.model_sha256 == self.model_sha256]
-            rules.check_new_sample(vector, earlier, self.policy, sample.fingerprint)
+            rules.check_new_sample(
+                vector, earlier, self.policy, sample.fingerprint, self._voice(tenant_id, speaker)
+            )
             tx.add_sample(speaker.id, sample)
             record = self._write_aggregates(tx, speaker, [*earlier, self._as_record(sample, speaker)])
             tx.log_change(tenant_id, speaker.id, "sample+")
@@ -136,6 +142,15 @@ class EnrollmentService:
         self._committed()
 
     # --- helpers ---------------------------------------------------------------------------------
+
+    def _voice(self, tenant_id: int, speaker: SpeakerRecord) -> tuple[rules.VoiceScore, float] | None:
+        """The voice check for a new sample of `speaker`: the decision rule in its tenant, at the
+        enrollment threshold, or at the verify threshold once the speaker is complete."""
+        if self.voice_score is None:
+            return None
+        score = self.voice_score
+        least = self.complete_threshold if speaker.status == rules.COMPLETE else self.policy.voice_check
+        return (lambda vector, voiceprint: score(tenant_id, vector, voiceprint)), least
 
     def _committed(self) -> None:
         """Bring this process's index up to the commit. The write is already durable and will be

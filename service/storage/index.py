@@ -43,6 +43,9 @@ REFINE = 4  # codes shortlisted per result wanted, re-scored exactly
 MIN_SHORTLIST = 32
 TRAIN_PER_LIST = 64  # training points per IVF list (faiss asks for at least 39)
 ADD_CHUNK = 65_536  # vectors stacked per add at build: bounds the temporary copy
+# Speakers of a tenant that its scores are normalised against: enough for stable statistics of the
+# top-scoring impostors, few enough that normalising a shortlist costs about a millisecond.
+COHORT_LIMIT = 1000
 
 
 def faiss_id(tenant_id: int, speaker_id: int) -> int:
@@ -59,9 +62,12 @@ class FaissSpeakerIndex:
         self._entries: dict[int, IndexEntry] = {}
         self._by_tenant: dict[int, set[int]] = {}
         self._by_key: dict[tuple[int, str], int] = {}
-        self._sums: dict[int, np.ndarray] = {}  # per tenant: sum of centroids (float64)
         # Per tenant searched exactly: its sorted speaker ids and their centroids, built lazily.
         self._matrices: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        # Per tenant: its score cohort (see `cohort`): member speaker ids in the order they joined,
+        # and the arrays handed out, rebuilt only when the members change.
+        self._cohort_members: dict[int, dict[int, None]] = {}
+        self._cohorts: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -101,9 +107,10 @@ class FaissSpeakerIndex:
             self._entries.clear()
             self._by_tenant.clear()
             self._by_key.clear()
-            self._sums.clear()
             self._matrices.clear()
-            for e in entries:
+            self._cohorts.clear()
+            self._cohort_members.clear()
+            for e in sorted(entries, key=lambda e: e.speaker_id):
                 self._vector(e)  # shape check before anything is built
                 self._remember(e)
             self._build(list(entries))
@@ -111,7 +118,7 @@ class FaissSpeakerIndex:
     def upsert(self, entry: IndexEntry) -> None:
         with self._lock:
             if entry.speaker_id in self._entries:
-                self.remove(entry.speaker_id)
+                self._forget(entry.speaker_id, replacing=True)
             self._index.add_with_ids(
                 self._vector(entry)[None, :],
                 np.array([faiss_id(entry.tenant_id, entry.speaker_id)], dtype=np.int64),
@@ -121,6 +128,10 @@ class FaissSpeakerIndex:
                 self._build(list(self._entries.values()))
 
     def remove(self, speaker_id: int) -> None:
+        self._forget(speaker_id, replacing=False)
+
+    def _forget(self, speaker_id: int, *, replacing: bool) -> None:
+        """Drop a speaker; `replacing`: it comes back at once (its cohort seat is kept)."""
         with self._lock:
             entry = self._entries.pop(speaker_id, None)
             if entry is None:
@@ -128,23 +139,30 @@ class FaissSpeakerIndex:
             self._remove_ids(np.array([faiss_id(entry.tenant_id, speaker_id)], dtype=np.int64))
             self._by_key.pop((entry.tenant_id, entry.external_id), None)
             self._matrices.pop(entry.tenant_id, None)
-            self._sums[entry.tenant_id] -= entry.centroid
             members = self._by_tenant.get(entry.tenant_id)
             if members is not None:
                 members.discard(speaker_id)
                 if not members:
                     del self._by_tenant[entry.tenant_id]
-                    del self._sums[entry.tenant_id]
+            if not replacing:
+                self._leave_cohort(entry)
 
     def tenant_size(self, tenant_id: int) -> int:
         return len(self._by_tenant.get(tenant_id, ()))
 
-    def tenant_sum(self, tenant_id: int) -> tuple[np.ndarray, int]:
-        """Sum of the tenant's centroids and their count, kept up to date on every change."""
+    def cohort(self, tenant_id: int) -> tuple[np.ndarray, np.ndarray]:
+        """The tenant's complete speakers that its scores are normalised against: speaker ids
+        ``(c,)`` and their centroids ``(c, dim)``, at most `COHORT_LIMIT` of them. Once a tenant has
+        more, new speakers do not join (the cohort, and every score, stay put as it grows); a member
+        that leaves is replaced. The same arrays are returned until the cohort changes, so callers
+        may cache what they derive from them by identity; never modify them."""
         with self._lock:
-            total = self._sums.get(tenant_id)
-            count = len(self._by_tenant.get(tenant_id, ()))
-            return (np.zeros(self.dim) if total is None else total.copy()), count
+            cached = self._cohorts.get(tenant_id)
+            if cached is None:
+                ids = list(self._cohort_members.get(tenant_id, {}))
+                cached = (np.array(ids, dtype=np.int64), self._stack(ids))
+                self._cohorts[tenant_id] = cached
+            return cached
 
     def search(
         self, query: np.ndarray, tenant_id: int, k: int, only: Sequence[int] | None = None
@@ -267,7 +285,32 @@ class FaissSpeakerIndex:
         self._by_key[(entry.tenant_id, entry.external_id)] = entry.speaker_id
         self._by_tenant.setdefault(entry.tenant_id, set()).add(entry.speaker_id)
         self._matrices.pop(entry.tenant_id, None)
-        self._sums[entry.tenant_id] = self._sums.get(entry.tenant_id, np.zeros(self.dim)) + entry.centroid
+        self._join_cohort(entry)
+
+    def _join_cohort(self, entry: IndexEntry) -> None:
+        members = self._cohort_members.setdefault(entry.tenant_id, {})
+        if entry.speaker_id in members:
+            if entry.complete:
+                self._cohorts.pop(entry.tenant_id, None)  # its centroid moved
+            else:
+                self._leave_cohort(entry)
+        elif entry.complete and len(members) < COHORT_LIMIT:
+            members[entry.speaker_id] = None
+            self._cohorts.pop(entry.tenant_id, None)
+
+    def _leave_cohort(self, entry: IndexEntry) -> None:
+        members = self._cohort_members.get(entry.tenant_id)
+        if members is None or entry.speaker_id not in members:
+            return
+        del members[entry.speaker_id]
+        self._cohorts.pop(entry.tenant_id, None)
+        if len(members) == COHORT_LIMIT - 1:  # it was full: the earliest complete non-member joins
+            for other in sorted(self._by_tenant.get(entry.tenant_id, ())):
+                if other not in members and other != entry.speaker_id and self._entries[other].complete:
+                    members[other] = None
+                    break
+        if not members:
+            del self._cohort_members[entry.tenant_id]
 
     def _vector(self, entry: IndexEntry) -> np.ndarray:
         vector = np.ascontiguousarray(entry.centroid, dtype=np.float32)

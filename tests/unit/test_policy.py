@@ -12,8 +12,12 @@ from service.enrollment.ports import SampleRecord
 from service.errors import DuplicateSample, SpeakerMismatch
 
 POLICY = rules.EnrollmentPolicy(
-    min_samples=3, min_total_speech_seconds=20.0, min_spread=0.05, duplicate_cosine=0.95, mismatch_cosine=0.3
+    min_samples=3, min_total_speech_seconds=20.0, min_spread=0.05, duplicate_cosine=0.95, voice_check=0.3
 )
+
+
+def cosine(vector: np.ndarray, voiceprint: np.ndarray) -> float:
+    return float(vector @ voiceprint)
 SHA = "a" * 64
 
 
@@ -80,7 +84,11 @@ def test_near_copy_and_other_voice_are_refused() -> None:
     earlier = [sample(base), sample(around(base, 0.8, rng))]
     with pytest.raises(DuplicateSample):
         rules.check_new_sample(around(base, 0.99, rng), earlier, POLICY)
+    voice = (cosine, POLICY.voice_check)
     with pytest.raises(SpeakerMismatch):
-        rules.check_new_sample(unit(rng.standard_normal(192)), earlier, POLICY)
-    rules.check_new_sample(around(base, 0.75, rng), earlier, POLICY)
-    rules.check_new_sample(unit(rng.standard_normal(192)), [], POLICY)
+        rules.check_new_sample(unit(rng.standard_normal(192)), earlier, POLICY, voice=voice)
+    rules.check_new_sample(around(base, 0.75, rng), earlier, POLICY, voice=voice)
+    rules.check_new_sample(unit(rng.standard_normal(192)), [], POLICY, voice=voice)
+    # The bar a complete speaker's samples must clear is the caller's: the same voice fails a higher one.
+    with pytest.raises(SpeakerMismatch):
+        rules.check_new_sample(around(base, 0.75, rng), earlier, POLICY, voice=(cosine, 0.9))

@@ -1,0 +1,120 @@
+"""The decision rule in numbers: leave-one-out impostor statistics, the level by gallery size, the
+prior for small tenants, and adaptation to a channel where all voices sound alike."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from service.enrollment import scoring
+from service.enrollment.scoring import DecisionRule, Scorer, centred, expected_maximum, impostor_scores
+
+DIM = 192
+
+
+def unit(rows: np.ndarray) -> np.ndarray:
+    return (rows / np.linalg.norm(rows, axis=-1, keepdims=True)).astype(np.float32)
+
+
+def voices(n: int, rng: np.random.Generator, dims: int = DIM, channel: float = 0.0) -> np.ndarray:
+    """`n` speaker vectors differing in `dims` dimensions only (a narrow channel leaves fewer ways for
+    voices to differ: pair cosines spread more, about 1/sqrt(dims)), plus a shared channel offset
+    (which centring removes)."""
+    speaker = np.zeros((n, DIM))
+    speaker[:, :dims] = rng.standard_normal((n, dims)) / np.sqrt(dims)
+    return unit(speaker + channel * unit(np.ones(DIM)))
+
+
+RULE = DecisionRule(
+    prior_mean=np.zeros(DIM, np.float32), prior_weight=5.0, pair_mean=0.0, pair_sd=0.1, strength=3.0, unit=0.1
+)
+
+
+def test_expected_maximum_grows_with_the_gallery() -> None:
+    values = [expected_maximum(m) for m in (1, 2, 10, 100, 1000)]
+    assert values[0] == 0.0
+    assert values == sorted(values)
+    assert values[2] == pytest.approx(1.54, abs=0.02)  # the tabulated E[max of 10 normals]
+
+
+def test_impostor_scores_leave_the_probe_out_of_the_mean() -> None:
+    rng = np.random.default_rng(0)
+    c = voices(4, rng)
+    prior = unit(rng.standard_normal(DIM))
+    got = impostor_scores(c, prior, 2.0)
+    assert got.shape == (12,)
+    mean_without_0 = (c[1:].sum(axis=0) + 2.0 * prior) / (3 + 2.0)
+    assert np.allclose(got[:3], centred(c[0], c[1:], mean_without_0).reshape(-1), atol=1e-6)
+    assert impostor_scores(c[:1], prior, 2.0).size == 0
+
+
+def test_large_cohorts_are_sampled_and_agree_with_leave_one_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(1)
+    c = voices(80, rng, dims=40, channel=0.5)
+    exact = impostor_scores(c, RULE.prior_mean, RULE.prior_weight)
+    monkeypatch.setattr(scoring, "EXACT_COHORT", 10)
+    monkeypatch.setattr(scoring, "MAX_PROBES", 40)
+    sampled = impostor_scores(c, RULE.prior_mean, RULE.prior_weight)
+    assert len(sampled) == 40 * 79
+    assert abs(float(sampled.mean()) - float(exact.mean())) < 0.01
+    assert abs(float(sampled.std()) - float(exact.std())) < 0.01
+
+
+def test_the_level_rises_with_the_number_of_speakers_compared() -> None:
+    scorer = Scorer(RULE)
+    scale = scorer.build_scale(voices(30, np.random.default_rng(2)))
+    levels = [scorer.level(scale, g) for g in (1, 2, 30, 1000)]
+    assert levels == sorted(levels) and levels[0] < levels[-1]
+    assert levels[0] == pytest.approx(scale.pair_mean)
+
+
+def test_small_tenants_lean_on_the_prior_and_large_ones_on_themselves() -> None:
+    scorer = Scorer(RULE)
+    rng = np.random.default_rng(3)
+    none = scorer.build_scale(np.zeros((0, DIM), np.float32))
+    assert (none.pair_mean, none.pair_sd) == (RULE.pair_mean, RULE.pair_sd)
+    # Voices spread twice as wide as the prior says: a few speakers move the estimate part way, many
+    # move it most of the way.
+    # (Six pair scores say little: the small tenants' estimate is averaged over many of them.)
+    small = np.mean([scorer.build_scale(voices(3, rng, dims=25)).pair_sd for _ in range(100)])
+    large = scorer.build_scale(voices(60, rng, dims=25)).pair_sd
+    own = float(impostor_scores(voices(60, rng, dims=25), RULE.prior_mean, RULE.prior_weight).std())
+    assert RULE.pair_sd < small < large
+    assert large == pytest.approx(own, rel=0.15)
+    assert small < own * 0.9
+
+
+def test_one_threshold_holds_on_a_channel_where_voices_sound_alike() -> None:
+    """On a channel where voices differ in fewer ways, unknown voices score high against enrolled
+    ones even after centring; the tenant's own level rises with them, so the same normalised
+    threshold keeps unknown voices out on both channels while the enrolled voices still pass. A fixed
+    threshold on the centred cosine cannot do both."""
+    scorer = Scorer(RULE)
+    threshold = 3.0
+    fixed_fa = []
+    for dims, offset in ((DIM, 0.0), (20, 0.8)):
+        rng = np.random.default_rng(4)
+        enrolled = voices(40, rng, dims, offset)
+        unknown = voices(200, rng, dims, offset)
+        scale = scorer.build_scale(enrolled)
+        best_unknown = scorer.scores(unknown, enrolled, scale, gallery=40).max(axis=1)
+        assert np.mean(best_unknown >= threshold) <= 0.02, dims
+        own = unit(enrolled + 0.3 * rng.standard_normal(enrolled.shape) / np.sqrt(DIM))
+        genuine = np.diag(scorer.scores(own, enrolled, scale, gallery=40))
+        assert np.mean(genuine >= threshold) >= 0.95, dims
+        # The centred cosine at the threshold this tenant's level gives on the studio-like channel.
+        fixed = threshold * RULE.unit + scorer.level(scorer.build_scale(voices(40, rng)), 40)
+        fixed_fa.append(np.mean(centred(unknown, enrolled, scale.mean).max(axis=1) >= fixed))
+    assert fixed_fa[0] <= 0.02 < 0.2 < fixed_fa[1]
+
+
+def test_a_tenants_scale_is_cached_until_its_cohort_arrays_change() -> None:
+    scorer = Scorer(RULE)
+    rng = np.random.default_rng(5)
+    ids, cohort = np.arange(5), voices(5, rng)
+    first = scorer.scale(7, ids, cohort)
+    assert scorer.scale(7, ids, cohort) is first
+    ids2, cohort2 = np.arange(6), voices(6, rng)
+    assert scorer.scale(7, ids2, cohort2) is not first
+    scorer.forget(keep=[])
+    assert scorer.scale(7, ids2, cohort2).speakers == 6
