@@ -1,0 +1,335 @@
+"""Setting the decision rule's defaults on one part of the data and reporting them on another.
+
+- eval-speech speakers are split in two halves by a hash of their label: half 0 sets the defaults,
+  half 1 reports them. Every channel of `devtools.channels` is a condition; each condition is also
+  reported with the threshold set on every *other* condition (leave one condition out): the figure
+  that counts is the worst held-out condition.
+- eval-telephone (real calls) sets nothing: it is reported only.
+- Unknown-voice trials: the one-clip speakers, plus each enrolled speaker's own test clips in a
+  tenant that lacks it (`decisions.leave_one_out`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from devtools import decisions as D
+from devtools.channels import CONDITIONS
+from devtools.embeddings import Embedded
+from devtools.study import embed_all
+from service import calibration as cal
+from service.embedding import weights
+from service.embedding.ecapa import load_cohort
+from service.enrollment.scoring import DecisionRule, Scorer, centred, domain_mean, impostor_scores
+from service.tools.metrics import wilson
+
+log = logging.getLogger(__name__)
+
+FA_TARGET = 0.01
+FR_TARGET = 0.05
+# The voice check sits this many units below the lowest genuine sample of the calibration half:
+# telephone samples of one caller from different calls score lower than any studio condition.
+VOICE_MARGIN = 1.5
+SPEECH = [c.name for c in CONDITIONS]
+
+
+@dataclass(frozen=True)
+class Study:
+    embedded: dict[str, Embedded]
+    prior: np.ndarray  # the model prototypes' mean
+
+    def speech(self, half: int | None, short: bool = False) -> dict[str, list[D.Case]]:
+        e = self.embedded
+        return {
+            c.name: D.leave_one_out(D.speech_cases(c.name, e[c.enroll], e[c.test], half, short))
+            for c in CONDITIONS
+        }
+
+    def telephone(self, consistent: bool, short: bool = False) -> list[D.Case]:
+        return D.leave_one_out(D.telephone_cases(self.embedded["telephone"], consistent, short))
+
+
+def load() -> Study:
+    prior = load_cohort(weights.resolve(None))
+    if prior is None:
+        raise SystemExit("the bundled model has no classifier prototypes")
+    return Study(embed_all(), prior.mean(axis=0))
+
+
+def pair_prior(study: Study, cases: dict[str, list[D.Case]]) -> tuple[float, float]:
+    """Mean and sd of impostor pair scores, averaged over the calibration tenants of every channel."""
+    means, sds = [], []
+    for name in SPEECH:
+        tenant = cases[name][0].tenant
+        pairs = impostor_scores(tenant.centroids, study.prior, cal.PRIOR_WEIGHT)
+        means.append(float(pairs.mean()))
+        sds.append(float(pairs.std()))
+    return float(np.mean(means)), float(np.mean(sds))
+
+
+def rule(study: Study, pair_mean: float, pair_sd: float) -> D.Service:
+    return D.Service(
+        Scorer(
+            DecisionRule(
+                prior_mean=study.prior,
+                prior_weight=cal.PRIOR_WEIGHT,
+                pair_mean=pair_mean,
+                pair_sd=pair_sd,
+                strength=cal.PRIOR_STRENGTH,
+                unit=cal.SCORE_UNIT,
+            )
+        )
+    )
+
+
+def rates(outcome: D.Outcome) -> dict[str, Any]:
+    def entry(count: int, of: int) -> dict[str, Any]:
+        lo, hi = wilson(count, of)
+        return {"count": count, "of": of, "rate": count / of if of else None, "ci95": [lo, hi]}
+
+    return {
+        "falseAccepts": entry(outcome.false_accepts, outcome.unknown),
+        "falseRejects": entry(outcome.false_rejects, outcome.genuine),
+        "misidentified": entry(outcome.misidentified, outcome.genuine),
+    }
+
+
+def scored(r: D.Rule, cases: dict[str, list[D.Case]]) -> dict[str, list[D.Scored]]:
+    return {name: [D.score_case(r, c) for c in group] for name, group in cases.items()}
+
+
+def identification(study: Study) -> dict[str, Any]:
+    calib, report = study.speech(0), study.speech(1)
+    pair_mean, pair_sd = pair_prior(study, calib)
+    service = rule(study, pair_mean, pair_sd)
+    baseline = D.Centred(study.prior, cal.PRIOR_WEIGHT)
+    out: dict[str, Any] = {"pairPrior": {"mean": pair_mean, "sd": pair_sd}}
+    extra = {
+        "telephone": study.telephone(False),
+        "telephone-consistent": study.telephone(True),
+        "telephone-3s": study.telephone(False, short=True),
+        "telephone-consistent-3s": study.telephone(True, short=True),
+    }
+    short = {f"{k}-3s": v for k, v in study.speech(1, short=True).items()}
+    for label, r in (("service", service), ("previous", baseline)):
+        s_cal, s_rep = scored(r, calib), scored(r, report)
+        s_extra, s_short = scored(r, extra), scored(r, short)
+        threshold = D.threshold_for([s for k in SPEECH for s in s_cal[k]], FA_TARGET, FR_TARGET)
+        held_out = {}
+        for name in SPEECH:
+            others = [s for k in SPEECH if k != name for s in s_cal[k]]
+            t = D.threshold_for(others, FA_TARGET, FR_TARGET)
+            held_out[name] = {"threshold": t, **rates(D.pooled(s_rep[name], t))}
+        out[label] = {
+            "threshold": threshold,
+            "reportHalf": {k: rates(D.pooled(v, threshold)) for k, v in s_rep.items()},
+            "leaveOneConditionOut": held_out,
+            "shortClips": {k: rates(D.pooled(v, threshold)) for k, v in s_short.items()},
+            "telephone": {k: rates(D.pooled(v, threshold)) for k, v in s_extra.items()},
+            "calibrationHalf": rates(D.pooled([s for k in SPEECH for s in s_cal[k]], threshold)),
+        }
+    out["service"]["gallery"] = gallery(study, service, out["service"]["threshold"])
+    out["previous"]["gallery"] = gallery(study, baseline, out["previous"]["threshold"])
+    return out
+
+
+def gallery(study: Study, r: D.Rule, threshold: float) -> dict[str, Any]:
+    """False accepts and rejects as the tenant grows: the report half's speakers alone (about 11),
+    with the calibration half's speakers enrolled too (22), and with the one-clip speakers
+    enrolled as well (about 100: then only left-out enrolled speakers are unknown voices); the
+    telephone labels all enrolled but one at a time (32)."""
+    out: dict[str, Any] = {}
+    for channel in ("clean", "mulaw"):
+        e = study.embedded[channel]
+        small = D.speech_cases(channel, e, e, 1)
+        full = D.speech_cases(channel, e, e, None)
+        report_half = {row.speaker for row in e.rows if D.half_of(row.speaker) == 1}
+        tenant22 = _restrict(full[0], report_half)
+        tenant100 = _with_fillers(tenant22, e, report_half)
+        for label, cases in (("~11", small), ("22", [tenant22]), ("~100", [tenant100])):
+            expanded = D.leave_one_out(cases)
+            if label == "~100":
+                expanded = [c for c in expanded[1:] if c.tenant.names != tenant100.tenant.names]
+                expanded = [tenant100, *expanded]
+            total = D.pooled([D.score_case(r, c) for c in expanded], threshold)
+            out[f"{channel} {label}"] = {"speakers": len(cases[0].tenant.names), **rates(total)}
+    everyone = D.leave_one_out(D.telephone_cases(study.embedded["telephone"], folds=0))
+    total = D.pooled([D.score_case(r, c) for c in everyone], threshold)
+    out["telephone 32"] = {"speakers": len(everyone[0].tenant.names) - 1, **rates(total)}
+    return out
+
+
+def _restrict(case: D.Case, speakers: set[str]) -> D.Case:
+    """The case's tenant whole, its trials only from `speakers`."""
+    t = case.trials
+    keep = [i for i, g in enumerate(t.group) if g in speakers]
+    return D.Case(
+        case.condition,
+        case.tenant,
+        D.Trials(
+            t.vectors[keep],
+            [t.truth[i] for i in keep],
+            [t.group[i] for i in keep],
+            [t.clips[i] for i in keep],
+        ),
+    )
+
+
+def _with_fillers(case: D.Case, e: Embedded, report_half: set[str]) -> D.Case:
+    """`case` with every one-clip speaker enrolled on its clip (so none is an unknown trial)."""
+    counts: dict[str, list[int]] = {}
+    for i, row in enumerate(e.rows):
+        counts.setdefault(row.speaker, []).append(i)
+    names, samples = list(case.tenant.names), list(case.tenant.samples)
+    for spk, idx in counts.items():
+        if len(idx) == 1 and np.isfinite(e.vectors[idx[0]]).all():
+            names.append(spk)
+            samples.append(e.vectors[idx])
+    t = case.trials
+    keep = [i for i, truth in enumerate(t.truth) if truth is not None]
+    return D.Case(
+        case.condition,
+        D.Tenant(names, samples),
+        D.Trials(
+            t.vectors[keep],
+            [t.truth[i] for i in keep],
+            [t.group[i] for i in keep],
+            [t.clips[i] for i in keep],
+        ),
+    )
+
+
+def voice_check(study: Study, r: D.Service, threshold_units: float | None = None) -> dict[str, Any]:
+    """The enrollment voice check: a speaker's 2nd and 3rd samples against the voiceprint of the
+    samples before them (genuine), and other speakers' clips against the same voiceprints
+    (impostor), scored by the rule against one speaker. Within each channel, and across (first
+    sample at 16 kHz, the next through G.711). Sets the threshold on half 0 (the lowest genuine
+    score there, less `VOICE_MARGIN`), reports half 1."""
+    scorer = r.scorer
+    out: dict[str, Any] = {}
+    pairs = [(c.name, c.enroll, c.test) for c in CONDITIONS if c.enroll == c.test] + [
+        ("mixed", "clean", "mulaw")
+    ]
+    per_half: dict[int, dict[str, tuple[np.ndarray, np.ndarray]]] = {0: {}, 1: {}}
+    for half in (0, 1):
+        for name, first, later in pairs:
+            per_half[half][name] = _voice_trials(study, scorer, first, later, half)
+    if threshold_units is None:
+        genuine = np.concatenate([g for g, _ in per_half[0].values()])
+        threshold_units = float(np.floor((genuine.min() - VOICE_MARGIN) * 10) / 10)
+    for name, (g, i) in per_half[1].items():
+        out[name] = {
+            "genuineRefused": _entry(int((g < threshold_units).sum()), len(g)),
+            "otherVoicesRefused": _entry(int((i < threshold_units).sum()), len(i)),
+            "genuineMin": float(g.min()),
+        }
+    return {"threshold": threshold_units, "reportHalf": out}
+
+
+def _entry(count: int, of: int) -> dict[str, Any]:
+    lo, hi = wilson(count, of)
+    return {"count": count, "of": of, "rate": count / of if of else None, "ci95": [lo, hi]}
+
+
+def _voice_trials(
+    study: Study, scorer: Scorer, first: str, later: str, half: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Genuine and other-voice scores of the check, for the half's enrolled speakers: the voiceprint
+    of sample 1 (channel `first`) against sample 2 (channel `later`), then of samples 1-2 against
+    sample 3; every other speaker's first clip (channel `later`) against the same voiceprints."""
+    e1, e2 = study.embedded[first], study.embedded[later]
+    scale = scorer.build_scale(D.speech_cases(first, e1, e1, half)[0].tenant.centroids)
+    by: dict[str, list[int]] = {}
+    for i, row in enumerate(e1.rows):
+        if D.half_of(row.speaker) == half:
+            by.setdefault(row.speaker, []).append(i)
+    firsts = {s: e2.vectors[idx[0]] for s, idx in by.items() if np.isfinite(e2.vectors[idx[0]]).all()}
+    genuine: list[float] = []
+    impostor: list[float] = []
+    for spk, idx in by.items():
+        if len(idx) < 6:
+            continue
+        earlier = [e1.vectors[idx[0]]]
+        for k in (1, 2):
+            voiceprint = D._unit(np.mean(earlier, axis=0))
+            new = e2.vectors[idx[k]]
+            earlier.append(new)
+            if not np.isfinite(new).all():
+                continue
+            genuine.append(float(scorer.scores(new, voiceprint, scale, 1)[0, 0]))
+            others = np.stack([v for s, v in firsts.items() if s != spk])
+            impostor += scorer.scores(others, voiceprint, scale, 1)[:, 0].tolist()
+    return np.array(genuine), np.array(impostor)
+
+
+def centred_cosines(study: Study, queries: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    return centred(queries, centroids, domain_mean(centroids, study.prior, cal.PRIOR_WEIGHT))
+
+
+def summary_lines(results: dict[str, Any]) -> list[str]:
+    def cell(entry: dict[str, Any]) -> str:
+        lo, hi = entry["ci95"]
+        rate = entry["rate"]
+        pct = "-" if rate is None else f"{100 * rate:.1f} %"
+        return f"{entry['count']}/{entry['of']} {pct} [{100 * lo:.1f}, {100 * hi:.1f}]"
+
+    lines = []
+    ident = results["identification"]
+    p = ident["pairPrior"]
+    lines.append(f"pair prior: mean {p['mean']:.4f}, sd {p['sd']:.4f}")
+    for label in ("service", "previous"):
+        r = ident[label]
+        lines.append(f"\n## {label}: threshold {r['threshold']:.3f} (set on half 0, every channel)")
+        c = r["calibrationHalf"]
+        lines.append(f"calibration half: FA {cell(c['falseAccepts'])}  FR {cell(c['falseRejects'])}")
+        lines.append("| condition | FA (report half) | FR | misidentified | held-out threshold | FA | FR |")
+        lines.append("| --- | --- | --- | --- | --- | --- | --- |")
+        for name in SPEECH:
+            a, b = r["reportHalf"][name], r["leaveOneConditionOut"][name]
+            lines.append(
+                f"| {name} | {cell(a['falseAccepts'])} | {cell(a['falseRejects'])} "
+                f"| {cell(a['misidentified'])} | {b['threshold']:.2f} | {cell(b['falseAccepts'])} "
+                f"| {cell(b['falseRejects'])} |"
+            )
+        for group in ("shortClips", "telephone", "gallery"):
+            for name, a in r[group].items():
+                size = f" ({a['speakers']} speakers)" if "speakers" in a else ""
+                lines.append(
+                    f"| {group}: {name}{size} | {cell(a['falseAccepts'])} | {cell(a['falseRejects'])} "
+                    f"| {cell(a['misidentified'])} | | | |"
+                )
+    v = results["voiceCheck"]
+    lines.append(f"\n## enrollment voice check: threshold {v['threshold']:.2f} units (gallery 1)")
+    for name, a in v["reportHalf"].items():
+        lines.append(
+            f"| {name} | genuine refused {cell(a['genuineRefused'])} (lowest {a['genuineMin']:.2f}) "
+            f"| other voices refused {cell(a['otherVoicesRefused'])} |"
+        )
+    return lines
+
+
+def run() -> dict[str, Any]:
+    study = load()
+    ident = identification(study)
+    p = ident["pairPrior"]
+    voice = voice_check(study, rule(study, p["mean"], p["sd"]))
+    return {"identification": ident, "voiceCheck": voice}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    import json
+    import sys
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    results = run()
+    args = list(argv if argv is not None else sys.argv[1:])
+    if args:
+        with open(args[0], "w") as fh:
+            json.dump(results, fh, indent=1)
+    print("\n".join(summary_lines(results)))
+    return 0
