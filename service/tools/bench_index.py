@@ -19,6 +19,9 @@ recall is measured on.) Searches ask for `SHORTLIST` speakers, as identification
 - restrictions: searches of the small tenant, and of tenant 1 restricted to `ONLY` speaker ids
   (plus ids of the other tenant, which must never come back), each against exact search over
   its allowed set; `leaks` counts results outside the allowed set (must be 0);
+- scoring: the decision rule's work on top of a search (`service.enrollment.scoring`): p50 of
+  normalising the shortlist with the tenant's cached scale, and the one-off build of that scale
+  from the tenant's cohort (after the cohort changes);
 - deletes: a speaker is removed and the next search for its own vector must not return it; then
   it is added again and must be that search's top-1 (`delete errors` counts failures of either);
   the times are of `remove` and of `upsert`.
@@ -33,8 +36,10 @@ from typing import Any
 
 import numpy as np
 
+from service import calibration as cal
 from service.config import IndexSettings
 from service.enrollment.ports import IndexEntry
+from service.enrollment.scoring import DecisionRule, Scorer
 from service.storage.index import FaissSpeakerIndex
 
 DIM = 192
@@ -76,14 +81,15 @@ def format_rows(rows: Sequence[Row]) -> str:
     """The rows as two fixed-width tables: search at scale, then restrictions and deletes."""
     lines = [
         f"{'speakers':>9} {'index':>5} {'build s':>8} {'p50 ms':>7} {'p99 ms':>7} {'exact p50':>10} "
-        f"{'speed-up':>8} {'recall@1':>8} {'at cos .5':>9} {'RSS GB':>7} {'peak GB':>8}"
+        f"{'speed-up':>8} {'recall@1':>8} {'at cos .5':>9} {'RSS GB':>7} {'peak GB':>8} "
+        f"{'scoring p50 ms':>14} {'scale ms':>8}"
     ]
     for r in rows:
         lines.append(
             f"{r['speakers']:>9} {r['kind']:>5} {r['build_s']:>8.1f} {r['p50_ms']:>7.2f} "
             f"{r['p99_ms']:>7.2f} {r['exact_p50_ms']:>10.2f} {r['speedup']:>7.1f}x "
             f"{r['recall_at_1']:>8.3f} {r['hard_recall_at_1']:>9.3f} {r['rss_gb']:>7.2f} "
-            f"{r['peak_rss_gb']:>8.2f}"
+            f"{r['peak_rss_gb']:>8.2f} {r['score_p50_ms']:>14.3f} {r['scale_build_ms']:>8.1f}"
         )
     lines.append("")
     lines.append(
@@ -172,6 +178,7 @@ def _bench_size(n: int, queries: int, nprobe: int, ivf_threshold: int) -> Row:
         or index.lookup(1, "s0") is not entries[0]
     ):
         tenant["leaks"] += 1
+    scale_ms, score = _scoring(index, qs[:CHECKS], len(first))
     removed, readded, errors = _deletes(index, entries, vectors, rng, first)
     rss, peak = rss_gb()
     return {
@@ -198,7 +205,36 @@ def _bench_size(n: int, queries: int, nprobe: int, ivf_threshold: int) -> Row:
         "delete_ms": _ms(removed),  # of `remove`
         "readd_ms": _ms(readded),
         "delete_errors": errors,
+        "scale_build_ms": scale_ms,
+        "score_p50_ms": _ms(score),
     }
+
+
+def _scoring(index: FaissSpeakerIndex, qs: np.ndarray, gallery: int) -> tuple[float, list[float]]:
+    """The decision rule on top of search, as identify runs it: the tenant's scale (built once per
+    cohort change: its time is returned apart), then the normalised scores of the shortlist."""
+    scorer = Scorer(
+        DecisionRule(
+            prior_mean=np.zeros(DIM, np.float32),
+            prior_weight=cal.PRIOR_WEIGHT,
+            pair_mean=cal.PAIR_MEAN,
+            pair_sd=cal.PAIR_SD,
+            strength=cal.PRIOR_STRENGTH,
+            unit=cal.SCORE_UNIT,
+        )
+    )
+    t0 = time.perf_counter()
+    scorer.scale(1, *index.cohort(1))
+    build = 1000 * (time.perf_counter() - t0)
+    times = []
+    for q in qs:
+        found = index.search(q, 1, k=SHORTLIST)
+        centroids = np.stack([e.centroid for e, _ in found])
+        t0 = time.perf_counter()
+        scale = scorer.scale(1, *index.cohort(1))
+        scorer.scores(q, centroids, scale, gallery)
+        times.append(time.perf_counter() - t0)
+    return build, times
 
 
 def _genuine(
