@@ -11,8 +11,7 @@ The first clips of every enrollable speaker also get near-copies (MP3, added whi
 start, lower gain) for the duplicate and spread checks. The report covers:
 
 1. same- versus different-speaker cosine and EER, per condition;
-2. the enrollment mismatch gate (centroid of the first 1 or 2 samples versus later samples and
-   other speakers' clips), including 16 kHz enrollment with 8 kHz samples and the reverse;
+2. (the enrollment voice check is the decision rule's: see scripts/calibrate_decisions.py);
 3. the near-duplicate gate (near-copies versus the closest distinct utterances of a speaker);
 4. the spread that `Complete` asks of a speaker's samples;
 5. the audio gates (speech seconds, SNR, clipping) over every clip;
@@ -470,46 +469,6 @@ def gate_rates(genuine: np.ndarray, impostor: np.ndarray, threshold: float) -> d
     return metrics.rates_at(genuine, impostor, threshold).as_dict()
 
 
-def mismatch_section(
-    vectors: dict[str, np.ndarray], clips: Sequence[Clip], speakers: dict[str, list[int]]
-) -> dict[str, Any]:
-    section: dict[str, Any] = {}
-    for enrol, probe in GATE_SCENARIOS:
-        for count in ENROLLED_COUNTS:
-            trials = gate_trials(vectors[enrol], vectors[probe], clips, speakers, count)
-            section[f"enrolled {count} x {enrol}, sample {probe}"] = {
-                "enrolled_condition": enrol,
-                "sample_condition": probe,
-                "enrolled_samples": count,
-                "genuine": distribution(trials["genuine"]),
-                "genuine_cross_session": distribution(trials["genuine_cross_session"]),
-                "impostor": distribution(trials["impostor"]),
-                "grid": [gate_rates(trials["genuine"], trials["impostor"], t) for t in MISMATCH_GRID],
-                "current": gate_rates(trials["genuine"], trials["impostor"], cal.MISMATCH_COSINE),
-                "cross_session_grid": [
-                    gate_rates(trials["genuine_cross_session"], trials["impostor"], t) for t in MISMATCH_GRID
-                ],
-            }
-    return section
-
-
-def propose_mismatch(section: dict[str, Any]) -> dict[str, Any]:
-    """Highest grid value whose worst genuine refusal over every case is at most MAX_GENUINE_REFUSAL."""
-    chosen = MISMATCH_GRID[0]
-    for position, threshold in enumerate(MISMATCH_GRID):
-        worst = max(case["grid"][position]["falseRejects"]["rate"] or 0.0 for case in section.values())
-        if worst <= MAX_GENUINE_REFUSAL:
-            chosen = threshold
-    position = MISMATCH_GRID.index(chosen)
-    return {
-        "value": chosen,
-        "rule": f"highest of {MISMATCH_GRID[0]}..{MISMATCH_GRID[-1]} refusing at most "
-        f"{MAX_GENUINE_REFUSAL:.0%} of genuine samples in every case",
-        "rates": {name: case["grid"][position] for name, case in section.items()},
-        "cross_session_rates": {name: case["cross_session_grid"][position] for name, case in section.items()},
-    }
-
-
 def long_clips(speakers: dict[str, list[int]], original: dict[int, Measurement]) -> dict[str, list[int]]:
     """Each speaker's clips with enough speech for the spread check, in manifest order."""
     return {
@@ -766,35 +725,6 @@ def render(results: dict[str, Any]) -> list[str]:
             )
         )
 
-    mismatch = results["mismatch"]
-    lines += ["", "2. Enrollment mismatch gate: cosine of a new sample to the enrolled centroid"]
-    for name, case in mismatch["cases"].items():
-        lines += [
-            f"  {name}",
-            f"    genuine  n={case['genuine']['n']:5d}  {fmt(case['genuine'])}",
-            f"    impostor n={case['impostor']['n']:5d}  {fmt(case['impostor'])}",
-            "    threshold " + " ".join(f"{row['threshold']:6.2f}" for row in case["grid"]),
-            "    refused % " + " ".join(f"{pct(r['falseRejects']):6.2f}" for r in case["grid"]),
-            "    accepted %" + " ".join(f"{pct(r['falseAccepts']):6.2f}" for r in case["grid"]),
-        ]
-    current = {name: case["current"] for name, case in mismatch["cases"].items()}
-    worst = max(current, key=lambda name: pct(current[name]["falseRejects"]))
-    lines.append(
-        f"  current MISMATCH_COSINE = {cal.MISMATCH_COSINE:.2f}: worst genuine refusal "
-        f"{pct(current[worst]['falseRejects']):.2f} % ({worst}); impostor acceptance "
-        f"{min(pct(r['falseAccepts']) for r in current.values()):.1f}"
-        f"-{max(pct(r['falseAccepts']) for r in current.values()):.1f} %"
-    )
-    proposal = mismatch["proposal"]
-    lines += [f"  proposed MISMATCH_COSINE = {proposal['value']:.2f} ({proposal['rule']})"]
-    for name, rates in proposal["rates"].items():
-        cross = proposal["cross_session_rates"][name]
-        lines.append(
-            f"    {name:40s} genuine refused {rate_cell(rates['falseRejects'])}, "
-            f"impostors accepted {rate_cell(rates['falseAccepts'])}; "
-            f"other-session genuine refused {rate_cell(cross['falseRejects'])}"
-        )
-
     dup = results["duplicate"]
     lines += ["", "3. Near-duplicate gate: cosine of a clip (16k) to a near-copy of itself"]
     for variant, d in dup["near_copy"].items():
@@ -904,13 +834,11 @@ def run(manifest: Path, cache_dir: Path) -> dict[str, Any]:
     copies = measure_all(measurer, clips, copy_indices, extra, "near-copies")
     copies.update({c: measured[c] for c in COPIES if c in CONDITIONS})
 
-    mismatch = mismatch_section(vectors, clips, speakers)
     duplicate = duplicate_section(vectors, copies, clips, speakers, copy_clips)
     spread_result = spread_section(
         vectors, copies, copy_clips, long_clips(speakers, measured["16k"]), duplicate["proposal"]["value"]
     )
     audio = audio_section({**measured, **{v: copies[v] for v in extra}}, clips)
-    mismatch_proposal = propose_mismatch(mismatch)
     return {
         "data": {
             "manifest": str(manifest),
@@ -922,7 +850,6 @@ def run(manifest: Path, cache_dir: Path) -> dict[str, Any]:
             "near_copy_clips": {s: [clips[i].path for i in v] for s, v in copy_clips.items()},
         },
         "pairwise": pairwise_section(vectors, clips),
-        "mismatch": {"cases": mismatch, "proposal": mismatch_proposal},
         "duplicate": duplicate,
         "spread": spread_result,
         "audio": audio,
@@ -932,7 +859,6 @@ def run(manifest: Path, cache_dir: Path) -> dict[str, Any]:
             "MIN_SNR_DB": audio["proposal"]["min_snr_db"],
             "MIN_SPREAD": spread_result["proposal"]["value"],
             "DUPLICATE_COSINE": duplicate["proposal"]["value"],
-            "MISMATCH_COSINE": mismatch_proposal["value"],
         },
     }
 

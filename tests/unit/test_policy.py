@@ -18,6 +18,8 @@ POLICY = rules.EnrollmentPolicy(
 
 def cosine(vector: np.ndarray, voiceprint: np.ndarray) -> float:
     return float(vector @ voiceprint)
+
+
 SHA = "a" * 64
 
 
