@@ -36,6 +36,10 @@ import numpy as np
 # on the whole cohort's mean (its leave-one-out change is below 1/64) with a bounded set of probes.
 EXACT_COHORT = 64
 MAX_PROBES = 256
+# Cohort centroids this close (plain cosine) are one voice and count once: different speakers'
+# centroids reached at most 0.69 on every studio channel and 0.78 on real telephone calls (two labels
+# that are probably one caller); copies of one recording score about 1.0.
+SAME_VOICE = 0.85
 
 
 def expected_maximum(m: int) -> float:
@@ -59,6 +63,19 @@ def domain_mean(centroids: np.ndarray, prior: np.ndarray, prior_weight: float) -
     """The mean of `centroids` ``(c, dim)`` with `prior` counted as `prior_weight` speakers."""
     total = centroids.sum(axis=0) if len(centroids) else np.zeros_like(prior)
     return ((total + prior_weight * prior) / (len(centroids) + prior_weight)).astype(np.float32)
+
+
+def distinct_voices(centroids: np.ndarray) -> np.ndarray:
+    """`centroids` ``(c, dim)`` without the repeats of a voice (see `SAME_VOICE`), first kept."""
+    if len(centroids) < 2:
+        return centroids
+    close = (centroids @ centroids.T) >= SAME_VOICE
+    later = np.triu(np.ones_like(close), k=1)
+    dropped = np.zeros(len(centroids), dtype=bool)
+    for i in range(len(centroids)):
+        if not dropped[i]:
+            dropped |= close[i] & later[i]
+    return centroids[~dropped]
 
 
 def impostor_scores(centroids: np.ndarray, prior: np.ndarray, prior_weight: float) -> np.ndarray:
@@ -102,7 +119,7 @@ class TenantScale:
     mean: np.ndarray
     pair_mean: float
     pair_sd: float
-    speakers: int  # cohort speakers behind the statistics
+    speakers: int  # distinct voices of the cohort behind the statistics
 
 
 class Scorer:
@@ -127,7 +144,9 @@ class Scorer:
         return built
 
     def build_scale(self, cohort: np.ndarray) -> TenantScale:
+        """The scale of a tenant whose cohort centroids are `cohort` ``(c, dim)``."""
         r = self.rule
+        cohort = distinct_voices(cohort)
         c = len(cohort)
         if not r.centring:
             return TenantScale(np.zeros_like(r.prior_mean), r.pair_mean, r.pair_sd, c)

@@ -43,8 +43,8 @@ REFINE = 4  # codes shortlisted per result wanted, re-scored exactly
 MIN_SHORTLIST = 32
 TRAIN_PER_LIST = 64  # training points per IVF list (faiss asks for at least 39)
 ADD_CHUNK = 65_536  # vectors stacked per add at build: bounds the temporary copy
-# Speakers of a tenant that its scores are normalised against: enough for stable statistics of the
-# top-scoring impostors, few enough that normalising a shortlist costs about a millisecond.
+# Speakers of a tenant that its scores are normalised against: enough for stable statistics, few
+# enough that building them after a change takes milliseconds.
 COHORT_LIMIT = 1000
 
 
@@ -151,11 +151,15 @@ class FaissSpeakerIndex:
         return len(self._by_tenant.get(tenant_id, ()))
 
     def cohort(self, tenant_id: int) -> tuple[np.ndarray, np.ndarray]:
-        """The tenant's complete speakers that its scores are normalised against: speaker ids
-        ``(c,)`` and their centroids ``(c, dim)``, at most `COHORT_LIMIT` of them. Once a tenant has
-        more, new speakers do not join (the cohort, and every score, stay put as it grows); a member
-        that leaves is replaced. The same arrays are returned until the cohort changes, so callers
-        may cache what they derive from them by identity; never modify them."""
+        """The tenant's speakers that its scores are normalised against: speaker ids ``(c,)`` and
+        their centroids ``(c, dim)``, at most `COHORT_LIMIT` of them, in the order they joined. Once
+        a tenant has more, new speakers do not join (the cohort, and every score, stay put as it
+        grows); a member that leaves is replaced by the earliest speaker outside. Every speaker with
+        a sample counts, complete or not: a telephone caller enrolled from three short calls may
+        never be complete, yet carries the tenant's channel (the scorer counts each voice once, so
+        one voice under many ids does not weigh more). The same arrays are returned until the
+        cohort changes, so callers may cache what they derive from them by identity; never modify
+        them."""
         with self._lock:
             cached = self._cohorts.get(tenant_id)
             if cached is None:
@@ -289,14 +293,9 @@ class FaissSpeakerIndex:
 
     def _join_cohort(self, entry: IndexEntry) -> None:
         members = self._cohort_members.setdefault(entry.tenant_id, {})
-        if entry.speaker_id in members:
-            if entry.complete:
-                self._cohorts.pop(entry.tenant_id, None)  # its centroid moved
-            else:
-                self._leave_cohort(entry)
-        elif entry.complete and len(members) < COHORT_LIMIT:
+        if entry.speaker_id in members or len(members) < COHORT_LIMIT:
             members[entry.speaker_id] = None
-            self._cohorts.pop(entry.tenant_id, None)
+            self._cohorts.pop(entry.tenant_id, None)  # a member's centroid moved, or one joined
 
     def _leave_cohort(self, entry: IndexEntry) -> None:
         members = self._cohort_members.get(entry.tenant_id)
@@ -304,9 +303,9 @@ class FaissSpeakerIndex:
             return
         del members[entry.speaker_id]
         self._cohorts.pop(entry.tenant_id, None)
-        if len(members) == COHORT_LIMIT - 1:  # it was full: the earliest complete non-member joins
+        if len(members) == COHORT_LIMIT - 1:  # it was full: the earliest speaker outside joins
             for other in sorted(self._by_tenant.get(entry.tenant_id, ())):
-                if other not in members and other != entry.speaker_id and self._entries[other].complete:
+                if other not in members and other != entry.speaker_id:
                     members[other] = None
                     break
         if not members:
