@@ -33,6 +33,16 @@ MIN_TOTAL_SPEECH_SECONDS = 20.0
 # and all three conditions. Set below every distinct set; near-copies are refused by the checks
 # below before they can count.
 MIN_SPREAD = 0.022
+# The widest a voiceprint may grow. Genuine spread over every clip of 1 s of speech or more, per
+# speaker and channel condition of scripts/calibrate_decisions.py: any three utterances of one
+# reader at most 0.228 at 16 kHz, 0.195-0.240 through G.711, AMR-NB, Opus, MP3 and real noise,
+# 0.296 in reverberant rooms; all 6-10 clips of a reader at most 0.248 (rooms). Real telephone
+# callers (eval-telephone, the 20 labels whose clips all agree, clips from different calls): any
+# three at most 0.329, all 4-8 of a caller at most 0.335. Ten other readers' clips sent one after
+# another into a speaker complete on three 8 kHz clips took it from 0.048 to 0.478 before complete
+# speakers' samples had to pass the verify threshold. A sample that would take a speaker's spread
+# past this is refused as not one voice.
+MAX_SPREAD = 0.35
 # Cosine between different utterances of one speaker reaches 0.937, while re-encoded or noisy
 # copies of one clip go as low as 0.61: embeddings cannot tell them apart, so the cosine check only
 # catches (near-)identical audio (0.02 above the highest distinct pair), and the content fingerprint

@@ -40,6 +40,10 @@ class EnrollmentSettings(BaseModel):
     min_spread: float = Field(
         cal.MIN_SPREAD, description="mean cosine distance of samples to their centroid for Complete"
     )
+    max_spread: float = Field(
+        cal.MAX_SPREAD,
+        description="a sample that would widen the spread past this is refused",
+    )
     duplicate_cosine: float = Field(
         cal.DUPLICATE_COSINE, description="a new sample this close to an old one is a near-copy"
     )

@@ -45,6 +45,7 @@ def enrollment_policy(settings: Settings) -> EnrollmentPolicy:
         min_samples=e.min_samples,
         min_total_speech_seconds=e.min_total_speech_seconds,
         min_spread=e.min_spread,
+        max_spread=e.max_spread,
         duplicate_cosine=e.duplicate_cosine,
         voice_check=e.voice_check,
         duplicate_fingerprint=e.duplicate_fingerprint,

@@ -23,6 +23,7 @@ class EnrollmentPolicy:
     duplicate_cosine: float
     voice_check: float  # normalised units (the decision rule against one speaker)
     duplicate_fingerprint: float = 1.1  # off unless set
+    max_spread: float = float("inf")  # off unless set
 
 
 def normalise(vector: np.ndarray) -> np.ndarray:
@@ -43,6 +44,20 @@ def centroid_and_spread(vectors: Sequence[np.ndarray]) -> tuple[np.ndarray, floa
 VoiceScore = Callable[[np.ndarray, np.ndarray], float]  # (new vector, voiceprint) -> normalised score
 
 
+def voiceprint_samples(samples: Sequence[SampleRecord], policy: EnrollmentPolicy) -> Sequence[SampleRecord]:
+    """The samples (in the order they were accepted) a new sample's voice is checked against.
+
+    Once they include a complete enrollment, that is the earliest complete set: what later samples
+    are held to then never moves, so a voiceprint cannot be walked away in steps that each pass the
+    check. Before that, all of them."""
+    for n in range(max(policy.min_samples, 1), len(samples) + 1):
+        prefix = samples[:n]
+        _, spread = centroid_and_spread([s.vector for s in prefix])
+        if not missing(n, sum(s.speech_seconds for s in prefix), spread, policy):
+            return prefix
+    return samples
+
+
 def check_new_sample(
     vector: np.ndarray,
     earlier: Sequence[SampleRecord],
@@ -50,11 +65,13 @@ def check_new_sample(
     fingerprint: bytes | None = None,
     voice: tuple[VoiceScore, float] | None = None,
 ) -> None:
-    """Refuse a near-copy of an earlier sample, or a voice unlike the earlier samples.
+    """Refuse a near-copy of an earlier sample, a voice unlike the earlier samples, or a sample that
+    would widen the voiceprint past what one voice spans (`policy.max_spread`).
 
-    `voice`: the decision rule's score of the new sample against the voiceprint of the earlier
-    samples, and the least it must reach (`policy.voice_check` while enrolling; the verify threshold
-    once the speaker is complete, so accepted samples cannot walk a finished voiceprint away)."""
+    `voice`: the decision rule's score of the new sample against a voiceprint, and the least it must
+    reach (`policy.voice_check` while enrolling; the verify threshold once the speaker is complete).
+    The voiceprint is that of `voiceprint_samples`: once complete, the samples that completed it,
+    so accepted samples cannot walk a finished voiceprint away."""
     if not earlier:
         return
     if fingerprint:
@@ -74,15 +91,21 @@ def check_new_sample(
             f"This sample is a near-copy of one the speaker already has (cosine {closest:.3f}); "
             "send a different utterance"
         )
-    if voice is None:
-        return
-    score_of, least = voice
-    centre, _ = centroid_and_spread(list(stack))
-    score = score_of(vector, centre)
-    if score < least:
+    if voice is not None:
+        score_of, least = voice
+        centre, _ = centroid_and_spread([s.vector for s in voiceprint_samples(earlier, policy)])
+        score = score_of(vector, centre)
+        if score < least:
+            raise SpeakerMismatch(
+                f"This voice does not match the speaker's earlier samples (score {score:.2f}, "
+                f"at least {least:g} needed)"
+            )
+    _, before = centroid_and_spread(list(stack))
+    _, after = centroid_and_spread([*stack, vector])
+    if after > policy.max_spread and after > before:
         raise SpeakerMismatch(
-            f"This voice does not match the speaker's earlier samples (score {score:.2f}, "
-            f"at least {least:g} needed)"
+            f"This sample would widen the speaker's voiceprint past what one voice spans (spread "
+            f"{after:.3f}, at most {policy.max_spread:g}); it does not sound like the earlier samples"
         )
 
 
