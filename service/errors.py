@@ -152,6 +152,12 @@ class NoisyAudio(AudioError):
     default_message = "Audio is too noisy"
 
 
+class MultipleSpeakers(AudioError):
+    code = "audio.MultipleSpeakers"
+    status = 422
+    default_message = "The channels of this clip hold different voices"
+
+
 # --- enrollment and identification ---------------------------------------------------------------
 
 

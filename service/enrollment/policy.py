@@ -9,7 +9,7 @@ import numpy as np
 
 from service.audio import fingerprint as content
 from service.enrollment.ports import Aggregates, SampleRecord
-from service.errors import DuplicateSample, SpeakerMismatch
+from service.errors import DuplicateSample, MultipleSpeakers, SpeakerMismatch
 
 ENROLLING = "enrolling"
 COMPLETE = "complete"
@@ -107,6 +107,19 @@ def check_new_sample(
             f"This sample would widen the speaker's voiceprint past what one voice spans (spread "
             f"{after:.3f}, at most {policy.max_spread:g}); it does not sound like the earlier samples"
         )
+
+
+def check_one_voice(vectors: Sequence[np.ndarray], score_of: VoiceScore, least: float) -> None:
+    """Refuse a clip whose channels hold different voices: `vectors` are the speech of each channel
+    with enough of it, and every pair must score at least `least` (the enrollment voice check)."""
+    for i, first in enumerate(vectors):
+        for second in vectors[i + 1 :]:
+            score = score_of(first, second)
+            if score < least:
+                raise MultipleSpeakers(
+                    f"The channels of this clip hold different voices (score {score:.2f} between "
+                    f"them, at least {least:g} for one voice); send one speaker's voice only"
+                )
 
 
 def aggregate(samples: Sequence[SampleRecord], model_sha256: str, policy: EnrollmentPolicy) -> Aggregates:

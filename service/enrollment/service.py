@@ -16,10 +16,11 @@ import numpy as np
 
 from service.audio.fingerprint import fingerprint
 from service.audio.frontend import AudioFrontEnd, AudioInput
-from service.audio.pipeline import QualityLimits
+from service.audio.pipeline import TARGET_RATE, PreparedAudio, QualityLimits
 from service.enrollment import policy as rules
 from service.enrollment.policy import EnrollmentPolicy
 from service.enrollment.ports import NewSample, SampleRecord, SpeakerRecord, Store, Transaction
+from service.enrollment.voices import TenantVoices
 from service.errors import SampleNotFound, SpeakerNotFound
 
 log = logging.getLogger(__name__)
@@ -58,7 +59,7 @@ class EnrollmentService:
         policy: EnrollmentPolicy,
         limits: QualityLimits,
         after_commit: Callable[[], object],
-        voice_score: Callable[[int, np.ndarray, np.ndarray], float] | None = None,
+        voices: TenantVoices | None = None,
         complete_threshold: float = float("inf"),
         store_audio: bool = False,
     ) -> None:
@@ -69,12 +70,13 @@ class EnrollmentService:
         self.policy = policy
         self.limits = limits
         self.after_commit = after_commit
-        self.voice_score = voice_score
+        self.voices = voices
         self.complete_threshold = complete_threshold
         self.store_audio = store_audio
 
     def enroll(self, tenant_id: int, speaker_id: str, audio: AudioInput) -> EnrollmentStatus:
-        prepared = self.frontend.load(audio, self.limits)
+        prepared = self.frontend.load(audio, self.limits, channels=True)
+        self._check_one_voice(tenant_id, prepared)
         vector = rules.normalise(self.embed(prepared.speech_wave()))
         sample = NewSample(
             sample_id=uuid.uuid4().hex,
@@ -146,11 +148,22 @@ class EnrollmentService:
     def _voice(self, tenant_id: int, speaker: SpeakerRecord) -> tuple[rules.VoiceScore, float] | None:
         """The voice check for a new sample of `speaker`: the decision rule in its tenant, at the
         enrollment threshold, or at the verify threshold once the speaker is complete."""
-        if self.voice_score is None:
+        if self.voices is None:
             return None
-        score = self.voice_score
+        voices = self.voices
         least = self.complete_threshold if speaker.status == rules.COMPLETE else self.policy.voice_check
-        return (lambda vector, voiceprint: score(tenant_id, vector, voiceprint)), least
+        return (lambda vector, voiceprint: voices.score(tenant_id, vector, voiceprint)), least
+
+    def _check_one_voice(self, tenant_id: int, prepared: PreparedAudio) -> None:
+        """Refuse a clip whose channels (those with enough speech each) hold different voices: mixed,
+        two people would make one voiceprint that is neither's."""
+        least_samples = self.limits.min_speech_seconds * TARGET_RATE
+        voiced = [wave for wave in prepared.channel_speech if len(wave) >= least_samples]
+        if len(voiced) < 2 or self.voices is None:
+            return
+        voices = self.voices
+        vectors = [rules.normalise(self.embed(wave)) for wave in voiced]
+        rules.check_one_voice(vectors, lambda a, b: voices.score(tenant_id, a, b), self.policy.voice_check)
 
     def _committed(self) -> None:
         """Bring this process's index up to the commit. The write is already durable and will be
