@@ -56,6 +56,16 @@ class EnrollmentSettings(BaseModel):
         "samples) is refused as another voice; a complete speaker's new samples must pass the verify "
         "threshold",
     )
+    one_speaker_per_recording: bool = Field(
+        True,
+        description="refuse a sample whose recording another speaker of the tenant already has (off only "
+        "for load tests that send a few clips under many ids)",
+    )
+    similar_voice: float = Field(
+        cal.SIMILAR_VOICE,
+        description="a speaker's status warns when its voiceprint scores this against another speaker's "
+        "(normalised units, as identify scores against the whole tenant)",
+    )
     store_audio: bool = Field(False, description="keep the decoded 16 kHz audio of each sample")
 
 

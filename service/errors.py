@@ -179,6 +179,12 @@ class DuplicateSample(ServiceError):
     default_message = "This sample is a near-copy of one the speaker already has"
 
 
+class DuplicateRecording(ServiceError):
+    code = "enrollment.DuplicateRecording"
+    status = 409
+    default_message = "This recording is already enrolled for another speaker of this account"
+
+
 class SpeakerMismatch(ServiceError):
     code = "enrollment.SpeakerMismatch"
     status = 409

@@ -50,6 +50,8 @@ def enrollment_policy(settings: Settings) -> EnrollmentPolicy:
         duplicate_cosine=e.duplicate_cosine,
         voice_check=e.voice_check,
         duplicate_fingerprint=e.duplicate_fingerprint,
+        one_speaker_per_recording=e.one_speaker_per_recording,
+        similar_voice=e.similar_voice,
     )
 
 

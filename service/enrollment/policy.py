@@ -7,9 +7,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from service import calibration as cal
 from service.audio import fingerprint as content
-from service.enrollment.ports import Aggregates, SampleRecord
-from service.errors import DuplicateSample, MultipleSpeakers, SpeakerMismatch
+from service.enrollment.ports import Aggregates, SampleRecord, StoredRecording
+from service.errors import DuplicateRecording, DuplicateSample, MultipleSpeakers, SpeakerMismatch
 
 ENROLLING = "enrolling"
 COMPLETE = "complete"
@@ -24,6 +25,11 @@ class EnrollmentPolicy:
     voice_check: float  # normalised units (the decision rule against one speaker)
     duplicate_fingerprint: float = 1.1  # off unless set
     max_spread: float = float("inf")  # off unless set
+    # A recording belongs to one speaker of a tenant (see `check_other_speakers`).
+    one_speaker_per_recording: bool = True
+    copy_search_cosine: float = cal.COPY_SEARCH_COSINE
+    copy_search_limit: int = cal.COPY_SEARCH_LIMIT
+    similar_voice: float = float("inf")  # normalised units; off unless set
 
 
 def normalise(vector: np.ndarray) -> np.ndarray:
@@ -107,6 +113,28 @@ def check_new_sample(
             f"This sample would widen the speaker's voiceprint past what one voice spans (spread "
             f"{after:.3f}, at most {policy.max_spread:g}); it does not sound like the earlier samples"
         )
+
+
+def check_other_speakers(
+    vector: np.ndarray,
+    fingerprint: bytes | None,
+    recordings: Sequence[StoredRecording],
+    policy: EnrollmentPolicy,
+) -> None:
+    """Refuse a recording that another speaker of the tenant already has. `recordings`: samples of
+    the tenant's other speakers nearest by voiceprint; only those whose vectors have at least
+    `policy.copy_search_cosine` to the new one, the `policy.copy_search_limit` nearest, have their
+    fingerprints compared (a few milliseconds each). The message names no other speaker."""
+    if not fingerprint or not recordings:
+        return
+    cosines = np.array([float(r.vector @ vector) for r in recordings])
+    nearest = [i for i in np.argsort(-cosines) if cosines[i] >= policy.copy_search_cosine]
+    for i in nearest[: policy.copy_search_limit]:
+        if content.similarity(fingerprint, recordings[i].fingerprint) >= policy.duplicate_fingerprint:
+            raise DuplicateRecording(
+                "This recording is already enrolled for another speaker of this account; a recording "
+                "can belong to one speaker only"
+            )
 
 
 def check_one_voice(vectors: Sequence[np.ndarray], score_of: VoiceScore, least: float) -> None:
