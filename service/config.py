@@ -61,6 +61,15 @@ class EnrollmentSettings(BaseModel):
         description="refuse a sample whose recording another speaker of the tenant already has (off only "
         "for load tests that send a few clips under many ids)",
     )
+    copy_search_cosine: float = Field(
+        cal.COPY_SEARCH_COSINE,
+        description="samples of other speakers compared by fingerprint with a new one need this cosine to it",
+    )
+    copy_search_limit: int = Field(
+        cal.COPY_SEARCH_LIMIT,
+        ge=0,
+        description="speakers searched, and of their samples those compared, at most, per new sample",
+    )
     similar_voice: float = Field(
         cal.SIMILAR_VOICE,
         description="a speaker's status warns when its voiceprint scores this against another speaker's "
