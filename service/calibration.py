@@ -33,6 +33,16 @@ MIN_TOTAL_SPEECH_SECONDS = 20.0
 # and all three conditions. Set below every distinct set; near-copies are refused by the checks
 # below before they can count.
 MIN_SPREAD = 0.022
+# The widest a voiceprint may grow. Genuine spread over every clip of 1 s of speech or more, per
+# speaker and channel condition of scripts/calibrate_decisions.py: any three utterances of one
+# reader at most 0.228 at 16 kHz, 0.195-0.240 through G.711, AMR-NB, Opus, MP3 and real noise,
+# 0.296 in reverberant rooms; all 6-10 clips of a reader at most 0.248 (rooms). Real telephone
+# callers (eval-telephone, the 20 labels whose clips all agree, clips from different calls): any
+# three at most 0.329, all 4-8 of a caller at most 0.335. Ten other readers' clips sent one after
+# another into a speaker complete on three 8 kHz clips took it from 0.048 to 0.478 before complete
+# speakers' samples had to pass the verify threshold. A sample that would take a speaker's spread
+# past this is refused as not one voice.
+MAX_SPREAD = 0.35
 # Cosine between different utterances of one speaker reaches 0.937, while re-encoded or noisy
 # copies of one clip go as low as 0.61: embeddings cannot tell them apart, so the cosine check only
 # catches (near-)identical audio (0.02 above the highest distinct pair), and the content fingerprint
@@ -47,6 +57,13 @@ DUPLICATE_COSINE = 0.96
 # p99 0.115); before the speed and reversal search at most 0.150, from shared near-digital silence,
 # which the fingerprint now ignores.
 DUPLICATE_FINGERPRINT = 0.15
+# A recording belongs to one speaker of a tenant: a sample whose fingerprint matches a sample of
+# another speaker of the tenant is refused. Fingerprints (about 4 ms a pair) are compared only with
+# the samples of the tenant's 20 speakers nearest by voiceprint (an index search) whose own vectors
+# have at least this cosine to the new one, the 20 nearest of them: copies of one recording,
+# re-encoded or with noise added, keep a cosine of 0.61 or more.
+COPY_SEARCH_COSINE = 0.5
+COPY_SEARCH_LIMIT = 20
 # The voice check: a new sample's normalised score (the decision rule below, against one speaker)
 # to the voiceprint of the speaker's earlier samples. Sample 2 against sample 1 and sample 3 against
 # samples 1-2, 22 speakers split in halves, every channel of scripts/calibrate_decisions.py and
@@ -71,6 +88,14 @@ VOICE_CHECK = 2.2
 # the range meeting both): 2.90; with each condition left out, 2.86-3.03.
 IDENTIFY_THRESHOLD = 2.9
 VERIFY_THRESHOLD = 2.9
+# A speaker's status warns when its voiceprint scores at least this against another speaker's of the
+# tenant, scored as identify scores a clip against the whole tenant: identify would take the one for
+# the other. Measured on a tenant of eval-speech's 21 readers with 6 clips or more (16 kHz, G.711
+# mu-law, AMR-NB, Opus, MP3, noise, rooms) and of eval-telephone's 8 consistent callers with 6 clips
+# or more, one of them enrolled a second time under another id (three other clips): the two ids
+# score at least 3.1 (lowest per condition 3.1-4.5, medians 4.4-6.3), while each speaker's nearest
+# other person scores at most 2.1 (G.711; 0.5 at 16 kHz, -0.2 on real calls).
+SIMILAR_VOICE = IDENTIFY_THRESHOLD
 # Windows of 2 s in compatible identify score lower than whole clips: the previous rule's offset
 # between window and clip thresholds (0.15 cosine) in units; stretches of 3 s and more are
 # re-checked at IDENTIFY_THRESHOLD.

@@ -40,6 +40,10 @@ class EnrollmentSettings(BaseModel):
     min_spread: float = Field(
         cal.MIN_SPREAD, description="mean cosine distance of samples to their centroid for Complete"
     )
+    max_spread: float = Field(
+        cal.MAX_SPREAD,
+        description="a sample that would widen the spread past this is refused",
+    )
     duplicate_cosine: float = Field(
         cal.DUPLICATE_COSINE, description="a new sample this close to an old one is a near-copy"
     )
@@ -51,6 +55,25 @@ class EnrollmentSettings(BaseModel):
         description="a new sample scoring below this (normalised units, against the speaker's earlier "
         "samples) is refused as another voice; a complete speaker's new samples must pass the verify "
         "threshold",
+    )
+    one_speaker_per_recording: bool = Field(
+        True,
+        description="refuse a sample whose recording another speaker of the tenant already has (off only "
+        "for load tests that send a few clips under many ids)",
+    )
+    copy_search_cosine: float = Field(
+        cal.COPY_SEARCH_COSINE,
+        description="samples of other speakers compared by fingerprint with a new one need this cosine to it",
+    )
+    copy_search_limit: int = Field(
+        cal.COPY_SEARCH_LIMIT,
+        ge=0,
+        description="speakers searched, and of their samples those compared, at most, per new sample",
+    )
+    similar_voice: float = Field(
+        cal.SIMILAR_VOICE,
+        description="a speaker's status warns when its voiceprint scores this against another speaker's "
+        "(normalised units, as identify scores against the whole tenant)",
     )
     store_audio: bool = Field(False, description="keep the decoded 16 kHz audio of each sample")
 

@@ -152,6 +152,12 @@ class NoisyAudio(AudioError):
     default_message = "Audio is too noisy"
 
 
+class MultipleSpeakers(AudioError):
+    code = "audio.MultipleSpeakers"
+    status = 422
+    default_message = "The channels of this clip hold different voices"
+
+
 # --- enrollment and identification ---------------------------------------------------------------
 
 
@@ -171,6 +177,12 @@ class DuplicateSample(ServiceError):
     code = "enrollment.DuplicateSample"
     status = 409
     default_message = "This sample is a near-copy of one the speaker already has"
+
+
+class DuplicateRecording(ServiceError):
+    code = "enrollment.DuplicateRecording"
+    status = 409
+    default_message = "This recording is already enrolled for another speaker of this account"
 
 
 class SpeakerMismatch(ServiceError):

@@ -21,11 +21,12 @@ from service.config import Settings
 from service.embedding import weights
 from service.embedding.batcher import BatchLimits, DynamicBatcher
 from service.embedding.ecapa import EcapaEmbedder, configure_threads, load_cohort, usable_cores
-from service.enrollment.identification import IdentificationService, Thresholds, VoiceScore
+from service.enrollment.identification import IdentificationService, Thresholds
 from service.enrollment.policy import EnrollmentPolicy
 from service.enrollment.ports import Embedder
 from service.enrollment.scoring import DecisionRule, Scorer
 from service.enrollment.service import EnrollmentService
+from service.enrollment.voices import TenantVoices
 from service.storage.database import check_migrated, make_engine
 from service.storage.index import FaissSpeakerIndex
 from service.storage.repository import SqlStore
@@ -45,9 +46,14 @@ def enrollment_policy(settings: Settings) -> EnrollmentPolicy:
         min_samples=e.min_samples,
         min_total_speech_seconds=e.min_total_speech_seconds,
         min_spread=e.min_spread,
+        max_spread=e.max_spread,
         duplicate_cosine=e.duplicate_cosine,
         voice_check=e.voice_check,
         duplicate_fingerprint=e.duplicate_fingerprint,
+        one_speaker_per_recording=e.one_speaker_per_recording,
+        copy_search_cosine=e.copy_search_cosine,
+        copy_search_limit=e.copy_search_limit,
+        similar_voice=e.similar_voice,
     )
 
 
@@ -115,7 +121,7 @@ def build_services(settings: Settings, embedder: Embedder | None = None) -> Serv
         policy=enrollment_policy(settings),
         limits=QualityLimits(audio.min_speech_seconds, audio.max_clipped_fraction, audio.min_snr_db),
         after_commit=follower.catch_up,
-        voice_score=VoiceScore(scorer, index),
+        voices=TenantVoices(scorer, index),
         complete_threshold=ident.verify_threshold,
         store_audio=settings.enrollment.store_audio,
     )

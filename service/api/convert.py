@@ -25,6 +25,7 @@ def status_out(status: EnrollmentStatus) -> EnrollmentStatusOut:
         lastSample=LastSample(sampleId=last.sample_id, speechSeconds=last.speech_seconds, snrDb=last.snr_db)
         if last
         else None,
+        warnings=status.warnings,
     )
 
 

@@ -93,6 +93,12 @@ class EnrollmentStatusOut(BaseModel):
     progress: float = Field(ge=0.0, le=1.0)
     missing: list[str]
     lastSample: LastSample | None = None
+    warnings: list[str] | None = Field(
+        None,
+        description="Notes on the voiceprint, e.g. 'voice very close to another enrolled speaker' (identify "
+        "could take one for the other; the other is not named). Given on one speaker's status (enroll, "
+        "GET /v1/speakers/{speakerId}); null in lists.",
+    )
 
 
 class SpeakerPage(BaseModel):

@@ -44,8 +44,11 @@ class AudioFrontEnd:
         finally:
             self._detectors.put(detector)
 
-    def load(self, audio: AudioInput, limits: QualityLimits | None = None) -> PreparedAudio:
-        """Decode, convert to 16 kHz mono, find speech; raise a 4xx error if `limits` fail."""
+    def load(
+        self, audio: AudioInput, limits: QualityLimits | None = None, *, channels: bool = False
+    ) -> PreparedAudio:
+        """Decode, convert to 16 kHz mono, find speech; raise a 4xx error if `limits` fail. With
+        `channels`, also find the speech of each channel that differs from the others."""
         decoded = decode(
             audio.data,
             audio.encoding,
@@ -55,9 +58,9 @@ class AudioFrontEnd:
         )
         with self._detector() as detector:
             if self.parallel == 1:
-                prepared = prepare(decoded, detector)
+                prepared = prepare(decoded, detector, channels=channels)
             else:
-                prepared = prepare(decoded, detector, exclusive=contextlib.nullcontext())
+                prepared = prepare(decoded, detector, contextlib.nullcontext(), channels=channels)
         if limits is not None:
             prepared.check(limits)
         return prepared

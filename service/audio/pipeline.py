@@ -3,6 +3,10 @@
 mono mix -> DC / rumble removal -> resample to 16 kHz (torchaudio) -> silero-vad speech regions
 -> clipping fraction and SNR. The embedding is taken over the speech regions only, so long pauses
 and leading or trailing silence neither dilute nor bias the voiceprint.
+
+On request (enrollment), the channels of a multi-channel clip that carry different signals (a call
+recorded with one party per channel) are also prepared one by one, so that the caller can tell
+whether they hold one voice; channels that are copies of each other cost nothing more.
 """
 
 from __future__ import annotations
@@ -24,6 +28,9 @@ TARGET_RATE = 16_000
 HIGHPASS_HZ = 40.0  # below the lowest voice fundamental; removes DC drift and rumble
 FRAME = 320  # 20 ms at 16 kHz, for energy figures
 SPEECH_PAD_S = 0.03
+# Channels whose samples correlate at least this much carry one signal (a mono source on every
+# channel, joint-stereo codecs, a near-coincident microphone pair): they are only mixed.
+SAME_SIGNAL_CORRELATION = 0.9
 
 
 @dataclass(frozen=True)
@@ -42,6 +49,9 @@ class PreparedAudio:
     speech: list[tuple[float, float]]  # speech regions, seconds from the clip's start
     clipped_fraction: float
     snr_db: float
+    # Only when asked for, and only for a clip whose channels carry different signals: the speech
+    # of each such channel (float32, 16 kHz, regions joined), in channel order.
+    channel_speech: list[np.ndarray] = field(default_factory=list, repr=False)
     _speech_wave: np.ndarray | None = field(default=None, repr=False)
 
     @property
@@ -106,12 +116,49 @@ def to_mono_16k(audio: DecodedAudio) -> tuple[np.ndarray, float]:
     """Mix down, remove DC and rumble, resample. Returns (wave, clipped fraction)."""
     samples = audio.samples
     clipped = float(np.mean(np.max(np.abs(samples), axis=0) >= 0.999)) if samples.size else 0.0
-    mono = torch.from_numpy(np.ascontiguousarray(samples.mean(axis=0), dtype=np.float32))
-    mono = mono - mono.mean()
-    mono = AF.highpass_biquad(mono, audio.sample_rate, HIGHPASS_HZ)
-    if audio.sample_rate != TARGET_RATE:
-        mono = AF.resample(mono, audio.sample_rate, TARGET_RATE)
-    return mono.numpy().astype(np.float32, copy=False), clipped
+    return to_16k(samples.mean(axis=0), audio.sample_rate), clipped
+
+
+def to_16k(signal: np.ndarray, rate: int) -> np.ndarray:
+    """One channel ``(n,)`` at `rate` -> float32 at 16 kHz, DC and rumble removed."""
+    wave = torch.from_numpy(np.ascontiguousarray(signal, dtype=np.float32))
+    wave = wave - wave.mean()
+    wave = AF.highpass_biquad(wave, rate, HIGHPASS_HZ)
+    if rate != TARGET_RATE:
+        wave = AF.resample(wave, rate, TARGET_RATE)
+    return wave.numpy().astype(np.float32, copy=False)
+
+
+def distinct_channels(samples: np.ndarray) -> list[int]:
+    """The channels of `samples` ``(channels, n)`` that carry a signal of their own: not silent, and
+    not correlated at `SAME_SIGNAL_CORRELATION` or more with an earlier kept channel."""
+    # Covariances from the Gram matrix: no centred copy of a long many-channel clip.
+    means = samples.mean(axis=1, dtype=np.float64)
+    gram = (samples @ samples.T).astype(np.float64)
+    cov = gram - samples.shape[1] * np.outer(means, means)
+    power = np.maximum(np.diag(cov), 0.0)
+    kept: list[int] = []
+    for ch in range(samples.shape[0]):
+        if power[ch] < 1e-8:  # digital silence, or a DC offset only
+            continue
+        if all(abs(cov[ch, k]) < SAME_SIGNAL_CORRELATION * np.sqrt(power[ch] * power[k]) for k in kept):
+            kept.append(ch)
+    return kept
+
+
+def channel_speech(audio: DecodedAudio, detector: SpeechDetector) -> list[np.ndarray]:
+    """The speech of each channel that carries a signal of its own, when there are two or more such
+    channels; else an empty list (the mix is all there is to hear)."""
+    channels = distinct_channels(audio.samples) if audio.samples.shape[0] > 1 else []
+    if len(channels) < 2:
+        return []
+    out = []
+    for ch in channels:
+        wave = to_16k(audio.samples[ch], audio.sample_rate)
+        regions = detector.regions(wave)
+        parts = [wave[round(a * TARGET_RATE) : round(b * TARGET_RATE)] for a, b in regions]
+        out.append(np.concatenate(parts) if parts else wave[:0])
+    return out
 
 
 def estimate_snr_db(wave: np.ndarray, speech: list[tuple[float, float]]) -> float:
@@ -137,17 +184,24 @@ def estimate_snr_db(wave: np.ndarray, speech: list[tuple[float, float]]) -> floa
 
 
 def prepare(
-    audio: DecodedAudio, detector: SpeechDetector, exclusive: AbstractContextManager[Any] = compute_lock
+    audio: DecodedAudio,
+    detector: SpeechDetector,
+    exclusive: AbstractContextManager[Any] = compute_lock,
+    *,
+    channels: bool = False,
 ) -> PreparedAudio:
-    """Resample and find speech. `exclusive` is held around the torch work: the process-wide
+    """Resample and find speech; with `channels`, also in each channel that carries a signal of its
+    own (`PreparedAudio.channel_speech`). `exclusive` is held around the torch work: the process-wide
     `compute_lock` where the model shares the cores; nothing where each caller has a core of its own."""
     with exclusive:
         wave, clipped = to_mono_16k(audio)
         speech = detector.regions(wave)
+        per_channel = channel_speech(audio, detector) if channels else []
     return PreparedAudio(
         wave=wave,
         source_rate=audio.sample_rate,
         speech=speech,
         clipped_fraction=clipped,
         snr_db=estimate_snr_db(wave, speech),
+        channel_speech=per_channel,
     )

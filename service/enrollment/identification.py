@@ -77,19 +77,6 @@ class SegmentOptions:
     min_unknown_s: float = 1.5
 
 
-class VoiceScore:
-    """The decision rule for one new sample against one speaker's voiceprint (the enrollment voice
-    check): the tenant's normalised score, as verify computes it."""
-
-    def __init__(self, scorer: Scorer, index: SpeakerIndex) -> None:
-        self.scorer = scorer
-        self.index = index
-
-    def __call__(self, tenant_id: int, vector: np.ndarray, voiceprint: np.ndarray) -> float:
-        scale = self.scorer.scale(tenant_id, *self.index.cohort(tenant_id))
-        return float(self.scorer.scores(vector, voiceprint, scale, gallery=1)[0, 0])
-
-
 class IdentificationService:
     def __init__(
         self,

@@ -7,9 +7,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from service import calibration as cal
 from service.audio import fingerprint as content
-from service.enrollment.ports import Aggregates, SampleRecord
-from service.errors import DuplicateSample, SpeakerMismatch
+from service.enrollment.ports import Aggregates, SampleRecord, StoredRecording
+from service.errors import DuplicateRecording, DuplicateSample, MultipleSpeakers, SpeakerMismatch
 
 ENROLLING = "enrolling"
 COMPLETE = "complete"
@@ -23,6 +24,12 @@ class EnrollmentPolicy:
     duplicate_cosine: float
     voice_check: float  # normalised units (the decision rule against one speaker)
     duplicate_fingerprint: float = 1.1  # off unless set
+    max_spread: float = float("inf")  # off unless set
+    # A recording belongs to one speaker of a tenant (see `check_other_speakers`).
+    one_speaker_per_recording: bool = True
+    copy_search_cosine: float = cal.COPY_SEARCH_COSINE
+    copy_search_limit: int = cal.COPY_SEARCH_LIMIT
+    similar_voice: float = float("inf")  # normalised units; off unless set
 
 
 def normalise(vector: np.ndarray) -> np.ndarray:
@@ -43,6 +50,20 @@ def centroid_and_spread(vectors: Sequence[np.ndarray]) -> tuple[np.ndarray, floa
 VoiceScore = Callable[[np.ndarray, np.ndarray], float]  # (new vector, voiceprint) -> normalised score
 
 
+def voiceprint_samples(samples: Sequence[SampleRecord], policy: EnrollmentPolicy) -> Sequence[SampleRecord]:
+    """The samples (in the order they were accepted) a new sample's voice is checked against.
+
+    Once they include a complete enrollment, that is the earliest complete set: what later samples
+    are held to then never moves, so a voiceprint cannot be walked away in steps that each pass the
+    check. Before that, all of them."""
+    for n in range(max(policy.min_samples, 1), len(samples) + 1):
+        prefix = samples[:n]
+        _, spread = centroid_and_spread([s.vector for s in prefix])
+        if not missing(n, sum(s.speech_seconds for s in prefix), spread, policy):
+            return prefix
+    return samples
+
+
 def check_new_sample(
     vector: np.ndarray,
     earlier: Sequence[SampleRecord],
@@ -50,11 +71,13 @@ def check_new_sample(
     fingerprint: bytes | None = None,
     voice: tuple[VoiceScore, float] | None = None,
 ) -> None:
-    """Refuse a near-copy of an earlier sample, or a voice unlike the earlier samples.
+    """Refuse a near-copy of an earlier sample, a voice unlike the earlier samples, or a sample that
+    would widen the voiceprint past what one voice spans (`policy.max_spread`).
 
-    `voice`: the decision rule's score of the new sample against the voiceprint of the earlier
-    samples, and the least it must reach (`policy.voice_check` while enrolling; the verify threshold
-    once the speaker is complete, so accepted samples cannot walk a finished voiceprint away)."""
+    `voice`: the decision rule's score of the new sample against a voiceprint, and the least it must
+    reach (`policy.voice_check` while enrolling; the verify threshold once the speaker is complete).
+    The voiceprint is that of `voiceprint_samples`: once complete, the samples that completed it,
+    so accepted samples cannot walk a finished voiceprint away."""
     if not earlier:
         return
     if fingerprint:
@@ -74,16 +97,57 @@ def check_new_sample(
             f"This sample is a near-copy of one the speaker already has (cosine {closest:.3f}); "
             "send a different utterance"
         )
-    if voice is None:
-        return
-    score_of, least = voice
-    centre, _ = centroid_and_spread(list(stack))
-    score = score_of(vector, centre)
-    if score < least:
+    if voice is not None:
+        score_of, least = voice
+        centre, _ = centroid_and_spread([s.vector for s in voiceprint_samples(earlier, policy)])
+        score = score_of(vector, centre)
+        if score < least:
+            raise SpeakerMismatch(
+                f"This voice does not match the speaker's earlier samples (score {score:.2f}, "
+                f"at least {least:g} needed)"
+            )
+    _, before = centroid_and_spread(list(stack))
+    _, after = centroid_and_spread([*stack, vector])
+    if after > policy.max_spread and after > before:
         raise SpeakerMismatch(
-            f"This voice does not match the speaker's earlier samples (score {score:.2f}, "
-            f"at least {least:g} needed)"
+            f"This sample would widen the speaker's voiceprint past what one voice spans (spread "
+            f"{after:.3f}, at most {policy.max_spread:g}); it does not sound like the earlier samples"
         )
+
+
+def check_other_speakers(
+    vector: np.ndarray,
+    fingerprint: bytes | None,
+    recordings: Sequence[StoredRecording],
+    policy: EnrollmentPolicy,
+) -> None:
+    """Refuse a recording that another speaker of the tenant already has. `recordings`: samples of
+    the tenant's other speakers nearest by voiceprint; only those whose vectors have at least
+    `policy.copy_search_cosine` to the new one, the `policy.copy_search_limit` nearest, have their
+    fingerprints compared (a few milliseconds each). The message names no other speaker."""
+    if not fingerprint or not recordings:
+        return
+    cosines = np.array([float(r.vector @ vector) for r in recordings])
+    nearest = [i for i in np.argsort(-cosines) if cosines[i] >= policy.copy_search_cosine]
+    for i in nearest[: policy.copy_search_limit]:
+        if content.similarity(fingerprint, recordings[i].fingerprint) >= policy.duplicate_fingerprint:
+            raise DuplicateRecording(
+                "This recording is already enrolled for another speaker of this account; a recording "
+                "can belong to one speaker only"
+            )
+
+
+def check_one_voice(vectors: Sequence[np.ndarray], score_of: VoiceScore, least: float) -> None:
+    """Refuse a clip whose channels hold different voices: `vectors` are the speech of each channel
+    with enough of it, and every pair must score at least `least` (the enrollment voice check)."""
+    for i, first in enumerate(vectors):
+        for second in vectors[i + 1 :]:
+            score = score_of(first, second)
+            if score < least:
+                raise MultipleSpeakers(
+                    f"The channels of this clip hold different voices (score {score:.2f} between "
+                    f"them, at least {least:g} for one voice); send one speaker's voice only"
+                )
 
 
 def aggregate(samples: Sequence[SampleRecord], model_sha256: str, policy: EnrollmentPolicy) -> Aggregates:

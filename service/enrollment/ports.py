@@ -57,6 +57,15 @@ class NewSample:
 
 
 @dataclass(frozen=True)
+class StoredRecording:
+    """A stored sample as the same-recording check across speakers needs it."""
+
+    speaker_id: int  # row id
+    vector: np.ndarray  # float32 (dim,), L2-normalised
+    fingerprint: bytes
+
+
+@dataclass(frozen=True)
 class Aggregates:
     status: str
     sample_count: int
@@ -88,6 +97,13 @@ class Transaction(Protocol):
     def lock_speaker(self, tenant_id: int, external_id: str, *, create: bool) -> SpeakerRecord | None: ...
 
     def samples(self, speaker_id: int) -> list[SampleRecord]: ...
+
+    def recordings(
+        self, tenant_id: int, speaker_ids: Sequence[int], model_sha256: str
+    ) -> list[StoredRecording]:
+        """The fingerprinted samples made by `model_sha256` of those of `speaker_ids` that belong to
+        `tenant_id` (another tenant's ids select nothing)."""
+        ...
 
     def add_sample(self, speaker_id: int, sample: NewSample) -> None: ...
 

@@ -16,11 +16,14 @@ import numpy as np
 
 from service.audio.fingerprint import fingerprint
 from service.audio.frontend import AudioFrontEnd, AudioInput
-from service.audio.pipeline import QualityLimits
+from service.audio.pipeline import TARGET_RATE, PreparedAudio, QualityLimits
 from service.enrollment import policy as rules
 from service.enrollment.policy import EnrollmentPolicy
 from service.enrollment.ports import NewSample, SampleRecord, SpeakerRecord, Store, Transaction
+from service.enrollment.voices import TenantVoices
 from service.errors import SampleNotFound, SpeakerNotFound
+
+SIMILAR_VOICE_WARNING = "voice very close to another enrolled speaker"
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +45,8 @@ class EnrollmentStatus:
     progress: float
     missing: list[str]
     last_sample: SampleSummary | None
+    # On one speaker's status (enroll, get); None in lists, where it is not worked out.
+    warnings: list[str] | None = None
 
     @property
     def complete(self) -> bool:
@@ -58,7 +63,7 @@ class EnrollmentService:
         policy: EnrollmentPolicy,
         limits: QualityLimits,
         after_commit: Callable[[], object],
-        voice_score: Callable[[int, np.ndarray, np.ndarray], float] | None = None,
+        voices: TenantVoices | None = None,
         complete_threshold: float = float("inf"),
         store_audio: bool = False,
     ) -> None:
@@ -69,12 +74,13 @@ class EnrollmentService:
         self.policy = policy
         self.limits = limits
         self.after_commit = after_commit
-        self.voice_score = voice_score
+        self.voices = voices
         self.complete_threshold = complete_threshold
         self.store_audio = store_audio
 
     def enroll(self, tenant_id: int, speaker_id: str, audio: AudioInput) -> EnrollmentStatus:
-        prepared = self.frontend.load(audio, self.limits)
+        prepared = self.frontend.load(audio, self.limits, channels=True)
+        self._check_one_voice(tenant_id, prepared)
         vector = rules.normalise(self.embed(prepared.speech_wave()))
         sample = NewSample(
             sample_id=uuid.uuid4().hex,
@@ -95,17 +101,19 @@ class EnrollmentService:
             rules.check_new_sample(
                 vector, earlier, self.policy, sample.fingerprint, self._voice(tenant_id, speaker)
             )
+            self._check_other_speakers(tx, tenant_id, speaker.id, vector, sample.fingerprint)
             tx.add_sample(speaker.id, sample)
             record = self._write_aggregates(tx, speaker, [*earlier, self._as_record(sample, speaker)])
             tx.log_change(tenant_id, speaker.id, "sample+")
         self._committed()
-        return self._status(record, SampleSummary(sample.sample_id, sample.speech_seconds, sample.snr_db))
+        last = SampleSummary(sample.sample_id, sample.speech_seconds, sample.snr_db)
+        return self._status(record, last, self._warnings(record))
 
     def status(self, tenant_id: int, speaker_id: str) -> EnrollmentStatus:
         speaker = self._existing(tenant_id, speaker_id)
         last = self.store.latest_sample(speaker.id)
         summary = SampleSummary(last.sample_id, last.speech_seconds, last.snr_db) if last else None
-        return self._status(speaker, summary)
+        return self._status(speaker, summary, self._warnings(speaker))
 
     def list_speakers(
         self, tenant_id: int, offset: int = 0, limit: int | None = None
@@ -146,11 +154,42 @@ class EnrollmentService:
     def _voice(self, tenant_id: int, speaker: SpeakerRecord) -> tuple[rules.VoiceScore, float] | None:
         """The voice check for a new sample of `speaker`: the decision rule in its tenant, at the
         enrollment threshold, or at the verify threshold once the speaker is complete."""
-        if self.voice_score is None:
+        if self.voices is None:
             return None
-        score = self.voice_score
+        voices = self.voices
         least = self.complete_threshold if speaker.status == rules.COMPLETE else self.policy.voice_check
-        return (lambda vector, voiceprint: score(tenant_id, vector, voiceprint)), least
+        return (lambda vector, voiceprint: voices.score(tenant_id, vector, voiceprint)), least
+
+    def _check_one_voice(self, tenant_id: int, prepared: PreparedAudio) -> None:
+        """Refuse a clip whose channels (those with enough speech each) hold different voices: mixed,
+        two people would make one voiceprint that is neither's."""
+        least_samples = self.limits.min_speech_seconds * TARGET_RATE
+        voiced = [wave for wave in prepared.channel_speech if len(wave) >= least_samples]
+        if len(voiced) < 2 or self.voices is None:
+            return
+        voices = self.voices
+        vectors = [rules.normalise(self.embed(wave)) for wave in voiced]
+        rules.check_one_voice(vectors, lambda a, b: voices.score(tenant_id, a, b), self.policy.voice_check)
+
+    def _check_other_speakers(
+        self, tx: Transaction, tenant_id: int, speaker_row: int, vector: np.ndarray, fp: bytes | None
+    ) -> None:
+        """Refuse a recording another speaker of the tenant already has: the same recording under
+        many ids would fill the tenant's cohort with one voice. Candidates: the samples of the
+        speakers nearest by voiceprint (an index search), never every sample of the tenant."""
+        if self.voices is None or not fp or not self.policy.one_speaker_per_recording:
+            return
+        nearest = self.voices.nearest(tenant_id, vector, self.policy.copy_search_limit + 1)
+        others = [entry.speaker_id for entry, _ in nearest if entry.speaker_id != speaker_row]
+        if others:
+            recordings = tx.recordings(tenant_id, others, self.model_sha256)
+            rules.check_other_speakers(vector, fp, recordings, self.policy)
+
+    def _warnings(self, speaker: SpeakerRecord) -> list[str]:
+        if self.voices is None or speaker.centroid is None:
+            return []
+        closest = self.voices.closest_other(speaker.tenant_id, speaker.id, speaker.centroid)
+        return [SIMILAR_VOICE_WARNING] if closest is not None and closest >= self.policy.similar_voice else []
 
     def _committed(self) -> None:
         """Bring this process's index up to the commit. The write is already durable and will be
@@ -183,7 +222,9 @@ class EnrollmentService:
             raise SpeakerNotFound(f"Speaker {speaker_id!r} not found")
         return speaker
 
-    def _status(self, speaker: SpeakerRecord, last: SampleSummary | None) -> EnrollmentStatus:
+    def _status(
+        self, speaker: SpeakerRecord, last: SampleSummary | None, warnings: list[str] | None = None
+    ) -> EnrollmentStatus:
         return EnrollmentStatus(
             speaker_id=speaker.external_id,
             status=speaker.status,
@@ -195,4 +236,5 @@ class EnrollmentService:
             ),
             missing=rules.missing(speaker.sample_count, speaker.speech_seconds, speaker.spread, self.policy),
             last_sample=last,
+            warnings=warnings,
         )

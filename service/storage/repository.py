@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -22,6 +22,7 @@ from service.enrollment.ports import (
     NewSample,
     SampleRecord,
     SpeakerRecord,
+    StoredRecording,
 )
 from service.storage.tables import ApiKey, Change, Sample, Speaker, Tenant, utcnow
 
@@ -86,6 +87,23 @@ class SqlTransaction:
     def samples(self, speaker_id: int) -> list[SampleRecord]:
         rows = self.s.scalars(select(Sample).where(Sample.speaker_id == speaker_id).order_by(Sample.id))
         return [_sample(r) for r in rows]
+
+    def recordings(
+        self, tenant_id: int, speaker_ids: Sequence[int], model_sha256: str
+    ) -> list[StoredRecording]:
+        if not speaker_ids:
+            return []
+        rows = self.s.execute(
+            select(Sample.speaker_id, Sample.vector, Sample.fingerprint)
+            .join(Speaker, Speaker.id == Sample.speaker_id)
+            .where(
+                Speaker.tenant_id == tenant_id,
+                Sample.speaker_id.in_(list(speaker_ids)),
+                Sample.model_sha256 == model_sha256,
+                Sample.fingerprint.is_not(None),
+            )
+        )
+        return [StoredRecording(sid, from_bytes(vector), fp) for sid, vector, fp in rows if fp]
 
     def add_sample(self, speaker_id: int, sample: NewSample) -> None:
         self.s.add(

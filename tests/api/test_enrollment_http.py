@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import httpx
 import numpy as np
 import pytest
@@ -27,6 +29,24 @@ OTHER_VOICE = "librispeech/test-other/2609/2609-156975-0004.flac"  # a man; ls-3
 EIGHT_K = "librispeech/train-clean-100/32/32-21625-0000.flac"
 
 
+@pytest.fixture
+def tenant(request: pytest.FixtureRequest) -> str:
+    """Each test in an account of its own: a recording belongs to one speaker of an account, and
+    these tests enroll the same few clips under many ids."""
+    return f"acme-{request.node.name}"
+
+
+@pytest.fixture
+def key(live: LiveServer, tenant: str) -> str:
+    return new_key(live.settings, tenant)
+
+
+@pytest.fixture
+def client(live: LiveServer, key: str) -> Iterator[httpx.Client]:
+    with live.client(key) as c:
+        yield c
+
+
 def rows_of(live: LiveServer, speaker_id: str) -> tuple[int, int]:
     """(speaker rows, sample rows) stored for a speakerId, read from the database itself."""
     engine = live.services.extras["engine"]
@@ -43,7 +63,7 @@ def speaker_row_id(live: LiveServer, speaker_id: str) -> int:
         return int(conn.execute(select(Speaker.id).where(Speaker.external_id == speaker_id)).scalar_one())
 
 
-def test_three_utterances_reach_complete(client: httpx.Client) -> None:
+def test_three_utterances_reach_complete(client: httpx.Client, tenant: str) -> None:
     answers = [client.post(ENROLL, json=flac_body(path, "alice")) for path in ALICE]
     assert [a.status_code for a in answers] == [200, 200, 200], [a.text for a in answers]
     assert [a.json()["message"] for a in answers] == ["Success", "Success", "Complete"]
@@ -53,7 +73,7 @@ def test_three_utterances_reach_complete(client: httpx.Client) -> None:
     assert status["samples"] == 3
     assert status["progress"] == 1.0 and status["missing"] == []
     listed = client.get(LIST).json()
-    assert listed["developer_id"] == "acme"
+    assert listed["developer_id"] == tenant
     assert {"speaker_id": "alice", "enrollment_complete": "True"} in listed["enrolled_speaker_ids"]
 
 

@@ -272,17 +272,31 @@ def test_enroll_bulk_from_a_csv(live: LiveServer, tmp_path: Path, capsys: pytest
         writer.writerow(["audio/one.flac", "carol", "relative to the CSV"])
         writer.writerow([str(EVAL_SPEECH / ALICE[1]), "carol", "absolute"])
         writer.writerow(["audio/missing.flac", "carol", ""])
-        writer.writerow(["audio/one.flac", "bad id!", "same audio, another speaker"])
+        writer.writerow([str(EVAL_SPEECH / BOB[0]), "bad id!", "an id to mend"])
+        writer.writerow(["audio/one.flac", "dave", "same audio, another speaker: refused"])
     state = tmp_path / "my-state.jsonl"
+    # One speaker at a time, so that carol has one.flac before dave asks for it.
     code, out = run_cli(
-        capsys, "enroll-bulk", manifest, "--url", live.url, "--api-key", key, "--state", state
+        capsys,
+        "enroll-bulk",
+        manifest,
+        "--url",
+        live.url,
+        "--api-key",
+        key,
+        "--state",
+        state,
+        "--concurrency",
+        "1",
     )
     assert code == 0, out
     assert "samples accepted: 3" in out and "'bad id!' -> bad_id" in out
     assert "audio/missing.flac: file not found" in out
+    assert "enrollment.DuplicateRecording" in out
     assert {(r["speakerId"], r["result"]) for r in state_lines(state)} == {
         ("carol", "accepted"),
         ("bad_id", "accepted"),
+        ("dave", "refused"),
     }
     with live.client(key) as client:
         listed = client.get("/audio/generic/api/v1/sync/diarization/get_enrolled_speakers").json()

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import httpx
 import pytest
 
-from tests.conftest import LiveServer, flac_body, needs_speech
+from tests.conftest import LiveServer, flac_body, needs_speech, new_key
 
 pytestmark = [needs_speech, pytest.mark.model]
 
@@ -13,6 +15,24 @@ ENROLL = "/audio/generic/api/v1/sync/diarization/enroll"
 LIST = "/audio/generic/api/v1/sync/diarization/get_enrolled_speakers"
 CLIP = "librispeech/test-other/367/367-130732-0002.flac"
 OTHER_CLIP = "librispeech/test-other/367/367-130732-0003.flac"
+
+
+@pytest.fixture
+def tenant(request: pytest.FixtureRequest) -> str:
+    """Each test in an account of its own: a recording belongs to one speaker of an account, and
+    these tests enroll the same few clips under many ids."""
+    return f"acme-{request.node.name}"
+
+
+@pytest.fixture
+def key(live: LiveServer, tenant: str) -> str:
+    return new_key(live.settings, tenant)
+
+
+@pytest.fixture
+def client(live: LiveServer, key: str) -> Iterator[httpx.Client]:
+    with live.client(key) as c:
+        yield c
 
 
 @pytest.mark.parametrize("speaker", [".", "..", "..."])

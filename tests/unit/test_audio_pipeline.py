@@ -12,6 +12,7 @@ from service.audio.pipeline import (
     PreparedAudio,
     QualityLimits,
     SpeechDetector,
+    distinct_channels,
     estimate_snr_db,
     prepare,
     to_mono_16k,
@@ -161,6 +162,30 @@ def test_stereo_mixdown_is_the_channel_mean(detector: SpeechDetector, clip: Clip
     assert mixed.wave.shape == ref.wave.shape == (len(x),)
     np.testing.assert_allclose(mixed.wave, ref.wave, atol=1e-5)
     assert_regions_close(mixed.speech, ref.speech, tol=0.05)
+
+
+@pytest.mark.parametrize(("encoding", "case"), [("OGG_VORBIS", "ogg_vorbis"), ("MP3", "mp3_stereo")])
+def test_one_signal_on_every_channel_is_only_mixed(
+    detector: SpeechDetector, clip: Clip, encoding: str, case: str
+) -> None:
+    decoded = D.decode(
+        encode_recipe(clip.samples, clip.sample_rate, case), encoding, None, max_seconds=60, timeout_s=10
+    )
+    assert prepare(decoded, detector, channels=True).channel_speech == []
+    left_only = DecodedAudio(np.stack([clip.as_float(), np.zeros_like(clip.as_float())]), clip.sample_rate)
+    assert distinct_channels(left_only.samples) == [0]
+    assert prepare(left_only, detector, channels=True).channel_speech == []
+
+
+def test_different_signals_on_two_channels_are_prepared_one_by_one(detector: SpeechDetector) -> None:
+    a, b = load_clip(SHORT_CLIP).as_float(), load_clip(MEDIUM_CLIP).as_float()
+    n = min(len(a), len(b))
+    decoded = DecodedAudio(np.stack([a[:n], b[:n]]), TARGET_RATE)
+    prepared = prepare(decoded, detector, channels=True)
+    assert len(prepared.channel_speech) == 2
+    for wave in prepared.channel_speech:
+        assert 0.5 * n < len(wave) <= n
+    assert prepare(decoded, detector).channel_speech == []  # only when asked for
 
 
 def test_8khz_flac_becomes_16khz_with_twice_the_samples(detector: SpeechDetector, clip: Clip) -> None:
