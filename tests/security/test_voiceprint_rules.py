@@ -97,9 +97,9 @@ def test_a_sample_that_would_widen_the_voiceprint_past_one_voice_is_refused() ->
     rules.check_new_sample(around(base, 0.9, rng), earlier, POLICY, voice=passes_anything)
 
 
-def test_one_voice_under_many_incomplete_ids_does_not_move_the_tenants_scale() -> None:
-    """The tenant's scale (domain mean and impostor level) comes from its complete speakers only:
-    twenty one-sample ids of one voice leave it exactly where it was."""
+def test_one_voice_under_many_incomplete_ids_counts_as_one_voice_in_the_tenants_scale() -> None:
+    """The tenant's scale (domain mean and impostor level) counts each voice once: twenty one-sample
+    ids of one voice weigh as one speaker, exactly as if it had enrolled once."""
     rng = np.random.default_rng(2)
     rule = DecisionRule(
         prior_mean=unit(rng.standard_normal(DIM)),
@@ -123,8 +123,9 @@ def test_one_voice_under_many_incomplete_ids_does_not_move_the_tenants_scale() -
 
     assert index.tenant_size(tenant) == 28  # they are candidates for identify ...
     ids, centroids = index.cohort(tenant)
-    assert sorted(ids.tolist()) == list(range(1, 9))  # ... but not the cohort
-    assert scorer.scale(tenant, ids, centroids) is cached
-    after = scorer.build_scale(centroids)
-    assert np.array_equal(after.mean, before.mean)
-    assert (after.pair_mean, after.pair_sd, after.speakers) == (before.pair_mean, before.pair_sd, 8)
+    after = scorer.scale(tenant, ids, centroids)
+    assert after is not cached and before.speakers == 8
+    once = scorer.build_scale(np.concatenate([index.cohort(tenant)[1][:8], centroids[8:9]]))
+    assert after.speakers == once.speakers == 9  # ... and one voice of the cohort, not twenty
+    assert np.allclose(after.mean, once.mean)
+    assert (after.pair_mean, after.pair_sd) == pytest.approx((once.pair_mean, once.pair_sd))
