@@ -48,7 +48,7 @@ def encode(samples: np.ndarray, rate: int, fmt: str, codec: str, bit_rate: int =
 
 def decode_mono(data: bytes) -> tuple[np.ndarray, int]:
     """A file's first audio stream as mono float32 samples and its rate."""
-    with av.open(io.BytesIO(data)) as container:
+    with av.open(io.BytesIO(data), mode="r") as container:
         stream = container.streams.audio[0]
         rate = int(stream.codec_context.sample_rate)
         resampler = av.AudioResampler(format="flt", layout="mono", rate=rate)

@@ -213,7 +213,12 @@ def speech_cases(
     for i, row in enumerate(enroll.rows):
         if half is None or half_of(row.speaker) == half:
             by.setdefault(row.speaker, []).append(i)
-    names, samples, vecs, truth, group, clips = [], [], [], [], [], []
+    names: list[str] = []
+    samples: list[np.ndarray] = []
+    vecs: list[np.ndarray] = []
+    truth: list[str | None] = []
+    group: list[str] = []
+    clips: list[int] = []
     tests = test.short if short else test.vectors
     for spk, idx in by.items():
         if len(idx) >= 6:
@@ -244,7 +249,12 @@ def telephone_cases(
     tests = e.short if short else e.vectors
     cases = []
     for fold in range(max(folds, 1)):
-        names, samples, vecs, truth, group, clips = [], [], [], [], [], []
+        names: list[str] = []
+        samples: list[np.ndarray] = []
+        vecs: list[np.ndarray] = []
+        truth: list[str | None] = []
+        group: list[str] = []
+        clips: list[int] = []
         for spk, sessions in by.items():
             # folds=0: every label is enrolled (unknown voices come from `leave_one_out`)
             group_of = int(hashlib.sha256(f"fold:{spk}".encode()).hexdigest(), 16) % folds if folds else -1
