@@ -20,6 +20,7 @@ from service.audio.pipeline import QualityLimits
 from service.config import Settings
 from service.embedding import weights
 from service.embedding.batcher import BatchLimits, DynamicBatcher
+from service.embedding.bounded import BoundedEmbedding, EmbedBudget
 from service.embedding.ecapa import EcapaEmbedder, configure_threads, load_cohort, usable_cores
 from service.enrollment.identification import IdentificationService, Thresholds, VoiceScore
 from service.enrollment.policy import EnrollmentPolicy
@@ -67,6 +68,15 @@ def _batcher(
     return batcher
 
 
+def _budget(settings: Settings, batched: bool) -> EmbedBudget:
+    """One request's model calls: bounded for the host's memory on a CPU; through the GPU batcher,
+    as large as its own limits (it cuts batches itself and the device holds the activations)."""
+    e, b = settings.embedding, settings.batching
+    if batched:
+        return EmbedBudget(b.max_batch, max(b.max_audio_seconds, e.chunk_seconds), e.chunk_seconds)
+    return EmbedBudget(e.max_batch, max(e.max_batch_seconds, e.chunk_seconds), e.chunk_seconds)
+
+
 def build_services(settings: Settings, embedder: Embedder | None = None) -> Services:
     """Connect, check the schema, load and warm the model, build the index. Blocking."""
     url = settings.resolved_database_url()
@@ -92,6 +102,7 @@ def build_services(settings: Settings, embedder: Embedder | None = None) -> Serv
     batcher = _batcher(settings, embedder, embed_batch)
     if batcher is not None:
         embed_batch = batcher.embed_batch
+    embed = BoundedEmbedding(embed_batch, _budget(settings, batcher is not None))
     metrics.watch_index(index)
     ident = settings.identify
     cohort = load_cohort(embedder.files) if isinstance(embedder, EcapaEmbedder) else None
@@ -110,7 +121,7 @@ def build_services(settings: Settings, embedder: Embedder | None = None) -> Serv
     enrollment = EnrollmentService(
         store=store,
         frontend=frontend,
-        embed=lambda wave: embed_batch([wave])[0],
+        embed=embed,
         model_sha256=embedder.checksum,
         policy=enrollment_policy(settings),
         limits=QualityLimits(audio.min_speech_seconds, audio.max_clipped_fraction, audio.min_snr_db),
@@ -121,7 +132,7 @@ def build_services(settings: Settings, embedder: Embedder | None = None) -> Serv
     )
     identification = IdentificationService(
         frontend=frontend,
-        embed_batch=embed_batch,
+        embed=embed,
         index=index,
         scorer=scorer,
         thresholds=Thresholds(ident.threshold, ident.verify_threshold, ident.segment_threshold),

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from service.audio.decode import decode
 from service.audio.pipeline import PreparedAudio, QualityLimits, SpeechDetector, prepare
+from service.concurrency import Cancellation, check
 
 
 @dataclass(frozen=True)
@@ -44,8 +45,11 @@ class AudioFrontEnd:
         finally:
             self._detectors.put(detector)
 
-    def load(self, audio: AudioInput, limits: QualityLimits | None = None) -> PreparedAudio:
-        """Decode, convert to 16 kHz mono, find speech; raise a 4xx error if `limits` fail."""
+    def load(
+        self, audio: AudioInput, limits: QualityLimits | None = None, cancel: Cancellation | None = None
+    ) -> PreparedAudio:
+        """Decode, convert to 16 kHz mono, find speech; raise a 4xx error if `limits` fail, and
+        RequestCancelled if `cancel` is set before the speech detection starts."""
         decoded = decode(
             audio.data,
             audio.encoding,
@@ -53,6 +57,7 @@ class AudioFrontEnd:
             max_seconds=self.max_seconds,
             timeout_s=self.decode_timeout_s,
         )
+        check(cancel)
         with self._detector() as detector:
             if self.parallel == 1:
                 prepared = prepare(decoded, detector)

@@ -17,9 +17,10 @@ import numpy as np
 from service.audio.fingerprint import fingerprint
 from service.audio.frontend import AudioFrontEnd, AudioInput
 from service.audio.pipeline import QualityLimits
+from service.concurrency import Cancellation, check
 from service.enrollment import policy as rules
 from service.enrollment.policy import EnrollmentPolicy
-from service.enrollment.ports import NewSample, SampleRecord, SpeakerRecord, Store, Transaction
+from service.enrollment.ports import EmbedWaves, NewSample, SampleRecord, SpeakerRecord, Store, Transaction
 from service.errors import SampleNotFound, SpeakerNotFound
 
 log = logging.getLogger(__name__)
@@ -53,7 +54,7 @@ class EnrollmentService:
         self,
         store: Store,
         frontend: AudioFrontEnd,
-        embed: Callable[[np.ndarray], np.ndarray],
+        embed: EmbedWaves,
         model_sha256: str,
         policy: EnrollmentPolicy,
         limits: QualityLimits,
@@ -73,9 +74,12 @@ class EnrollmentService:
         self.complete_threshold = complete_threshold
         self.store_audio = store_audio
 
-    def enroll(self, tenant_id: int, speaker_id: str, audio: AudioInput) -> EnrollmentStatus:
-        prepared = self.frontend.load(audio, self.limits)
-        vector = rules.normalise(self.embed(prepared.speech_wave()))
+    def enroll(
+        self, tenant_id: int, speaker_id: str, audio: AudioInput, cancel: Cancellation | None = None
+    ) -> EnrollmentStatus:
+        prepared = self.frontend.load(audio, self.limits, cancel)
+        vector = rules.normalise(self.embed([prepared.speech_wave()], cancel)[0])
+        check(cancel)  # nothing acknowledged and nothing written yet: a client that left gets no sample
         sample = NewSample(
             sample_id=uuid.uuid4().hex,
             vector=vector,
