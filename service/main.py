@@ -17,6 +17,7 @@ from service.api.deps import KeyRateLimiter, Services, run_blocking
 from service.api.middleware import BodyLimit, Metrics, SecurityHeaders
 from service.audio.frontend import AudioFrontEnd
 from service.audio.pipeline import QualityLimits
+from service.concurrency import compute
 from service.config import Settings
 from service.embedding import weights
 from service.embedding.batcher import BatchLimits, DynamicBatcher
@@ -88,6 +89,8 @@ def build_services(settings: Settings, embedder: Embedder | None = None) -> Serv
     on_gpu = _on_gpu(embedder)
     # On a GPU box torch's CPU work is the audio front end: one clip per core, one thread each.
     threads = configure_threads(settings.torch_threads or (1 if on_gpu else 0))
+    # The count belongs to each OS thread: set it where the CPU's torch work runs, too.
+    compute.run(configure_threads, threads)
     audio = settings.audio
     frontend = AudioFrontEnd(
         max_seconds=audio.max_seconds,
@@ -104,6 +107,7 @@ def build_services(settings: Settings, embedder: Embedder | None = None) -> Serv
         embed_batch = batcher.embed_batch
     embed = BoundedEmbedding(embed_batch, _budget(settings, batcher is not None))
     metrics.watch_index(index)
+    metrics.watch_model(embedder)
     ident = settings.identify
     cohort = load_cohort(embedder.files) if isinstance(embedder, EcapaEmbedder) else None
     prior = cohort.mean(axis=0) if cohort is not None else np.zeros(embedder.dim, dtype=np.float32)

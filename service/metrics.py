@@ -38,6 +38,9 @@ CANCELLED = Counter(
     "Requests whose client hung up before the answer: their work stopped at its next check",
     ["route"],
 )
+MODEL_THREADS = Gauge(
+    "speakerid_model_threads", "torch's intra-op thread count in the thread that ran the last forward pass"
+)
 QUEUE_DEPTH = Gauge("speakerid_batcher_queue_depth", "Waveforms waiting for the model (GPU batcher)")
 
 
@@ -62,6 +65,10 @@ def timed_embed_batch(
 
 def watch_index(index: Any) -> None:
     INDEX_SPEAKERS.set_function(lambda: float(len(index)))
+
+
+def watch_model(embedder: Any) -> None:
+    MODEL_THREADS.set_function(lambda: float(getattr(embedder, "threads_used", 0)))
 
 
 def watch_queue(batcher: Any) -> None:

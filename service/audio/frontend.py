@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from service.audio.decode import decode
 from service.audio.pipeline import PreparedAudio, QualityLimits, SpeechDetector, prepare
-from service.concurrency import Cancellation, check
+from service.concurrency import Cancellation, check, compute
 
 
 @dataclass(frozen=True)
@@ -23,9 +23,13 @@ class AudioInput:
 
 class AudioFrontEnd:
     """`parallel` clips are prepared at once, each with its own speech detector (silero keeps
-    state). With 1, preparation shares `compute_lock` with the model: on a CPU box the two take
-    turns on the cores. Where the model runs on a GPU, the cores are free for one clip each.
+    state). With 1, preparation runs on the compute thread with the model, a few seconds of audio
+    per turn: on a CPU box they take turns on the cores, and up to `SHARED_DETECTORS` clips' turns
+    interleave (a short clip is not held up by the whole of a long one's). Where the model runs on a
+    GPU, the cores are free for one clip each.
     """
+
+    SHARED_DETECTORS = 4
 
     def __init__(
         self, *, max_seconds: float, decode_timeout_s: float, vad_threshold: float, parallel: int = 1
@@ -34,7 +38,7 @@ class AudioFrontEnd:
         self.decode_timeout_s = decode_timeout_s
         self.parallel = max(1, parallel)
         self._detectors: queue.Queue[SpeechDetector] = queue.Queue()
-        for _ in range(self.parallel):
+        for _ in range(self.parallel if self.parallel > 1 else self.SHARED_DETECTORS):
             self._detectors.put(SpeechDetector(vad_threshold))
 
     @contextlib.contextmanager
@@ -59,10 +63,8 @@ class AudioFrontEnd:
         )
         check(cancel)
         with self._detector() as detector:
-            if self.parallel == 1:
-                prepared = prepare(decoded, detector)
-            else:
-                prepared = prepare(decoded, detector, exclusive=contextlib.nullcontext())
+            exclusive = compute if self.parallel == 1 else None
+            prepared = prepare(decoded, detector, exclusive, cancel)
         if limits is not None:
             prepared.check(limits)
         return prepared

@@ -7,18 +7,20 @@ and leading or trailing silence neither dilute nor bias the voiceprint.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 import torchaudio.functional as AF
-from silero_vad import get_speech_timestamps, load_silero_vad
+from silero_vad import get_speech_timestamps_from_probs, load_silero_vad
 
 from service.audio.decode import DecodedAudio
-from service.concurrency import compute_lock
+from service.concurrency import Cancellation, ComputeThread, compute
 from service.errors import ClippedAudio, InsufficientSpeech, NoisyAudio
 
 TARGET_RATE = 16_000
@@ -26,6 +28,10 @@ HIGHPASS_HZ = 40.0  # below the lowest voice fundamental; removes DC drift and r
 FRAME = 320  # 20 ms at 16 kHz, for energy figures
 SPEECH_PAD_S = 0.03
 BLOCK_SAMPLES = 1 << 19  # input samples filtered at once (whole seconds, at least one)
+VAD_WINDOW = 512  # samples per speech probability at 16 kHz (silero's)
+VAD_STEP_WINDOWS = 1000  # windows per turn on the compute thread: 32 s of audio, about 0.1-0.3 s
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -85,30 +91,76 @@ class PreparedAudio:
             )
 
 
+Runner = Callable[..., Any]
+"""How a piece of torch work runs: ``run(fn, *args)`` (on the compute thread, or right here)."""
+
+
+def _here(fn: Callable[..., T], *args: Any) -> T:
+    return fn(*args)
+
+
 class SpeechDetector:
-    """silero-vad (its model ships in the wheel). Stateful: callers hold `compute_lock`."""
+    """silero-vad (its model ships in the wheel). Stateful: one clip at a time per detector."""
 
     def __init__(self, threshold: float = 0.5) -> None:
         self.threshold = threshold
         self._model = load_silero_vad(onnx=False)
 
-    def regions(self, wave: np.ndarray) -> list[tuple[float, float]]:
-        with torch.inference_mode():
-            stamps = get_speech_timestamps(
-                torch.from_numpy(wave),
-                self._model,
-                threshold=self.threshold,
-                sampling_rate=TARGET_RATE,
-                speech_pad_ms=int(SPEECH_PAD_S * 1000),
-            )
+    def regions(self, wave: np.ndarray, run: Runner = _here) -> list[tuple[float, float]]:
+        """Speech regions of 16 kHz `wave`, in seconds: silero's `get_speech_timestamps`, its model
+        run through `run` a few seconds of windows at a time (other work can run between them) and
+        its rules applied to the probabilities here."""
+        self._model.reset_states()
+        probabilities: list[float] = []
+        for start in range(0, len(wave), VAD_STEP_WINDOWS * VAD_WINDOW):
+            probabilities += run(self._probabilities, wave, start, start + VAD_STEP_WINDOWS * VAD_WINDOW)
+        stamps = get_speech_timestamps_from_probs(
+            probabilities,
+            sampling_rate=TARGET_RATE,
+            threshold=self.threshold,
+            speech_pad_ms=int(SPEECH_PAD_S * 1000),
+            audio_length_samples=len(wave),
+        )
         return [(s["start"] / TARGET_RATE, s["end"] / TARGET_RATE) for s in stamps]
 
+    def _probabilities(self, wave: np.ndarray, start: int, end: int) -> list[float]:
+        """Speech probability of each 512-sample window from `start` (the last one zero-padded),
+        as `get_speech_timestamps` computes them; the model carries its state on to the next call."""
+        audio = torch.from_numpy(wave[start:end])
+        out = []
+        # One thread: silero runs a small network on every 32 ms, and the fork and join of a thread
+        # team per step cost more than they gain (on 2 busy cores, 7x the time with two threads).
+        with torch.inference_mode(), torch_threads(1):
+            for offset in range(0, len(audio), VAD_WINDOW):
+                chunk = audio[offset : offset + VAD_WINDOW]
+                if len(chunk) < VAD_WINDOW:
+                    chunk = torch.nn.functional.pad(chunk, (0, VAD_WINDOW - len(chunk)))
+                out.append(float(self._model(chunk, TARGET_RATE).item()))
+        return out
 
-def to_mono_16k(audio: DecodedAudio, block_samples: int = BLOCK_SAMPLES) -> tuple[np.ndarray, float]:
+
+@contextlib.contextmanager
+def torch_threads(count: int) -> Iterator[None]:
+    """torch's intra-op thread count for this OS thread, for the duration."""
+    before = torch.get_num_threads()
+    if before == count:
+        yield
+        return
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def to_mono_16k(
+    audio: DecodedAudio, block_samples: int = BLOCK_SAMPLES, run: Runner = _here
+) -> tuple[np.ndarray, float]:
     """Mix down, remove DC and rumble, resample. Returns (wave, clipped fraction).
 
-    Filtering and resampling go a few seconds at a time (`_filter_16k`): torch's 1-D convolution,
-    under both, took about 70 bytes per sample, 340 MB for 5 minutes at 16 kHz in one go.
+    Filtering and resampling go a few seconds at a time (`_filter_16k`), each block through `run`:
+    torch's 1-D convolution, under both, took about 70 bytes per sample, 340 MB for 5 minutes at
+    16 kHz in one go.
     """
     samples = audio.samples
     clipped = 0.0
@@ -117,10 +169,10 @@ def to_mono_16k(audio: DecodedAudio, block_samples: int = BLOCK_SAMPLES) -> tupl
         clipped = float(np.mean(np.maximum(samples.max(axis=0), -samples.min(axis=0)) >= 0.999))
     mono = np.ascontiguousarray(samples.mean(axis=0), dtype=np.float32)
     mono -= mono.mean()  # in place: `mono` is a fresh array
-    return _filter_16k(mono, audio.sample_rate, block_samples), clipped
+    return _filter_16k(mono, audio.sample_rate, block_samples, run), clipped
 
 
-def _filter_16k(mono: np.ndarray, rate: int, block_samples: int) -> np.ndarray:
+def _filter_16k(mono: np.ndarray, rate: int, block_samples: int, run: Runner) -> np.ndarray:
     """High-pass at `rate`, then resample to 16 kHz, in blocks of whole seconds with context.
 
     Each block is filtered with half a second or more of the signal before it (the 40 Hz
@@ -131,14 +183,15 @@ def _filter_16k(mono: np.ndarray, rate: int, block_samples: int) -> np.ndarray:
     n = len(mono)
     block = rate * max(1, block_samples // rate)
     if n <= block:
-        return _filter_block(torch.from_numpy(mono), rate)
+        result: np.ndarray = run(_filter_block, torch.from_numpy(mono), rate)
+        return result
     step = rate // math.gcd(rate, TARGET_RATE)  # input samples per resampling phase cycle
     context = max(step, (rate // 2) // step * step)
     out = np.empty(math.ceil(n * TARGET_RATE / rate), dtype=np.float32)
     for start in range(0, n, block):
         end = min(n, start + block)
         lo = max(0, start - context)
-        part = _filter_block(torch.from_numpy(mono[lo : min(n, end + context)]), rate)
+        part = run(_filter_block, torch.from_numpy(mono[lo : min(n, end + context)]), rate)
         skip = (start - lo) * TARGET_RATE // rate
         first = start * TARGET_RATE // rate
         last = math.ceil(end * TARGET_RATE / rate)
@@ -176,13 +229,17 @@ def estimate_snr_db(wave: np.ndarray, speech: list[tuple[float, float]]) -> floa
 
 
 def prepare(
-    audio: DecodedAudio, detector: SpeechDetector, exclusive: AbstractContextManager[Any] = compute_lock
+    audio: DecodedAudio,
+    detector: SpeechDetector,
+    exclusive: ComputeThread | None = compute,
+    cancel: Cancellation | None = None,
 ) -> PreparedAudio:
-    """Resample and find speech. `exclusive` is held around the torch work: the process-wide
-    `compute_lock` where the model shares the cores; nothing where each caller has a core of its own."""
-    with exclusive:
-        wave, clipped = to_mono_16k(audio)
-        speech = detector.regions(wave)
+    """Resample and find speech. The torch work runs on `exclusive`, the process's compute thread,
+    where the model shares the cores, a few seconds of audio per turn; in the calling thread (None)
+    where each caller has a core of its own. A `cancel` set meanwhile stops it (RequestCancelled)."""
+    run: Runner = _here if exclusive is None else functools.partial(exclusive.run, cancel=cancel)
+    wave, clipped = to_mono_16k(audio, run=run)
+    speech = detector.regions(wave, run)
     return PreparedAudio(
         wave=wave,
         source_rate=audio.sample_rate,

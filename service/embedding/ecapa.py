@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from hyperpyyaml import load_hyperpyyaml
 
-from service.concurrency import compute_lock
+from service.concurrency import compute
 from service.embedding.weights import ModelFiles
 from service.errors import StartupError
 
@@ -42,7 +42,9 @@ def usable_cores() -> int:
 
 
 def configure_threads(threads: int) -> int:
-    """Set torch's intra-op threads once per process (0 = one per usable core); returns the count.
+    """Set torch's intra-op threads (0 = one per usable core) for the calling OS thread, and for
+    threads that have not run torch yet; returns the count. The model's own thread is set with
+    ``compute.run(configure_threads, n)``.
 
     Always set explicitly: importing silero_vad drops torch to one thread, so "torch's default"
     would leave the model on one core.
@@ -205,7 +207,8 @@ def _lean_pooling_forward(self: Any, x: torch.Tensor, lengths: torch.Tensor | No
 
 
 class EcapaEmbedder:
-    """Loads once; `embed_batch` is thread-safe (one forward at a time per process)."""
+    """Loads once; `embed_batch` is thread-safe (one forward at a time per process). On a CPU every
+    torch call runs on the process's compute thread (`service.concurrency`)."""
 
     sample_rate = SAMPLE_RATE
 
@@ -221,8 +224,11 @@ class EcapaEmbedder:
         self.checksum = files.sha256
         self.device = pick_device(device)
         self.precision: Precision = pick_precision(precision, self.device)
-        # On a CPU the model shares the cores with speech detection: one torch call at a time.
-        self._lock = compute_lock if self.device.type == "cpu" else threading.Lock()
+        # On a CPU the model shares the cores with speech detection: one torch call at a time, on
+        # the one thread whose torch thread count is set. On a GPU the batcher's threads take turns.
+        self._compute = compute if self.device.type == "cpu" else None
+        self._lock = threading.Lock()
+        self.threads_used = 0  # torch's thread count in the thread that ran the last forward
         with files.hyperparams.open() as fh:
             # The pretrainer entry names hub paths; it is built but never asked to fetch anything.
             hparams: dict[str, Any] = load_hyperpyyaml(fh)
@@ -248,7 +254,7 @@ class EcapaEmbedder:
             for module in self.embedding_model.modules():
                 if isinstance(module, torch.nn.Conv1d):
                     module.to(torch.bfloat16)
-        self.dim = int(self._forward_padded(torch.zeros(1, SAMPLE_RATE), torch.ones(1)).shape[1])
+        self.dim = int(self.forward(torch.zeros(1, SAMPLE_RATE), torch.ones(1)).shape[1])
         log.info(
             "model loaded",
             extra={"device": str(self.device), "precision": self.precision, "sha256": self.checksum},
@@ -276,8 +282,10 @@ class EcapaEmbedder:
 
     def forward(self, batch: torch.Tensor, wav_lens: torch.Tensor) -> torch.Tensor:
         """``(batch, time)`` at 16 kHz -> ``(batch, dim)`` float32 on the CPU; the only device work."""
+        if self._compute is not None:
+            return self._compute.run(self._forward, batch, wav_lens)
         with self._lock:
-            return self._forward_padded(batch, wav_lens).float().cpu()
+            return self._forward(batch, wav_lens)
 
     @staticmethod
     def postprocess(vectors: torch.Tensor) -> np.ndarray:
@@ -291,13 +299,22 @@ class EcapaEmbedder:
 
     def embed_batch(self, waves: Sequence[np.ndarray]) -> np.ndarray:
         """1-D float32 16 kHz waveforms -> ``(len(waves), dim)`` float32, not length-normalised."""
-        batch, lens = self.preprocess(waves)
-        return self.postprocess(self.forward(batch, lens))
+        if self._compute is not None:  # padding the batch is torch work too
+            return self._compute.run(self._embed_batch, waves)
+        return self._embed_batch(waves)
 
     def embed(self, wave: np.ndarray) -> np.ndarray:
         return self.embed_batch([wave])[0]
 
     # --- internals --------------------------------------------------------------------------------
+
+    def _embed_batch(self, waves: Sequence[np.ndarray]) -> np.ndarray:
+        batch, lens = self.preprocess(waves)
+        return self.postprocess(self.forward(batch, lens))
+
+    def _forward(self, batch: torch.Tensor, wav_lens: torch.Tensor) -> torch.Tensor:
+        self.threads_used = torch.get_num_threads()
+        return self._forward_padded(batch, wav_lens).float().cpu()
 
     @contextlib.contextmanager
     def _autocast(self) -> Iterator[None]:

@@ -1,9 +1,10 @@
 """Bounded work per request, without the model: filtering in blocks, embedding in bounded calls,
-cancellation."""
+the compute thread, cancellation."""
 
 from __future__ import annotations
 
 import itertools
+import threading
 from collections.abc import Sequence
 
 import numpy as np
@@ -11,7 +12,7 @@ import pytest
 
 from service.audio.decode import DecodedAudio
 from service.audio.pipeline import to_mono_16k
-from service.concurrency import Cancellation
+from service.concurrency import Cancellation, ComputeThread
 from service.embedding.bounded import SAMPLE_RATE, BoundedEmbedding, EmbedBudget, pieces
 from service.errors import RequestCancelled
 
@@ -88,3 +89,29 @@ def test_cancellation_stops_before_the_next_call() -> None:
     with pytest.raises(RequestCancelled):
         embed([np.zeros(SAMPLE_RATE * 2, dtype=np.float32)] * 10, cancel)
     assert calls == 1
+
+
+def test_the_compute_thread_runs_calls_on_one_thread_and_passes_errors_back() -> None:
+    compute = ComputeThread("test-compute")
+    seen = {compute.run(threading.get_ident) for _ in range(3)}
+    assert seen == {compute.ident} and compute.ident != threading.get_ident()
+    assert compute.run(lambda: compute.run(lambda: 7)) == 7  # a call from the thread itself runs at once
+    with pytest.raises(ZeroDivisionError):
+        compute.run(lambda: 1 / 0)
+
+
+def test_a_cancelled_call_still_waiting_for_its_turn_is_dropped() -> None:
+    compute = ComputeThread("test-compute")
+    busy, release = threading.Event(), threading.Event()
+    ran: list[str] = []
+    blocker = threading.Thread(target=compute.run, args=(lambda: (busy.set(), release.wait(10)),))
+    blocker.start()
+    assert busy.wait(10)
+    cancel = Cancellation()
+    threading.Timer(0.2, cancel.cancel).start()
+    with pytest.raises(RequestCancelled):
+        compute.run(ran.append, "late", cancel=cancel)
+    release.set()
+    blocker.join(10)
+    compute.run(ran.append, "next")
+    assert ran == ["next"]
