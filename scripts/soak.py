@@ -2,6 +2,7 @@
 and whether its memory keeps growing.
 
     .venv/bin/python -m scripts.soak [--minutes 10] [--threads 8] [--max-requests 20000]
+    .venv/bin/python -m scripts.soak --long-clips [--quiet-seconds 120]   # one client sends 5-minute clips
 
 The server runs on a fresh temporary SQLite database with the rate limit off. Each client thread
 owns its own speaker ids and mixes: enrolling real clips (../shared/eval-speech; compatible and
@@ -12,6 +13,13 @@ design (a 4xx such as enrollment.DuplicateSample or audio.InsufficientSpeech) ar
 Memory is the server process's resident set (VmRSS), sampled every few seconds: at the start of
 the load (after a warm-up), at the end, and its peak. At the end each thread's idea of what it has
 enrolled is compared with what the server lists.
+
+With --long-clips the measured load comes in two phases: first the usual mix alone for
+--quiet-seconds (the others' quiet latency), then the same mix while one more client sends
+5-minute clips of real speech to the compatible identify, one after another. It reports the others'
+p99 in both phases and their ratio, and the server's peak resident memory over its resident memory
+at the start of the long clips (one request's memory is bounded whatever its length; see
+--rss-budget-mb).
 """
 
 from __future__ import annotations
@@ -19,17 +27,20 @@ from __future__ import annotations
 import argparse
 import base64
 import csv
+import io
 import random
 import sys
 import threading
 import time
 from collections import Counter, defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import count
 from typing import Any
 
 import httpx
 import numpy as np
+import soundfile as sf
 
 from scripts.fuzz_api import served, still_serves
 from service.memory import resident_bytes
@@ -43,6 +54,8 @@ MIX: tuple[tuple[str, int], ...] = (  # operation, weight
     ("delete", 12),
     ("list", 8),
 )
+LONG_OP = "identify 5-min (compat)"
+LONG_SECONDS = 300.0
 
 
 @dataclass(frozen=True)
@@ -177,6 +190,42 @@ class Worker:
         self.timed(op, results, "GET", "/v1/speakers", params={"limit": 1000})
 
 
+def long_clip_body(pool: dict[str, list[Clip]], seconds: float = LONG_SECONDS) -> dict[str, str]:
+    """`seconds` of real speech (the pool's clips end to end, speakers taking turns) as base64 FLAC."""
+    parts, total = [], 0
+    turns = [c for group in zip(*pool.values(), strict=False) for c in group]
+    while total < seconds * 16_000:
+        for clip in turns:
+            samples, rate = sf.read(EVAL_SPEECH / clip.path, dtype="int16")
+            if rate != 16_000 or samples.ndim != 1:
+                continue
+            parts.append(samples)
+            total += len(samples)
+            if total >= seconds * 16_000:
+                break
+    buffer = io.BytesIO()
+    sf.write(buffer, np.concatenate(parts)[: int(seconds * 16_000)], 16_000, format="FLAC")
+    return {"content": base64.b64encode(buffer.getvalue()).decode(), "encoding": "FLAC"}
+
+
+class LongClipClient:
+    """One more client: 5-minute clips to the compatible identify, one after another."""
+
+    def __init__(self, url: str, key: str, body: dict[str, str], timeout: float) -> None:
+        self.client = httpx.Client(base_url=url, headers={"X-API-Key": key}, timeout=timeout)
+        self.body = body
+
+    def run(self, results: Results, budget: count[int], limit: int, deadline: float) -> None:
+        while time.monotonic() < deadline and next(budget) < limit:
+            start = time.perf_counter()
+            try:
+                answer = self.client.post(f"{COMPAT}/identify", json=self.body)
+            except httpx.HTTPError as exc:
+                results.add(LONG_OP, 0.0, None, repr(exc))
+                continue
+            results.add(LONG_OP, time.perf_counter() - start, answer)
+
+
 class MemoryWatch(threading.Thread):
     def __init__(self, pid: int, every_s: float = 2.0) -> None:
         super().__init__(daemon=True)
@@ -226,7 +275,7 @@ def consistency(url: str, key: str, workers: list[Worker]) -> list[str]:
     return problems
 
 
-def load(workers: list[Worker], results: Results, seconds: float, limit: int) -> None:
+def load(workers: Sequence[Worker | LongClipClient], results: Results, seconds: float, limit: int) -> None:
     """All workers at once until `seconds` have passed or `limit` requests have started."""
     budget = count()
     deadline = time.monotonic() + seconds
@@ -260,7 +309,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--timeout", type=float, default=120.0, help="seconds before a request counts as hung"
     )
+    parser.add_argument(
+        "--long-clips",
+        action="store_true",
+        help="a quiet phase, then one more client sending 5-minute clips (compatible identify)",
+    )
+    parser.add_argument(
+        "--quiet-seconds", type=float, default=120.0, help="with --long-clips: the phase without them"
+    )
+    parser.add_argument(
+        "--rss-budget-mb",
+        type=float,
+        default=500.0,
+        help="with --long-clips: the most the server's resident memory may grow over the quiet phase",
+    )
     args = parser.parse_args(argv)
+    if args.long_clips:
+        return mixed(args)
     pool = clips()
     with served(tenant="soak") as server:
         print(
@@ -341,6 +406,65 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {line}")
     print("still serves: " + ("yes" if not problems and alive else "NO " + "; ".join(problems)))
     return 1 if errors or problems or mismatches or not alive else 0
+
+
+def mixed(args: argparse.Namespace) -> int:
+    """The --long-clips run: the usual mix alone, then with a client sending 5-minute clips."""
+    pool = clips()
+    long_body = long_clip_body(pool)
+    with served(tenant="soak") as server:
+        print(f"serving at {server.url}; long clips of {LONG_SECONDS:g} s, compatible identify", flush=True)
+        warm_up(server.url, server.key, pool)
+        workers = [Worker(n, server.url, server.key, pool, args) for n in range(args.threads)]
+        load(workers, Results(), args.warmup_seconds, args.max_requests)
+        quiet = Results()
+        load(workers, quiet, args.quiet_seconds, args.max_requests)
+        watch = MemoryWatch(server.process.pid, every_s=0.2)
+        watch.start()
+        time.sleep(0.5)
+        long_client = LongClipClient(server.url, server.key, long_body, max(args.timeout, 600.0))
+        busy = Results()
+        started = time.monotonic()
+        load([*workers, long_client], busy, args.minutes * 60, args.max_requests)
+        elapsed = time.monotonic() - started
+        watch.stop.set()
+        watch.join()
+        problems = still_serves(server.url, server.key, "soak-final-check")
+        for worker in workers:
+            worker.client.close()
+        long_client.client.close()
+        alive = server.process.poll() is None
+    mib = 2**20
+    rss_start = watch.samples[0][1]
+    peak = max(r for _, r in watch.samples)
+    growth = (peak - rss_start) / mib
+    others = [op for op, _ in MIX]
+    print(
+        f"quiet: {args.threads} clients for {args.quiet_seconds:g} s; "
+        f"busy: the same and one long-clip client for {elapsed:.0f} s"
+    )
+    print(f"long clips: {percentiles(busy.latency.get(LONG_OP, []))}")
+    print("the others' latency, quiet -> with the long clips:")
+    for op in others:
+        q, b = quiet.latency.get(op, []), busy.latency.get(op, [])
+        ratio = np.percentile(b, 99) / np.percentile(q, 99) if q and b else float("nan")
+        print(f"  {op:<18} quiet {percentiles(q)}\n  {'':<18} busy  {percentiles(b)}  (p99 x{ratio:.2f})")
+    every_quiet = [v for op in others for v in quiet.latency.get(op, [])]
+    every_busy = [v for op in others for v in busy.latency.get(op, [])]
+    if every_quiet and every_busy:
+        p99q, p99b = np.percentile(every_quiet, 99), np.percentile(every_busy, 99)
+        print(f"  all others         p99 {p99q * 1000:.0f} ms -> {p99b * 1000:.0f} ms (x{p99b / p99q:.2f})")
+    bounded = growth <= args.rss_budget_mb
+    print(
+        f"server RSS: {rss_start / mib:.0f} MiB at the start of the long clips, peak {peak / mib:.0f} MiB: "
+        f"{growth:+.0f} MiB ({'within' if bounded else 'OVER'} the {args.rss_budget_mb:g} MiB budget)"
+    )
+    errors = quiet.errors + busy.errors
+    print(f"errors (5xx, transport, hangs): {len(errors)}")
+    for error in errors[:20]:
+        print(f"  {error}")
+    print("still serves: " + ("yes" if not problems and alive else "NO " + "; ".join(problems)))
+    return 1 if errors or problems or not alive or not bounded else 0
 
 
 if __name__ == "__main__":

@@ -112,6 +112,24 @@ class BatchingSettings(BaseModel):
     )
 
 
+class EmbeddingSettings(BaseModel):
+    """How one request's audio reaches the model: bounded calls, whatever the clip's length."""
+
+    chunk_seconds: float = Field(
+        16.0,
+        gt=0,
+        description="speech longer than this is embedded in near-equal pieces no longer than it, whose "
+        "vectors are averaged; part of what a vector means, so the same on every device",
+    )
+    max_batch: int = Field(32, ge=1, description="waveforms of one request per model call on a CPU")
+    max_batch_seconds: float = Field(
+        16.0,
+        gt=0,
+        description="audio of one request per model call on a CPU (at least chunk_seconds); a call "
+        "takes about 11 MB of memory per second of audio at its peak",
+    )
+
+
 class IndexSettings(BaseModel):
     ivf_threshold: int = Field(
         200_000,
@@ -176,6 +194,7 @@ class Settings(BaseSettings):
     auth: AuthSettings = AuthSettings()
     http: HttpSettings = HttpSettings()
     batching: BatchingSettings = BatchingSettings()
+    embedding: EmbeddingSettings = EmbeddingSettings()
     index: IndexSettings = IndexSettings()
 
     def resolved_database_url(self) -> str:

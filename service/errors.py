@@ -67,6 +67,15 @@ class UnsupportedMediaType(ServiceError):
     default_message = "Unsupported content type"
 
 
+class RequestCancelled(ServiceError):
+    """The client went away before the answer; its work stopped early. 499 is nginx's "client closed
+    request": nobody reads the answer, the status is for logs and metrics."""
+
+    code = "request.Cancelled"
+    status = 499
+    default_message = "The client closed the request before the answer"
+
+
 # --- auth ----------------------------------------------------------------------------------------
 
 

@@ -17,9 +17,11 @@ from service.api.deps import KeyRateLimiter, Services, run_blocking
 from service.api.middleware import BodyLimit, Metrics, SecurityHeaders
 from service.audio.frontend import AudioFrontEnd
 from service.audio.pipeline import QualityLimits
+from service.concurrency import compute
 from service.config import Settings
 from service.embedding import weights
 from service.embedding.batcher import BatchLimits, DynamicBatcher
+from service.embedding.bounded import BoundedEmbedding, EmbedBudget
 from service.embedding.ecapa import EcapaEmbedder, configure_threads, load_cohort, usable_cores
 from service.enrollment.identification import IdentificationService, Thresholds
 from service.enrollment.policy import EnrollmentPolicy
@@ -73,6 +75,15 @@ def _batcher(
     return batcher
 
 
+def _budget(settings: Settings, batched: bool) -> EmbedBudget:
+    """One request's model calls: bounded for the host's memory on a CPU; through the GPU batcher,
+    as large as its own limits (it cuts batches itself and the device holds the activations)."""
+    e, b = settings.embedding, settings.batching
+    if batched:
+        return EmbedBudget(b.max_batch, max(b.max_audio_seconds, e.chunk_seconds), e.chunk_seconds)
+    return EmbedBudget(e.max_batch, max(e.max_batch_seconds, e.chunk_seconds), e.chunk_seconds)
+
+
 def build_services(settings: Settings, embedder: Embedder | None = None) -> Services:
     """Connect, check the schema, load and warm the model, build the index. Blocking."""
     url = settings.resolved_database_url()
@@ -84,6 +95,8 @@ def build_services(settings: Settings, embedder: Embedder | None = None) -> Serv
     on_gpu = _on_gpu(embedder)
     # On a GPU box torch's CPU work is the audio front end: one clip per core, one thread each.
     threads = configure_threads(settings.torch_threads or (1 if on_gpu else 0))
+    # The count belongs to each OS thread: set it where the CPU's torch work runs, too.
+    compute.run(configure_threads, threads)
     audio = settings.audio
     frontend = AudioFrontEnd(
         max_seconds=audio.max_seconds,
@@ -98,7 +111,9 @@ def build_services(settings: Settings, embedder: Embedder | None = None) -> Serv
     batcher = _batcher(settings, embedder, embed_batch)
     if batcher is not None:
         embed_batch = batcher.embed_batch
+    embed = BoundedEmbedding(embed_batch, _budget(settings, batcher is not None))
     metrics.watch_index(index)
+    metrics.watch_model(embedder)
     ident = settings.identify
     cohort = load_cohort(embedder.files) if isinstance(embedder, EcapaEmbedder) else None
     prior = cohort.mean(axis=0) if cohort is not None else np.zeros(embedder.dim, dtype=np.float32)
@@ -116,7 +131,7 @@ def build_services(settings: Settings, embedder: Embedder | None = None) -> Serv
     enrollment = EnrollmentService(
         store=store,
         frontend=frontend,
-        embed=lambda wave: embed_batch([wave])[0],
+        embed=embed,
         model_sha256=embedder.checksum,
         policy=enrollment_policy(settings),
         limits=QualityLimits(audio.min_speech_seconds, audio.max_clipped_fraction, audio.min_snr_db),
@@ -127,7 +142,7 @@ def build_services(settings: Settings, embedder: Embedder | None = None) -> Serv
     )
     identification = IdentificationService(
         frontend=frontend,
-        embed_batch=embed_batch,
+        embed=embed,
         index=index,
         scorer=scorer,
         thresholds=Thresholds(ident.threshold, ident.verify_threshold, ident.segment_threshold),

@@ -8,7 +8,15 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
-from prometheus_client import GC_COLLECTOR, PLATFORM_COLLECTOR, REGISTRY, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    REGISTRY,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 
 # The default registry also describes the interpreter (python_info: version and implementation)
 # and its garbage collector: nothing an operator needs, something an attacker may.
@@ -25,6 +33,14 @@ EMBED_BATCH = Histogram(
     "speakerid_embedding_batch_size", "Waveforms per model call", buckets=(1, 2, 4, 8, 16, 32, 64, 128)
 )
 INDEX_SPEAKERS = Gauge("speakerid_index_speakers", "Speakers in this process's index")
+CANCELLED = Counter(
+    "speakerid_cancelled_requests_total",
+    "Requests whose client hung up before the answer: their work stopped at its next check",
+    ["route"],
+)
+MODEL_THREADS = Gauge(
+    "speakerid_model_threads", "torch's intra-op thread count in the thread that ran the last forward pass"
+)
 QUEUE_DEPTH = Gauge("speakerid_batcher_queue_depth", "Waveforms waiting for the model (GPU batcher)")
 
 
@@ -49,6 +65,10 @@ def timed_embed_batch(
 
 def watch_index(index: Any) -> None:
     INDEX_SPEAKERS.set_function(lambda: float(len(index)))
+
+
+def watch_model(embedder: Any) -> None:
+    MODEL_THREADS.set_function(lambda: float(getattr(embedder, "threads_used", 0)))
 
 
 def watch_queue(batcher: Any) -> None:

@@ -5,10 +5,10 @@ Served under both ``/audio/generic/api/v1`` and ``/v2``; errors in the hosted AP
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 
 from service.api.convert import audio_input
-from service.api.deps import ServicesDep, TenantDep, run_blocking
+from service.api.deps import ServicesDep, TenantDep, run_blocking, run_for_client
 from service.api.schemas import (
     CompatDeleteRequest,
     CompatEnrolledSpeaker,
@@ -33,10 +33,12 @@ def router(version: str) -> APIRouter:
     )
 
     @api.post("/enroll", response_model=CompatMessage, operation_id=f"compat_enroll_{version}")
-    async def enroll(body: CompatEnrollRequest, tenant: TenantDep, services: ServicesDep) -> CompatMessage:
+    async def enroll(
+        body: CompatEnrollRequest, request: Request, tenant: TenantDep, services: ServicesDep
+    ) -> CompatMessage:
         """Add one sample to a speaker: "Success" while more are needed, then "Complete"."""
-        status = await run_blocking(
-            services.enrollment.enroll, tenant.tenant_id, body.speakerId, audio_input(body)
+        status = await run_for_client(
+            request, services.enrollment.enroll, tenant.tenant_id, body.speakerId, audio_input(body)
         )
         return CompatMessage(message="Complete" if status.complete else "Success")
 
@@ -65,11 +67,11 @@ def router(version: str) -> APIRouter:
 
     @api.post("/identify", response_model=list[CompatSegment], operation_id=f"compat_identify_{version}")
     async def identify(
-        body: CompatIdentifyRequest, tenant: TenantDep, services: ServicesDep
+        body: CompatIdentifyRequest, request: Request, tenant: TenantDep, services: ServicesDep
     ) -> list[CompatSegment]:
         """The clip's speech in time order, each stretch labelled with an enrolled speaker or "unknown"."""
-        segments = await run_blocking(
-            services.identification.segments, tenant.tenant_id, audio_input(body), body.speakerIds
+        segments = await run_for_client(
+            request, services.identification.segments, tenant.tenant_id, audio_input(body), body.speakerIds
         )
         return [
             CompatSegment(speakerId=s.speaker_id or "unknown", start=s.start, end=s.end) for s in segments

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections import deque
@@ -9,14 +10,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Annotated, Any, TypeVar
 
+import anyio
 import anyio.to_thread
 from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader, APIKeyQuery, HTTPAuthorizationCredentials, HTTPBearer
 
+from service import metrics
+from service.concurrency import Cancellation
 from service.config import Settings
 from service.enrollment.identification import IdentificationService
 from service.enrollment.service import EnrollmentService
-from service.errors import NotReady, RateLimited, Unauthorized
+from service.errors import NotReady, RateLimited, RequestCancelled, Unauthorized
 from service.storage.repository import SqlStore, TenantKey
 
 T = TypeVar("T")
@@ -35,9 +39,34 @@ class Services:
     limiter: KeyRateLimiter | None = None
 
 
+# How often a request whose work is running looks whether its client is still there.
+DISCONNECT_POLL_S = 0.25
+
+
 async def run_blocking(fn: Callable[..., T], *args: Any) -> T:
     """The one way routes run blocking work (decode, model, database, faiss) off the event loop."""
     return await anyio.to_thread.run_sync(fn, *args)
+
+
+async def run_for_client(request: Request, fn: Callable[..., T], *args: Any) -> T:
+    """`run_blocking(fn, *args, cancel)` for work worth stopping when nobody waits for it any more:
+    `cancel` (a `Cancellation`) is set once the client has hung up, and `fn` stops at its next check
+    (before the model's next batch) with RequestCancelled."""
+    cancel = Cancellation()
+
+    async def watch() -> None:
+        while not await request.is_disconnected():
+            await anyio.sleep(DISCONNECT_POLL_S)
+        cancel.cancel()
+
+    watcher = asyncio.create_task(watch())
+    try:
+        return await run_blocking(fn, *args, cancel)
+    except RequestCancelled:
+        metrics.CANCELLED.labels(getattr(request.scope.get("route"), "path", "unmatched")).inc()
+        raise
+    finally:
+        watcher.cancel()
 
 
 def get_services(request: Request) -> Services:

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Path, Query, Request, Response
 from pydantic import ValidationError
 
 from service.api.convert import audio_input, encoding_for, status_out
-from service.api.deps import ServicesDep, TenantDep, run_blocking
+from service.api.deps import ServicesDep, TenantDep, run_blocking, run_for_client
 from service.api.errors import validation_summary
 from service.api.schemas import (
     SPEAKER_ID_RULE,
@@ -82,7 +82,7 @@ async def enroll(
 ) -> EnrollmentStatusOut:
     """Add one sample (JSON with base64 `content`, or the raw audio file as the body)."""
     audio = await read_audio(request, sampleRate, encoding)
-    status = await run_blocking(services.enrollment.enroll, tenant.tenant_id, speakerId, audio)
+    status = await run_for_client(request, services.enrollment.enroll, tenant.tenant_id, speakerId, audio)
     return status_out(status)
 
 
@@ -122,10 +122,17 @@ async def delete_sample(
 
 
 @api.post("/identify", response_model=IdentifyResponse, tags=["identification"])
-async def identify(body: IdentifyRequest, tenant: TenantDep, services: ServicesDep) -> IdentifyResponse:
+async def identify(
+    body: IdentifyRequest, request: Request, tenant: TenantDep, services: ServicesDep
+) -> IdentifyResponse:
     """Who is speaking: the best enrolled speaker above the threshold, or null (open set)."""
-    found = await run_blocking(
-        services.identification.identify, tenant.tenant_id, audio_input(body), body.speakerIds, body.topK
+    found = await run_for_client(
+        request,
+        services.identification.identify,
+        tenant.tenant_id,
+        audio_input(body),
+        body.speakerIds,
+        body.topK,
     )
     return IdentifyResponse(
         speakerId=found.speaker_id,
@@ -140,10 +147,12 @@ async def identify(body: IdentifyRequest, tenant: TenantDep, services: ServicesD
 
 
 @api.post("/verify", response_model=VerifyResponse, tags=["identification"])
-async def verify(body: VerifyRequest, tenant: TenantDep, services: ServicesDep) -> VerifyResponse:
+async def verify(
+    body: VerifyRequest, request: Request, tenant: TenantDep, services: ServicesDep
+) -> VerifyResponse:
     """Is this clip the given speaker?"""
-    result = await run_blocking(
-        services.identification.verify, tenant.tenant_id, audio_input(body), body.speakerId
+    result = await run_for_client(
+        request, services.identification.verify, tenant.tenant_id, audio_input(body), body.speakerId
     )
     return VerifyResponse(
         match=result.match,

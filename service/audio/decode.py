@@ -175,10 +175,13 @@ def _decode_container(data: bytes, demuxer: str, max_seconds: float, timeout_s: 
     if not chunks:
         raise ValueError("no audio frames")
     samples = np.concatenate(chunks, axis=1).astype(np.float32, copy=False)
+    del chunks
     if samples.shape[1] == 0:
         raise ValueError("no audio samples")
     # Float decoders (MP3, AAC, Opus, AMR) can overshoot far past full scale on corrupt input.
-    samples = np.clip(np.nan_to_num(samples, nan=0.0, posinf=1.0, neginf=-1.0), -1.0, 1.0)
+    # In place: a 5-minute clip is up to 100+ MB here, and each copy would be as much again.
+    np.nan_to_num(samples, copy=False, nan=0.0, posinf=1.0, neginf=-1.0)
+    np.clip(samples, -1.0, 1.0, out=samples)
     return DecodedAudio(samples, rate)
 
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from service.audio.decode import decode
 from service.audio.pipeline import PreparedAudio, QualityLimits, SpeechDetector, prepare
+from service.concurrency import Cancellation, check, compute
 
 
 @dataclass(frozen=True)
@@ -22,9 +23,13 @@ class AudioInput:
 
 class AudioFrontEnd:
     """`parallel` clips are prepared at once, each with its own speech detector (silero keeps
-    state). With 1, preparation shares `compute_lock` with the model: on a CPU box the two take
-    turns on the cores. Where the model runs on a GPU, the cores are free for one clip each.
+    state). With 1, preparation runs on the compute thread with the model, a few seconds of audio
+    per turn: on a CPU box they take turns on the cores, and up to `SHARED_DETECTORS` clips' turns
+    interleave (a short clip is not held up by the whole of a long one's). Where the model runs on a
+    GPU, the cores are free for one clip each.
     """
+
+    SHARED_DETECTORS = 4
 
     def __init__(
         self, *, max_seconds: float, decode_timeout_s: float, vad_threshold: float, parallel: int = 1
@@ -33,7 +38,7 @@ class AudioFrontEnd:
         self.decode_timeout_s = decode_timeout_s
         self.parallel = max(1, parallel)
         self._detectors: queue.Queue[SpeechDetector] = queue.Queue()
-        for _ in range(self.parallel):
+        for _ in range(self.parallel if self.parallel > 1 else self.SHARED_DETECTORS):
             self._detectors.put(SpeechDetector(vad_threshold))
 
     @contextlib.contextmanager
@@ -45,10 +50,16 @@ class AudioFrontEnd:
             self._detectors.put(detector)
 
     def load(
-        self, audio: AudioInput, limits: QualityLimits | None = None, *, channels: bool = False
+        self,
+        audio: AudioInput,
+        limits: QualityLimits | None = None,
+        cancel: Cancellation | None = None,
+        *,
+        channels: bool = False,
     ) -> PreparedAudio:
-        """Decode, convert to 16 kHz mono, find speech; raise a 4xx error if `limits` fail. With
-        `channels`, also find the speech of each channel that differs from the others."""
+        """Decode, convert to 16 kHz mono, find speech; raise a 4xx error if `limits` fail, and
+        RequestCancelled if `cancel` is set before the speech detection starts. With `channels`,
+        also find the speech of each channel that differs from the others."""
         decoded = decode(
             audio.data,
             audio.encoding,
@@ -56,11 +67,10 @@ class AudioFrontEnd:
             max_seconds=self.max_seconds,
             timeout_s=self.decode_timeout_s,
         )
+        check(cancel)
         with self._detector() as detector:
-            if self.parallel == 1:
-                prepared = prepare(decoded, detector, channels=channels)
-            else:
-                prepared = prepare(decoded, detector, contextlib.nullcontext(), channels=channels)
+            exclusive = compute if self.parallel == 1 else None
+            prepared = prepare(decoded, detector, exclusive, cancel, channels=channels)
         if limits is not None:
             prepared.check(limits)
         return prepared

@@ -11,14 +11,16 @@ import contextlib
 import logging
 import os
 import threading
+import types
 from collections.abc import Iterator, Sequence
 from typing import Any, Literal
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from hyperpyyaml import load_hyperpyyaml
 
-from service.concurrency import compute_lock
+from service.concurrency import compute
 from service.embedding.weights import ModelFiles
 from service.errors import StartupError
 
@@ -40,7 +42,9 @@ def usable_cores() -> int:
 
 
 def configure_threads(threads: int) -> int:
-    """Set torch's intra-op threads once per process (0 = one per usable core); returns the count.
+    """Set torch's intra-op threads (0 = one per usable core) for the calling OS thread, and for
+    threads that have not run torch yet; returns the count. The model's own thread is set with
+    ``compute.run(configure_threads, n)``.
 
     Always set explicitly: importing silero_vad drops torch to one thread, so "torch's default"
     would leave the model on one core.
@@ -123,8 +127,88 @@ def skip_identity_padding(model: torch.nn.Module) -> int:
     return count
 
 
+# Channels of the attention's statistics computed at once (of 3072 in the VoxCeleb model).
+POOLING_CHANNELS = 512
+
+
+def lean_attentive_pooling(model: torch.nn.Module) -> int:
+    """Give speechbrain's attentive statistics pooling a forward pass that needs far less memory;
+    returns how many pooling layers were changed.
+
+    speechbrain's version holds about eight ``(batch, channels, frames)`` tensors at once (the
+    input, it and its mean and std repeated over time and concatenated, the attention before and
+    after masking and softmax, and the products of the statistics): most of the model's peak memory,
+    about 10 MB per second of audio. This one computes the same thing with the concatenated input's
+    convolution split by parts (the mean and std parts are constant over time: a matrix-vector
+    product each) and the attention and statistics a block of channels at a time, so besides its
+    input it holds ``(batch, POOLING_CHANNELS, frames)`` tensors only. The arithmetic is the same
+    up to the order of float sums.
+    """
+    from speechbrain.lobes.models.ECAPA_TDNN import AttentiveStatisticsPooling
+
+    count = 0
+    for module in model.modules():
+        if isinstance(module, AttentiveStatisticsPooling) and module.global_context:
+            module.forward = types.MethodType(_lean_pooling_forward, module)
+            count += 1
+    return count
+
+
+def _weighted_statistics(
+    x: torch.Tensor, weights: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """speechbrain's `_compute_statistics`: mean and std over time of ``(N, C, L)`` `x` with
+    ``(N, 1 or C, L)`` `weights` that sum to one over time."""
+    mean = (weights * x).sum(2)
+    std = torch.sqrt((weights * (x - mean.unsqueeze(2)).pow(2)).sum(2).clamp(eps))
+    return mean, std
+
+
+def _lean_pooling_forward(self: Any, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+    """``(N, C, L)`` frames and relative `lengths` -> ``(N, 2C, 1)``: attention-weighted means and
+    stds per channel, as speechbrain's AttentiveStatisticsPooling.forward with global context."""
+    from speechbrain.dataio.dataio import length_to_mask
+
+    batch, channels, frames = x.shape
+    if lengths is None:
+        lengths = torch.ones(batch, device=x.device)
+    mask = length_to_mask(lengths * frames, max_len=frames, device=x.device).unsqueeze(1)
+    uniform = mask / mask.sum(dim=2, keepdim=True).float()
+    # The global context: the utterance's mean and std, one vector each.
+    context_mean, context_std = zip(
+        *(
+            _weighted_statistics(x[:, c : c + POOLING_CHANNELS], uniform, self.eps)
+            for c in range(0, channels, POOLING_CHANNELS)
+        ),
+        strict=True,
+    )
+    mean_all, std_all = torch.cat(context_mean, dim=1), torch.cat(context_std, dim=1)
+    # tdnn(cat[x, mean repeated, std repeated]) without building the concatenation.
+    tdnn = self.tdnn
+    conv = tdnn.conv.conv
+    weight = conv.weight[:, :, 0]
+    hidden = F.conv1d(x, conv.weight[:, :channels], conv.bias)
+    context = mean_all @ weight[:, channels : 2 * channels].T + std_all @ weight[:, 2 * channels :].T
+    hidden = hidden + context.to(hidden.dtype).unsqueeze(2)
+    hidden = self.tanh(tdnn.dropout(tdnn.norm(tdnn.activation(hidden))))
+    # Attention and its statistics, a block of channels at a time.
+    attention = self.conv.conv
+    means, stds = [], []
+    for c in range(0, channels, POOLING_CHANNELS):
+        block = slice(c, c + POOLING_CHANNELS)
+        logits = F.conv1d(
+            hidden, attention.weight[block], attention.bias[block] if attention.bias is not None else None
+        )
+        logits = logits.masked_fill(mask == 0, float("-inf"))
+        mean, std = _weighted_statistics(x[:, block], F.softmax(logits, dim=2), self.eps)
+        means.append(mean)
+        stds.append(std)
+    return torch.cat(means + stds, dim=1).unsqueeze(2)
+
+
 class EcapaEmbedder:
-    """Loads once; `embed_batch` is thread-safe (one forward at a time per process)."""
+    """Loads once; `embed_batch` is thread-safe (one forward at a time per process). On a CPU every
+    torch call runs on the process's compute thread (`service.concurrency`)."""
 
     sample_rate = SAMPLE_RATE
 
@@ -140,8 +224,11 @@ class EcapaEmbedder:
         self.checksum = files.sha256
         self.device = pick_device(device)
         self.precision: Precision = pick_precision(precision, self.device)
-        # On a CPU the model shares the cores with speech detection: one torch call at a time.
-        self._lock = compute_lock if self.device.type == "cpu" else threading.Lock()
+        # On a CPU the model shares the cores with speech detection: one torch call at a time, on
+        # the one thread whose torch thread count is set. On a GPU the batcher's threads take turns.
+        self._compute = compute if self.device.type == "cpu" else None
+        self._lock = threading.Lock()
+        self.threads_used = 0  # torch's thread count in the thread that ran the last forward
         with files.hyperparams.open() as fh:
             # The pretrainer entry names hub paths; it is built but never asked to fetch anything.
             hparams: dict[str, Any] = load_hyperpyyaml(fh)
@@ -160,13 +247,14 @@ class EcapaEmbedder:
             module.eval()
             module.to(self.device)
         skip_identity_padding(self.embedding_model)
+        lean_attentive_pooling(self.embedding_model)
         if self.precision == "bf16":
             # Convolution weights are cast once here instead of by autocast on every call (20M
             # parameters a forward); normalisation layers keep their fp32 statistics.
             for module in self.embedding_model.modules():
                 if isinstance(module, torch.nn.Conv1d):
                     module.to(torch.bfloat16)
-        self.dim = int(self._forward_padded(torch.zeros(1, SAMPLE_RATE), torch.ones(1)).shape[1])
+        self.dim = int(self.forward(torch.zeros(1, SAMPLE_RATE), torch.ones(1)).shape[1])
         log.info(
             "model loaded",
             extra={"device": str(self.device), "precision": self.precision, "sha256": self.checksum},
@@ -194,8 +282,10 @@ class EcapaEmbedder:
 
     def forward(self, batch: torch.Tensor, wav_lens: torch.Tensor) -> torch.Tensor:
         """``(batch, time)`` at 16 kHz -> ``(batch, dim)`` float32 on the CPU; the only device work."""
+        if self._compute is not None:
+            return self._compute.run(self._forward, batch, wav_lens)
         with self._lock:
-            return self._forward_padded(batch, wav_lens).float().cpu()
+            return self._forward(batch, wav_lens)
 
     @staticmethod
     def postprocess(vectors: torch.Tensor) -> np.ndarray:
@@ -209,13 +299,22 @@ class EcapaEmbedder:
 
     def embed_batch(self, waves: Sequence[np.ndarray]) -> np.ndarray:
         """1-D float32 16 kHz waveforms -> ``(len(waves), dim)`` float32, not length-normalised."""
-        batch, lens = self.preprocess(waves)
-        return self.postprocess(self.forward(batch, lens))
+        if self._compute is not None:  # padding the batch is torch work too
+            return self._compute.run(self._embed_batch, waves)
+        return self._embed_batch(waves)
 
     def embed(self, wave: np.ndarray) -> np.ndarray:
         return self.embed_batch([wave])[0]
 
     # --- internals --------------------------------------------------------------------------------
+
+    def _embed_batch(self, waves: Sequence[np.ndarray]) -> np.ndarray:
+        batch, lens = self.preprocess(waves)
+        return self.postprocess(self.forward(batch, lens))
+
+    def _forward(self, batch: torch.Tensor, wav_lens: torch.Tensor) -> torch.Tensor:
+        self.threads_used = torch.get_num_threads()
+        return self._forward_padded(batch, wav_lens).float().cpu()
 
     @contextlib.contextmanager
     def _autocast(self) -> Iterator[None]:

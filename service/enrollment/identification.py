@@ -4,20 +4,22 @@ Every speaker of the tenant with at least one accepted sample is a candidate; a 
 enrollment is not complete says so and apps decide. Unknown voices are rejected by threshold, never
 forced onto the nearest enrolled speaker. Scores are the decision rule's normalised units
 (`service.enrollment.scoring`), with the plain cosine beside them. Blocking: call from a worker
-thread.
+thread. Audio of any length costs bounded memory (`embed` makes model calls of bounded size), and a
+`cancel` set while the work runs stops it before its next model call.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from service.audio.frontend import AudioFrontEnd, AudioInput
 from service.audio.pipeline import PreparedAudio, QualityLimits
+from service.concurrency import Cancellation
 from service.enrollment.policy import normalise
-from service.enrollment.ports import IndexEntry, SpeakerIndex
+from service.enrollment.ports import EmbedWaves, IndexEntry, SpeakerIndex
 from service.enrollment.scoring import Scorer
 from service.errors import NoEnrolledSpeakers, SpeakerNotFound
 
@@ -81,7 +83,7 @@ class IdentificationService:
     def __init__(
         self,
         frontend: AudioFrontEnd,
-        embed_batch: Callable[[Sequence[np.ndarray]], np.ndarray],
+        embed: EmbedWaves,
         index: SpeakerIndex,
         scorer: Scorer,
         thresholds: Thresholds,
@@ -89,7 +91,7 @@ class IdentificationService:
         segments: SegmentOptions | None = None,
     ) -> None:
         self.frontend = frontend
-        self.embed_batch = embed_batch
+        self.embed = embed
         self.index = index
         self.scorer = scorer
         self.thresholds = thresholds
@@ -99,11 +101,16 @@ class IdentificationService:
     # --- use cases -------------------------------------------------------------------------------
 
     def identify(
-        self, tenant_id: int, audio: AudioInput, speaker_ids: Sequence[str] | None = None, top_k: int = 5
+        self,
+        tenant_id: int,
+        audio: AudioInput,
+        speaker_ids: Sequence[str] | None = None,
+        top_k: int = 5,
+        cancel: Cancellation | None = None,
     ) -> Identification:
         only = self._restriction(tenant_id, speaker_ids)
-        prepared = self.frontend.load(audio, self.limits)
-        vector = self._vector(prepared.speech_wave())
+        prepared = self.frontend.load(audio, self.limits, cancel)
+        vector = self._vector(prepared.speech_wave(), cancel)
         ranked = self._rank(vector, tenant_id, only, max(top_k, 1), self._gallery(tenant_id, only))
         best = ranked[0]
         accepted = best.score >= self.thresholds.identify
@@ -115,10 +122,12 @@ class IdentificationService:
             speech_seconds=round(prepared.speech_seconds, 2),
         )
 
-    def verify(self, tenant_id: int, audio: AudioInput, speaker_id: str) -> Verification:
+    def verify(
+        self, tenant_id: int, audio: AudioInput, speaker_id: str, cancel: Cancellation | None = None
+    ) -> Verification:
         entry = self._entry(tenant_id, speaker_id)
-        prepared = self.frontend.load(audio, self.limits)
-        vector = self._vector(prepared.speech_wave())
+        prepared = self.frontend.load(audio, self.limits, cancel)
+        vector = self._vector(prepared.speech_wave(), cancel)
         cosine = float(entry.centroid @ vector)
         score = float(self._score_matrix(vector[None], [entry], tenant_id, gallery=1)[0, 0])
         return Verification(
@@ -131,7 +140,11 @@ class IdentificationService:
         )
 
     def segments(
-        self, tenant_id: int, audio: AudioInput, speaker_ids: Sequence[str] | None = None
+        self,
+        tenant_id: int,
+        audio: AudioInput,
+        speaker_ids: Sequence[str] | None = None,
+        cancel: Cancellation | None = None,
     ) -> list[Segment]:
         """The clip's speech in time order, each stretch labelled with a speaker or None.
 
@@ -140,11 +153,12 @@ class IdentificationService:
         re-scored as a whole (a long stretch gives a surer answer than any of its windows).
         """
         only = self._restriction(tenant_id, speaker_ids)
-        prepared = self.frontend.load(audio, self.limits)
+        prepared = self.frontend.load(audio, self.limits, cancel)
         windows = self._windows(prepared)
         if not windows:
             return []
-        vectors = self._vectors([prepared.segment(a, b) for a, b in windows])
+        # Views into the clip, not copies; the model sees them a bounded batch at a time.
+        vectors = self._vectors([prepared.segment(a, b) for a, b in windows], cancel)
         candidates = self._candidates(vectors, tenant_id, only)
         gallery = self._gallery(tenant_id, only)
         scores = self._score_matrix(vectors, candidates, tenant_id, gallery)  # (windows, candidates)
@@ -157,7 +171,7 @@ class IdentificationService:
             for i, j in enumerate(best)
         ]
         stretches = self._stretches(windows, labels, prepared.speech)
-        return self._confirm(prepared, stretches, candidates, tenant_id, gallery)
+        return self._confirm(prepared, stretches, candidates, tenant_id, gallery, cancel)
 
     # --- helpers ---------------------------------------------------------------------------------
 
@@ -174,11 +188,11 @@ class IdentificationService:
             raise SpeakerNotFound(f"Speaker {speaker_id!r} not found (or has no accepted samples)")
         return entry
 
-    def _vector(self, wave: np.ndarray) -> np.ndarray:
-        return self._vectors([wave])[0]
+    def _vector(self, wave: np.ndarray, cancel: Cancellation | None) -> np.ndarray:
+        return self._vectors([wave], cancel)[0]
 
-    def _vectors(self, waves: Sequence[np.ndarray]) -> np.ndarray:
-        raw = self.embed_batch(waves)
+    def _vectors(self, waves: Sequence[np.ndarray], cancel: Cancellation | None) -> np.ndarray:
+        raw = self.embed(waves, cancel)
         return np.stack([normalise(v) for v in raw])
 
     def _gallery(self, tenant_id: int, only: list[int] | None) -> int:
@@ -268,11 +282,12 @@ class IdentificationService:
         candidates: list[IndexEntry],
         tenant_id: int,
         gallery: int,
+        cancel: Cancellation | None,
     ) -> list[Segment]:
         """Re-score each stretch as a whole with the clip-level threshold; merge again after."""
         if not stretches:
             return []
-        vectors = self._vectors([prepared.segment(s.start, s.end) for s in stretches])
+        vectors = self._vectors([prepared.segment(s.start, s.end) for s in stretches], cancel)
         scores = self._score_matrix(vectors, candidates, tenant_id, gallery)
         out: list[Segment] = []
         for stretch, row in zip(stretches, scores, strict=True):

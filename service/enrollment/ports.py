@@ -14,6 +14,8 @@ from typing import Protocol
 
 import numpy as np
 
+from service.concurrency import Cancellation
+
 
 @dataclass(frozen=True)
 class SpeakerRecord:
@@ -156,6 +158,13 @@ class SpeakerIndex(Protocol):
     ) -> list[tuple[IndexEntry, float]]: ...
 
     def __len__(self) -> int: ...
+
+
+class EmbedWaves(Protocol):
+    """1-D float32 16 kHz waveforms of any length -> ``(len(waves), dim)`` float32 vectors, not
+    length-normalised; RequestCancelled once `cancel` is set (`service.embedding.bounded`)."""
+
+    def __call__(self, waves: Sequence[np.ndarray], cancel: Cancellation | None = None) -> np.ndarray: ...
 
 
 class Embedder(Protocol):

@@ -17,9 +17,10 @@ import numpy as np
 from service.audio.fingerprint import fingerprint
 from service.audio.frontend import AudioFrontEnd, AudioInput
 from service.audio.pipeline import TARGET_RATE, PreparedAudio, QualityLimits
+from service.concurrency import Cancellation, check
 from service.enrollment import policy as rules
 from service.enrollment.policy import EnrollmentPolicy
-from service.enrollment.ports import NewSample, SampleRecord, SpeakerRecord, Store, Transaction
+from service.enrollment.ports import EmbedWaves, NewSample, SampleRecord, SpeakerRecord, Store, Transaction
 from service.enrollment.voices import TenantVoices
 from service.errors import SampleNotFound, SpeakerNotFound
 
@@ -58,7 +59,7 @@ class EnrollmentService:
         self,
         store: Store,
         frontend: AudioFrontEnd,
-        embed: Callable[[np.ndarray], np.ndarray],
+        embed: EmbedWaves,
         model_sha256: str,
         policy: EnrollmentPolicy,
         limits: QualityLimits,
@@ -78,10 +79,13 @@ class EnrollmentService:
         self.complete_threshold = complete_threshold
         self.store_audio = store_audio
 
-    def enroll(self, tenant_id: int, speaker_id: str, audio: AudioInput) -> EnrollmentStatus:
-        prepared = self.frontend.load(audio, self.limits, channels=True)
-        self._check_one_voice(tenant_id, prepared)
-        vector = rules.normalise(self.embed(prepared.speech_wave()))
+    def enroll(
+        self, tenant_id: int, speaker_id: str, audio: AudioInput, cancel: Cancellation | None = None
+    ) -> EnrollmentStatus:
+        prepared = self.frontend.load(audio, self.limits, cancel, channels=True)
+        self._check_one_voice(tenant_id, prepared, cancel)
+        vector = rules.normalise(self.embed([prepared.speech_wave()], cancel)[0])
+        check(cancel)  # nothing acknowledged and nothing written yet: a client that left gets no sample
         sample = NewSample(
             sample_id=uuid.uuid4().hex,
             vector=vector,
@@ -160,7 +164,9 @@ class EnrollmentService:
         least = self.complete_threshold if speaker.status == rules.COMPLETE else self.policy.voice_check
         return (lambda vector, voiceprint: voices.score(tenant_id, vector, voiceprint)), least
 
-    def _check_one_voice(self, tenant_id: int, prepared: PreparedAudio) -> None:
+    def _check_one_voice(
+        self, tenant_id: int, prepared: PreparedAudio, cancel: Cancellation | None = None
+    ) -> None:
         """Refuse a clip whose channels (those with enough speech each) hold different voices: mixed,
         two people would make one voiceprint that is neither's."""
         least_samples = self.limits.min_speech_seconds * TARGET_RATE
@@ -168,7 +174,7 @@ class EnrollmentService:
         if len(voiced) < 2 or self.voices is None:
             return
         voices = self.voices
-        vectors = [rules.normalise(self.embed(wave)) for wave in voiced]
+        vectors = [rules.normalise(v) for v in self.embed(voiced, cancel)]
         rules.check_one_voice(vectors, lambda a, b: voices.score(tenant_id, a, b), self.policy.voice_check)
 
     def _check_other_speakers(

@@ -48,6 +48,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from service.concurrency import compute
 from service.config import Settings
 from service.tools.inputs import InputError, read_manifest
 from service.tools.server import LocalServer, local_server
@@ -980,6 +981,7 @@ def run_bench(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     # Importing silero-vad (the audio front end's) drops torch to one thread: import it first.
     importlib.import_module("service.audio.pipeline")
     torch.set_num_threads(threads)
+    compute.run(torch.set_num_threads, threads)  # the model's own thread (per-thread setting)
     speech = read_speech(args.speech)
     precisions(args.precision)  # refuse unknown names before anything runs
     device = server_device(args.device or settings.device)
