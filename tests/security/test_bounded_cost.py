@@ -1,6 +1,7 @@
 """One request cannot take the machine: a long clip costs bounded memory on every route, and a client
-that hangs up stops its work. Real model, real speech, a real server on loopback (in this process, so
-its peak resident memory is this process's)."""
+that hangs up stops its work. Real model, real speech, real servers on loopback: memory is measured
+on a `speakerid serve` of its own (the peak resident memory of that process alone, not of a test
+process that has run hundreds of other tests), the rest in this process."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import numpy as np
 import pytest
 from prometheus_client import REGISTRY
 
-from service import memory
+from service.tools.server import LocalServer, local_server
 from tests.audio_fixtures import encode_recipe, load_clip, manifest
 from tests.conftest import LiveServer, b64, flac_body, make_settings, needs_speech, new_key
 
@@ -83,30 +84,44 @@ def long_body() -> dict[str, Any]:
     return {"content": b64(data), "encoding": "FLAC", "sampleRate": 16000}
 
 
-def status_mb(field: str) -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
+@pytest.fixture(scope="module")
+def served() -> Iterator[tuple[LocalServer, httpx.Client]]:
+    """A `speakerid serve` subprocess with the two readers enrolled, and a client of it."""
+    with local_server(tenant="acme") as live:
+        live.wait_ready()
+        with httpx.Client(base_url=live.url, headers={"X-API-Key": live.key}, timeout=600) as c:
+            for speaker, paths in ENROLLED.items():
+                for path in paths:
+                    assert (
+                        c.post(f"/v1/speakers/{speaker}/enrollments", json=flac_body(path)).status_code == 201
+                    )
+            yield live, c
+
+
+def status_mb(pid: int, field: str) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith(field + ":"):
             return int(line.split()[1]) / 1024
     raise RuntimeError(field)
 
 
-def peak_growth_mb(send: Any) -> tuple[float, Any]:
-    """The process's peak resident memory over its resident memory before `send()`, in MB."""
-    memory.trim_heap()
+def peak_growth_mb(pid: int, send: Any) -> tuple[float, Any]:
+    """Process `pid`'s peak resident memory during `send()` over its resident memory before, in MB."""
     try:
-        Path("/proc/self/clear_refs").write_text("5")  # the peak (VmHWM) starts again from now
+        Path(f"/proc/{pid}/clear_refs").write_text("5")  # the peak (VmHWM) starts again from now
     except OSError:
-        pytest.skip("this kernel does not let a process reset its peak resident memory")
-    before = status_mb("VmRSS")
+        pytest.skip("this kernel does not let the peak resident memory be reset")
+    before = status_mb(pid, "VmRSS")
     result = send()
-    return status_mb("VmHWM") - before, result
+    return status_mb(pid, "VmHWM") - before, result
 
 
 @pytest.mark.parametrize("route", [COMPAT_IDENTIFY, "/v1/identify"])
 def test_a_long_clip_costs_bounded_memory(
-    client: httpx.Client, long_body: dict[str, Any], route: str
+    served: tuple[LocalServer, httpx.Client], long_body: dict[str, Any], route: str
 ) -> None:
-    growth, answer = peak_growth_mb(lambda: client.post(route, json=long_body, timeout=600))
+    live, client = served
+    growth, answer = peak_growth_mb(live.process.pid, lambda: client.post(route, json=long_body))
     assert answer.status_code == 200, answer.text
     if route == COMPAT_IDENTIFY:
         labels = {s["speakerId"] for s in answer.json()}
