@@ -11,6 +11,8 @@
 
 from __future__ import annotations
 
+import argparse
+import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,7 +27,7 @@ from devtools.study import embed_all
 from service import calibration as cal
 from service.embedding import weights
 from service.embedding.ecapa import load_cohort
-from service.enrollment.scoring import DecisionRule, Scorer, centred, domain_mean, impostor_scores
+from service.enrollment.scoring import DecisionRule, Scorer, impostor_scores
 from service.tools.metrics import wilson
 
 log = logging.getLogger(__name__)
@@ -267,10 +269,6 @@ def _voice_trials(
     return np.array(genuine), np.array(impostor)
 
 
-def centred_cosines(study: Study, queries: np.ndarray, centroids: np.ndarray) -> np.ndarray:
-    return centred(queries, centroids, domain_mean(centroids, study.prior, cal.PRIOR_WEIGHT))
-
-
 def summary_lines(results: dict[str, Any]) -> list[str]:
     def cell(entry: dict[str, Any]) -> str:
         lo, hi = entry["ci95"]
@@ -322,14 +320,16 @@ def run() -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    import json
-    import sys
 
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("json", nargs="?", help="write every figure here")
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     results = run()
-    args = list(argv if argv is not None else sys.argv[1:])
-    if args:
-        with open(args[0], "w") as fh:
+    if args.json:
+        with open(args.json, "w") as fh:
             json.dump(results, fh, indent=1)
     print("\n".join(summary_lines(results)))
     return 0

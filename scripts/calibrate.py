@@ -19,7 +19,7 @@ start, lower gain) for the duplicate and spread checks. The report covers:
 with a proposed value for each threshold. Embeddings are cached in ``--cache-dir`` (keyed by the
 model's checksum and each file's content), so a rerun only redoes the statistics.
 
-    .venv/bin/python scripts/calibrate.py [--manifest PATH] [--out results.json]
+    .venv/bin/python -m scripts.calibrate [--manifest PATH] [--out results.json]
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import csv
 import hashlib
-import io
 import json
 import logging
 import math
@@ -40,11 +39,10 @@ from itertools import combinations
 from pathlib import Path
 from typing import Any
 
-import av
 import numpy as np
 import torch
-import torchaudio.functional as AF
 
+from devtools.channels import TELEPHONE_RATE, encode, resample, telephone_band
 from service import calibration as cal
 from service.audio.decode import DecodedAudio, decode
 from service.audio.pipeline import PreparedAudio, SpeechDetector, prepare
@@ -86,8 +84,6 @@ MIN_CLIPS_ENROLLABLE = 3
 SPREAD_SET_SIZE = 3
 SPREAD_MIN_SPEECH_S = 4.0
 MP3_BIT_RATE = 64_000
-TELEPHONE_RATE = 8_000
-TELEPHONE_BAND_HZ = (300.0, 3400.0)
 TRIM_S = 0.5
 GAIN = 0.5
 MAX_GENUINE_REFUSAL = 0.01  # the mismatch gate may refuse at most this share of genuine samples
@@ -136,42 +132,6 @@ def enrollable_speakers(clips: Sequence[Clip]) -> dict[str, list[int]]:
 # --- channel simulation ------------------------------------------------------------------------------
 
 
-def encode_container(samples: np.ndarray, rate: int, fmt: str, codec: str, bit_rate: int = 0) -> bytes:
-    """Mono float samples -> a container file made by FFmpeg (via PyAV)."""
-    pcm = np.round(np.clip(samples, -1.0, 32767 / 32768) * 32768).astype(np.int16)
-    buffer = io.BytesIO()
-    with av.open(buffer, mode="w", format=fmt) as container:
-        stream = container.add_stream(codec, rate=rate, layout="mono")
-        if not isinstance(stream, av.AudioStream):
-            raise TypeError(f"{codec} is not an audio codec")
-        if bit_rate:
-            stream.bit_rate = bit_rate
-        frame = av.AudioFrame.from_ndarray(pcm[None, :], format="s16", layout="mono")
-        frame.sample_rate = rate
-        for packet in stream.encode(frame):
-            container.mux(packet)
-        for packet in stream.encode(None):
-            container.mux(packet)
-    return buffer.getvalue()
-
-
-def resample(samples: np.ndarray, rate: int, new_rate: int) -> np.ndarray:
-    if rate == new_rate:
-        return samples
-    wave = AF.resample(torch.from_numpy(np.ascontiguousarray(samples, dtype=np.float32)), rate, new_rate)
-    return wave.numpy()
-
-
-def telephone_band(samples: np.ndarray, rate: int) -> np.ndarray:
-    """300-3400 Hz band-pass (two biquads each side, roughly 4th order)."""
-    low, high = TELEPHONE_BAND_HZ
-    wave = torch.from_numpy(np.ascontiguousarray(samples, dtype=np.float32))
-    for _ in range(2):
-        wave = AF.highpass_biquad(wave, rate, low)
-        wave = AF.lowpass_biquad(wave, rate, high)
-    return wave.numpy()
-
-
 def mulaw_encode(samples: np.ndarray) -> bytes:
     """G.711 mu-law (the 14-bit segment encoder with bias 0x84) of float samples in [-1, 1]."""
     pcm = np.round(np.clip(samples, -1.0, 1.0) * 32767).astype(np.int32)
@@ -186,7 +146,7 @@ Request = tuple[bytes, str, int | None]  # payload, stated encoding, stated samp
 
 
 def as_flac(samples: np.ndarray, rate: int) -> Request:
-    return encode_container(samples, rate, "flac", "flac"), "FLAC", None
+    return encode(samples, rate, "flac", "flac"), "FLAC", None
 
 
 def flac_8k(samples: np.ndarray, rate: int, speech_power: float, seed: int) -> Request:
@@ -199,7 +159,7 @@ def mulaw_8k(samples: np.ndarray, rate: int, speech_power: float, seed: int) -> 
 
 
 def mp3(samples: np.ndarray, rate: int, speech_power: float, seed: int) -> Request:
-    return encode_container(samples, rate, "mp3", "libmp3lame", MP3_BIT_RATE), "MP3", None
+    return encode(samples, rate, "mp3", "libmp3lame", MP3_BIT_RATE), "MP3", None
 
 
 def white_noise(samples: np.ndarray, rate: int, speech_power: float, seed: int, snr_db: float) -> Request:

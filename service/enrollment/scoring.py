@@ -26,7 +26,6 @@ less well than centring alone: with tens of speakers its per-candidate statistic
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
 from dataclasses import dataclass
 from statistics import NormalDist
 
@@ -175,9 +174,3 @@ class Scorer:
         else:
             cosines = np.atleast_2d(queries) @ np.atleast_2d(centroids).T
         return (cosines - self.level(scale, gallery)) / self.rule.unit
-
-    def forget(self, keep: Sequence[int]) -> None:
-        """Drop cached scales of tenants not in `keep`."""
-        with self._lock:
-            for tenant_id in set(self._cache) - set(keep):
-                del self._cache[tenant_id]

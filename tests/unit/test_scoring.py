@@ -123,7 +123,6 @@ def test_a_tenants_scale_is_cached_until_its_cohort_arrays_change() -> None:
     assert scorer.scale(7, ids, cohort) is first
     ids2, cohort2 = np.arange(6), voices(6, rng)
     assert scorer.scale(7, ids2, cohort2) is not first
-    scorer.forget(keep=[])
     assert scorer.scale(7, ids2, cohort2).speakers == 6
 
 
