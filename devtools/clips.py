@@ -1,4 +1,4 @@
-"""Shared helpers for audio tests: real eval-speech clips and encoders built on PyAV (FFmpeg).
+"""Real eval-speech clips and encoders built on PyAV (FFmpeg), for tests and scripts alike.
 
 The encoders here are independent of `service.audio.decode`: containers and codecs go through
 FFmpeg's muxers and encoders, and G.711 bytes come from FFmpeg's pcm_mulaw / pcm_alaw encoders,
@@ -18,8 +18,7 @@ import av
 import numpy as np
 import soundfile as sf
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-EVAL_SPEECH = (REPO_ROOT / ".." / "shared" / "eval-speech").resolve()
+from devtools.sets import EVAL_SPEECH
 
 # Short, clean LibriSpeech utterances used throughout the audio tests (path relative to EVAL_SPEECH).
 SHORT_CLIP = "librispeech/test-clean/61/61-70968-0002.flac"  # 2.97 s

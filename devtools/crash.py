@@ -1,6 +1,6 @@
 """Crash test: acknowledged enrollments and deletes survive SIGKILL, and the index follows the database.
 
-    .venv/bin/python scripts/crash_test.py --database-url URL --cycles 20 [--clients 4] [--seed N]
+    .venv/bin/python -m scripts.crash_test --database-url URL --cycles 20 [--clients 4] [--seed N]
 
 `speakerid serve` runs as a child process (its own process group) on a free loopback port. Each cycle,
 several client threads enroll real eval-speech clips (base64 FLAC/WAV; native and compatible routes)
@@ -58,17 +58,14 @@ import soundfile as sf
 from sqlalchemy import create_engine, func, select
 from sqlalchemy.pool import NullPool
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))  # run as a plain script: the product's modules come from the checkout
+from devtools.sets import EVAL_SPEECH, REPO_ROOT
+from service.config import Settings
+from service.enrollment.policy import COMPLETE, EnrollmentPolicy, centroid_and_spread, missing
+from service.storage.repository import from_bytes
+from service.storage.tables import Change, Sample, Speaker, Tenant
+from service.tools.server import free_port
 
-from service.config import Settings  # noqa: E402
-from service.enrollment.policy import COMPLETE, EnrollmentPolicy, centroid_and_spread, missing  # noqa: E402
-from service.storage.repository import from_bytes  # noqa: E402
-from service.storage.tables import Change, Sample, Speaker, Tenant  # noqa: E402
-from service.tools.server import free_port  # noqa: E402
-
-EVAL_SPEECH = REPO.parent / "shared" / "eval-speech"
+REPO = REPO_ROOT
 READY_TIMEOUT_S = 180.0
 REQUEST_TIMEOUT_S = 120.0
 # Clips this long keep requests short (more operations per load window) with speech to spare.
@@ -964,7 +961,3 @@ def numbers(report: Report) -> dict[str, Any]:
         "transport_errors": len(report.transport_errors),
         "runtime_s": round(report.runtime_s, 1),
     }
-
-
-if __name__ == "__main__":
-    sys.exit(main())

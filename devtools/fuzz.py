@@ -50,8 +50,8 @@ from schemathesis import GenerationMode
 from schemathesis import checks as st_checks
 from schemathesis.core.result import Err
 
+from devtools.clips import EVAL_SPEECH, RECIPES, encode_recipe, load_clip, silence_flac
 from service.tools.server import LocalServer, local_server
-from tests.audio_fixtures import EVAL_SPEECH, RECIPES, encode_recipe, load_clip, silence_flac
 
 PUBLIC_PATHS = ("/healthz", "/readyz", "/metrics")
 AUTH_QUERY = ("apikey", "api_key")
@@ -551,7 +551,7 @@ Served = LocalServer
 @contextlib.contextmanager
 def served(data_dir: Path | None = None, tenant: str = "fuzz", **env_extra: str) -> Iterator[Served]:
     """`speakerid serve` on a free loopback port over a fresh SQLite database, with one key, ready."""
-    with local_server(data_dir, tenant, **env_extra) as server:
+    with local_server(data_dir, tenant, False, **env_extra) as server:
         server.wait_ready()
         yield server
 

@@ -20,8 +20,8 @@ import time
 import httpx
 import numpy as np
 
+from devtools.clips import EVAL_SPEECH
 from service.tools.server import local_server
-from tests.audio_fixtures import EVAL_SPEECH
 
 COMPAT_IDENTIFY = "/audio/generic/api/v1/sync/diarization/identify"
 ENROLL = {

@@ -42,9 +42,9 @@ import httpx
 import numpy as np
 import soundfile as sf
 
-from scripts.fuzz_api import served, still_serves
+from devtools.clips import EVAL_SPEECH
+from devtools.fuzz import served, still_serves
 from service.memory import resident_bytes
-from tests.audio_fixtures import EVAL_SPEECH
 
 COMPAT = "/audio/generic/api/v1/sync/diarization"
 MIX: tuple[tuple[str, int], ...] = (  # operation, weight

@@ -17,6 +17,7 @@ import pytest
 import uvicorn
 from sqlalchemy import Engine
 
+from devtools.clips import EVAL_SPEECH, clip_bytes, eval_speech_available
 from service.api.serving import uvicorn_config
 from service.config import Settings
 from service.embedding import weights
@@ -24,7 +25,6 @@ from service.embedding.ecapa import EcapaEmbedder, configure_threads
 from service.main import create_app
 from service.storage.database import make_engine
 from service.storage.repository import SqlStore
-from tests.audio_fixtures import EVAL_SPEECH, clip_bytes, eval_speech_available
 from tests.databases import drop_created, fresh_url, kind_params
 
 configure_threads(int(os.environ.get("SPK_TORCH_THREADS", "0")))

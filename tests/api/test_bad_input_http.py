@@ -9,7 +9,7 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.audio_fixtures import encode_recipe, load_clip
+from devtools.clips import encode_recipe, load_clip
 from tests.conftest import LiveServer, b64, flac_body, needs_speech
 
 pytestmark = [needs_speech, pytest.mark.model]

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from sqlalchemy import select
 
+from devtools.clips import encode_recipe, load_clip
 from service.storage.tables import Sample, Speaker
-from tests.audio_fixtures import encode_recipe, load_clip
 from tests.conftest import LiveServer, b64, flac_body, needs_speech, new_key
 
 pytestmark = [needs_speech, pytest.mark.model]

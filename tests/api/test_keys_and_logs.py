@@ -14,7 +14,7 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from scripts.fuzz_api import served
+from devtools.fuzz import served
 from service.config import AuthSettings
 from service.logs import JsonFormatter
 from service.storage.database import make_engine

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from scripts.fuzz_api import (
+from devtools.fuzz import (
     AUDIO_ROUTES,
     JSON_ROUTES,
     Served,

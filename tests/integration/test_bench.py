@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import torch
 
-from tests.audio_fixtures import EVAL_SPEECH
+from devtools.clips import EVAL_SPEECH
 from tests.conftest import needs_speech
 
 pytestmark = [needs_speech, pytest.mark.model]

@@ -1,43 +1,26 @@
 """Durability under SIGKILL: an acknowledged write survives the crash, and the index follows the database.
 
-`scripts/crash_test.py` runs `speakerid serve` as a child process on a fresh database of each kind,
-loads it with concurrent clients that enroll real speech and delete speakers (real model), kills it
-with SIGKILL at a random moment, restarts it and checks the database and the restarted index against
-every acknowledged request; 20 cycles per database. Its judge (which outcomes a request log allows)
-is checked first on small synthetic logs, so that a pass means the judge can also fail.
+`devtools/crash.py` (`python -m scripts.crash_test`) runs `speakerid serve` as a child process on a
+fresh database of each kind, loads it with concurrent clients that enroll real speech and delete
+speakers (real model), kills it with SIGKILL at a random moment, restarts it and checks the database
+and the restarted index against every acknowledged request; 20 cycles per database. Its judge
+(which outcomes a request log allows) is checked first on small synthetic logs, so that a pass
+means the judge can also fail.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import os
-import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import numpy as np
 import pytest
 
-from tests.audio_fixtures import REPO_ROOT
+from devtools import crash
 from tests.conftest import needs_speech
 from tests.databases import fresh_url, kind_params
-
-
-def _load_script() -> ModuleType:
-    name = "crash_test_script"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "scripts" / "crash_test.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up while the file runs
-    spec.loader.exec_module(module)
-    return module
-
-
-crash = _load_script()
 
 CYCLES = 20
 # Short load windows keep a cycle near 8 s (the restart, model load included, takes about 4-5 s).

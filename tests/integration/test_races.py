@@ -20,9 +20,9 @@ import numpy as np
 import pytest
 from sqlalchemy import func, select
 
+from devtools.clips import manifest
 from service.storage.repository import SqlTransaction
 from service.storage.tables import Change, Sample, Speaker
-from tests.audio_fixtures import manifest
 from tests.conftest import LiveServer, flac_body, needs_speech, new_key
 from tests.databases import indexable_speakers, speaker_rows
 

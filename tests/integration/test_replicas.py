@@ -21,12 +21,12 @@ import numpy as np
 import pytest
 from sqlalchemy import select
 
+from devtools.clips import encode_recipe, load_clip, manifest
 from service.embedding.ecapa import EcapaEmbedder
 from service.enrollment.ports import Aggregates, NewSample
 from service.storage.database import make_engine
 from service.storage.repository import SqlStore, SqlTransaction
 from service.storage.tables import Change
-from tests.audio_fixtures import encode_recipe, load_clip, manifest
 from tests.conftest import LiveServer, b64, flac_body, needs_speech, new_key, settings_for
 from tests.databases import fresh_url, indexable_speakers, skip_without_postgres, tenant_of_key
 

@@ -22,13 +22,13 @@ import pytest
 import soundfile as sf
 from tqdm import tqdm
 
+from devtools.clips import EVAL_SPEECH, silence_flac
 from service.cli import main
 from service.tools import enroll_bulk
 from service.tools.client import FatalHttpError, RetryPolicy, ServiceClient, error_of, retry_after_seconds
 from service.tools.enroll_bulk import Options, Progress, Sample, StateFile
 from service.tools.evaluate import build_report, plan_eval, run_eval
 from service.tools.inputs import ManifestRow, read_manifest, speaker_ids
-from tests.audio_fixtures import EVAL_SPEECH, silence_flac
 from tests.conftest import LiveServer, needs_speech, new_key
 
 # --- inputs ----------------------------------------------------------------------------------------

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 
 from devtools.channels import channels, resample
+from devtools.clips import load_clip, manifest
 from service import calibration as cal
 from service.embedding import weights
 from service.embedding.ecapa import EcapaEmbedder, load_cohort
 from service.enrollment.scoring import DecisionRule, Scorer, unit_rows
-from tests.audio_fixtures import load_clip, manifest
 from tests.conftest import needs_speech
 
 pytestmark = [needs_speech, pytest.mark.model]

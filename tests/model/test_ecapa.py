@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import torch
 
+from devtools.clips import load_clip
 from service.embedding import weights
 from service.embedding.batcher import BatchLimits, DynamicBatcher
 from service.embedding.ecapa import LENGTH_BUCKET, EcapaEmbedder
 from service.errors import StartupError
-from tests.audio_fixtures import load_clip
 from tests.conftest import needs_speech
 
 pytestmark = [needs_speech, pytest.mark.model]

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from devtools.clips import load_clip
 from service.embedding import weights
 from service.embedding.ecapa import EcapaEmbedder
-from tests.audio_fixtures import load_clip
 from tests.conftest import needs_speech
 from tests.model.test_ecapa import CLIPS, cosine, embed_concurrently
 

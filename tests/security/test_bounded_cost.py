@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 from prometheus_client import REGISTRY
 
+from devtools.clips import encode_recipe, load_clip, manifest
 from service.tools.server import LocalServer, local_server
-from tests.audio_fixtures import encode_recipe, load_clip, manifest
 from tests.conftest import LiveServer, b64, flac_body, make_settings, needs_speech, new_key
 
 pytestmark = [needs_speech, pytest.mark.model]

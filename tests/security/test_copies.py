@@ -9,7 +9,7 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.audio_fixtures import linear16_bytes, load_clip
+from devtools.clips import linear16_bytes, load_clip
 from tests.conftest import b64, flac_body, needs_speech
 
 pytestmark = [needs_speech, pytest.mark.model]

@@ -8,7 +8,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.audio_fixtures import g711_bytes, load_clip, manifest
+from devtools.clips import g711_bytes, load_clip, manifest
 from tests.conftest import LiveServer, b64, needs_speech, new_key
 
 pytestmark = [needs_speech, pytest.mark.model]

@@ -13,19 +13,8 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from service.audio import decode as D
-from service.errors import (
-    AudioTooLong,
-    EmptyAudio,
-    InvalidBase64,
-    MissingSampleRate,
-    ServiceError,
-    UndecodableAudio,
-    UnsupportedEncoding,
-)
-from tests.audio_fixtures import (
+from devtools.clips import (
     RECIPES,
-    REPO_ROOT,
     SHORT_CLIP,
     Clip,
     Recipe,
@@ -37,6 +26,17 @@ from tests.audio_fixtures import (
     linear16_bytes,
     load_clip,
     silence_flac,
+)
+from devtools.sets import REPO_ROOT
+from service.audio import decode as D
+from service.errors import (
+    AudioTooLong,
+    EmptyAudio,
+    InvalidBase64,
+    MissingSampleRate,
+    ServiceError,
+    UndecodableAudio,
+    UnsupportedEncoding,
 )
 
 pytestmark = pytest.mark.skipif(not eval_speech_available(), reason="../shared/eval-speech is missing")

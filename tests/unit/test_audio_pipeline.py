@@ -5,6 +5,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from devtools.clips import (
+    MEDIUM_CLIP,
+    SHORT_CLIP,
+    VCTK_CLIP,
+    Clip,
+    encode,
+    encode_recipe,
+    eval_speech_available,
+    load_clip,
+    manifest,
+)
 from service.audio import decode as D
 from service.audio.decode import DecodedAudio
 from service.audio.pipeline import (
@@ -18,17 +29,6 @@ from service.audio.pipeline import (
     to_mono_16k,
 )
 from service.errors import ClippedAudio, InsufficientSpeech, NoisyAudio
-from tests.audio_fixtures import (
-    MEDIUM_CLIP,
-    SHORT_CLIP,
-    VCTK_CLIP,
-    Clip,
-    encode,
-    encode_recipe,
-    eval_speech_available,
-    load_clip,
-    manifest,
-)
 
 pytestmark = pytest.mark.skipif(not eval_speech_available(), reason="../shared/eval-speech is missing")
 
@@ -347,8 +347,8 @@ def test_estimate_snr_edge_cases() -> None:
 def test_parallel_front_end_prepares_clips_at_once_with_one_detector_each() -> None:
     from concurrent.futures import ThreadPoolExecutor
 
+    from devtools.clips import clip_bytes
     from service.audio.frontend import AudioFrontEnd, AudioInput
-    from tests.audio_fixtures import clip_bytes
 
     one = AudioFrontEnd(max_seconds=60, decode_timeout_s=10, vad_threshold=0.5)
     four = AudioFrontEnd(max_seconds=60, decode_timeout_s=10, vad_threshold=0.5, parallel=4)

@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from devtools.clips import encode_recipe, load_clip
 from service.audio.decode import DecodedAudio, decode
 from service.audio.fingerprint import fingerprint, similarity
 from service.audio.pipeline import to_mono_16k
 from service.calibration import DUPLICATE_FINGERPRINT
-from tests.audio_fixtures import encode_recipe, load_clip
 from tests.conftest import needs_speech
 
 pytestmark = needs_speech
