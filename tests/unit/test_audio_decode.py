@@ -271,10 +271,11 @@ def test_empty_bytes(encoding: str, rate: int | None) -> None:
     assert err.value.status == 400
 
 
-@pytest.mark.parametrize("encoding", ["SPEEX", "WMA", "mp3x", "", "ogg+opus", "u-law"])
+@pytest.mark.parametrize("encoding", ["SPEEX", "WMA", "mp3x", "", "ogg+opus"])
 def test_unknown_encoding(clip: Clip, encoding: str) -> None:
+    # Headerless samples: nothing in the bytes says what they are, so the name must.
     with pytest.raises(UnsupportedEncoding) as err:
-        D.decode(clip_bytes(SHORT_CLIP), encoding, 16_000, max_seconds=MAX_S, timeout_s=TIMEOUT_S)
+        D.decode(linear16_bytes(clip.samples), encoding, 16_000, max_seconds=MAX_S, timeout_s=TIMEOUT_S)
     assert err.value.status == 400
     assert "FLAC" in err.value.message and "LINEAR16" in err.value.message
 
