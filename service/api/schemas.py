@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 # The one speakerId rule: 1 to 128 of [A-Za-z0-9_.-], not dots alone ("." and ".." are path
 # segments: a URL cannot name them). Without look-ahead, which pydantic's regex engine lacks.
@@ -23,6 +23,20 @@ def is_speaker_id(name: str) -> bool:
     return len(name) <= SPEAKER_ID_MAX_LENGTH and re.fullmatch(SPEAKER_ID_PATTERN, name) is not None
 
 
+def _lenient_rate(value: Any) -> Any:
+    """Clients send the rate as a number or a string ("8000", "8000.0", MediaInfo's "16000")."""
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            number = float(text)
+        except ValueError:
+            return value  # pydantic's own message then names the field
+        return int(number) if number.is_integer() else value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
 class AudioFields(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
@@ -30,10 +44,30 @@ class AudioFields(BaseModel):
     encoding: str = Field(
         description="FLAC, WAV, MP3, OGG_OPUS, OGG_VORBIS, WEBM, M4A, AAC, AMR, LINEAR16, MULAW, ALAW"
     )
-    sampleRate: int | None = Field(
-        None, ge=1, le=10_000_000, description="Hz; required for raw encodings, a container's header wins"
+    sampleRate: Annotated[int | None, BeforeValidator(_lenient_rate)] = Field(
+        None,
+        ge=1,
+        le=10_000_000,
+        description="Hz (a number or a string of one); required for raw encodings, a container's header wins",
     )
     languageCode: str = "en-US"
+
+
+class RemoteAudioFields(AudioFields):
+    """Audio as `content` or fetched from `url` (exactly one of them)."""
+
+    content: str | None = Field(None, description="base64 of the audio file (or raw samples)")  # type: ignore[assignment]
+    url: str | None = Field(
+        None,
+        max_length=2048,
+        description="http(s) address of the audio file, if the operator allows fetching",
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> RemoteAudioFields:
+        if (self.content is None) == (self.url is None):
+            raise ValueError("give exactly one of content and url")
+        return self
 
 
 # --- DeepAffects-compatible ----------------------------------------------------------------------
@@ -158,8 +192,33 @@ class VerifyResponse(BaseModel):
     speechSeconds: float
 
 
-class CompatIdentifyRequest(AudioFields):
+class CompatIdentifyRequest(RemoteAudioFields):
     speakerIds: list[SpeakerId] | None = Field(None, max_length=10_000)
+
+
+class CompatDiarizeRequest(RemoteAudioFields):
+    speakers: int = Field(-1, ge=-1, le=100, description="number of speakers; -1: found from the audio")
+    audioType: str | None = Field(
+        None, max_length=32, description="callcenter (up to ~6 speakers) or meeting"
+    )
+    speakerIds: list[SpeakerId] | None = Field(None, max_length=10_000)
+    doVad: bool = Field(False, description="leave silence and noise out of the segments")
+
+
+class AsyncAccepted(BaseModel):
+    request_id: str
+    api: str
+
+
+class JobOutcome(BaseModel):
+    request_id: str
+    response: dict[str, Any] | None = Field(None, description="what the webhook got (null while running)")
+
+
+class JobStatus(BaseModel):
+    status: Literal["Running", "Completed", "Failed"]
+    response: JobOutcome
+    progress: float = Field(ge=0.0, le=1.0, description="0 while queued, 1 when done")
 
 
 class CompatSegment(BaseModel):
