@@ -15,11 +15,10 @@ from sqlalchemy import func, select
 
 from devtools.clips import encode_recipe, load_clip
 from devtools.webhooks import Receiver, receiver
-from service.config import EgressSettings, JobsSettings
 from service.jobs.webhooks import SIGNATURE_HEADER, verify
 from service.storage.jobs import SqlJobStore
 from service.storage.tables import Job
-from tests.conftest import LiveServer, b64, flac_body, make_settings, needs_speech, new_key
+from tests.conftest import LiveServer, b64, flac_body, needs_speech, new_key, serve_with_jobs
 from tests.databases import tenant_of_key
 
 pytestmark = [needs_speech, pytest.mark.model]
@@ -54,15 +53,7 @@ def hooks() -> Iterator[Receiver]:
 
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory, embedder: Any) -> Iterator[LiveServer]:
-    settings = make_settings(
-        tmp_path_factory.mktemp("jobs"),
-        egress=EgressSettings(allowed_hosts="127.0.0.1"),
-        jobs=JobsSettings(poll_seconds=0.1, webhook_backoff_s=0.2, webhook_max_backoff_s=1.0),
-    )
-    server = LiveServer(settings, embedder)
-    server.start()
-    yield server
-    server.stop()
+    yield from serve_with_jobs(tmp_path_factory, embedder)
 
 
 @pytest.fixture(scope="module")

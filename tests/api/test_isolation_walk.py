@@ -10,11 +10,10 @@ without an entry here (or among the public ones) fails the walk, so a new route 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
-
-import time
 
 import httpx
 import pytest
