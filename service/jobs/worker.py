@@ -39,9 +39,11 @@ class JobContext:
     def __init__(self) -> None:
         self.cancel = Cancellation()
         self.progress = 0.0
+        self.reported = threading.Event()
 
     def report(self, fraction: float) -> None:
         self.progress = min(max(fraction, 0.0), 1.0)
+        self.reported.set()  # written at once, not at the next renewal
 
 
 # A job kind's work: the job in, the rest of the webhook body (beside "request_id") out.
@@ -130,6 +132,7 @@ class JobWorker:
             state, result = "failed", fault(job.request_id, "service.Error", "Internal error")
         finally:
             renewing.set()
+            ctx.reported.set()
             beat.join()
             self._current = None
         if not self.store.finish(job.id, self.name, state, result):
@@ -144,7 +147,11 @@ class JobWorker:
 
     def _renew(self, job: JobRecord, ctx: JobContext, done: threading.Event) -> None:
         every = self.settings.lease_seconds / 3
-        while not done.wait(every):
+        while True:
+            ctx.reported.wait(every)
+            ctx.reported.clear()
+            if done.is_set():
+                return
             try:
                 if not self.store.renew(job.id, self.name, self.settings.lease_seconds, ctx.progress):
                     ctx.cancel.cancel()  # someone else holds it now: stop wasting the model

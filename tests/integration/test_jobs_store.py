@@ -206,3 +206,30 @@ def test_operator_command_shows_and_rotates_a_secret(
         assert cli.main(["webhooks", "secret", "--tenant", "nobody"]) == 1
     finally:
         engine.dispose()
+
+
+def test_progress_is_written_while_the_job_runs(engine: Engine, tenant: int) -> None:
+    store = SqlJobStore(engine)
+    store.create(new_job(tenant, "slow"))
+    go_on = threading.Event()
+
+    def slow(job: JobRecord, ctx: JobContext) -> dict[str, Any]:
+        ctx.report(0.4)
+        assert go_on.wait(10)
+        return {}
+
+    w = worker(store, slow, lease_seconds=60.0).start()  # no renewal due: the report writes it
+    try:
+        deadline = time.monotonic() + 10
+        while (job := store.get(tenant, "slow")) is not None and job.progress != 0.4:
+            assert time.monotonic() < deadline, job
+            time.sleep(0.02)
+        assert job is not None and job.state == "running"
+        go_on.set()
+        while (job := store.get(tenant, "slow")) is not None and job.state != "completed":
+            assert time.monotonic() < deadline, job
+            time.sleep(0.02)
+        assert job is not None and job.progress == 1.0
+    finally:
+        go_on.set()
+        w.stop()
