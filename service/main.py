@@ -25,7 +25,7 @@ from service.embedding.bounded import BoundedEmbedding, EmbedBudget
 from service.embedding.ecapa import EcapaEmbedder, configure_threads, load_cohort, usable_cores
 from service.enrollment.identification import IdentificationService, Thresholds
 from service.enrollment.policy import EnrollmentPolicy
-from service.enrollment.ports import Embedder
+from service.enrollment.ports import Embedder, EmbedWaves, SpeakerIndex, Store
 from service.enrollment.scoring import DecisionRule, Scorer
 from service.enrollment.service import EnrollmentService
 from service.enrollment.voices import TenantVoices
@@ -84,6 +84,56 @@ def _budget(settings: Settings, batched: bool) -> EmbedBudget:
     return EmbedBudget(e.max_batch, max(e.max_batch_seconds, e.chunk_seconds), e.chunk_seconds)
 
 
+def use_cases(
+    settings: Settings,
+    *,
+    store: Store,
+    frontend: AudioFrontEnd,
+    embed: EmbedWaves,
+    model_sha256: str,
+    index: SpeakerIndex,
+    prior: np.ndarray,
+    after_commit: Callable[[], object],
+) -> tuple[EnrollmentService, IdentificationService]:
+    """The use cases on the given parts, with the settings' thresholds; `prior` ``(dim,)`` is the
+    mean of the model's training-speaker prototypes (the decision rule's prior domain mean)."""
+    ident = settings.identify
+    scorer = Scorer(
+        DecisionRule(
+            prior_mean=prior,
+            prior_weight=ident.prior_weight,
+            pair_mean=ident.pair_mean,
+            pair_sd=ident.pair_sd,
+            strength=ident.prior_strength,
+            unit=ident.score_unit,
+            centring=ident.domain_centring,
+        )
+    )
+    audio = settings.audio
+    enrollment = EnrollmentService(
+        store=store,
+        frontend=frontend,
+        embed=embed,
+        model_sha256=model_sha256,
+        policy=enrollment_policy(settings),
+        limits=QualityLimits(audio.min_speech_seconds, audio.max_clipped_fraction, audio.min_snr_db),
+        after_commit=after_commit,
+        voices=TenantVoices(scorer, index),
+        complete_threshold=ident.verify_threshold,
+        store_audio=settings.enrollment.store_audio,
+    )
+    identification = IdentificationService(
+        frontend=frontend,
+        embed=embed,
+        index=index,
+        scorer=scorer,
+        thresholds=Thresholds(ident.threshold, ident.verify_threshold, ident.segment_threshold),
+        # Identification answers noisy clips too: the score decides (see service.calibration).
+        limits=QualityLimits(ident.min_speech_seconds, audio.max_clipped_fraction, -math.inf),
+    )
+    return enrollment, identification
+
+
 def build_services(settings: Settings, embedder: Embedder | None = None) -> Services:
     """Connect, check the schema, load and warm the model, build the index. Blocking."""
     url = settings.resolved_database_url()
@@ -114,40 +164,17 @@ def build_services(settings: Settings, embedder: Embedder | None = None) -> Serv
     embed = BoundedEmbedding(embed_batch, _budget(settings, batcher is not None))
     metrics.watch_index(index)
     metrics.watch_model(embedder)
-    ident = settings.identify
     cohort = load_cohort(embedder.files) if isinstance(embedder, EcapaEmbedder) else None
     prior = cohort.mean(axis=0) if cohort is not None else np.zeros(embedder.dim, dtype=np.float32)
-    scorer = Scorer(
-        DecisionRule(
-            prior_mean=prior,
-            prior_weight=ident.prior_weight,
-            pair_mean=ident.pair_mean,
-            pair_sd=ident.pair_sd,
-            strength=ident.prior_strength,
-            unit=ident.score_unit,
-            centring=ident.domain_centring,
-        )
-    )
-    enrollment = EnrollmentService(
+    enrollment, identification = use_cases(
+        settings,
         store=store,
         frontend=frontend,
         embed=embed,
         model_sha256=embedder.checksum,
-        policy=enrollment_policy(settings),
-        limits=QualityLimits(audio.min_speech_seconds, audio.max_clipped_fraction, audio.min_snr_db),
-        after_commit=follower.catch_up,
-        voices=TenantVoices(scorer, index),
-        complete_threshold=ident.verify_threshold,
-        store_audio=settings.enrollment.store_audio,
-    )
-    identification = IdentificationService(
-        frontend=frontend,
-        embed=embed,
         index=index,
-        scorer=scorer,
-        thresholds=Thresholds(ident.threshold, ident.verify_threshold, ident.segment_threshold),
-        # Identification answers noisy clips too: the score decides (see service.calibration).
-        limits=QualityLimits(ident.min_speech_seconds, audio.max_clipped_fraction, -math.inf),
+        prior=prior,
+        after_commit=follower.catch_up,
     )
     warmup = getattr(embedder, "warmup", None)
     if callable(warmup):
