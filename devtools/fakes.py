@@ -17,6 +17,7 @@ different voices land near cosine 0.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import threading
 from collections.abc import Iterable, Iterator, Sequence
@@ -42,7 +43,7 @@ from service.enrollment.ports import (
     SpeakerRecord,
     StoredRecording,
 )
-from service.enrollment.service import EnrollmentService
+from service.enrollment.service import EnrollmentService, EnrollmentStatus
 from service.main import use_cases
 from service.storage.index import FaissSpeakerIndex
 from service.storage.sync import IndexFollower
@@ -75,34 +76,48 @@ class SyntheticVoice:
 
     def wave(self, take: int, seconds: float = 7.0, spread: float = TAKE_SPREAD) -> np.ndarray:
         """Take number `take`: float32 at 16 kHz, `seconds` of voice between quiet lead-in and tail.
-        `spread`: how far a take's levels stray from the voice's (log power sd per tone)."""
-        rng = np.random.default_rng([11, self.seed, take])
-        level = self.levels() + spread * rng.standard_normal(DIM)
-        hop = SYNTH_N // 2
-        blocks = int(seconds * TARGET_RATE) // hop + 1
-        phase = rng.uniform(0.0, 2.0 * np.pi, DIM)
-        # Every tone flickers through the same levels, each in its own order: the flicker changes
-        # the sound over time (what the content fingerprint hears) and not a tone's mean power.
-        steps = np.array([NormalDist().inv_cdf((i + 0.5) / blocks) for i in range(blocks)])
-        flicker = FLICKER * rng.permuted(np.repeat(steps[:, None], DIM, axis=1), axis=0)
-        # A tone on an odd bin turns half a cycle every hop: flip its sign per block to stay in phase.
-        turn = np.where(np.outer(np.arange(blocks), TONE_BINS) % 2 == 1, -1.0, 1.0)
-        spectra = np.zeros((blocks, SYNTH_N // 2 + 1), dtype=np.complex128)
-        spectra[:, TONE_BINS] = np.exp(0.5 * (level + flicker) + 1j * phase) * turn
-        # Hann-windowed blocks at half overlap add up to the tones with smoothly changing levels.
-        periods = np.fft.irfft(spectra, SYNTH_N, axis=1) * np.hanning(SYNTH_N + 1)[:SYNTH_N]
-        voice = np.zeros((blocks + 1) * hop)
-        voice[: blocks * hop] += periods[:, :hop].reshape(-1)
-        voice[hop:] += periods[:, hop:].reshape(-1)
-        voice = voice[: int(seconds * TARGET_RATE)]
-        voice *= RMS / np.sqrt(np.mean(voice**2))
-        lead = np.zeros(int(LEAD_S * TARGET_RATE))
-        out = np.concatenate([lead, voice, lead])
-        return (out + NOISE * rng.standard_normal(len(out))).astype(np.float32)
+        `spread`: how far a take's levels stray from the voice's (log power sd per tone). Read-only
+        (takes are kept: tests play the same ones many times)."""
+        return _take(self.seed, take, seconds, spread)
 
     def clip(self, take: int, seconds: float = 7.0, spread: float = TAKE_SPREAD) -> AudioInput:
         """The take as a client sends it: 16-bit PCM at 16 kHz (LINEAR16)."""
         return as_linear16(self.wave(take, seconds, spread))
+
+
+@functools.cache
+def _steps(blocks: int) -> np.ndarray:
+    """`blocks` evenly spread quantiles of the standard normal distribution."""
+    return np.array([NormalDist().inv_cdf((i + 0.5) / blocks) for i in range(blocks)])
+
+
+@functools.lru_cache(maxsize=512)
+def _take(seed: int, take: int, seconds: float, spread: float) -> np.ndarray:
+    """`SyntheticVoice.wave`."""
+    rng = np.random.default_rng([11, seed, take])
+    level = SyntheticVoice(seed).levels() + spread * rng.standard_normal(DIM)
+    hop = SYNTH_N // 2
+    blocks = int(seconds * TARGET_RATE) // hop + 1
+    phase = rng.uniform(0.0, 2.0 * np.pi, DIM)
+    # Every tone flickers through the same levels, each in its own order: the flicker changes
+    # the sound over time (what the content fingerprint hears) and not a tone's mean power.
+    flicker = FLICKER * rng.permuted(np.repeat(_steps(blocks)[:, None], DIM, axis=1), axis=0)
+    # A tone on an odd bin turns half a cycle every hop: flip its sign per block to stay in phase.
+    turn = np.where(np.outer(np.arange(blocks), TONE_BINS) % 2 == 1, -1.0, 1.0)
+    spectra = np.zeros((blocks, SYNTH_N // 2 + 1), dtype=np.complex128)
+    spectra[:, TONE_BINS] = np.exp(0.5 * (level + flicker) + 1j * phase) * turn
+    # Hann-windowed blocks at half overlap add up to the tones with smoothly changing levels.
+    periods = np.fft.irfft(spectra, SYNTH_N, axis=1) * np.hanning(SYNTH_N + 1)[:SYNTH_N]
+    voice = np.zeros((blocks + 1) * hop)
+    voice[: blocks * hop] += periods[:, :hop].reshape(-1)
+    voice[hop:] += periods[:, hop:].reshape(-1)
+    voice = voice[: int(seconds * TARGET_RATE)]
+    voice *= RMS / np.sqrt(np.mean(voice**2))
+    lead = np.zeros(int(LEAD_S * TARGET_RATE))
+    out = np.concatenate([lead, voice, lead])
+    out = (out + NOISE * rng.standard_normal(len(out))).astype(np.float32)
+    out.setflags(write=False)
+    return out
 
 
 def as_linear16(wave: np.ndarray) -> AudioInput:
@@ -326,6 +341,12 @@ class MemoryStore:
         changes = self._snapshot().changes
         return changes[-1].seq if changes else 0
 
+    def copy(self) -> MemoryStore:
+        """A store that starts with what this one holds now; the two go separate ways after."""
+        other = MemoryStore()
+        other._tables = self._snapshot()  # committed tables are never changed, so they can be shared
+        return other
+
     def sample_count(self) -> int:
         """Samples held, over every speaker of every tenant."""
         return sum(len(v) for v in self._snapshot().samples.values())
@@ -345,13 +366,26 @@ class FakeServices:
     enrollment: EnrollmentService
     identification: IdentificationService
 
+    def enroll_takes(
+        self, tenant_id: int, speaker_id: str, voice: SyntheticVoice, takes: Iterable[int] = (0, 1, 2)
+    ) -> EnrollmentStatus:
+        """Enroll these takes of `voice` in turn (three 7 s takes complete a speaker); the last status."""
+        status = None
+        for take in takes:
+            status = self.enrollment.enroll(tenant_id, speaker_id, voice.clip(take))
+        assert status is not None, "no takes"
+        return status
 
-def fake_services(settings: Settings | None = None) -> FakeServices:
-    """Use cases with the settings' thresholds (the defaults unless given), no model or database."""
+
+def fake_services(settings: Settings | None = None, store: MemoryStore | None = None) -> FakeServices:
+    """Use cases with the settings' thresholds (the defaults unless given), no model or database, on
+    `store` (a new empty one unless given; its speakers are indexed as at a start)."""
     settings = settings or Settings()
-    store, embedder = MemoryStore(), SpectralEmbedder()
+    store, embedder = store or MemoryStore(), SpectralEmbedder()
     index = FaissSpeakerIndex(embedder.dim, settings.index.ivf_threshold, settings.index.nprobe)
     follower = IndexFollower(store, index)
+    follower.rebuild()
+    follower.catch_up()  # a rebuild re-applies its recent changes on the first catch-up: done here
     frontend = AudioFrontEnd(
         max_seconds=settings.audio.max_seconds,
         decode_timeout_s=settings.audio.decode_timeout_s,
