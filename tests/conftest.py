@@ -29,9 +29,8 @@ from tests.databases import drop_created, fresh_url, kind_params
 
 configure_threads(int(os.environ.get("SPK_TORCH_THREADS", "0")))
 
-needs_speech = pytest.mark.skipif(
-    not eval_speech_available(), reason=f"real speech set not found at {EVAL_SPEECH}"
-)
+# Reads ../shared/eval-speech: slow, and skipped where the set is missing (`pytest_collection_modifyitems`).
+needs_speech = pytest.mark.speech
 
 
 def b64(data: bytes) -> str:
@@ -192,3 +191,22 @@ def key(live: LiveServer) -> str:
 def client(live: LiveServer, key: str) -> Iterator[httpx.Client]:
     with live.client(key) as c:
         yield c
+
+
+# --- the two lanes ---------------------------------------------------------------------------------
+# `pytest` alone runs the fast lane (-m "not slow" in pyproject's addopts); scripts/test.sh runs all.
+# Slow: whatever loads the real model, serves the app, needs PostgreSQL or reads the speech sets.
+SLOW_FIXTURES = frozenset({"embedder", "live", "live_db"})  # and every fixture built on them
+SPEECH_FIXTURES = frozenset({"clip"})  # tests/unit's eval-speech clip
+SLOW_MARKERS = ("speech", "model", "postgres", "gpu")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    speech_missing = not eval_speech_available()
+    for item in items:
+        uses = set(getattr(item, "fixturenames", ()))
+        speech = item.get_closest_marker("speech") is not None or bool(SPEECH_FIXTURES & uses)
+        if speech or SLOW_FIXTURES & uses or any(item.get_closest_marker(m) for m in SLOW_MARKERS):
+            item.add_marker(pytest.mark.slow)
+        if speech and speech_missing:
+            item.add_marker(pytest.mark.skip(reason=f"real speech set not found at {EVAL_SPEECH}"))

@@ -12,6 +12,9 @@ import pytest
 from service.storage.repository import SqlStore
 from tests.conftest import LiveServer, flac_body, needs_speech
 
+# Each run starts a Python that imports torch: seconds per command.
+pytestmark = pytest.mark.slow
+
 CLI = [sys.executable, "-m", "service.cli"]
 
 

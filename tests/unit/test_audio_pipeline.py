@@ -12,7 +12,6 @@ from devtools.clips import (
     Clip,
     encode,
     encode_recipe,
-    eval_speech_available,
     load_clip,
     manifest,
 )
@@ -29,8 +28,7 @@ from service.audio.pipeline import (
     to_mono_16k,
 )
 from service.errors import ClippedAudio, InsufficientSpeech, NoisyAudio
-
-pytestmark = pytest.mark.skipif(not eval_speech_available(), reason="../shared/eval-speech is missing")
+from tests.conftest import needs_speech
 
 LIMITS = QualityLimits(min_speech_seconds=1.0, max_clipped_fraction=0.01, min_snr_db=3.0)
 # One or two utterances from each LibriSpeech subset. (About one LibriSpeech clip in eight, mostly
@@ -75,6 +73,7 @@ def assert_regions_close(
 # --- real speech ------------------------------------------------------------------------------------
 
 
+@needs_speech
 @pytest.mark.parametrize("path", LIBRISPEECH_CLIPS)
 def test_real_clip_is_mostly_speech_with_good_snr(detector: SpeechDetector, path: str) -> None:
     c = load_clip(path)
@@ -95,6 +94,7 @@ def test_real_clip_is_mostly_speech_with_good_snr(detector: SpeechDetector, path
     p.check(LIMITS)  # a clean clip passes
 
 
+@needs_speech
 @pytest.mark.parametrize("path", [SHORT_CLIP, MEDIUM_CLIP, VCTK_CLIP])
 def test_speech_regions_match_silero_on_the_raw_clip(detector: SpeechDetector, path: str) -> None:
     """The pipeline's filtering must not change what the VAD hears: regions from prepare() agree with
@@ -107,6 +107,7 @@ def test_speech_regions_match_silero_on_the_raw_clip(detector: SpeechDetector, p
     assert_regions_close(p.speech, expected, tol=0.1)
 
 
+@needs_speech
 def test_speech_wave_length_is_the_sum_of_region_lengths(detector: SpeechDetector) -> None:
     for path in (SHORT_CLIP, MEDIUM_CLIP, VCTK_CLIP):
         p = run(load_clip(path).as_float(), detector)
@@ -177,6 +178,7 @@ def test_one_signal_on_every_channel_is_only_mixed(
     assert prepare(left_only, detector, channels=True).channel_speech == []
 
 
+@needs_speech
 def test_different_signals_on_two_channels_are_prepared_one_by_one(detector: SpeechDetector) -> None:
     a, b = load_clip(SHORT_CLIP).as_float(), load_clip(MEDIUM_CLIP).as_float()
     n = min(len(a), len(b))
@@ -297,6 +299,7 @@ def test_snr_falls_as_noise_rises(detector: SpeechDetector, clip: Clip) -> None:
 # --- DC offset -------------------------------------------------------------------------------------------
 
 
+@needs_speech
 @pytest.mark.parametrize("path", [SHORT_CLIP, MEDIUM_CLIP, VCTK_CLIP])
 def test_dc_offset_does_not_move_speech_regions(detector: SpeechDetector, path: str) -> None:
     x = load_clip(path).as_float()
@@ -344,6 +347,7 @@ def test_estimate_snr_edge_cases() -> None:
     assert estimate_snr_db(noisy, [(0.0, 1.0)]) == pytest.approx(20.0, abs=1.0)
 
 
+@needs_speech
 def test_parallel_front_end_prepares_clips_at_once_with_one_detector_each() -> None:
     from concurrent.futures import ThreadPoolExecutor
 
