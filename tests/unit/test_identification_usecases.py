@@ -142,16 +142,6 @@ def test_the_tenant_scale_is_cached_until_its_cohort_changes(svc: FakeServices) 
     assert svc.identification.identify(ACME, clip).score == pytest.approx(before, abs=2e-4)
 
 
-def test_one_voice_under_many_ids_does_not_move_the_scale(svc: FakeServices) -> None:
-    """Takes of alice's voice under a second id count once in the cohort's statistics."""
-    scorer = svc.identification.scorer
-    scale = scorer.scale(ACME, *svc.index.cohort(ACME))
-    svc.enroll_takes(ACME, "alice-again", ALICE, takes=(3, 4, 5))
-    again = scorer.scale(ACME, *svc.index.cohort(ACME))
-    assert again is not scale and again.speakers == scale.speakers == 4
-    assert again.pair_mean == pytest.approx(scale.pair_mean) and again.pair_sd == pytest.approx(scale.pair_sd)
-
-
 def test_without_centring_scores_are_plain_cosines_against_the_prior_level() -> None:
     svc = fake_services()
     svc.enroll_takes(ACME, "alice", ALICE)
