@@ -18,6 +18,8 @@ from prometheus_client import (
     generate_latest,
 )
 
+from service.enrollment.ports import Embedder
+
 # The default registry also describes the interpreter (python_info: version and implementation)
 # and its garbage collector: nothing an operator needs, something an attacker may.
 for _collector in (PLATFORM_COLLECTOR, GC_COLLECTOR):
@@ -67,8 +69,8 @@ def watch_index(index: Any) -> None:
     INDEX_SPEAKERS.set_function(lambda: float(len(index)))
 
 
-def watch_model(embedder: Any) -> None:
-    MODEL_THREADS.set_function(lambda: float(getattr(embedder, "threads_used", 0)))
+def watch_model(embedder: Embedder) -> None:
+    MODEL_THREADS.set_function(lambda: float(embedder.threads_used))
 
 
 def watch_queue(batcher: Any) -> None:

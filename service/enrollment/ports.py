@@ -168,8 +168,30 @@ class EmbedWaves(Protocol):
 
 
 class Embedder(Protocol):
-    checksum: str
-    dim: int
+    """The speaker model: 1-D float32 16 kHz waveforms in, ``(dim,)`` float32 vectors out."""
+
+    @property
+    def checksum(self) -> str:
+        """sha256 of the weights: stored with every vector, so vectors of another model are known."""
+        ...
+
+    @property
+    def dim(self) -> int: ...
+
+    @property
+    def device(self) -> str:
+        """The kind of device the model runs on: "cpu" or "cuda"."""
+        ...
+
+    @property
+    def threads_used(self) -> int:
+        """torch's intra-op thread count in the thread that ran the last forward pass (0: none yet)."""
+        ...
+
+    def warmup(self) -> None:
+        """Run the model once on each shape class it will see first, so the first request does not
+        pay for kernel selection and allocation."""
+        ...
 
     def embed(self, wave: np.ndarray) -> np.ndarray: ...
 

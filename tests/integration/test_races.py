@@ -92,7 +92,7 @@ def stored(live: LiveServer, speaker_row: int) -> tuple[Any, set[str], float]:
 
 
 def assert_index_matches_database(live: LiveServer) -> None:
-    index = live.services.extras["index"]
+    index = live.services.runtime.index
     assert live.index_ids() == index.ids() == indexable_speakers(live.engine)
     with live.engine.connect() as conn:
         for speaker_id, status, blob in conn.execute(

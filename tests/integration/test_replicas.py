@@ -104,7 +104,7 @@ def seconds_until(condition: Callable[[], bool], since: float, give_up_s: float 
 
 
 def indexed(server: LiveServer, tenant: int, speaker_id: str) -> bool:
-    return server.services.extras["index"].lookup(tenant, speaker_id) is not None
+    return server.services.runtime.index.lookup(tenant, speaker_id) is not None
 
 
 def probe(path: str, seconds: float = 2.0) -> bytes:
@@ -161,7 +161,7 @@ def test_a_delete_on_one_replica_leaves_the_other_within_a_second(replicas: Repl
 
 
 def index_contents(server: LiveServer) -> dict[int, tuple[int, str, bool, bytes]]:
-    index = server.services.extras["index"]
+    index = server.services.runtime.index
     return {
         i: (e.tenant_id, e.external_id, e.complete, e.centroid.astype("<f4").tobytes())
         for i in index.ids()

@@ -129,7 +129,7 @@ def test_the_service_refuses_an_unmigrated_database(
 
     migrate(url)
     services = build_services(settings, embedder)
-    services.extras["engine"].dispose()
+    services.runtime.engine.dispose()
 
 
 # --- keys -----------------------------------------------------------------------------------------
@@ -333,7 +333,7 @@ def test_enroll_to_complete_then_delete_over_http(live_db: LiveServer, embedder:
             vectors = list(conn.scalars(select(Sample.vector).where(Sample.speaker_id == speaker)))
         assert (row.status, row.sample_count) == ("complete", 3)
         assert [len(v) for v in vectors] == [4 * embedder.dim] * 3
-        entry = live_db.services.extras["index"].get(speaker)
+        entry = live_db.services.runtime.index.get(speaker)
         assert entry is not None and entry.complete
         assert np.array_equal(entry.centroid, np.frombuffer(row.centroid, dtype="<f4"))
         assert live_db.index_ids() == indexable_speakers(live_db.engine)
