@@ -262,7 +262,7 @@ class EcapaEmbedder:
 
     @property
     def device(self) -> str:
-        """"cpu" or "cuda" (the `Embedder` protocol's view; torch's own is `torch_device`)."""
+        """The device kind, "cpu" or "cuda" (torch's own device object is `torch_device`)."""
         return self.torch_device.type
 
     # --- the runner's surface: preprocess / forward / postprocess / warmup ----------------------
