@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+from service.enrollment import speaker_ids
+
 SHOWN_CHARS = 40
 
 
@@ -44,8 +46,8 @@ class BadRequest(ServiceError):
 class InvalidSpeakerId(BadRequest):
     code = "request.InvalidSpeakerId"
     default_message = (
-        "speakerId must be 1 to 128 characters of [A-Za-z0-9_.-], not dots alone ('.' and '..' are "
-        "path segments in a URL)"
+        f"speakerId must be 1 to {speaker_ids.MAX_LENGTH} characters of [{speaker_ids.ALLOWED}], not "
+        "dots alone ('.' and '..' are path segments in a URL)"
     )
 
 

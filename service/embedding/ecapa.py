@@ -20,18 +20,18 @@ import torch
 import torch.nn.functional as F
 from hyperpyyaml import load_hyperpyyaml
 
+from service.audio import MODEL_RATE
 from service.concurrency import compute
 from service.embedding.weights import ModelFiles
 from service.errors import StartupError
 
 log = logging.getLogger(__name__)
 
-SAMPLE_RATE = 16_000
 Precision = Literal["fp32", "bf16"]
 # Batches are padded up to a multiple of this many samples (0.5 s). Backends cache one set of
 # kernels per input shape (oneDNN's primitive cache on a CPU): with free lengths that cache, and
 # the process, grew by about 2 MB per distinct length; with bucketed lengths it stays flat.
-LENGTH_BUCKET = SAMPLE_RATE // 2
+LENGTH_BUCKET = MODEL_RATE // 2
 
 
 def usable_cores() -> int:
@@ -210,7 +210,7 @@ class EcapaEmbedder:
     """Loads once; `embed_batch` is thread-safe (one forward at a time per process). On a CPU every
     torch call runs on the process's compute thread (`service.concurrency`)."""
 
-    sample_rate = SAMPLE_RATE
+    sample_rate = MODEL_RATE
 
     def __init__(
         self,
@@ -254,7 +254,7 @@ class EcapaEmbedder:
             for module in self.embedding_model.modules():
                 if isinstance(module, torch.nn.Conv1d):
                     module.to(torch.bfloat16)
-        self.dim = int(self.forward(torch.zeros(1, SAMPLE_RATE), torch.ones(1)).shape[1])
+        self.dim = int(self.forward(torch.zeros(1, MODEL_RATE), torch.ones(1)).shape[1])
         log.info(
             "model loaded",
             extra={"device": str(self.torch_device), "precision": self.precision, "sha256": self.checksum},
@@ -298,7 +298,7 @@ class EcapaEmbedder:
 
     def warmup(self) -> None:
         for seconds in (1.0, 3.0):
-            self.embed_batch([np.zeros(int(seconds * SAMPLE_RATE), dtype=np.float32)])
+            self.embed_batch([np.zeros(int(seconds * MODEL_RATE), dtype=np.float32)])
 
     # --- convenience ------------------------------------------------------------------------------
 

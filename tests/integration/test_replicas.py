@@ -23,7 +23,7 @@ from sqlalchemy import select
 
 from devtools.clips import encode_recipe, load_clip, manifest
 from service.embedding.ecapa import EcapaEmbedder
-from service.enrollment.ports import Aggregates, NewSample
+from service.enrollment.ports import Aggregates, ChangeKind, NewSample, SpeakerStatus
 from service.storage.database import make_engine
 from service.storage.repository import SqlStore, SqlTransaction
 from service.storage.tables import Change
@@ -197,8 +197,8 @@ def write_speaker(tx: SqlTransaction, tenant: int, speaker_id: str, vector: np.n
     assert speaker is not None
     sample = NewSample(uuid.uuid4().hex, vector, "test", 5.0, 6.0, 20.0, 0.0, 16000, None)
     tx.add_sample(speaker.id, sample)
-    tx.update_speaker(speaker.id, Aggregates("enrolling", 1, 5.0, 0.0, vector, "test"))
-    tx.log_change(tenant, speaker.id, "sample+")
+    tx.update_speaker(speaker.id, Aggregates(SpeakerStatus.ENROLLING, 1, 5.0, 0.0, vector, "test"))
+    tx.log_change(tenant, speaker.id, ChangeKind.SAMPLE_ADDED)
     tx.s.flush()  # allocates the sequence number now, before the commit
     seq = tx.s.scalar(select(Change.seq).where(Change.speaker_id == speaker.id).order_by(Change.seq.desc()))
     assert seq is not None

@@ -25,7 +25,7 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Engine, func, inspect, select
 
 from service.embedding.ecapa import EcapaEmbedder
-from service.enrollment.ports import Aggregates, NewSample
+from service.enrollment.ports import Aggregates, ChangeKind, NewSample, SpeakerStatus
 from service.errors import StartupError
 from service.main import build_services
 from service.storage.database import alembic_config, check_migrated, make_engine, migrate
@@ -78,7 +78,7 @@ def new_sample(vector: np.ndarray) -> NewSample:
 
 
 def aggregates(vector: np.ndarray, count: int = 1) -> Aggregates:
-    return Aggregates("enrolling", count, 5.0 * count, 0.0, vector, "0" * 64)
+    return Aggregates(SpeakerStatus.ENROLLING, count, 5.0 * count, 0.0, vector, "0" * 64)
 
 
 def tenant_of(store: SqlStore, name: str = "acme") -> int:
@@ -200,7 +200,7 @@ def test_a_transaction_is_invisible_until_it_commits_and_all_or_nothing(kind: st
         assert speaker is not None
         tx.add_sample(speaker.id, new_sample(unit_vector(1)))
         tx.update_speaker(speaker.id, aggregates(unit_vector(1)))
-        tx.log_change(tenant, speaker.id, "sample+")
+        tx.log_change(tenant, speaker.id, ChangeKind.SAMPLE_ADDED)
         raise Abort
     assert store.get_speaker(tenant, "ghost") is None
     assert store.counts()["speakers"] == 0 and store.counts()["samples"] == 0
@@ -218,7 +218,7 @@ def test_a_transaction_is_invisible_until_it_commits_and_all_or_nothing(kind: st
         assert speaker is not None
         tx.add_sample(speaker.id, new_sample(unit_vector(2)))
         tx.update_speaker(speaker.id, aggregates(unit_vector(2)))
-        tx.log_change(tenant, speaker.id, "sample+")
+        tx.log_change(tenant, speaker.id, ChangeKind.SAMPLE_ADDED)
         reader.start()
         reader.join(1.0)
         answered_before_commit = not reader.is_alive()
