@@ -163,6 +163,14 @@ class NoisyAudio(AudioError):
     default_message = "Audio is too noisy"
 
 
+class NoSpeakerVector(AudioError):
+    """The model's vector for the clip is zero or not finite: there is no direction to compare."""
+
+    code = "audio.NoSpeakerVector"
+    status = 422
+    default_message = "No usable speaker vector could be computed from this audio"
+
+
 class MultipleSpeakers(AudioError):
     code = "audio.MultipleSpeakers"
     status = 422

@@ -10,7 +10,13 @@ import numpy as np
 from service import calibration as cal
 from service.audio import fingerprint as content
 from service.enrollment.ports import Aggregates, SampleRecord, SpeakerStatus, StoredRecording
-from service.errors import DuplicateRecording, DuplicateSample, MultipleSpeakers, SpeakerMismatch
+from service.errors import (
+    DuplicateRecording,
+    DuplicateSample,
+    MultipleSpeakers,
+    NoSpeakerVector,
+    SpeakerMismatch,
+)
 
 
 @dataclass(frozen=True)
@@ -30,9 +36,10 @@ class EnrollmentPolicy:
 
 
 def normalise(vector: np.ndarray) -> np.ndarray:
+    """`vector` at unit length; NoSpeakerVector (4xx) if it has no direction (zero or not finite)."""
     norm = float(np.linalg.norm(vector))
     if not np.isfinite(norm) or norm == 0.0:
-        raise ValueError("cannot normalise a zero or non-finite vector")
+        raise NoSpeakerVector()
     return (vector / norm).astype(np.float32)
 
 
