@@ -51,6 +51,18 @@ class InvalidSpeakerId(BadRequest):
     )
 
 
+class RouteNotFound(ServiceError):
+    code = "request.NotFound"
+    status = 404
+    default_message = "Not Found"
+
+
+class MethodNotAllowed(ServiceError):
+    code = "request.MethodNotAllowed"
+    status = 405
+    default_message = "Method Not Allowed"
+
+
 class RequestTimeout(ServiceError):
     code = "request.Timeout"
     status = 408

@@ -113,6 +113,17 @@ def test_native_route_errors_use_the_native_shape(client: httpx.Client) -> None:
     assert unsupported.json()["error"]["code"] == "request.UnsupportedMediaType"
 
 
+def test_unknown_routes_and_methods_answer_in_their_family_shape(client: httpx.Client) -> None:
+    compat = client.post("/audio/generic/api/v1/sync/diarization/nope", json={})
+    assert compat.status_code == 404
+    assert compat.json()["fault"]["detail"]["errorcode"] == "request.NotFound"
+    native = client.get("/v1/nope")
+    assert native.status_code == 404 and native.json()["error"]["code"] == "request.NotFound"
+    wrong_method = client.get(ENROLL)
+    assert wrong_method.status_code == 405 and "POST" in wrong_method.headers["allow"]
+    assert wrong_method.json()["fault"]["detail"]["errorcode"] == "request.MethodNotAllowed"
+
+
 def test_nothing_was_stored_and_the_server_still_serves(client: httpx.Client) -> None:
     assert client.get("/v1/speakers/victim").status_code == 404
     assert client.post(ENROLL, json=flac_body(CLIP, "after-the-storm")).json() == {"message": "Success"}
