@@ -13,7 +13,7 @@ from fastapi import FastAPI
 
 from service import __version__, logs, memory, metrics
 from service.api import compat, docs, errors, health, native
-from service.api.deps import KeyRateLimiter, Services, run_blocking
+from service.api.deps import KeyRateLimiter, Runtime, Services, run_blocking
 from service.api.middleware import BodyLimit, Metrics, SecurityHeaders
 from service.audio.frontend import AudioFrontEnd
 from service.audio.pipeline import QualityLimits
@@ -60,7 +60,7 @@ def enrollment_policy(settings: Settings) -> EnrollmentPolicy:
 
 
 def _on_gpu(embedder: Embedder) -> bool:
-    return getattr(getattr(embedder, "device", None), "type", "cpu") == "cuda"
+    return embedder.device == "cuda"
 
 
 def _batcher(
@@ -176,33 +176,24 @@ def build_services(settings: Settings, embedder: Embedder | None = None) -> Serv
         prior=prior,
         after_commit=follower.catch_up,
     )
-    warmup = getattr(embedder, "warmup", None)
-    if callable(warmup):
-        warmup()
+    embedder.warmup()
     return Services(
         settings=settings,
         store=store,
         enrollment=enrollment,
         identification=identification,
+        runtime=Runtime(engine=engine, embedder=embedder, index=index, follower=follower, batcher=batcher),
         checks={"model": True, "database": True, "index": True},
-        extras={
-            "index": index,
-            "follower": follower,
-            "embedder": embedder,
-            "engine": engine,
-            "batcher": batcher,
-        },
         limiter=KeyRateLimiter(settings.auth.rate_limit_per_minute),
     )
 
 
 async def _follow_changes(services: Services) -> None:
     """Apply changes committed by other replicas (or missed ones) to this process's index."""
-    follower: IndexFollower = services.extras["follower"]
     while True:
         await asyncio.sleep(services.settings.index_poll_seconds)
         try:
-            await run_blocking(follower.catch_up)
+            await run_blocking(services.runtime.follower.catch_up)
             services.checks["index"] = True
         except Exception:
             services.checks["index"] = False
@@ -229,7 +220,7 @@ def create_app(settings: Settings | None = None, *, embedder: Embedder | None = 
         background = [follower]
         if settings.heap_trim_seconds > 0:
             background.append(asyncio.create_task(_trim_heap(settings.heap_trim_seconds)))
-        log.info("ready", extra={"speakers_indexed": len(services.extras["index"])})
+        log.info("ready", extra={"speakers_indexed": len(services.runtime.index)})
         try:
             yield
         finally:
@@ -237,9 +228,7 @@ def create_app(settings: Settings | None = None, *, embedder: Embedder | None = 
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-            if services.extras["batcher"] is not None:
-                services.extras["batcher"].stop()
-            services.extras["engine"].dispose()
+            services.runtime.close()
 
     app = FastAPI(
         title="Speaker enrollment and identification",

@@ -18,6 +18,7 @@ import uvicorn
 from sqlalchemy import Engine
 
 from devtools.clips import EVAL_SPEECH, clip_bytes, eval_speech_available
+from service.api.deps import Services
 from service.api.serving import uvicorn_config
 from service.config import Settings
 from service.embedding import weights
@@ -112,8 +113,9 @@ class LiveServer:
         self.start()
 
     @property
-    def services(self) -> Any:
-        return self.app.state.services
+    def services(self) -> Services:
+        services: Services = self.app.state.services
+        return services
 
     @property
     def kind(self) -> str:
@@ -122,12 +124,10 @@ class LiveServer:
 
     @property
     def engine(self) -> Engine:
-        engine: Engine = self.services.extras["engine"]
-        return engine
+        return self.services.runtime.engine
 
     def index_ids(self) -> set[int]:
-        ids: set[int] = self.services.extras["index"].faiss_ids()
-        return ids
+        return self.services.runtime.index.faiss_ids()
 
     def client(self, key: str | None = None) -> httpx.Client:
         headers = {"X-API-Key": key} if key else {}

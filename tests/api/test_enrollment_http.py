@@ -49,7 +49,7 @@ def client(live: LiveServer, key: str) -> Iterator[httpx.Client]:
 
 def rows_of(live: LiveServer, speaker_id: str) -> tuple[int, int]:
     """(speaker rows, sample rows) stored for a speakerId, read from the database itself."""
-    engine = live.services.extras["engine"]
+    engine = live.services.runtime.engine
     with engine.connect() as conn:
         speakers = conn.execute(select(Speaker.id).where(Speaker.external_id == speaker_id)).all()
         ids = [s[0] for s in speakers]
@@ -58,7 +58,7 @@ def rows_of(live: LiveServer, speaker_id: str) -> tuple[int, int]:
 
 
 def speaker_row_id(live: LiveServer, speaker_id: str) -> int:
-    engine = live.services.extras["engine"]
+    engine = live.services.runtime.engine
     with engine.connect() as conn:
         return int(conn.execute(select(Speaker.id).where(Speaker.external_id == speaker_id)).scalar_one())
 
@@ -154,7 +154,7 @@ def test_a_failed_index_refresh_does_not_fail_a_committed_enrollment(
     assert answer.status_code == 200 and answer.json() == {"message": "Success"}
     assert rows_of(live, "blip") == (1, 1)
     row_id = speaker_row_id(live, "blip")
-    follower = live.services.extras["follower"]
+    follower = live.services.runtime.follower
     follower.catch_up()  # what the background follower does every poll
     assert row_id in live.index_ids()
 
