@@ -28,19 +28,21 @@ from statistics import NormalDist
 import numpy as np
 
 from devtools.clips import linear16_bytes
+from service.audio import MODEL_RATE
 from service.audio.frontend import AudioFrontEnd, AudioInput
-from service.audio.pipeline import FRAME, TARGET_RATE, Runner, SpeechDetector
+from service.audio.pipeline import FRAME, Runner, SpeechDetector
 from service.config import Settings
 from service.embedding.bounded import BoundedEmbedding
 from service.enrollment.identification import IdentificationService
-from service.enrollment.policy import COMPLETE, ENROLLING
 from service.enrollment.ports import (
     Aggregates,
+    ChangeKind,
     ChangeRecord,
     IndexEntry,
     NewSample,
     SampleRecord,
     SpeakerRecord,
+    SpeakerStatus,
     StoredRecording,
 )
 from service.enrollment.service import EnrollmentService, EnrollmentStatus
@@ -97,7 +99,7 @@ def _take(seed: int, take: int, seconds: float, spread: float) -> np.ndarray:
     rng = np.random.default_rng([11, seed, take])
     level = SyntheticVoice(seed).levels() + spread * rng.standard_normal(DIM)
     hop = SYNTH_N // 2
-    blocks = int(seconds * TARGET_RATE) // hop + 1
+    blocks = int(seconds * MODEL_RATE) // hop + 1
     phase = rng.uniform(0.0, 2.0 * np.pi, DIM)
     # Every tone flickers through the same levels, each in its own order: the flicker changes
     # the sound over time (what the content fingerprint hears) and not a tone's mean power.
@@ -111,9 +113,9 @@ def _take(seed: int, take: int, seconds: float, spread: float) -> np.ndarray:
     voice = np.zeros((blocks + 1) * hop)
     voice[: blocks * hop] += periods[:, :hop].reshape(-1)
     voice[hop:] += periods[:, hop:].reshape(-1)
-    voice = voice[: int(seconds * TARGET_RATE)]
+    voice = voice[: int(seconds * MODEL_RATE)]
     voice *= RMS / np.sqrt(np.mean(voice**2))
-    lead = np.zeros(int(LEAD_S * TARGET_RATE))
+    lead = np.zeros(int(LEAD_S * MODEL_RATE))
     out = np.concatenate([lead, voice, lead])
     out = (out + NOISE * rng.standard_normal(len(out))).astype(np.float32)
     out.setflags(write=False)
@@ -122,7 +124,7 @@ def _take(seed: int, take: int, seconds: float, spread: float) -> np.ndarray:
 
 def as_linear16(wave: np.ndarray) -> AudioInput:
     samples = np.clip(np.round(wave * 32768.0), -32768, 32767).astype(np.int16)
-    return AudioInput(linear16_bytes(samples), "LINEAR16", TARGET_RATE)
+    return AudioInput(linear16_bytes(samples), "LINEAR16", MODEL_RATE)
 
 
 class SpectralEmbedder:
@@ -132,6 +134,11 @@ class SpectralEmbedder:
 
     dim = DIM
     checksum = hashlib.sha256(b"spectral-embedder-1").hexdigest()
+    device = "cpu"
+    threads_used = 1
+
+    def warmup(self) -> None:  # nothing to warm
+        pass
 
     def embed(self, wave: np.ndarray) -> np.ndarray:
         wave = np.asarray(wave, dtype=np.float64)
@@ -168,7 +175,7 @@ class EnergySpeechDetector(SpeechDetector):
         loud = energy >= peak * 10 ** (-self.RANGE_DB / 10)
         regions: list[tuple[float, float]] = []
         for i in np.flatnonzero(loud):
-            start, end = i * FRAME / TARGET_RATE, (i + 1) * FRAME / TARGET_RATE
+            start, end = i * FRAME / MODEL_RATE, (i + 1) * FRAME / MODEL_RATE
             if regions and start - regions[-1][1] < self.MIN_GAP_S:
                 regions[-1] = (regions[-1][0], end)
             else:
@@ -213,7 +220,17 @@ class MemoryTransaction:
             t = self.tables
             now = _now()
             found = SpeakerRecord(
-                t.next_speaker, tenant_id, external_id, ENROLLING, 0, 0.0, 0.0, None, None, now, now
+                t.next_speaker,
+                tenant_id,
+                external_id,
+                SpeakerStatus.ENROLLING,
+                0,
+                0.0,
+                0.0,
+                None,
+                None,
+                now,
+                now,
             )
             t.speakers[found.id], t.samples[found.id] = found, []
             t.next_speaker += 1
@@ -274,7 +291,7 @@ class MemoryTransaction:
         self.tables.speakers.pop(speaker_id, None)
         self.tables.samples.pop(speaker_id, None)
 
-    def log_change(self, tenant_id: int, speaker_id: int, kind: str) -> None:
+    def log_change(self, tenant_id: int, speaker_id: int, kind: ChangeKind) -> None:
         seq = self.tables.changes[-1].seq + 1 if self.tables.changes else 1
         self.tables.changes.append(ChangeRecord(seq, tenant_id, speaker_id))
 
@@ -329,7 +346,7 @@ class MemoryStore:
         speakers = self._snapshot().speakers
         wanted = speakers.keys() if speaker_ids is None else set(speaker_ids) & speakers.keys()
         return [
-            IndexEntry(s.id, s.tenant_id, s.external_id, s.status == COMPLETE, s.centroid)
+            IndexEntry(s.id, s.tenant_id, s.external_id, s.status == SpeakerStatus.COMPLETE, s.centroid)
             for s in (speakers[i] for i in sorted(wanted))
             if s.centroid is not None
         ]
