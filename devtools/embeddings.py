@@ -16,8 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
+from service.audio import MODEL_RATE
 from service.audio.decode import decode
-from service.audio.pipeline import TARGET_RATE, SpeechDetector, prepare
+from service.audio.pipeline import SpeechDetector, prepare
 from service.config import Settings
 from service.embedding.ecapa import EcapaEmbedder
 from service.main import load_embedder
@@ -68,11 +69,11 @@ class Embedding:
         )
         prepared = prepare(decoded, self.detector)
         speech = prepared.speech_wave()
-        if len(speech) < TARGET_RATE // 10:
+        if len(speech) < MODEL_RATE // 10:
             nan = np.full(self.model.dim, np.nan, dtype=np.float32)
             return nan, nan, prepared.speech_seconds, prepared.snr_db
         whole = _unit(self.model.embed(speech))
-        short_len = int(SHORT_S * TARGET_RATE)
+        short_len = int(SHORT_S * MODEL_RATE)
         short = whole if len(speech) <= short_len else _unit(self.model.embed(speech[:short_len]))
         return whole, short, prepared.speech_seconds, prepared.snr_db
 

@@ -22,4 +22,5 @@ echo "test.sh: PostgreSQL tests on $(sed -E 's#//([^:@/]*):[^@/]*@#//\1:***@#' <
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 .venv/bin/mypy
-.venv/bin/python -m pytest "$@"
+# Every test, slow ones included (plain pytest runs the fast lane only); a -m in "$@" comes later and wins.
+.venv/bin/python -m pytest -m "slow or not slow" "$@"

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+from service.enrollment import speaker_ids
+
 SHOWN_CHARS = 40
 
 
@@ -44,9 +46,21 @@ class BadRequest(ServiceError):
 class InvalidSpeakerId(BadRequest):
     code = "request.InvalidSpeakerId"
     default_message = (
-        "speakerId must be 1 to 128 characters of [A-Za-z0-9_.-], not dots alone ('.' and '..' are "
-        "path segments in a URL)"
+        f"speakerId must be 1 to {speaker_ids.MAX_LENGTH} characters of [{speaker_ids.ALLOWED}], not "
+        "dots alone ('.' and '..' are path segments in a URL)"
     )
+
+
+class RouteNotFound(ServiceError):
+    code = "request.NotFound"
+    status = 404
+    default_message = "Not Found"
+
+
+class MethodNotAllowed(ServiceError):
+    code = "request.MethodNotAllowed"
+    status = 405
+    default_message = "Method Not Allowed"
 
 
 class RequestTimeout(ServiceError):
@@ -159,6 +173,14 @@ class NoisyAudio(AudioError):
     code = "audio.TooNoisy"
     status = 422
     default_message = "Audio is too noisy"
+
+
+class NoSpeakerVector(AudioError):
+    """The model's vector for the clip is zero or not finite: there is no direction to compare."""
+
+    code = "audio.NoSpeakerVector"
+    status = 422
+    default_message = "No usable speaker vector could be computed from this audio"
 
 
 class MultipleSpeakers(AudioError):

@@ -13,7 +13,7 @@ from fastapi import FastAPI
 
 from service import __version__, logs, memory, metrics
 from service.api import compat, docs, errors, health, jobs, native
-from service.api.deps import KeyRateLimiter, Services, run_blocking
+from service.api.deps import KeyRateLimiter, Runtime, Services, run_blocking
 from service.api.middleware import BodyLimit, Metrics, SecurityHeaders
 from service.audio.frontend import AudioFrontEnd
 from service.audio.pipeline import QualityLimits
@@ -26,7 +26,7 @@ from service.embedding.bounded import BoundedEmbedding, EmbedBudget
 from service.embedding.ecapa import EcapaEmbedder, configure_threads, load_cohort, usable_cores
 from service.enrollment.identification import IdentificationService, Thresholds
 from service.enrollment.policy import EnrollmentPolicy
-from service.enrollment.ports import Embedder
+from service.enrollment.ports import Embedder, EmbedWaves, SpeakerIndex, Store
 from service.enrollment.scoring import DecisionRule, Scorer
 from service.enrollment.service import EnrollmentService
 from service.enrollment.voices import TenantVoices
@@ -64,7 +64,7 @@ def enrollment_policy(settings: Settings) -> EnrollmentPolicy:
 
 
 def _on_gpu(embedder: Embedder) -> bool:
-    return getattr(getattr(embedder, "device", None), "type", "cpu") == "cuda"
+    return embedder.device == "cuda"
 
 
 def _batcher(
@@ -86,6 +86,56 @@ def _budget(settings: Settings, batched: bool) -> EmbedBudget:
     if batched:
         return EmbedBudget(b.max_batch, max(b.max_audio_seconds, e.chunk_seconds), e.chunk_seconds)
     return EmbedBudget(e.max_batch, max(e.max_batch_seconds, e.chunk_seconds), e.chunk_seconds)
+
+
+def use_cases(
+    settings: Settings,
+    *,
+    store: Store,
+    frontend: AudioFrontEnd,
+    embed: EmbedWaves,
+    model_sha256: str,
+    index: SpeakerIndex,
+    prior: np.ndarray,
+    after_commit: Callable[[], object],
+) -> tuple[EnrollmentService, IdentificationService]:
+    """The use cases on the given parts, with the settings' thresholds; `prior` ``(dim,)`` is the
+    mean of the model's training-speaker prototypes (the decision rule's prior domain mean)."""
+    ident = settings.identify
+    scorer = Scorer(
+        DecisionRule(
+            prior_mean=prior,
+            prior_weight=ident.prior_weight,
+            pair_mean=ident.pair_mean,
+            pair_sd=ident.pair_sd,
+            strength=ident.prior_strength,
+            unit=ident.score_unit,
+            centring=ident.domain_centring,
+        )
+    )
+    audio = settings.audio
+    enrollment = EnrollmentService(
+        store=store,
+        frontend=frontend,
+        embed=embed,
+        model_sha256=model_sha256,
+        policy=enrollment_policy(settings),
+        limits=QualityLimits(audio.min_speech_seconds, audio.max_clipped_fraction, audio.min_snr_db),
+        after_commit=after_commit,
+        voices=TenantVoices(scorer, index),
+        complete_threshold=ident.verify_threshold,
+        store_audio=settings.enrollment.store_audio,
+    )
+    identification = IdentificationService(
+        frontend=frontend,
+        embed=embed,
+        index=index,
+        scorer=scorer,
+        thresholds=Thresholds(ident.threshold, ident.verify_threshold, ident.segment_threshold),
+        # Identification answers noisy clips too: the score decides (see service.calibration).
+        limits=QualityLimits(ident.min_speech_seconds, audio.max_clipped_fraction, -math.inf),
+    )
+    return enrollment, identification
 
 
 def build_services(settings: Settings, embedder: Embedder | None = None) -> Services:
@@ -118,57 +168,26 @@ def build_services(settings: Settings, embedder: Embedder | None = None) -> Serv
     embed = BoundedEmbedding(embed_batch, _budget(settings, batcher is not None))
     metrics.watch_index(index)
     metrics.watch_model(embedder)
-    ident = settings.identify
     cohort = load_cohort(embedder.files) if isinstance(embedder, EcapaEmbedder) else None
     prior = cohort.mean(axis=0) if cohort is not None else np.zeros(embedder.dim, dtype=np.float32)
-    scorer = Scorer(
-        DecisionRule(
-            prior_mean=prior,
-            prior_weight=ident.prior_weight,
-            pair_mean=ident.pair_mean,
-            pair_sd=ident.pair_sd,
-            strength=ident.prior_strength,
-            unit=ident.score_unit,
-            centring=ident.domain_centring,
-        )
-    )
-    enrollment = EnrollmentService(
+    enrollment, identification = use_cases(
+        settings,
         store=store,
         frontend=frontend,
         embed=embed,
         model_sha256=embedder.checksum,
-        policy=enrollment_policy(settings),
-        limits=QualityLimits(audio.min_speech_seconds, audio.max_clipped_fraction, audio.min_snr_db),
-        after_commit=follower.catch_up,
-        voices=TenantVoices(scorer, index),
-        complete_threshold=ident.verify_threshold,
-        store_audio=settings.enrollment.store_audio,
-    )
-    identification = IdentificationService(
-        frontend=frontend,
-        embed=embed,
         index=index,
-        scorer=scorer,
-        thresholds=Thresholds(ident.threshold, ident.verify_threshold, ident.segment_threshold),
-        # Identification answers noisy clips too: the score decides (see service.calibration).
-        limits=QualityLimits(ident.min_speech_seconds, audio.max_clipped_fraction, -math.inf),
+        prior=prior,
+        after_commit=follower.catch_up,
     )
-    warmup = getattr(embedder, "warmup", None)
-    if callable(warmup):
-        warmup()
+    embedder.warmup()
     return Services(
         settings=settings,
         store=store,
         enrollment=enrollment,
         identification=identification,
+        runtime=Runtime(engine=engine, embedder=embedder, index=index, follower=follower, batcher=batcher),
         checks={"model": True, "database": True, "index": True},
-        extras={
-            "index": index,
-            "follower": follower,
-            "embedder": embedder,
-            "engine": engine,
-            "batcher": batcher,
-        },
         limiter=KeyRateLimiter(settings.auth.rate_limit_per_minute),
     )
 
@@ -191,11 +210,10 @@ def build_jobs(services: Services) -> JobWorker:
 
 async def _follow_changes(services: Services) -> None:
     """Apply changes committed by other replicas (or missed ones) to this process's index."""
-    follower: IndexFollower = services.extras["follower"]
     while True:
         await asyncio.sleep(services.settings.index_poll_seconds)
         try:
-            await run_blocking(follower.catch_up)
+            await run_blocking(services.runtime.follower.catch_up)
             services.checks["index"] = True
         except Exception:
             services.checks["index"] = False
@@ -225,7 +243,7 @@ def create_app(settings: Settings | None = None, *, embedder: Embedder | None = 
         background = [follower]
         if settings.heap_trim_seconds > 0:
             background.append(asyncio.create_task(_trim_heap(settings.heap_trim_seconds)))
-        log.info("ready", extra={"speakers_indexed": len(services.extras["index"])})
+        log.info("ready", extra={"speakers_indexed": len(services.runtime.index)})
         try:
             yield
         finally:
@@ -234,9 +252,7 @@ def create_app(settings: Settings | None = None, *, embedder: Embedder | None = 
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-            if services.extras["batcher"] is not None:
-                services.extras["batcher"].stop()
-            services.extras["engine"].dispose()
+            services.runtime.close()
 
     app = FastAPI(
         title="Speaker enrollment and identification",

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable, Sequence, Sized
 
 import numpy as np
 from prometheus_client import (
@@ -17,6 +16,9 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+
+from service.embedding.batcher import DynamicBatcher
+from service.enrollment.ports import Embedder
 
 # The default registry also describes the interpreter (python_info: version and implementation)
 # and its garbage collector: nothing an operator needs, something an attacker may.
@@ -63,13 +65,13 @@ def timed_embed_batch(
     return wrapper
 
 
-def watch_index(index: Any) -> None:
+def watch_index(index: Sized) -> None:
     INDEX_SPEAKERS.set_function(lambda: float(len(index)))
 
 
-def watch_model(embedder: Any) -> None:
-    MODEL_THREADS.set_function(lambda: float(getattr(embedder, "threads_used", 0)))
+def watch_model(embedder: Embedder) -> None:
+    MODEL_THREADS.set_function(lambda: float(embedder.threads_used))
 
 
-def watch_queue(batcher: Any) -> None:
+def watch_queue(batcher: DynamicBatcher) -> None:
     QUEUE_DEPTH.set_function(lambda: float(batcher.depth))

@@ -18,6 +18,7 @@ import uvicorn
 from sqlalchemy import Engine
 
 from devtools.clips import EVAL_SPEECH, clip_bytes, eval_speech_available
+from service.api.deps import Services
 from service.api.serving import uvicorn_config
 from service.config import EgressSettings, JobsSettings, Settings
 from service.embedding import weights
@@ -29,9 +30,8 @@ from tests.databases import drop_created, fresh_url, kind_params
 
 configure_threads(int(os.environ.get("SPK_TORCH_THREADS", "0")))
 
-needs_speech = pytest.mark.skipif(
-    not eval_speech_available(), reason=f"real speech set not found at {EVAL_SPEECH}"
-)
+# Reads ../shared/eval-speech: slow, and skipped where the set is missing (`pytest_collection_modifyitems`).
+needs_speech = pytest.mark.speech
 
 
 def b64(data: bytes) -> str:
@@ -113,8 +113,9 @@ class LiveServer:
         self.start()
 
     @property
-    def services(self) -> Any:
-        return self.app.state.services
+    def services(self) -> Services:
+        services: Services = self.app.state.services
+        return services
 
     @property
     def kind(self) -> str:
@@ -123,12 +124,10 @@ class LiveServer:
 
     @property
     def engine(self) -> Engine:
-        engine: Engine = self.services.extras["engine"]
-        return engine
+        return self.services.runtime.engine
 
     def index_ids(self) -> set[int]:
-        ids: set[int] = self.services.extras["index"].faiss_ids()
-        return ids
+        return self.services.runtime.index.faiss_ids()
 
     def client(self, key: str | None = None) -> httpx.Client:
         headers = {"X-API-Key": key} if key else {}
@@ -207,3 +206,22 @@ def key(live: LiveServer) -> str:
 def client(live: LiveServer, key: str) -> Iterator[httpx.Client]:
     with live.client(key) as c:
         yield c
+
+
+# --- the two lanes ---------------------------------------------------------------------------------
+# `pytest` alone runs the fast lane (-m "not slow" in pyproject's addopts); scripts/test.sh runs all.
+# Slow: whatever loads the real model, serves the app, needs PostgreSQL or reads the speech sets.
+SLOW_FIXTURES = frozenset({"embedder", "live", "live_db"})  # and every fixture built on them
+SPEECH_FIXTURES = frozenset({"clip"})  # tests/unit's eval-speech clip
+SLOW_MARKERS = ("speech", "model", "postgres", "gpu")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    speech_missing = not eval_speech_available()
+    for item in items:
+        uses = set(getattr(item, "fixturenames", ()))
+        speech = item.get_closest_marker("speech") is not None or bool(SPEECH_FIXTURES & uses)
+        if speech or SLOW_FIXTURES & uses or any(item.get_closest_marker(m) for m in SLOW_MARKERS):
+            item.add_marker(pytest.mark.slow)
+        if speech and speech_missing:
+            item.add_marker(pytest.mark.skip(reason=f"real speech set not found at {EVAL_SPEECH}"))

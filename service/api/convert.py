@@ -34,7 +34,7 @@ def status_out(status: EnrollmentStatus) -> EnrollmentStatusOut:
     last = status.last_sample
     return EnrollmentStatusOut(
         speakerId=status.speaker_id,
-        status="complete" if status.complete else "enrolling",
+        status=status.status,
         samples=status.samples,
         speechSeconds=status.speech_seconds,
         spread=status.spread,

@@ -14,16 +14,38 @@ import anyio
 import anyio.to_thread
 from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader, APIKeyQuery, HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy import Engine
 
 from service import metrics
 from service.concurrency import Cancellation
 from service.config import Settings
+from service.embedding.batcher import DynamicBatcher
 from service.enrollment.identification import IdentificationService
+from service.enrollment.ports import Embedder
 from service.enrollment.service import EnrollmentService
 from service.errors import NotReady, RateLimited, RequestCancelled, Unauthorized
+from service.storage.index import FaissSpeakerIndex
 from service.storage.repository import SqlStore, TenantKey
+from service.storage.sync import IndexFollower
 
 T = TypeVar("T")
+
+
+@dataclass
+class Runtime:
+    """The parts behind the use cases that the process itself runs and stops: routes never touch
+    them (the use cases do); start-up, shutdown, the change follower and operators' checks do."""
+
+    engine: Engine
+    embedder: Embedder
+    index: FaissSpeakerIndex
+    follower: IndexFollower
+    batcher: DynamicBatcher | None  # only where requests share forward passes (a GPU by default)
+
+    def close(self) -> None:
+        if self.batcher is not None:
+            self.batcher.stop()
+        self.engine.dispose()
 
 
 @dataclass
@@ -34,8 +56,8 @@ class Services:
     store: SqlStore
     enrollment: EnrollmentService
     identification: IdentificationService
+    runtime: Runtime
     checks: dict[str, bool] = field(default_factory=dict)
-    extras: dict[str, Any] = field(default_factory=dict)
     limiter: KeyRateLimiter | None = None
 
 

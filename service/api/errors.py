@@ -1,7 +1,9 @@
 """The one place where errors become HTTP answers.
 
-Routes raise `ServiceError`s; these handlers render them in the hosted API's fault shape on the
-DeepAffects-compatible routes and as ``{"error": {"code", "message"}}`` on the native ones.
+Routes raise `ServiceError`s; these handlers, and the ASGI middleware that refuses a request before
+the app sees it (`send_error`), render every error through `render_error`: in the hosted API's
+fault shape on the DeepAffects-compatible routes and as ``{"error": {"code", "message"}}`` on the
+native ones. Errors that are not `ServiceError`s (an unknown route, a bug) become one first.
 """
 
 from __future__ import annotations
@@ -16,7 +18,14 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Receive, Scope, Send
 
-from service.errors import BadRequest, InvalidSpeakerId, ServiceError, shown
+from service.errors import (
+    BadRequest,
+    InvalidSpeakerId,
+    MethodNotAllowed,
+    RouteNotFound,
+    ServiceError,
+    shown,
+)
 
 log = logging.getLogger(__name__)
 
@@ -31,14 +40,10 @@ def error_body(path: str, code: str, message: str) -> dict[str, object]:
     return {"error": {"code": code, "message": message}}
 
 
-def render(
-    request: Request, status: int, code: str, message: str, headers: dict[str, str] | None = None
-) -> JSONResponse:
-    return JSONResponse(error_body(request.url.path, code, message), status_code=status, headers=headers)
-
-
 def render_error(request: Request, exc: ServiceError) -> JSONResponse:
-    return render(request, exc.status, exc.code, exc.message, exc.headers)
+    """The answer for `exc`, in the shape of the route family of the request's path."""
+    body = error_body(request.url.path, exc.code, exc.message)
+    return JSONResponse(body, status_code=exc.status, headers=exc.headers)
 
 
 async def send_error(scope: Scope, receive: Receive, send: Send, exc: ServiceError) -> None:
@@ -72,9 +77,10 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
-    codes = {404: "request.NotFound", 405: "request.MethodNotAllowed"}
-    code = codes.get(exc.status_code, "request.Invalid" if exc.status_code < 500 else "service.Error")
-    return render(request, exc.status_code, code, shown(exc.detail, 200), dict(exc.headers or {}))
+    # Starlette's own: an unknown path or method (routes raise ServiceErrors, never these).
+    known: dict[int, type[ServiceError]] = {404: RouteNotFound, 405: MethodNotAllowed}
+    kind = known.get(exc.status_code, BadRequest if exc.status_code < 500 else ServiceError)
+    return render_error(request, kind(shown(exc.detail, 200), headers=dict(exc.headers or {})))
 
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
@@ -82,7 +88,7 @@ async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     # Rendered outside every middleware (Starlette's outermost layer): the headers that
     # `SecurityHeaders` adds elsewhere are set here.
     headers = {"X-Content-Type-Options": "nosniff", "Cache-Control": "no-store"}
-    return render(request, 500, "service.Error", "Internal error", headers)
+    return render_error(request, ServiceError(headers=headers))
 
 
 def install(app: FastAPI) -> None:

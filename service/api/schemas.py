@@ -2,25 +2,20 @@
 
 from __future__ import annotations
 
-import re
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
-# The one speakerId rule: 1 to 128 of [A-Za-z0-9_.-], not dots alone ("." and ".." are path
-# segments: a URL cannot name them). Without look-ahead, which pydantic's regex engine lacks.
-SPEAKER_ID_PATTERN = r"^[A-Za-z0-9_.-]*[A-Za-z0-9_-][A-Za-z0-9_.-]*$"
-SPEAKER_ID_MAX_LENGTH = 128
+from service.enrollment import speaker_ids
+from service.enrollment.ports import SpeakerStatus
+
+# Keyword arguments of pydantic's Field and FastAPI's Path: bodies and URLs check one rule.
 SPEAKER_ID_RULE: dict[str, Any] = {
-    "pattern": SPEAKER_ID_PATTERN,
-    "max_length": SPEAKER_ID_MAX_LENGTH,
-    "description": "1-128 of [A-Za-z0-9_.-], not dots alone",
+    "pattern": speaker_ids.PATTERN,
+    "max_length": speaker_ids.MAX_LENGTH,
+    "description": speaker_ids.DESCRIPTION,
 }
 SpeakerId = Annotated[str, Field(**SPEAKER_ID_RULE)]
-
-
-def is_speaker_id(name: str) -> bool:
-    return len(name) <= SPEAKER_ID_MAX_LENGTH and re.fullmatch(SPEAKER_ID_PATTERN, name) is not None
 
 
 def _lenient_rate(value: Any) -> Any:
@@ -120,7 +115,7 @@ class LastSample(BaseModel):
 
 class EnrollmentStatusOut(BaseModel):
     speakerId: str
-    status: Literal["enrolling", "complete"]
+    status: SpeakerStatus
     samples: int
     speechSeconds: float
     spread: float

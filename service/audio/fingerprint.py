@@ -23,7 +23,8 @@ import zlib
 
 import numpy as np
 
-RATE = 16_000
+from service.audio import MODEL_RATE
+
 HOP = 320  # 20 ms
 N_FFT = 512
 BANDS = 17  # 16 differences
@@ -50,7 +51,7 @@ def _hz(mel: np.ndarray) -> np.ndarray:
 
 
 _MEL_EDGES = np.linspace(_mel(LOW_HZ), _mel(HIGH_HZ), BANDS + 1)
-_EDGES = np.clip(np.round(_hz(_MEL_EDGES) / RATE * N_FFT).astype(int), 1, N_FFT // 2)
+_EDGES = np.clip(np.round(_hz(_MEL_EDGES) / MODEL_RATE * N_FFT).astype(int), 1, N_FFT // 2)
 _WINDOW = np.hanning(N_FFT).astype(np.float32)
 _FLOOR = (SILENCE_POWER * float(np.sum(_WINDOW**2)) * np.diff(_EDGES)).astype(np.float32)
 

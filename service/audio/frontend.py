@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import queue
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from service.audio.decode import decode
@@ -32,14 +32,21 @@ class AudioFrontEnd:
     SHARED_DETECTORS = 4
 
     def __init__(
-        self, *, max_seconds: float, decode_timeout_s: float, vad_threshold: float, parallel: int = 1
+        self,
+        *,
+        max_seconds: float,
+        decode_timeout_s: float,
+        vad_threshold: float,
+        parallel: int = 1,
+        detector: Callable[[float], SpeechDetector] = SpeechDetector,
     ) -> None:
+        """`detector`: makes a speech detector from `vad_threshold` (another detector for tests)."""
         self.max_seconds = max_seconds
         self.decode_timeout_s = decode_timeout_s
         self.parallel = max(1, parallel)
         self._detectors: queue.Queue[SpeechDetector] = queue.Queue()
         for _ in range(self.parallel if self.parallel > 1 else self.SHARED_DETECTORS):
-            self._detectors.put(SpeechDetector(vad_threshold))
+            self._detectors.put(detector(vad_threshold))
 
     @contextlib.contextmanager
     def _detector(self) -> Iterator[SpeechDetector]:

@@ -23,11 +23,11 @@ import torch
 import torchaudio.functional as AF
 from silero_vad import get_speech_timestamps_from_probs, load_silero_vad
 
+from service.audio import MODEL_RATE
 from service.audio.decode import DecodedAudio
 from service.concurrency import Cancellation, ComputeThread, compute
 from service.errors import ClippedAudio, InsufficientSpeech, NoisyAudio
 
-TARGET_RATE = 16_000
 HIGHPASS_HZ = 40.0  # below the lowest voice fundamental; removes DC drift and rumble
 FRAME = 320  # 20 ms at 16 kHz, for energy figures
 SPEECH_PAD_S = 0.03
@@ -64,7 +64,7 @@ class PreparedAudio:
 
     @property
     def duration_s(self) -> float:
-        return len(self.wave) / TARGET_RATE
+        return len(self.wave) / MODEL_RATE
 
     @property
     def speech_seconds(self) -> float:
@@ -80,7 +80,7 @@ class PreparedAudio:
     def segment(self, start_s: float, end_s: float) -> np.ndarray:
         # round, not int: region bounds are sample indices / 16000, and int() of e.g. 1001 / 16000
         # * 16000 (= 1000.9999999999999) would land one sample early.
-        return self.wave[round(start_s * TARGET_RATE) : round(end_s * TARGET_RATE)]
+        return self.wave[round(start_s * MODEL_RATE) : round(end_s * MODEL_RATE)]
 
     def check(self, limits: QualityLimits) -> None:
         """Raise the matching 4xx error if the clip is not fit to use."""
@@ -126,12 +126,12 @@ class SpeechDetector:
             probabilities += run(self._probabilities, wave, start, start + VAD_STEP_WINDOWS * VAD_WINDOW)
         stamps = get_speech_timestamps_from_probs(
             probabilities,
-            sampling_rate=TARGET_RATE,
+            sampling_rate=MODEL_RATE,
             threshold=self.threshold,
             speech_pad_ms=int(SPEECH_PAD_S * 1000),
             audio_length_samples=len(wave),
         )
-        return [(s["start"] / TARGET_RATE, s["end"] / TARGET_RATE) for s in stamps]
+        return [(s["start"] / MODEL_RATE, s["end"] / MODEL_RATE) for s in stamps]
 
     def _probabilities(self, wave: np.ndarray, start: int, end: int) -> list[float]:
         """Speech probability of each 512-sample window from `start` (the last one zero-padded),
@@ -145,7 +145,7 @@ class SpeechDetector:
                 chunk = audio[offset : offset + VAD_WINDOW]
                 if len(chunk) < VAD_WINDOW:
                     chunk = torch.nn.functional.pad(chunk, (0, VAD_WINDOW - len(chunk)))
-                out.append(float(self._model(chunk, TARGET_RATE).item()))
+                out.append(float(self._model(chunk, MODEL_RATE).item()))
         return out
 
 
@@ -195,24 +195,24 @@ def _filter_16k(mono: np.ndarray, rate: int, block_samples: int, run: Runner) ->
     if n <= block:
         result: np.ndarray = run(_filter_block, torch.from_numpy(mono), rate)
         return result
-    step = rate // math.gcd(rate, TARGET_RATE)  # input samples per resampling phase cycle
+    step = rate // math.gcd(rate, MODEL_RATE)  # input samples per resampling phase cycle
     context = max(step, (rate // 2) // step * step)
-    out = np.empty(math.ceil(n * TARGET_RATE / rate), dtype=np.float32)
+    out = np.empty(math.ceil(n * MODEL_RATE / rate), dtype=np.float32)
     for start in range(0, n, block):
         end = min(n, start + block)
         lo = max(0, start - context)
         part = run(_filter_block, torch.from_numpy(mono[lo : min(n, end + context)]), rate)
-        skip = (start - lo) * TARGET_RATE // rate
-        first = start * TARGET_RATE // rate
-        last = math.ceil(end * TARGET_RATE / rate)
+        skip = (start - lo) * MODEL_RATE // rate
+        first = start * MODEL_RATE // rate
+        last = math.ceil(end * MODEL_RATE / rate)
         out[first:last] = part[skip : skip + last - first]
     return out
 
 
 def _filter_block(mono: torch.Tensor, rate: int) -> np.ndarray:
     mono = AF.highpass_biquad(mono, rate, HIGHPASS_HZ)
-    if rate != TARGET_RATE:
-        mono = AF.resample(mono, rate, TARGET_RATE)
+    if rate != MODEL_RATE:
+        mono = AF.resample(mono, rate, MODEL_RATE)
     return mono.numpy().astype(np.float32, copy=False)
 
 
@@ -250,7 +250,7 @@ def channel_speech(audio: DecodedAudio, detector: SpeechDetector, run: Runner = 
     for ch in channels:
         wave = to_16k(audio.samples[ch], audio.sample_rate, run)
         regions = detector.regions(wave, run)
-        parts = [wave[round(a * TARGET_RATE) : round(b * TARGET_RATE)] for a, b in regions]
+        parts = [wave[round(a * MODEL_RATE) : round(b * MODEL_RATE)] for a, b in regions]
         out.append(np.concatenate(parts) if parts else wave[:0])
     return out
 
@@ -267,7 +267,7 @@ def estimate_snr_db(wave: np.ndarray, speech: list[tuple[float, float]]) -> floa
     energy = (wave[: frames * FRAME].reshape(frames, FRAME).astype(np.float64) ** 2).mean(axis=1) + 1e-12
     is_speech = np.zeros(frames, dtype=bool)
     for start, end in speech:
-        is_speech[int(start * TARGET_RATE) // FRAME : int(end * TARGET_RATE) // FRAME + 1] = True
+        is_speech[int(start * MODEL_RATE) // FRAME : int(end * MODEL_RATE) // FRAME + 1] = True
     if not is_speech.any():
         return 0.0
     speech_energy = float(energy[is_speech].mean())

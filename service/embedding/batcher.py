@@ -20,11 +20,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from service.audio import MODEL_RATE
 from service.errors import Overloaded
 
 log = logging.getLogger(__name__)
-
-SAMPLE_RATE = 16_000
 
 
 @dataclass(frozen=True)
@@ -111,7 +110,7 @@ class DynamicBatcher:
             except queue.Empty:
                 return []
         batch = [first]
-        seconds = len(first.wave) / SAMPLE_RATE
+        seconds = len(first.wave) / MODEL_RATE
         deadline = time.monotonic() + self.limits.max_wait_ms / 1000
         while len(batch) < self.limits.max_batch:
             remaining = deadline - time.monotonic()
@@ -119,7 +118,7 @@ class DynamicBatcher:
                 nxt = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
             except queue.Empty:
                 break
-            extra = len(nxt.wave) / SAMPLE_RATE
+            extra = len(nxt.wave) / MODEL_RATE
             if seconds + extra > self.limits.max_audio_seconds:
                 self._carry = nxt
                 break
@@ -131,7 +130,7 @@ class DynamicBatcher:
     def _forward(self, requests: list[_Request]) -> None:
         """Sorted by length, cut where padding to the chunk's longest would pass the audio budget."""
         requests.sort(key=lambda r: len(r.wave))
-        budget = self.limits.max_audio_seconds * SAMPLE_RATE
+        budget = self.limits.max_audio_seconds * MODEL_RATE
         chunk: list[_Request] = []
         for r in requests:
             if chunk and (len(chunk) + 1) * len(r.wave) > budget:

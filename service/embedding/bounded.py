@@ -22,9 +22,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from service.audio import MODEL_RATE
 from service.concurrency import Cancellation, check
-
-SAMPLE_RATE = 16_000
 
 
 @dataclass(frozen=True)
@@ -58,7 +57,7 @@ class BoundedEmbedding:
     def __call__(self, waves: Sequence[np.ndarray], cancel: Cancellation | None = None) -> np.ndarray:
         if not waves:
             raise ValueError("no waveforms to embed")
-        chunk = int(self.budget.chunk_seconds * SAMPLE_RATE)
+        chunk = int(self.budget.chunk_seconds * MODEL_RATE)
         parts: list[np.ndarray] = []
         owners: list[int] = []
         for i, wave in enumerate(waves):
@@ -79,7 +78,7 @@ class BoundedEmbedding:
 
     def _embed_parts(self, parts: list[np.ndarray], cancel: Cancellation | None) -> np.ndarray:
         order = sorted(range(len(parts)), key=lambda j: len(parts[j]))
-        limit = self.budget.max_seconds * SAMPLE_RATE
+        limit = self.budget.max_seconds * MODEL_RATE
         results: dict[int, np.ndarray] = {}
         call: list[int] = []
         for j in order:

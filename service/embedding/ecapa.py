@@ -20,18 +20,18 @@ import torch
 import torch.nn.functional as F
 from hyperpyyaml import load_hyperpyyaml
 
+from service.audio import MODEL_RATE
 from service.concurrency import compute
 from service.embedding.weights import ModelFiles
 from service.errors import StartupError
 
 log = logging.getLogger(__name__)
 
-SAMPLE_RATE = 16_000
 Precision = Literal["fp32", "bf16"]
 # Batches are padded up to a multiple of this many samples (0.5 s). Backends cache one set of
 # kernels per input shape (oneDNN's primitive cache on a CPU): with free lengths that cache, and
 # the process, grew by about 2 MB per distinct length; with bucketed lengths it stays flat.
-LENGTH_BUCKET = SAMPLE_RATE // 2
+LENGTH_BUCKET = MODEL_RATE // 2
 
 
 def usable_cores() -> int:
@@ -210,7 +210,7 @@ class EcapaEmbedder:
     """Loads once; `embed_batch` is thread-safe (one forward at a time per process). On a CPU every
     torch call runs on the process's compute thread (`service.concurrency`)."""
 
-    sample_rate = SAMPLE_RATE
+    sample_rate = MODEL_RATE
 
     def __init__(
         self,
@@ -222,11 +222,11 @@ class EcapaEmbedder:
         self.files = files
         self.length_bucket = max(1, length_bucket)
         self.checksum = files.sha256
-        self.device = pick_device(device)
-        self.precision: Precision = pick_precision(precision, self.device)
+        self.torch_device = pick_device(device)
+        self.precision: Precision = pick_precision(precision, self.torch_device)
         # On a CPU the model shares the cores with speech detection: one torch call at a time, on
         # the one thread whose torch thread count is set. On a GPU the batcher's threads take turns.
-        self._compute = compute if self.device.type == "cpu" else None
+        self._compute = compute if self.torch_device.type == "cpu" else None
         self._lock = threading.Lock()
         self.threads_used = 0  # torch's thread count in the thread that ran the last forward
         with files.hyperparams.open() as fh:
@@ -245,7 +245,7 @@ class EcapaEmbedder:
             raise StartupError(f"{files.weights} does not fit {files.hyperparams}: {exc}") from exc
         for module in (self.compute_features, self.mean_var_norm, self.embedding_model):
             module.eval()
-            module.to(self.device)
+            module.to(self.torch_device)
         skip_identity_padding(self.embedding_model)
         lean_attentive_pooling(self.embedding_model)
         if self.precision == "bf16":
@@ -254,11 +254,16 @@ class EcapaEmbedder:
             for module in self.embedding_model.modules():
                 if isinstance(module, torch.nn.Conv1d):
                     module.to(torch.bfloat16)
-        self.dim = int(self.forward(torch.zeros(1, SAMPLE_RATE), torch.ones(1)).shape[1])
+        self.dim = int(self.forward(torch.zeros(1, MODEL_RATE), torch.ones(1)).shape[1])
         log.info(
             "model loaded",
-            extra={"device": str(self.device), "precision": self.precision, "sha256": self.checksum},
+            extra={"device": str(self.torch_device), "precision": self.precision, "sha256": self.checksum},
         )
+
+    @property
+    def device(self) -> str:
+        """The device kind, "cpu" or "cuda" (torch's own device object is `torch_device`)."""
+        return self.torch_device.type
 
     # --- the runner's surface: preprocess / forward / postprocess / warmup ----------------------
 
@@ -273,7 +278,7 @@ class EcapaEmbedder:
             raise ValueError("empty batch")
         longest = max(len(w) for w in waves)
         padded = -(-longest // self.length_bucket) * self.length_bucket
-        pinned = self.device.type == "cuda"  # page-locked, so the copy to the device is asynchronous
+        pinned = self.torch_device.type == "cuda"  # page-locked, so the copy to the device is asynchronous
         batch = torch.zeros(len(waves), padded, dtype=torch.float32, pin_memory=pinned)
         for row, wave in enumerate(waves):
             batch[row, : len(wave)] = torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32))
@@ -293,7 +298,7 @@ class EcapaEmbedder:
 
     def warmup(self) -> None:
         for seconds in (1.0, 3.0):
-            self.embed_batch([np.zeros(int(seconds * SAMPLE_RATE), dtype=np.float32)])
+            self.embed_batch([np.zeros(int(seconds * MODEL_RATE), dtype=np.float32)])
 
     # --- convenience ------------------------------------------------------------------------------
 
@@ -319,15 +324,15 @@ class EcapaEmbedder:
     @contextlib.contextmanager
     def _autocast(self) -> Iterator[None]:
         if self.precision == "bf16":
-            with torch.autocast(self.device.type, dtype=torch.bfloat16):
+            with torch.autocast(self.torch_device.type, dtype=torch.bfloat16):
                 yield
         else:
             yield
 
     @torch.inference_mode()
     def _forward_padded(self, batch: torch.Tensor, wav_lens: torch.Tensor) -> torch.Tensor:
-        batch = batch.to(self.device, non_blocking=True)
-        wav_lens = wav_lens.to(self.device, non_blocking=True)
+        batch = batch.to(self.torch_device, non_blocking=True)
+        wav_lens = wav_lens.to(self.torch_device, non_blocking=True)
         # Features and their normalisation stay in fp32: they are cheap and precision-sensitive.
         feats = self.compute_features(batch)
         feats = self.mean_var_norm(feats, wav_lens)

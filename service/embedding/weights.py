@@ -14,9 +14,8 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
+from service import resources
 from service.errors import StartupError
-
-MANIFEST = Path(__file__).resolve().parents[2] / "models" / "manifest.toml"
 
 
 @dataclass(frozen=True)
@@ -37,7 +36,7 @@ def sha256_of(path: Path) -> str:
 
 
 def _manifest() -> dict[str, str]:
-    with MANIFEST.open("rb") as fh:
+    with resources.model_manifest().open("rb") as fh:
         entry: dict[str, str] = tomllib.load(fh)["ecapa"]
     return entry
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from service.enrollment import policy as rules
 from service.enrollment.policy import EnrollmentPolicy
-from service.enrollment.ports import Store
+from service.enrollment.ports import ChangeKind, Store
 
 
 def recompute_all(store: Store, model_sha256: str, policy: EnrollmentPolicy) -> tuple[int, int]:
@@ -22,7 +22,7 @@ def recompute_all(store: Store, model_sha256: str, policy: EnrollmentPolicy) -> 
             record = tx.update_speaker(
                 speaker.id, rules.aggregate(tx.samples(speaker.id), model_sha256, policy)
             )
-            tx.log_change(tenant_id, speaker.id, "recompute")
+            tx.log_change(tenant_id, speaker.id, ChangeKind.RECOMPUTED)
         total += 1
         indexed += record.centroid is not None
     return total, indexed

@@ -9,11 +9,14 @@ import numpy as np
 
 from service import calibration as cal
 from service.audio import fingerprint as content
-from service.enrollment.ports import Aggregates, SampleRecord, StoredRecording
-from service.errors import DuplicateRecording, DuplicateSample, MultipleSpeakers, SpeakerMismatch
-
-ENROLLING = "enrolling"
-COMPLETE = "complete"
+from service.enrollment.ports import Aggregates, SampleRecord, SpeakerStatus, StoredRecording
+from service.errors import (
+    DuplicateRecording,
+    DuplicateSample,
+    MultipleSpeakers,
+    NoSpeakerVector,
+    SpeakerMismatch,
+)
 
 
 @dataclass(frozen=True)
@@ -33,9 +36,10 @@ class EnrollmentPolicy:
 
 
 def normalise(vector: np.ndarray) -> np.ndarray:
+    """`vector` at unit length; NoSpeakerVector (4xx) if it has no direction (zero or not finite)."""
     norm = float(np.linalg.norm(vector))
     if not np.isfinite(norm) or norm == 0.0:
-        raise ValueError("cannot normalise a zero or non-finite vector")
+        raise NoSpeakerVector()
     return (vector / norm).astype(np.float32)
 
 
@@ -156,11 +160,11 @@ def aggregate(samples: Sequence[SampleRecord], model_sha256: str, policy: Enroll
     current = [s for s in samples if s.model_sha256 == model_sha256]
     speech = float(sum(s.speech_seconds for s in current))
     if not current:
-        return Aggregates(ENROLLING, 0, 0.0, 0.0, None, None)
+        return Aggregates(SpeakerStatus.ENROLLING, 0, 0.0, 0.0, None, None)
     centre, spread = centroid_and_spread([s.vector for s in current])
     complete = not missing(len(current), speech, spread, policy)
     return Aggregates(
-        status=COMPLETE if complete else ENROLLING,
+        status=SpeakerStatus.COMPLETE if complete else SpeakerStatus.ENROLLING,
         sample_count=len(current),
         speech_seconds=speech,
         spread=spread,

@@ -10,6 +10,7 @@ from collections.abc import Iterable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
+from enum import StrEnum
 from typing import Protocol
 
 import numpy as np
@@ -17,12 +18,28 @@ import numpy as np
 from service.concurrency import Cancellation
 
 
+class SpeakerStatus(StrEnum):
+    """A speaker's enrollment state; the values are stored in the database."""
+
+    ENROLLING = "enrolling"
+    COMPLETE = "complete"
+
+
+class ChangeKind(StrEnum):
+    """What a change-log entry did to its speaker; the values are stored in the database."""
+
+    SAMPLE_ADDED = "sample+"
+    SAMPLE_REMOVED = "sample-"
+    SPEAKER_DELETED = "speaker-"
+    RECOMPUTED = "recompute"  # vector and status worked out again from the samples (rebuild-index)
+
+
 @dataclass(frozen=True)
 class SpeakerRecord:
     id: int  # row id, the index key
     tenant_id: int
     external_id: str
-    status: str
+    status: SpeakerStatus
     sample_count: int
     speech_seconds: float
     spread: float
@@ -69,7 +86,7 @@ class StoredRecording:
 
 @dataclass(frozen=True)
 class Aggregates:
-    status: str
+    status: SpeakerStatus
     sample_count: int
     speech_seconds: float
     spread: float
@@ -115,7 +132,7 @@ class Transaction(Protocol):
 
     def delete_speaker(self, speaker_id: int) -> None: ...
 
-    def log_change(self, tenant_id: int, speaker_id: int, kind: str) -> None: ...
+    def log_change(self, tenant_id: int, speaker_id: int, kind: ChangeKind) -> None: ...
 
 
 class Store(Protocol):
@@ -168,8 +185,30 @@ class EmbedWaves(Protocol):
 
 
 class Embedder(Protocol):
-    checksum: str
-    dim: int
+    """The speaker model: 1-D float32 16 kHz waveforms in, ``(dim,)`` float32 vectors out."""
+
+    @property
+    def checksum(self) -> str:
+        """sha256 of the weights: stored with every vector, so vectors of another model are known."""
+        ...
+
+    @property
+    def dim(self) -> int: ...
+
+    @property
+    def device(self) -> str:
+        """The kind of device the model runs on: "cpu" or "cuda"."""
+        ...
+
+    @property
+    def threads_used(self) -> int:
+        """torch's intra-op thread count in the thread that ran the last forward pass (0: none yet)."""
+        ...
+
+    def warmup(self) -> None:
+        """Run the model once on each shape class it will see first, so the first request does not
+        pay for kernel selection and allocation."""
+        ...
 
     def embed(self, wave: np.ndarray) -> np.ndarray: ...
 

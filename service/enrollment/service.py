@@ -14,13 +14,23 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from service.audio import MODEL_RATE
 from service.audio.fingerprint import fingerprint
 from service.audio.frontend import AudioFrontEnd, AudioInput
-from service.audio.pipeline import TARGET_RATE, PreparedAudio, QualityLimits
+from service.audio.pipeline import PreparedAudio, QualityLimits
 from service.concurrency import Cancellation, check
 from service.enrollment import policy as rules
 from service.enrollment.policy import EnrollmentPolicy
-from service.enrollment.ports import EmbedWaves, NewSample, SampleRecord, SpeakerRecord, Store, Transaction
+from service.enrollment.ports import (
+    ChangeKind,
+    EmbedWaves,
+    NewSample,
+    SampleRecord,
+    SpeakerRecord,
+    SpeakerStatus,
+    Store,
+    Transaction,
+)
 from service.enrollment.voices import TenantVoices
 from service.errors import SampleNotFound, SpeakerNotFound
 
@@ -39,7 +49,7 @@ class SampleSummary:
 @dataclass(frozen=True)
 class EnrollmentStatus:
     speaker_id: str
-    status: str
+    status: SpeakerStatus
     samples: int
     speech_seconds: float
     spread: float
@@ -51,7 +61,7 @@ class EnrollmentStatus:
 
     @property
     def complete(self) -> bool:
-        return self.status == rules.COMPLETE
+        return self.status == SpeakerStatus.COMPLETE
 
 
 class EnrollmentService:
@@ -108,7 +118,7 @@ class EnrollmentService:
             self._check_other_speakers(tx, tenant_id, speaker.id, vector, sample.fingerprint)
             tx.add_sample(speaker.id, sample)
             record = self._write_aggregates(tx, speaker, [*earlier, self._as_record(sample, speaker)])
-            tx.log_change(tenant_id, speaker.id, "sample+")
+            tx.log_change(tenant_id, speaker.id, ChangeKind.SAMPLE_ADDED)
         self._committed()
         last = SampleSummary(sample.sample_id, sample.speech_seconds, sample.snr_db)
         return self._status(record, last, self._warnings(record))
@@ -131,7 +141,7 @@ class EnrollmentService:
             if speaker is None:
                 raise SpeakerNotFound(f"Speaker {speaker_id!r} not found")
             tx.delete_speaker(speaker.id)
-            tx.log_change(tenant_id, speaker.id, "speaker-")
+            tx.log_change(tenant_id, speaker.id, ChangeKind.SPEAKER_DELETED)
         self._committed()
 
     def delete_sample(self, tenant_id: int, speaker_id: str, sample_id: str) -> None:
@@ -145,12 +155,12 @@ class EnrollmentService:
             remaining = tx.samples(speaker.id)
             if remaining:
                 self._write_aggregates(tx, speaker, remaining)
-                tx.log_change(tenant_id, speaker.id, "sample-")
+                tx.log_change(tenant_id, speaker.id, ChangeKind.SAMPLE_REMOVED)
             else:
                 # A speaker without samples is no speaker: gone as if deleted, so it is neither
                 # listed nor a candidate, and its id is free for a new enrollment.
                 tx.delete_speaker(speaker.id)
-                tx.log_change(tenant_id, speaker.id, "speaker-")
+                tx.log_change(tenant_id, speaker.id, ChangeKind.SPEAKER_DELETED)
         self._committed()
 
     # --- helpers ---------------------------------------------------------------------------------
@@ -161,7 +171,9 @@ class EnrollmentService:
         if self.voices is None:
             return None
         voices = self.voices
-        least = self.complete_threshold if speaker.status == rules.COMPLETE else self.policy.voice_check
+        least = (
+            self.complete_threshold if speaker.status == SpeakerStatus.COMPLETE else self.policy.voice_check
+        )
         return (lambda vector, voiceprint: voices.score(tenant_id, vector, voiceprint)), least
 
     def _check_one_voice(
@@ -169,7 +181,7 @@ class EnrollmentService:
     ) -> None:
         """Refuse a clip whose channels (those with enough speech each) hold different voices: mixed,
         two people would make one voiceprint that is neither's."""
-        least_samples = self.limits.min_speech_seconds * TARGET_RATE
+        least_samples = self.limits.min_speech_seconds * MODEL_RATE
         voiced = [wave for wave in prepared.channel_speech if len(wave) >= least_samples]
         if len(voiced) < 2 or self.voices is None:
             return

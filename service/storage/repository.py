@@ -17,11 +17,13 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from service.enrollment.ports import (
     Aggregates,
+    ChangeKind,
     ChangeRecord,
     IndexEntry,
     NewSample,
     SampleRecord,
     SpeakerRecord,
+    SpeakerStatus,
     StoredRecording,
 )
 from service.storage.tables import ApiKey, Change, Sample, Speaker, Tenant, utcnow
@@ -40,7 +42,7 @@ def _speaker(row: Speaker) -> SpeakerRecord:
         id=row.id,
         tenant_id=row.tenant_id,
         external_id=row.external_id,
-        status=row.status,
+        status=SpeakerStatus(row.status),
         sample_count=row.sample_count,
         speech_seconds=row.speech_seconds,
         spread=row.spread,
@@ -146,7 +148,7 @@ class SqlTransaction:
         self.s.execute(delete(Sample).where(Sample.speaker_id == speaker_id))
         self.s.execute(delete(Speaker).where(Speaker.id == speaker_id))
 
-    def log_change(self, tenant_id: int, speaker_id: int, kind: str) -> None:
+    def log_change(self, tenant_id: int, speaker_id: int, kind: ChangeKind) -> None:
         self.s.add(Change(tenant_id=tenant_id, speaker_id=speaker_id, kind=kind))
 
 
@@ -225,7 +227,7 @@ class SqlStore:
                     speaker_id=sid,
                     tenant_id=tid,
                     external_id=ext,
-                    complete=status == "complete",
+                    complete=status == SpeakerStatus.COMPLETE,
                     centroid=from_bytes(blob),
                 )
                 for sid, tid, ext, status, blob in s.execute(query)

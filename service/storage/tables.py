@@ -19,6 +19,9 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+from service.enrollment import speaker_ids
+from service.enrollment.ports import SpeakerStatus
+
 # SQLite only auto-increments INTEGER PRIMARY KEY; PostgreSQL gets a BIGINT.
 BigId = BigInteger().with_variant(Integer(), "sqlite")
 
@@ -58,8 +61,8 @@ class Speaker(Base):
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
-    external_id: Mapped[str] = mapped_column(String(128))  # the client's speakerId
-    status: Mapped[str] = mapped_column(String(16), default="enrolling")
+    external_id: Mapped[str] = mapped_column(String(speaker_ids.MAX_LENGTH))  # the client's speakerId
+    status: Mapped[str] = mapped_column(String(16), default=SpeakerStatus.ENROLLING.value)
     sample_count: Mapped[int] = mapped_column(Integer, default=0)
     speech_seconds: Mapped[float] = mapped_column(Float, default=0.0)
     spread: Mapped[float] = mapped_column(Float, default=0.0)
@@ -107,7 +110,7 @@ class Change(Base):
     seq: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     tenant_id: Mapped[int] = mapped_column(BigId)
     speaker_id: Mapped[int] = mapped_column(BigId)  # no FK: the speaker may be gone
-    kind: Mapped[str] = mapped_column(String(16))  # "sample+", "sample-", "speaker-"
+    kind: Mapped[str] = mapped_column(String(16))  # a ChangeKind value
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 

@@ -48,6 +48,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from service.audio import MODEL_RATE
 from service.concurrency import compute
 from service.config import Settings
 from service.tools.inputs import InputError, read_manifest
@@ -60,7 +61,6 @@ if TYPE_CHECKING:
 SECTIONS = ("core", "enroll", "http", "index", "gpu")
 DEFAULT_SPEECH = Path(__file__).resolve().parents[2].parent / "shared" / "eval-speech"
 COMPAT_ENROLL = "/audio/generic/api/v1/sync/diarization/enroll"
-SAMPLE_RATE = 16_000
 GPU_CLIP_SECONDS = 10.0
 CLIPS_PER_SPEAKER = 4  # in the EER set
 
@@ -253,7 +253,7 @@ class Models:
             from service.tools.reference import SpeechbrainReference
 
             reference = SpeechbrainReference(self.files.folder, device)
-            reference.embed(np.zeros(SAMPLE_RATE, dtype=np.float32))
+            reference.embed(np.zeros(MODEL_RATE, dtype=np.float32))
             self._reference[device] = reference
         return self._reference[device]
 
@@ -335,7 +335,7 @@ def core_section(args: argparse.Namespace, models: Models, speech: Sequence[Spee
                 "eer": eers[name].eer if name in eers else None,
             }
         )
-    mean_s = float(np.mean([len(w) for w in waves])) / SAMPLE_RATE
+    mean_s = float(np.mean([len(w) for w in waves])) / MODEL_RATE
     threads = torch_threads()
     print(
         f"\n== core: {len(waves)} clips of {mean_s:.1f} s (mean), batch 1, cpu, {threads} torch threads, "
@@ -446,7 +446,7 @@ def enroll_section(
     from service.audio.frontend import AudioFrontEnd, AudioInput
 
     clips, flacs = ten_second_bodies(speech, args.clips)
-    bodies = [enroll_body(f, SAMPLE_RATE) for f in flacs]
+    bodies = [enroll_body(f, MODEL_RATE) for f in flacs]
     audio = Settings().audio
     frontend = AudioFrontEnd(
         max_seconds=audio.max_seconds,
@@ -496,7 +496,7 @@ def enroll_section(
         for name, times in seconds.items()
     }
     mean_s = float(np.mean([c.seconds for c in clips]))
-    speech_s = float(np.mean([len(w) for w in speech_waves])) / SAMPLE_RATE
+    speech_s = float(np.mean([len(w) for w in speech_waves])) / MODEL_RATE
     print(
         f"\n== enroll: {len(clips)} FLAC clips of {mean_s:.1f} s (mean; {speech_s:.1f} s of speech "
         f"embedded), one at a time, compatible route; server on {server.device}, {server.precision}, "
@@ -650,7 +650,7 @@ def http_section(
     args: argparse.Namespace, speech: Sequence[SpeechClip], server: Server, levels: Sequence[int]
 ) -> dict[str, Any]:
     clips, flacs = ten_second_bodies(speech, max(args.clips, 25))
-    bodies = [enroll_body(f, SAMPLE_RATE) for f in flacs]
+    bodies = [enroll_body(f, MODEL_RATE) for f in flacs]
     results = [http_level(args, server, bodies, clients, f"http{n}") for n, clients in enumerate(levels)]
     base = results[0]["throughput_rps"] if results else 0.0
     for r in results:
@@ -818,7 +818,7 @@ def gpu_section(args: argparse.Namespace, models: Models, speech: Sequence[Speec
         print("\n== gpu: skipped: no CUDA device")
         return {"skipped": "no CUDA device"}
     name = torch.cuda.get_device_name(0)
-    samples = int(GPU_CLIP_SECONDS * SAMPLE_RATE)
+    samples = int(GPU_CLIP_SECONDS * MODEL_RATE)
     clips = [c for c in speech if c.seconds >= GPU_CLIP_SECONDS][: args.gpu_clips]
     waves = [cut(load_wave(c.path), samples) for c in clips]
     print(

@@ -47,10 +47,11 @@ from typing import Any, Literal
 import httpx
 from tqdm import tqdm
 
+from service.enrollment.speaker_ids import MAX_LENGTH as MAX_ID
 from service.tools import metrics
 from service.tools.audio import AudioReadError, flac_clip
 from service.tools.client import FatalHttpError, ServiceClient, add_connection_args, connect, error_of
-from service.tools.inputs import MAX_ID, InputError, ManifestRow, clean_id, read_manifest
+from service.tools.inputs import InputError, ManifestRow, clean_id, read_manifest
 from service.tools.pool import run_bounded
 
 Scoring = Literal["score", "cosine"]

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import csv
-import re
 import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from service.api.schemas import SPEAKER_ID_MAX_LENGTH as MAX_ID
-from service.api.schemas import is_speaker_id
+from service.enrollment.speaker_ids import DISALLOWED_RUN, MAX_LENGTH, is_speaker_id
 
 
 class InputError(ValueError):
@@ -50,13 +48,13 @@ def read_manifest(csv_path: Path, required: Iterable[str] = ("path", "speaker"))
     return rows
 
 
-def clean_id(name: str, max_len: int = MAX_ID) -> str:
+def clean_id(name: str, max_len: int = MAX_LENGTH) -> str:
     """`name` made into a valid speaker id of at most `max_len` characters: accents dropped
     (José -> Jose), every other run of characters outside `[A-Za-z0-9_.-]` becomes one "_"."""
     if is_speaker_id(name) and len(name) <= max_len:
         return name
     ascii_name = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode()
-    cleaned = re.sub(r"[^A-Za-z0-9_.-]+", "_", ascii_name).strip("_")[:max_len]
+    cleaned = DISALLOWED_RUN.sub("_", ascii_name).strip("_")[:max_len]
     return cleaned if is_speaker_id(cleaned) else "speaker"
 
 
@@ -75,7 +73,7 @@ def speaker_ids(names: Iterable[str]) -> dict[str, str]:
         while candidate in taken:
             n += 1
             suffix = f"-{n}"
-            candidate = base[: MAX_ID - len(suffix)] + suffix
+            candidate = base[: MAX_LENGTH - len(suffix)] + suffix
         taken.add(candidate)
         ids[name] = candidate
     return ids

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import os
+import shutil
+from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
 import pytest
+import torch
 
 from devtools.clips import encode_recipe, load_clip
-from tests.conftest import LiveServer, b64, flac_body, needs_speech
+from service.embedding import weights
+from service.embedding.ecapa import EcapaEmbedder
+from tests.conftest import LiveServer, b64, flac_body, make_settings, needs_speech, new_key
 
 pytestmark = [needs_speech, pytest.mark.model]
 
@@ -108,6 +113,17 @@ def test_native_route_errors_use_the_native_shape(client: httpx.Client) -> None:
     assert unsupported.json()["error"]["code"] == "request.UnsupportedMediaType"
 
 
+def test_unknown_routes_and_methods_answer_in_their_family_shape(client: httpx.Client) -> None:
+    compat = client.post("/audio/generic/api/v1/sync/diarization/nope", json={})
+    assert compat.status_code == 404
+    assert compat.json()["fault"]["detail"]["errorcode"] == "request.NotFound"
+    native = client.get("/v1/nope")
+    assert native.status_code == 404 and native.json()["error"]["code"] == "request.NotFound"
+    wrong_method = client.get(ENROLL)
+    assert wrong_method.status_code == 405 and "POST" in wrong_method.headers["allow"]
+    assert wrong_method.json()["fault"]["detail"]["errorcode"] == "request.MethodNotAllowed"
+
+
 def test_nothing_was_stored_and_the_server_still_serves(client: httpx.Client) -> None:
     assert client.get("/v1/speakers/victim").status_code == 404
     assert client.post(ENROLL, json=flac_body(CLIP, "after-the-storm")).json() == {"message": "Success"}
@@ -120,3 +136,36 @@ def _refused(client: httpx.Client, live: LiveServer, payload: dict[str, Any], st
     assert answer.json()["fault"]["detail"]["errorcode"] == code
     assert live.services.store.counts() == before
     assert client.get("/healthz").status_code == 200
+
+
+@pytest.fixture(scope="module")
+def nan_model(tmp_path_factory: pytest.TempPathFactory) -> EcapaEmbedder:
+    """The real model with one weight set to NaN: every vector it makes is not finite, as a zero or
+    non-finite vector from any model would be."""
+    folder = tmp_path_factory.mktemp("nan-model")
+    bundled = weights.bundled_folder()
+    shutil.copy(bundled / "hyperparams.yaml", folder / "hyperparams.yaml")
+    state = torch.load(bundled / "embedding_model.ckpt", map_location="cpu", weights_only=True)
+    first = next(name for name, tensor in state.items() if tensor.is_floating_point())
+    state[first] = torch.full_like(state[first], float("nan"))
+    torch.save(state, folder / "embedding_model.ckpt")
+    return EcapaEmbedder(weights.resolve(folder), "cpu", "fp32")
+
+
+def test_a_clip_without_a_usable_vector_is_a_4xx_in_each_shape(
+    tmp_path: Path, nan_model: EcapaEmbedder
+) -> None:
+    server = LiveServer(make_settings(tmp_path), nan_model)
+    server.start()
+    try:
+        with server.client(new_key(server.settings, "acme")) as client:
+            compat = client.post(ENROLL, json=flac_body(CLIP, "alice"))
+            assert compat.status_code == 422, compat.text
+            assert compat.json()["fault"]["detail"]["errorcode"] == "audio.NoSpeakerVector"
+            native = client.post("/v1/speakers/alice/enrollments", json=flac_body(CLIP))
+            assert native.status_code == 422, native.text
+            assert native.json()["error"]["code"] == "audio.NoSpeakerVector"
+            assert client.get("/v1/speakers/alice").status_code == 404  # nothing stored
+            assert server.services.store.counts() == {"tenants": 1, "speakers": 0, "samples": 0}
+    finally:
+        server.stop()

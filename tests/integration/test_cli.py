@@ -12,6 +12,9 @@ import pytest
 from service.storage.repository import SqlStore
 from tests.conftest import LiveServer, flac_body, needs_speech
 
+# Each run starts a Python that imports torch: seconds per command.
+pytestmark = pytest.mark.slow
+
 CLI = [sys.executable, "-m", "service.cli"]
 
 
@@ -46,7 +49,7 @@ def test_serve_refuses_an_unmigrated_database(tmp_path: Path) -> None:
 @needs_speech
 @pytest.mark.model
 def test_rebuild_index_recomputes_speakers_after_a_threshold_change(tmp_path: Path, live: LiveServer) -> None:
-    with live.client(SqlStore(live.services.extras["engine"]).create_key("acme")[1]) as client:
+    with live.client(SqlStore(live.services.runtime.engine).create_key("acme")[1]) as client:
         for path in (
             "librispeech/test-other/367/367-130732-0002.flac",
             "librispeech/test-other/367/367-130732-0003.flac",

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from devtools import crash
+from service.enrollment.ports import SpeakerStatus
 from tests.conftest import needs_speech
 from tests.databases import fresh_url, kind_params
 
@@ -59,7 +60,7 @@ def snapshot(*stored: tuple[str, int]) -> Any:
     if rows:
         centre, spread = crash.centroid_and_spread([r.vector for r in rows])
         speakers[SPEAKER] = crash.SpeakerRow(
-            1, SPEAKER, "enrolling", len(rows), 2.0 * len(rows), spread, centre, "sha"
+            1, SPEAKER, SpeakerStatus.ENROLLING, len(rows), 2.0 * len(rows), spread, centre, "sha"
         )
     return crash.Snapshot(speakers, {SPEAKER: rows} if rows else {}, 0, {1})
 

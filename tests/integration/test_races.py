@@ -21,6 +21,7 @@ import pytest
 from sqlalchemy import func, select
 
 from devtools.clips import manifest
+from service.enrollment.ports import ChangeKind
 from service.storage.repository import SqlTransaction
 from service.storage.tables import Change, Sample, Speaker
 from tests.conftest import LiveServer, flac_body, needs_speech, new_key
@@ -92,7 +93,7 @@ def stored(live: LiveServer, speaker_row: int) -> tuple[Any, set[str], float]:
 
 
 def assert_index_matches_database(live: LiveServer) -> None:
-    index = live.services.extras["index"]
+    index = live.services.runtime.index
     assert live.index_ids() == index.ids() == indexable_speakers(live.engine)
     with live.engine.connect() as conn:
         for speaker_id, status, blob in conn.execute(
@@ -125,7 +126,9 @@ def test_parallel_enrollments_of_one_speaker_are_each_stored_once(
     (speaker_row,) = speaker_rows(live_db.engine, key, "p225")
     with live_db.engine.connect() as conn:
         changes = conn.scalar(
-            select(func.count()).where(Change.speaker_id == speaker_row, Change.kind == "sample+")
+            select(func.count()).where(
+                Change.speaker_id == speaker_row, Change.kind == ChangeKind.SAMPLE_ADDED
+            )
         )
     row, sample_ids, speech = stored(live_db, speaker_row)
     assert sample_ids == {b["lastSample"]["sampleId"] for b in bodies}

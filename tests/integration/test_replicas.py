@@ -23,7 +23,7 @@ from sqlalchemy import select
 
 from devtools.clips import encode_recipe, load_clip, manifest
 from service.embedding.ecapa import EcapaEmbedder
-from service.enrollment.ports import Aggregates, NewSample
+from service.enrollment.ports import Aggregates, ChangeKind, NewSample, SpeakerStatus
 from service.storage.database import make_engine
 from service.storage.repository import SqlStore, SqlTransaction
 from service.storage.tables import Change
@@ -104,7 +104,7 @@ def seconds_until(condition: Callable[[], bool], since: float, give_up_s: float 
 
 
 def indexed(server: LiveServer, tenant: int, speaker_id: str) -> bool:
-    return server.services.extras["index"].lookup(tenant, speaker_id) is not None
+    return server.services.runtime.index.lookup(tenant, speaker_id) is not None
 
 
 def probe(path: str, seconds: float = 2.0) -> bytes:
@@ -161,7 +161,7 @@ def test_a_delete_on_one_replica_leaves_the_other_within_a_second(replicas: Repl
 
 
 def index_contents(server: LiveServer) -> dict[int, tuple[int, str, bool, bytes]]:
-    index = server.services.extras["index"]
+    index = server.services.runtime.index
     return {
         i: (e.tenant_id, e.external_id, e.complete, e.centroid.astype("<f4").tobytes())
         for i in index.ids()
@@ -197,8 +197,8 @@ def write_speaker(tx: SqlTransaction, tenant: int, speaker_id: str, vector: np.n
     assert speaker is not None
     sample = NewSample(uuid.uuid4().hex, vector, "test", 5.0, 6.0, 20.0, 0.0, 16000, None)
     tx.add_sample(speaker.id, sample)
-    tx.update_speaker(speaker.id, Aggregates("enrolling", 1, 5.0, 0.0, vector, "test"))
-    tx.log_change(tenant, speaker.id, "sample+")
+    tx.update_speaker(speaker.id, Aggregates(SpeakerStatus.ENROLLING, 1, 5.0, 0.0, vector, "test"))
+    tx.log_change(tenant, speaker.id, ChangeKind.SAMPLE_ADDED)
     tx.s.flush()  # allocates the sequence number now, before the commit
     seq = tx.s.scalar(select(Change.seq).where(Change.speaker_id == speaker.id).order_by(Change.seq.desc()))
     assert seq is not None

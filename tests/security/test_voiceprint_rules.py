@@ -11,7 +11,7 @@ import pytest
 
 from service import calibration as cal
 from service.enrollment import policy as rules
-from service.enrollment.ports import IndexEntry, SampleRecord
+from service.enrollment.ports import IndexEntry, SampleRecord, SpeakerStatus
 from service.enrollment.scoring import DecisionRule, Scorer
 from service.errors import SpeakerMismatch
 from service.storage.index import FaissSpeakerIndex
@@ -63,7 +63,7 @@ def test_a_complete_voiceprint_is_held_to_the_samples_that_completed_it() -> Non
         return unit(np.cos(angle) * base + np.sin(angle) * away)
 
     earlier = samples(completed)
-    assert rules.aggregate(earlier, SHA, POLICY).status == rules.COMPLETE
+    assert rules.aggregate(earlier, SHA, POLICY).status == SpeakerStatus.COMPLETE
     for degrees in (20, 40):  # each close enough to the speaker's samples so far
         step = towards(degrees)
         centre, _ = rules.centroid_and_spread([s.vector for s in earlier])

@@ -20,7 +20,6 @@ from devtools.clips import (
     Recipe,
     clip_bytes,
     encode_recipe,
-    eval_speech_available,
     ffmpeg_decode_raw,
     g711_bytes,
     linear16_bytes,
@@ -38,8 +37,7 @@ from service.errors import (
     UndecodableAudio,
     UnsupportedEncoding,
 )
-
-pytestmark = pytest.mark.skipif(not eval_speech_available(), reason="../shared/eval-speech is missing")
+from tests.conftest import needs_speech
 
 MAX_S = 60.0
 TIMEOUT_S = 10.0
@@ -293,6 +291,7 @@ def test_raw_sample_rate_out_of_range(clip: Clip, rate: int) -> None:
         D.decode(linear16_bytes(clip.samples), "LINEAR16", rate, max_seconds=1e9, timeout_s=TIMEOUT_S)
 
 
+@needs_speech
 def test_truncated_flac() -> None:
     data = clip_bytes(SHORT_CLIP)[:200]
     with pytest.raises(UndecodableAudio) as err:
@@ -483,6 +482,7 @@ def mutate(data: bytes, mutations: list[tuple]) -> bytes:
     return bytes(buf)
 
 
+@needs_speech
 @pytest.mark.parametrize("encoding", sorted(FUZZ_CASES))
 @settings(
     max_examples=150,
@@ -510,6 +510,7 @@ def test_fuzz_mutated_real_clip(encoding: str, mutations: list[tuple]) -> None:
         assert out.duration_s <= FUZZ_MAX_S + 0.1
 
 
+@needs_speech
 def test_fuzz_mutate_changes_bytes() -> None:
     """The fuzz's mutations do what they say, so the fuzz is not testing the pristine file."""
     blob = fuzz_blob("FLAC")

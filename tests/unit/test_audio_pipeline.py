@@ -12,14 +12,13 @@ from devtools.clips import (
     Clip,
     encode,
     encode_recipe,
-    eval_speech_available,
     load_clip,
     manifest,
 )
+from service.audio import MODEL_RATE
 from service.audio import decode as D
 from service.audio.decode import DecodedAudio
 from service.audio.pipeline import (
-    TARGET_RATE,
     PreparedAudio,
     QualityLimits,
     SpeechDetector,
@@ -29,8 +28,7 @@ from service.audio.pipeline import (
     to_mono_16k,
 )
 from service.errors import ClippedAudio, InsufficientSpeech, NoisyAudio
-
-pytestmark = pytest.mark.skipif(not eval_speech_available(), reason="../shared/eval-speech is missing")
+from tests.conftest import needs_speech
 
 LIMITS = QualityLimits(min_speech_seconds=1.0, max_clipped_fraction=0.01, min_snr_db=3.0)
 # One or two utterances from each LibriSpeech subset. (About one LibriSpeech clip in eight, mostly
@@ -75,6 +73,7 @@ def assert_regions_close(
 # --- real speech ------------------------------------------------------------------------------------
 
 
+@needs_speech
 @pytest.mark.parametrize("path", LIBRISPEECH_CLIPS)
 def test_real_clip_is_mostly_speech_with_good_snr(detector: SpeechDetector, path: str) -> None:
     c = load_clip(path)
@@ -95,6 +94,7 @@ def test_real_clip_is_mostly_speech_with_good_snr(detector: SpeechDetector, path
     p.check(LIMITS)  # a clean clip passes
 
 
+@needs_speech
 @pytest.mark.parametrize("path", [SHORT_CLIP, MEDIUM_CLIP, VCTK_CLIP])
 def test_speech_regions_match_silero_on_the_raw_clip(detector: SpeechDetector, path: str) -> None:
     """The pipeline's filtering must not change what the VAD hears: regions from prepare() agree with
@@ -107,15 +107,16 @@ def test_speech_regions_match_silero_on_the_raw_clip(detector: SpeechDetector, p
     assert_regions_close(p.speech, expected, tol=0.1)
 
 
+@needs_speech
 def test_speech_wave_length_is_the_sum_of_region_lengths(detector: SpeechDetector) -> None:
     for path in (SHORT_CLIP, MEDIUM_CLIP, VCTK_CLIP):
         p = run(load_clip(path).as_float(), detector)
         assert p.speech, path
-        region_samples = [round(e * TARGET_RATE) - round(s * TARGET_RATE) for s, e in p.speech]
+        region_samples = [round(e * MODEL_RATE) - round(s * MODEL_RATE) for s, e in p.speech]
         sw = p.speech_wave()
         assert sw.dtype == np.float32 and sw.ndim == 1
         assert len(sw) == sum(region_samples)
-        assert len(sw) == pytest.approx(p.speech_seconds * TARGET_RATE, abs=len(p.speech))
+        assert len(sw) == pytest.approx(p.speech_seconds * MODEL_RATE, abs=len(p.speech))
         # The joined wave is the regions' samples in order.
         first = p.segment(*p.speech[0])
         np.testing.assert_array_equal(sw[: len(first)], first)
@@ -124,16 +125,16 @@ def test_speech_wave_length_is_the_sum_of_region_lengths(detector: SpeechDetecto
 
 def test_segment_is_exact_on_sample_boundaries() -> None:
     """Region bounds are VAD sample indices / 16000; segment() must map them back exactly."""
-    wave = np.arange(20 * TARGET_RATE, dtype=np.float32)
+    wave = np.arange(20 * MODEL_RATE, dtype=np.float32)
     p = PreparedAudio(wave=wave, source_rate=16_000, speech=[], clipped_fraction=0.0, snr_db=0.0)
-    for start in range(0, 10 * TARGET_RATE, 997):
+    for start in range(0, 10 * MODEL_RATE, 997):
         end = start + 1001
-        seg = p.segment(start / TARGET_RATE, end / TARGET_RATE)
+        seg = p.segment(start / MODEL_RATE, end / MODEL_RATE)
         assert len(seg) == 1001 and seg[0] == start, start
 
 
 def test_no_speech_gives_empty_speech_wave(detector: SpeechDetector) -> None:
-    p = run(np.zeros(2 * TARGET_RATE, dtype=np.float32), detector)
+    p = run(np.zeros(2 * MODEL_RATE, dtype=np.float32), detector)
     assert p.speech == []
     assert p.speech_wave().shape == (0,)
     assert p.speech_wave().dtype == np.float32
@@ -150,7 +151,7 @@ def test_stereo_input_is_mixed_down(detector: SpeechDetector, clip: Clip, encodi
     assert decoded.samples.shape[0] == 2
     p = prepare(decoded, detector)
     assert p.wave.ndim == 1
-    assert len(p.wave) == pytest.approx(clip.duration_s * TARGET_RATE, abs=0.1 * TARGET_RATE)
+    assert len(p.wave) == pytest.approx(clip.duration_s * MODEL_RATE, abs=0.1 * MODEL_RATE)
     assert p.speech_seconds > 0.7 * clip.duration_s
 
 
@@ -177,10 +178,11 @@ def test_one_signal_on_every_channel_is_only_mixed(
     assert prepare(left_only, detector, channels=True).channel_speech == []
 
 
+@needs_speech
 def test_different_signals_on_two_channels_are_prepared_one_by_one(detector: SpeechDetector) -> None:
     a, b = load_clip(SHORT_CLIP).as_float(), load_clip(MEDIUM_CLIP).as_float()
     n = min(len(a), len(b))
-    decoded = DecodedAudio(np.stack([a[:n], b[:n]]), TARGET_RATE)
+    decoded = DecodedAudio(np.stack([a[:n], b[:n]]), MODEL_RATE)
     prepared = prepare(decoded, detector, channels=True)
     assert len(prepared.channel_speech) == 2
     for wave in prepared.channel_speech:
@@ -218,7 +220,7 @@ def test_44k_input_is_resampled_to_16k(clip: Clip) -> None:
 
 
 def test_digital_silence_is_insufficient_speech(detector: SpeechDetector) -> None:
-    p = run(np.zeros(3 * TARGET_RATE, dtype=np.float32), detector)
+    p = run(np.zeros(3 * MODEL_RATE, dtype=np.float32), detector)
     assert p.speech_seconds == 0.0
     assert p.clipped_fraction == 0.0
     with pytest.raises(InsufficientSpeech) as err:
@@ -232,8 +234,8 @@ def test_half_a_second_of_speech_is_insufficient(detector: SpeechDetector, clip:
     start, end = max(full.speech, key=lambda r: r[1] - r[0])
     assert end - start > 1.0
     mid = (start + end) / 2
-    part = clip.as_float()[int((mid - 0.25) * TARGET_RATE) : int((mid + 0.25) * TARGET_RATE)]
-    assert len(part) == TARGET_RATE // 2
+    part = clip.as_float()[int((mid - 0.25) * MODEL_RATE) : int((mid + 0.25) * MODEL_RATE)]
+    assert len(part) == MODEL_RATE // 2
     p = run(part, detector)
     assert 0.0 < p.speech_seconds <= 0.5  # it is speech, just too little of it
     with pytest.raises(InsufficientSpeech):
@@ -297,6 +299,7 @@ def test_snr_falls_as_noise_rises(detector: SpeechDetector, clip: Clip) -> None:
 # --- DC offset -------------------------------------------------------------------------------------------
 
 
+@needs_speech
 @pytest.mark.parametrize("path", [SHORT_CLIP, MEDIUM_CLIP, VCTK_CLIP])
 def test_dc_offset_does_not_move_speech_regions(detector: SpeechDetector, path: str) -> None:
     x = load_clip(path).as_float()
@@ -307,7 +310,7 @@ def test_dc_offset_does_not_move_speech_regions(detector: SpeechDetector, path: 
         "constant": np.full(n, 0.4, dtype=np.float32),
         "negative": np.full(n, -0.4, dtype=np.float32),
         # Slow drift: the mean subtraction alone cannot remove it, the 40 Hz high-pass must.
-        "drift": (0.3 * np.sin(2 * np.pi * 0.3 * np.arange(n) / TARGET_RATE)).astype(np.float32),
+        "drift": (0.3 * np.sin(2 * np.pi * 0.3 * np.arange(n) / MODEL_RATE)).astype(np.float32),
     }
     for name, dc in offsets.items():
         y = x + dc
@@ -335,8 +338,8 @@ def test_estimate_snr_edge_cases() -> None:
     assert estimate_snr_db(np.zeros(100, dtype=np.float32), [(0.0, 0.005)]) == 0.0  # under one frame
     assert estimate_snr_db(np.ones(16_000, dtype=np.float32), []) == 0.0  # no speech regions
     # A tone in the first half, silence after: capped at 99 dB rather than infinite.
-    wave = np.zeros(2 * TARGET_RATE, dtype=np.float32)
-    wave[:TARGET_RATE] = 0.5 * np.sin(2 * np.pi * 200 * np.arange(TARGET_RATE) / TARGET_RATE)
+    wave = np.zeros(2 * MODEL_RATE, dtype=np.float32)
+    wave[:MODEL_RATE] = 0.5 * np.sin(2 * np.pi * 200 * np.arange(MODEL_RATE) / MODEL_RATE)
     assert estimate_snr_db(wave, [(0.0, 1.0)]) == 99.0
     # Tone over a -20 dB (power) noise floor -> about 20 dB.
     rng = np.random.default_rng(0)
@@ -344,6 +347,7 @@ def test_estimate_snr_edge_cases() -> None:
     assert estimate_snr_db(noisy, [(0.0, 1.0)]) == pytest.approx(20.0, abs=1.0)
 
 
+@needs_speech
 def test_parallel_front_end_prepares_clips_at_once_with_one_detector_each() -> None:
     from concurrent.futures import ThreadPoolExecutor
 

@@ -10,10 +10,11 @@ from collections.abc import Sequence
 import numpy as np
 import pytest
 
+from service.audio import MODEL_RATE
 from service.audio.decode import DecodedAudio
 from service.audio.pipeline import to_mono_16k
 from service.concurrency import Cancellation, ComputeThread
-from service.embedding.bounded import SAMPLE_RATE, BoundedEmbedding, EmbedBudget, pieces
+from service.embedding.bounded import BoundedEmbedding, EmbedBudget, pieces
 from service.errors import RequestCancelled
 
 
@@ -37,7 +38,7 @@ class FakeModel:
 
     def __call__(self, waves: Sequence[np.ndarray]) -> np.ndarray:
         self.calls.append([len(w) for w in waves])
-        return np.array([[float(np.mean(w)), len(w) / SAMPLE_RATE, 1.0] for w in waves], dtype=np.float32)
+        return np.array([[float(np.mean(w)), len(w) / MODEL_RATE, 1.0] for w in waves], dtype=np.float32)
 
 
 def test_pieces_are_near_equal_and_cover_the_wave() -> None:
@@ -53,23 +54,21 @@ def test_calls_stay_within_the_budget_and_short_waves_are_untouched() -> None:
     budget = EmbedBudget(max_batch=4, max_seconds=6.0, chunk_seconds=3.0)
     embed = BoundedEmbedding(model, budget)
     rng = np.random.default_rng(0)
-    waves = [rng.standard_normal(int(SAMPLE_RATE * s)).astype(np.float32) for s in [2, 2, 1, 2.5, 2, 2, 0.7]]
+    waves = [rng.standard_normal(int(MODEL_RATE * s)).astype(np.float32) for s in [2, 2, 1, 2.5, 2, 2, 0.7]]
     vectors = embed(waves)
     assert vectors.shape == (len(waves), 3)
     for call in model.calls:
         assert len(call) <= budget.max_batch
-        assert len(call) * max(call) <= budget.max_seconds * SAMPLE_RATE
+        assert len(call) * max(call) <= budget.max_seconds * MODEL_RATE
     np.testing.assert_array_equal(vectors, model(waves))  # one piece each: the model's own vectors
 
 
 def test_a_long_wave_is_the_length_weighted_mean_of_its_pieces() -> None:
     model = FakeModel()
     embed = BoundedEmbedding(model, EmbedBudget(max_batch=8, max_seconds=10.0, chunk_seconds=10.0))
-    wave = np.concatenate([np.full(SAMPLE_RATE * 15, 1.0), np.full(SAMPLE_RATE * 10, -1.0)]).astype(
-        np.float32
-    )
+    wave = np.concatenate([np.full(MODEL_RATE * 15, 1.0), np.full(MODEL_RATE * 10, -1.0)]).astype(np.float32)
     vector = embed([wave])[0]
-    assert all(max(call) <= 10 * SAMPLE_RATE for call in model.calls)
+    assert all(max(call) <= 10 * MODEL_RATE for call in model.calls)
     assert sum(len(c) for c in model.calls) == 3  # 25 s in pieces of at most 10 s
     assert vector[0] == pytest.approx(float(wave.mean()), abs=1e-6)
     assert vector[1] == pytest.approx(25 / 3, abs=1e-4) and vector[2] == pytest.approx(1.0)
@@ -87,7 +86,7 @@ def test_cancellation_stops_before_the_next_call() -> None:
 
     embed = BoundedEmbedding(model, EmbedBudget(max_batch=2, max_seconds=4.0, chunk_seconds=2.0))
     with pytest.raises(RequestCancelled):
-        embed([np.zeros(SAMPLE_RATE * 2, dtype=np.float32)] * 10, cancel)
+        embed([np.zeros(MODEL_RATE * 2, dtype=np.float32)] * 10, cancel)
     assert calls == 1
 
 

@@ -268,6 +268,7 @@ def test_plot_paths_follow_the_json_report_or_the_plots_folder(tmp_path: Path) -
     assert plot_paths(None, None) is None
 
 
+@pytest.mark.slow
 def test_plots_are_written_as_valid_pngs(tmp_path: Path) -> None:
     records = synthetic_answers()
     report = build_report(records, bootstrap=0)

@@ -159,6 +159,7 @@ def _exact_top(population: list[IndexEntry], query: np.ndarray, allowed: set[int
     return [pool[j].speaker_id for j in np.argsort(-scores)[:k]]
 
 
+@pytest.mark.slow
 def test_ivf_search_matches_exact_search_on_genuine_like_queries(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(index_module, "EXACT_LIMIT", 50)  # both tenants go through faiss
     population = _population_192(2000, tenants=2)
@@ -226,6 +227,7 @@ def test_ivf_only_restriction_stays_inside_the_allowed_set(
         assert len(everyone) == size
 
 
+@pytest.mark.slow
 def test_ivf_deletes_and_re_adds_stay_correct() -> None:
     population = _population_192(2000, tenants=1)
     index = _ivf_index(population)
@@ -260,6 +262,7 @@ def _population_192(n: int, tenants: int) -> list[IndexEntry]:
     return [entry(i + 1, 1 + i % tenants, raw[i]) for i in range(n)]
 
 
+@pytest.mark.slow
 def test_index_bench_runs_the_ivf_path_and_finds_no_errors() -> None:
     (row,) = run_index_bench([3000], queries=50, nprobe=12, ivf_threshold=1000)
     assert row["kind"] == "ivf" and row["speakers"] == 3000

@@ -7,12 +7,11 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from devtools.clips import SHORT_CLIP, encode_recipe, eval_speech_available, linear16_bytes, load_clip
+from devtools.clips import SHORT_CLIP, encode_recipe, linear16_bytes, load_clip
 from service.api.schemas import CompatDiarizeRequest, CompatEnrollRequest, CompatIdentifyRequest
 from service.audio import decode as D
 from service.errors import UndecodableAudio, UnsupportedEncoding
-
-pytestmark = pytest.mark.skipif(not eval_speech_available(), reason="../shared/eval-speech is missing")
+from tests.conftest import needs_speech
 
 MAX_S = 60.0
 TIMEOUT_S = 10.0
@@ -27,6 +26,7 @@ def decoded(data: bytes, encoding: str, rate: int | None = None) -> D.DecodedAud
     return D.decode(data, encoding, rate, max_seconds=MAX_S, timeout_s=TIMEOUT_S)
 
 
+@needs_speech
 @pytest.mark.parametrize(
     ("name", "canonical", "recipe"),
     [
@@ -51,12 +51,14 @@ def test_mediainfo_names(name: str, canonical: str, recipe: str) -> None:
     np.testing.assert_array_equal(out.samples, ref.samples)
 
 
+@needs_speech
 def test_pcm_without_a_header_is_linear16() -> None:
     clip = load_clip(SHORT_CLIP)
     out = decoded(linear16_bytes(clip.samples), "pcm", 16_000)
     np.testing.assert_array_equal(out.samples[0], clip.as_float())
 
 
+@needs_speech
 @pytest.mark.parametrize(
     ("stated", "recipe", "true_name"),
     [

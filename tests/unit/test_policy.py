@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from service.enrollment import policy as rules
-from service.enrollment.ports import SampleRecord
+from service.enrollment.ports import SampleRecord, SpeakerStatus
 from service.errors import DuplicateSample, SpeakerMismatch
 
 POLICY = rules.EnrollmentPolicy(
@@ -52,11 +52,11 @@ def test_complete_needs_count_speech_and_spread() -> None:
     rng = np.random.default_rng(1)
     base = unit(rng.standard_normal(192))
     diverse = [sample(around(base, 0.8, rng)) for _ in range(3)]
-    assert rules.aggregate(diverse[:2], SHA, POLICY).status == rules.ENROLLING
+    assert rules.aggregate(diverse[:2], SHA, POLICY).status == SpeakerStatus.ENROLLING
     done = rules.aggregate(diverse, SHA, POLICY)
-    assert done.status == rules.COMPLETE and done.sample_count == 3 and done.speech_seconds == 30.0
+    assert done.status == SpeakerStatus.COMPLETE and done.sample_count == 3 and done.speech_seconds == 30.0
     short = [sample(around(base, 0.8, rng), speech=5.0) for _ in range(3)]
-    assert rules.aggregate(short, SHA, POLICY).status == rules.ENROLLING
+    assert rules.aggregate(short, SHA, POLICY).status == SpeakerStatus.ENROLLING
     assert rules.missing(3, 15.0, 0.1, POLICY) == ["more speech"]
     copies = [sample(around(base, 0.999, rng)) for _ in range(3)]
     assert rules.missing(3, 30.0, rules.aggregate(copies, SHA, POLICY).spread, POLICY) == [

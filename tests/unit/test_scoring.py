@@ -11,7 +11,6 @@ from service.enrollment.scoring import (
     DecisionRule,
     Scorer,
     centred,
-    distinct_voices,
     expected_maximum,
     impostor_scores,
 )
@@ -124,18 +123,3 @@ def test_a_tenants_scale_is_cached_until_its_cohort_arrays_change() -> None:
     ids2, cohort2 = np.arange(6), voices(6, rng)
     assert scorer.scale(7, ids2, cohort2) is not first
     assert scorer.scale(7, ids2, cohort2).speakers == 6
-
-
-def test_one_voice_under_many_ids_counts_once() -> None:
-    """Twenty ids of one voice (the same recording, or near copies) weigh as one speaker in the
-    tenant's statistics: they cannot drag its domain mean or its level."""
-    scorer = Scorer(RULE)
-    rng = np.random.default_rng(6)
-    tenant = voices(12, rng)
-    one_voice = unit(tenant[0] + 0.05 * rng.standard_normal((20, DIM)) / np.sqrt(DIM))
-    assert len(distinct_voices(np.concatenate([tenant, one_voice]))) == 12
-    honest = scorer.build_scale(tenant)
-    stuffed = scorer.build_scale(np.concatenate([tenant, one_voice]))
-    assert stuffed.speakers == honest.speakers == 12
-    assert np.allclose(stuffed.mean, honest.mean)
-    assert stuffed.pair_mean == pytest.approx(honest.pair_mean)
