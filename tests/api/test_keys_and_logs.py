@@ -15,12 +15,12 @@ import pytest
 from sqlalchemy import select
 
 from devtools.fuzz import served
+from devtools.server import speakerid
 from service.config import AuthSettings
 from service.logs import JsonFormatter
 from service.storage.database import make_engine
 from service.storage.repository import SqlStore, hash_key
 from service.storage.tables import ApiKey
-from service.tools.server import speakerid
 from tests.conftest import LiveServer, flac_body, make_settings, needs_speech, new_key
 from tests.databases import kind_params
 

@@ -18,7 +18,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from devtools.clips import encode_recipe, load_clip, manifest
-from service.tools.server import LocalServer, local_server
+from devtools.server import LocalServer, local_server
 from tests.conftest import LiveServer, b64, flac_body, make_settings, needs_speech, new_key
 
 pytestmark = [needs_speech, pytest.mark.model]
