@@ -18,9 +18,9 @@ import time
 
 import httpx
 import numpy as np
-from service.tools.server import local_server
 
 from devtools.clips import EVAL_SPEECH
+from devtools.server import local_server
 
 COMPAT_IDENTIFY = "/audio/generic/api/v1/sync/diarization/identify"
 ENROLL = {
