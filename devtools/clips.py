@@ -8,7 +8,6 @@ so a test that decodes them checks the service against a second implementation.
 from __future__ import annotations
 
 import base64
-import csv
 import io
 from dataclasses import dataclass
 from fractions import Fraction
@@ -25,6 +24,19 @@ from devtools.sets import EVAL_SPEECH, manifest_rows
 SHORT_CLIP = "librispeech/test-clean/61/61-70968-0002.flac"  # 2.97 s
 MEDIUM_CLIP = "librispeech/test-clean/61/61-70968-0000.flac"
 VCTK_CLIP = "vctk/p225/p225_003.wav"  # 6.0 s, WAV
+# Two LibriSpeech readers with two clips each to enroll, and a third clip of the first (9.8 s) that
+# is not enrolled: a small population for identify under load.
+TWO_READERS = {
+    "alice": (
+        "librispeech/test-other/367/367-130732-0002.flac",
+        "librispeech/test-other/367/367-130732-0003.flac",
+    ),
+    "bob": (
+        "librispeech/test-other/2609/2609-156975-0002.flac",
+        "librispeech/test-other/2609/2609-156975-0006.flac",
+    ),
+}
+ALICE_UNENROLLED = "librispeech/test-other/367/367-130732-0007.flac"
 
 
 @dataclass(frozen=True)
@@ -85,9 +97,9 @@ def eval_speech_available() -> bool:
 
 
 @cache
-def manifest() -> tuple[dict[str, str], ...]:
-    with open(EVAL_SPEECH / "manifest.csv", newline="") as fh:
-        return tuple(csv.DictReader(fh))
+def manifest() -> tuple[SetClip, ...]:
+    """Every eval-speech clip, read once per process."""
+    return tuple(set_clips())
 
 
 @cache

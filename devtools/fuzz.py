@@ -52,6 +52,7 @@ from schemathesis.core.result import Err
 
 from devtools.clips import EVAL_SPEECH, RECIPES, encode_recipe, load_clip, silence_flac
 from devtools.server import local_server
+from service.tools.client import parse_error
 
 PUBLIC_PATHS = ("/healthz", "/readyz", "/metrics")
 AUTH_QUERY = ("apikey", "api_key")
@@ -205,7 +206,7 @@ def _refused_without_key(status: int, body: str) -> bool:
     if status in (401, 413):
         return True
     if status == 404:
-        return "request.NotFound" in body
+        return parse_error(httpx.Response(status, text=body)).code == "request.NotFound"
     return status == 400 and ("JSON decode error" in body or "error parsing the body" in body)
 
 

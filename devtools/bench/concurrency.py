@@ -19,21 +19,12 @@ import time
 import httpx
 import numpy as np
 
-from devtools.clips import EVAL_SPEECH
+from devtools.clips import ALICE_UNENROLLED, EVAL_SPEECH, TWO_READERS
 from devtools.server import local_server
 
 COMPAT_IDENTIFY = "/audio/generic/api/v1/sync/diarization/identify"
-ENROLL = {
-    "alice": [
-        "librispeech/test-other/367/367-130732-0002.flac",
-        "librispeech/test-other/367/367-130732-0003.flac",
-    ],
-    "bob": [
-        "librispeech/test-other/2609/2609-156975-0002.flac",
-        "librispeech/test-other/2609/2609-156975-0006.flac",
-    ],
-}
-CLIP = "librispeech/test-other/367/367-130732-0007.flac"  # 9.8 s, alice, not enrolled
+ENROLL = TWO_READERS
+CLIP = ALICE_UNENROLLED
 
 
 def body(path: str) -> dict[str, str]:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import math
 import os
 import time
 from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from multiprocessing import get_context
 from typing import TYPE_CHECKING, Any
 
@@ -36,62 +38,60 @@ from devtools.bench.common import (
 Outcome = tuple[float, int, str]  # seconds, HTTP status (0: no answer), error code
 
 
-async def _clients(
-    url: str,
-    key: str,
-    bodies: Sequence[EnrollBody],
-    client_ids: Sequence[int],
-    requests: int,
-    seconds: float,
-    tag: str,
-    timeout: float,
-    start_at: float,
-) -> tuple[float, float, list[Outcome]]:
+@dataclass(frozen=True)
+class Load:
+    """What every client of a level sends: enrollments of new speakers "{tag}-c{client}-r{request}",
+    `requests` per client or until `seconds` (0: no cap), all starting at `start_at` (epoch s)."""
+
+    url: str
+    key: str
+    bodies: Sequence[EnrollBody]
+    requests: int
+    seconds: float
+    tag: str
+    timeout: float
+    start_at: float = 0.0
+
+
+async def _clients(load: Load, client_ids: Sequence[int]) -> tuple[float, float, list[Outcome]]:
     import httpx
 
-    from service.tools.client import error_of
+    from service.tools.client import parse_error
 
     limits = httpx.Limits(max_connections=len(client_ids), max_keepalive_connections=len(client_ids))
-    headers = {"X-API-Key": key, "Content-Type": "application/json"}
+    headers = {"X-API-Key": load.key, "Content-Type": "application/json"}
     outcomes: list[Outcome] = []
-    async with httpx.AsyncClient(base_url=url, headers=headers, timeout=timeout, limits=limits) as http:
+    async with httpx.AsyncClient(
+        base_url=load.url, headers=headers, timeout=load.timeout, limits=limits
+    ) as http:
         # One connection per client before the clock starts.
         await asyncio.gather(*(http.get("/healthz") for _ in client_ids))
-        await asyncio.sleep(max(0.0, start_at - time.time()))
+        await asyncio.sleep(max(0.0, load.start_at - time.time()))
         began = time.time()
-        deadline = time.monotonic() + seconds if seconds > 0 else math.inf
+        deadline = time.monotonic() + load.seconds if load.seconds > 0 else math.inf
+        bodies, requests = load.bodies, load.requests
 
         async def client(c: int) -> None:
             for j in range(requests):
                 if time.monotonic() >= deadline:
                     return
-                body = bodies[(c * requests + j) % len(bodies)].with_speaker(f"{tag}-c{c}-r{j}")
+                body = bodies[(c * requests + j) % len(bodies)].with_speaker(f"{load.tag}-c{c}-r{j}")
                 start = time.perf_counter()
                 try:
                     answer = await http.post(COMPAT_ENROLL, content=body)
                 except httpx.HTTPError as exc:
                     outcomes.append((time.perf_counter() - start, 0, type(exc).__name__))
                     continue
-                code = "" if answer.status_code < 300 else error_of(answer)[0]
+                code = "" if answer.status_code < 300 else parse_error(answer).code
                 outcomes.append((time.perf_counter() - start, answer.status_code, code))
 
         await asyncio.gather(*(client(c) for c in client_ids))
     return began, time.time(), outcomes
 
 
-def drive_clients(
-    url: str,
-    key: str,
-    bodies: Sequence[EnrollBody],
-    client_ids: Sequence[int],
-    requests: int,
-    seconds: float,
-    tag: str,
-    timeout: float,
-    start_at: float,
-) -> tuple[float, float, list[Outcome]]:
+def drive_clients(load: Load, client_ids: Sequence[int]) -> tuple[float, float, list[Outcome]]:
     """Some of a level's clients on one event loop (a process's share of them)."""
-    return asyncio.run(_clients(url, key, bodies, client_ids, requests, seconds, tag, timeout, start_at))
+    return asyncio.run(_clients(load, client_ids))
 
 
 def _ping(_: int) -> int:
@@ -111,20 +111,14 @@ def http_level(
     """One level: `clients` at once, each enrolling speakers "{tag}-c{client}-r{request}"."""
     procs = client_processes(args.client_procs, clients)
     groups = [list(range(clients))[k::procs] for k in range(procs)]
-    common = (server.url, server.key, bodies)
+    load = Load(server.url, server.key, bodies, args.requests, args.http_seconds, tag, args.timeout)
     if procs == 1:
-        runs = [drive_clients(*common, groups[0], args.requests, args.http_seconds, tag, args.timeout, 0.0)]
+        runs = [drive_clients(load, groups[0])]
     else:
         with ProcessPoolExecutor(procs, mp_context=get_context("spawn")) as pool:
             list(pool.map(_ping, range(4 * procs)))  # workers started and imported before the clock
-            start_at = time.time() + 1.0 + 0.01 * clients
-            futures = [
-                pool.submit(
-                    drive_clients, *common, g, args.requests, args.http_seconds, tag, args.timeout, start_at
-                )
-                for g in groups
-            ]
-            runs = [f.result() for f in futures]
+            load = dataclasses.replace(load, start_at=time.time() + 1.0 + 0.01 * clients)
+            runs = [f.result() for f in [pool.submit(drive_clients, load, g) for g in groups]]
     outcomes = [o for _, _, out in runs for o in out]
     wall = max(end for _, end, _ in runs) - min(began for began, _, _ in runs)
     ok = [s for s, status, _ in outcomes if 200 <= status < 300]
