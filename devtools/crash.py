@@ -63,6 +63,7 @@ from service.enrollment.ports import SampleRecord, SpeakerRecord
 from service.main import enrollment_policy
 from service.storage.repository import SqlStore
 from service.storage.tables import Change, Sample, Speaker
+from service.tools.client import parse_error
 
 READY_TIMEOUT_S = 180.0
 REQUEST_TIMEOUT_S = 120.0
@@ -123,7 +124,7 @@ class Op:
     end: int | None = None
     status: int | None = None
     sample_id: str | None = None
-    error: str | None = None
+    error: str | None = None  # a transport error, or the error code of a refusal or a 5xx
     failed: int | None = None  # the clock when the request failed without an answer
 
     @property
@@ -181,6 +182,8 @@ class Workload:
         else:
             op.end = self.tick()
             op.status = response.status_code
+            if response.status_code >= 400:
+                op.error = parse_error(response).code
             if op.acked:
                 self.acknowledged.set()
             if op.kind == "enroll" and op.route == "native" and response.status_code == 201:
@@ -540,7 +543,9 @@ class Report:
         ops = self.ops
         enrolls = [o for o in ops if o.kind == "enroll"]
         deletes = [o for o in ops if o.kind == "delete"]
-        refused = Counter(o.status for o in ops if o.status is not None and 400 <= o.status < 500)
+        refused = Counter(
+            f"{o.status} {o.error}" for o in ops if o.status is not None and 400 <= o.status < 500
+        )
         restarts = [c.restart_s for c in self.cycles]
         v = self.verdict
         lines = [
@@ -682,7 +687,7 @@ def run_crash_test(
                 report.server_errors += server_log_problems(path)
     report.ops = workload.ops
     report.server_errors += [
-        f"cycle {o.cycle}: {o.kind} {o.route} {o.speaker} answered {o.status}"
+        f"cycle {o.cycle}: {o.kind} {o.route} {o.speaker} answered {o.status} {o.error}"
         for o in workload.ops
         if o.status is not None and o.status >= 500
     ]
