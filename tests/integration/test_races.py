@@ -31,7 +31,7 @@ pytestmark = [needs_speech, pytest.mark.model]
 
 
 def clips_of(speaker: str) -> list[str]:
-    return [r["path"] for r in manifest() if r["speaker"] == speaker]
+    return [r.path for r in manifest() if r.speaker == speaker]
 
 
 @pytest.fixture

@@ -36,7 +36,7 @@ CONVERGENCE_S = 1.0  # the bound the issue sets: every replica reflects a write 
 
 
 def clips_of(speaker: str) -> list[str]:
-    return [r["path"] for r in manifest() if r["speaker"] == speaker]
+    return [r.path for r in manifest() if r.speaker == speaker]
 
 
 @dataclass

@@ -7,11 +7,11 @@ from typing import Any
 import numpy as np
 import pytest
 
+from devtools.bench.index import format_rows, run_index_bench
 from service.enrollment.ports import ChangeRecord, IndexEntry
 from service.storage import index as index_module
 from service.storage import sync
 from service.storage.index import FaissSpeakerIndex
-from service.tools.bench_index import format_rows, run_index_bench
 
 
 def entry(speaker_id: int, tenant_id: int, vector: np.ndarray) -> IndexEntry:
