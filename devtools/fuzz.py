@@ -50,8 +50,9 @@ from schemathesis import GenerationMode
 from schemathesis import checks as st_checks
 from schemathesis.core.result import Err
 
-from devtools.clips import EVAL_SPEECH, RECIPES, encode_recipe, load_clip, silence_flac
+from devtools.clips import RECIPES, encode_recipe, load_clip, silence_flac
 from devtools.server import local_server
+from devtools.sets import EVAL_SPEECH
 from service.tools.client import parse_error
 
 PUBLIC_PATHS = ("/healthz", "/readyz", "/metrics")

@@ -50,6 +50,7 @@ from service.audio.pipeline import PreparedAudio, SpeechDetector, prepare
 from service.config import AudioSettings
 from service.embedding.ecapa import EcapaEmbedder
 from service.embedding.weights import resolve
+from service.enrollment.scoring import unit_rows
 from service.tools import metrics
 from service.tools.metrics import distribution
 
@@ -121,7 +122,7 @@ def mulaw_encode(samples: np.ndarray) -> bytes:
     magnitude = np.minimum(np.abs(pcm), 32635) + 0x84
     exponent = np.floor(np.log2(magnitude)).astype(np.int32) - 7
     mantissa = (magnitude >> (exponent + 3)) & 0x0F
-    return (~(sign | (exponent << 4) | mantissa) & 0xFF).astype(np.uint8).tobytes()
+    return bytes(np.asarray(~(sign | (exponent << 4) | mantissa) & 0xFF, dtype=np.uint8).tobytes())
 
 
 Request = tuple[bytes, str, int | None]  # payload, stated encoding, stated sample rate
@@ -320,13 +321,9 @@ def matrix(measurements: dict[int, Measurement], count: int, dim: int) -> np.nda
 # --- statistics ------------------------------------------------------------------------------------
 
 
-def normalised(vector: np.ndarray) -> np.ndarray:
-    return vector / np.linalg.norm(vector)
-
-
 def spread(vectors: np.ndarray) -> float:
     """Mean over samples of 1 - cosine(sample, normalised centroid)."""
-    centroid = normalised(vectors.mean(axis=0))
+    centroid = unit_rows(vectors.mean(axis=0))
     return float(np.mean(1.0 - vectors @ centroid))
 
 
@@ -385,7 +382,7 @@ def gate_trials(
     cross_session: list[float] = []
     impostor: list[float] = []
     for speaker, indices in speakers.items():
-        centroid = normalised(enrolled[indices[:count]].mean(axis=0))
+        centroid = unit_rows(enrolled[indices[:count]].mean(axis=0))
         sessions = {clips[i].session for i in indices[:count]}
         for index in indices[count:]:
             score = float(probes[index] @ centroid)

@@ -100,12 +100,12 @@ def ms(seconds: Sequence[float], q: float) -> float:
 
 def unit(vectors: np.ndarray) -> np.ndarray:
     v = np.asarray(vectors, dtype=np.float64)
-    return v / np.linalg.norm(v, axis=-1, keepdims=True)
+    return np.asarray(v / np.linalg.norm(v, axis=-1, keepdims=True))
 
 
 def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Row-wise cosine of two ``(n, dim)`` arrays."""
-    return np.sum(unit(a) * unit(b), axis=-1)
+    return np.asarray(np.sum(unit(a) * unit(b), axis=-1))
 
 
 @dataclass(frozen=True)

@@ -19,8 +19,9 @@ import time
 import httpx
 import numpy as np
 
-from devtools.clips import ALICE_UNENROLLED, EVAL_SPEECH, TWO_READERS
+from devtools.clips import ALICE_UNENROLLED, TWO_READERS
 from devtools.server import local_server
+from devtools.sets import EVAL_SPEECH
 
 COMPAT_IDENTIFY = "/audio/generic/api/v1/sync/diarization/identify"
 ENROLL = TWO_READERS

@@ -121,7 +121,7 @@ def near(vector: np.ndarray, rng: np.random.Generator, cos: float = COSINE) -> n
     noise = rng.standard_normal(vector.shape[0], dtype=np.float32)
     noise -= (noise @ vector) * vector
     noise /= np.linalg.norm(noise)
-    return (cos * vector + np.sqrt(1 - cos**2) * noise).astype(np.float32)
+    return np.asarray(cos * vector + np.sqrt(1 - cos**2) * noise, dtype=np.float32)
 
 
 def rss_gb() -> tuple[float, float]:

@@ -339,7 +339,7 @@ def _rows_of(ids: np.ndarray, only: Sequence[int]) -> np.ndarray:
     rows = np.searchsorted(ids, wanted)
     inside = rows < len(ids)
     rows, wanted = rows[inside], wanted[inside]
-    return rows[ids[rows] == wanted]
+    return np.asarray(rows[ids[rows] == wanted])
 
 
 def _clear_freed_slots(invlists: Any, before: list[int]) -> None:

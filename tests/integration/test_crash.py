@@ -21,6 +21,7 @@ import pytest
 
 from devtools import crash
 from devtools.clips import SetClip
+from service.enrollment.policy import EnrollmentPolicy, centroid_and_spread
 from service.enrollment.ports import SampleRecord, SpeakerRecord, SpeakerStatus
 from tests.conftest import needs_speech
 from tests.databases import fresh_url, kind_params
@@ -61,7 +62,7 @@ def snapshot(*stored: tuple[str, int]) -> Any:
     rows = [SampleRecord(sid, vector(n), "sha", 2.0, clip(n).duration_s, 20.0, now) for sid, n in stored]
     speakers = {}
     if rows:
-        centre, spread = crash.centroid_and_spread([r.vector for r in rows])
+        centre, spread = centroid_and_spread([r.vector for r in rows])
         speakers[SPEAKER] = SpeakerRecord(
             1,
             1,
@@ -121,7 +122,7 @@ def test_judge_finds_samples_no_request_explains() -> None:
 
 
 def test_consistency_finds_aggregates_that_disagree_with_the_samples() -> None:
-    policy = crash.EnrollmentPolicy(3, 20.0, 0.02, 0.96, 0.2)
+    policy = EnrollmentPolicy(3, 20.0, 0.02, 0.96, 0.2)
     good = snapshot(("a", 0), ("b", 1))
     assert crash.consistency_problems(good, policy) == []
     row = good.speakers[SPEAKER]
