@@ -148,7 +148,7 @@ class SpectralEmbedder:
         power = (np.abs(np.fft.rfft(frames * np.hanning(EMBED_N + 1)[:EMBED_N], axis=1)) ** 2).mean(axis=0)
         feature = np.log(power[READ_BINS] + 1e-10)
         feature -= feature.mean()
-        return (feature / max(float(np.linalg.norm(feature)), 1e-12)).astype(np.float32)
+        return np.asarray(feature / max(float(np.linalg.norm(feature)), 1e-12), dtype=np.float32)
 
     def embed_batch(self, waves: Sequence[np.ndarray]) -> np.ndarray:
         return np.stack([self.embed(w) for w in waves])

@@ -1,4 +1,4 @@
-"""`speakerid`: the operator's command line (serve, migrate, keys, rebuild-index, bench)."""
+"""`speakerid`: the operator's command line (serve, migrate, keys, rebuild-index, evaluate, enroll-bulk)."""
 
 from __future__ import annotations
 
@@ -134,10 +134,9 @@ def parser() -> argparse.ArgumentParser:
     sub.add_parser("rebuild-index", help="recompute every speaker's vector from its samples").set_defaults(
         run=cmd_rebuild_index
     )
-    from service.tools import bench, register
+    from service.tools import register
 
     register(sub)
-    bench.add_parser(sub)
     return root
 
 

@@ -17,7 +17,8 @@ import pytest
 import uvicorn
 from sqlalchemy import Engine
 
-from devtools.clips import EVAL_SPEECH, clip_bytes, eval_speech_available
+from devtools.clips import clip_bytes, eval_speech_available
+from devtools.sets import EVAL_SPEECH
 from service.api.deps import Services
 from service.api.serving import uvicorn_config
 from service.config import EgressSettings, JobsSettings, Settings

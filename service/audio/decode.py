@@ -109,7 +109,7 @@ class DecodedAudio:
 
     @property
     def duration_s(self) -> float:
-        return self.samples.shape[1] / self.sample_rate
+        return float(self.samples.shape[1] / self.sample_rate)
 
 
 def normalise_encoding(encoding: str) -> str:

@@ -19,6 +19,7 @@ import httpx
 import pytest
 from fastapi.routing import APIRoute, iter_route_contexts
 
+from service.tools.client import parse_error
 from tests.conftest import LiveServer, flac_body, needs_speech, new_key
 from tests.databases import kind_params
 
@@ -52,8 +53,7 @@ class Walk:
 
 
 def code_of(answer: httpx.Response) -> str:
-    body = answer.json()
-    return str(body["fault"]["detail"]["errorcode"] if "fault" in body else body["error"]["code"])
+    return parse_error(answer).code
 
 
 def refused(answer: httpx.Response, code: str | None = None) -> None:

@@ -14,14 +14,13 @@ import numpy as np
 import pytest
 from sqlalchemy import Engine, select
 
-from devtools import crash
 from devtools.clips import encode_recipe, load_clip
+from devtools.server import ServerProcess, create_key, server_env
 from devtools.webhooks import Receiver, receiver
 from service.jobs.webhooks import SIGNATURE_HEADER, verify
 from service.storage.database import make_engine
 from service.storage.jobs import SqlJobStore
 from service.storage.tables import Job
-from service.tools.server import server_env
 from tests.conftest import b64, flac_body, needs_speech
 from tests.databases import fresh_url, kind_params, tenant_of_key
 
@@ -52,7 +51,7 @@ def rows(engine: Engine) -> list[Job]:
         return list(conn.execute(select(Job).order_by(Job.id)).all())  # type: ignore[arg-type]
 
 
-def wait_for_a_running_job(engine: Engine, server: crash.ServerProcess, timeout_s: float = 120) -> list[Job]:
+def wait_for_a_running_job(engine: Engine, server: ServerProcess, timeout_s: float = 120) -> list[Job]:
     """The jobs' rows at a moment when one of them runs in `server` (not one left by a dead one)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -76,14 +75,15 @@ def test_every_result_is_delivered_once_across_kills(kind: str, tmp_path: Path, 
         SPK_JOBS__WEBHOOK_BACKOFF_S="0.2",
         SPK_JOBS__WEBHOOK_MAX_BACKOFF_S="1",
     )
-    key = crash.create_key(env, "crash")
+    key = create_key(env, "crash")
     engine = make_engine(url)
-    server = crash.ServerProcess(env, tmp_path)
+    server = ServerProcess(env, tmp_path)
     clips = [load_clip(p) for p in HELD_OUT]
     conversation = encode_recipe(np.concatenate([c.samples for c in clips]), clips[0].sample_rate, "flac")
     body = {"content": b64(conversation), "encoding": "FLAC", "sampleRate": 16000}
     try:
         server.start()
+        server.wait_ready()
         with httpx.Client(base_url=server.url, headers={"X-API-Key": key}, timeout=120) as http:
             for speaker, paths in ENROLLED.items():
                 for path in paths:
@@ -108,6 +108,7 @@ def test_every_result_is_delivered_once_across_kills(kind: str, tmp_path: Path, 
             killed_mid_job |= {r.request_id for r in at_kill if r.state == "running"}
             in_flight |= {r.request_id for r in at_kill if r.delivery == "pending"}
             server.start()
+            server.wait_ready()
         assert killed_mid_job
 
         for i in range(JOBS):

@@ -21,7 +21,7 @@ TOKEN = "metrics-token-0123456789"
 
 
 @contextlib.contextmanager
-def app_client(settings: Settings, client_host: str = "127.0.0.1") -> Iterator[httpx.Client]:
+def app_client(settings: Settings, client_host: str = "127.0.0.1") -> Iterator[TestClient]:
     """The app in process, as seen from `client_host`, without its start-up (the routes here need
     no model or database: TestClient runs the lifespan only when entered)."""
     client = TestClient(create_app(settings), client=(client_host, 40000))

@@ -7,6 +7,7 @@ import struct
 import subprocess
 import sys
 import textwrap
+from typing import Any
 
 import numpy as np
 import pytest
@@ -463,7 +464,7 @@ mutation = st.one_of(
 )
 
 
-def mutate(data: bytes, mutations: list[tuple]) -> bytes:
+def mutate(data: bytes, mutations: list[tuple[Any, ...]]) -> bytes:
     buf = bytearray(data)
     for op, where, *arg in mutations:
         if op == "flip_head":
@@ -491,7 +492,7 @@ def mutate(data: bytes, mutations: list[tuple]) -> bytes:
     suppress_health_check=[HealthCheck.too_slow],
 )
 @given(mutations=st.lists(mutation, min_size=1, max_size=6))
-def test_fuzz_mutated_real_clip(encoding: str, mutations: list[tuple]) -> None:
+def test_fuzz_mutated_real_clip(encoding: str, mutations: list[tuple[Any, ...]]) -> None:
     data = mutate(fuzz_blob(encoding), mutations)
     try:
         out = D.decode(data, encoding, None, max_seconds=FUZZ_MAX_S, timeout_s=FUZZ_TIMEOUT_S)
