@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import numpy as np
 import pytest
 
@@ -10,12 +13,16 @@ from devtools.clips import (
     SHORT_CLIP,
     VCTK_CLIP,
     Clip,
+    SetClip,
     encode,
     encode_recipe,
     load_clip,
     manifest,
+    set_clips,
 )
-from service.audio import MODEL_RATE
+from devtools.sets import EVAL_TELEPHONE
+from devtools.vad import ReferenceDetector, boundary_difference, service_wave
+from service.audio import MODEL_RATE, pipeline
 from service.audio import decode as D
 from service.audio.decode import DecodedAudio
 from service.audio.pipeline import (
@@ -362,3 +369,57 @@ def test_parallel_front_end_prepares_clips_at_once_with_one_detector_each() -> N
         got = list(pool.map(lambda c: four.load(c).speech, clips * 3))
     assert got == expected * 3
     assert four._detectors.qsize() == 4  # every detector handed back
+
+
+# --- the detector against silero's own loop ---------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def reference() -> ReferenceDetector:
+    return ReferenceDetector(threshold=0.5)
+
+
+def telephone_clips(count: int) -> list[SetClip]:
+    if not (EVAL_TELEPHONE / "manifest.csv").is_file():
+        pytest.skip(f"telephone set not found at {EVAL_TELEPHONE}")
+    return set_clips(EVAL_TELEPHONE)[:count]
+
+
+@needs_speech
+def test_regions_are_silero_loops_on_speech_and_telephone(
+    detector: SpeechDetector, reference: ReferenceDetector
+) -> None:
+    """The batched detector finds the regions silero's per-window loop finds, to the sample, on
+    studio speech and on real 8 kHz calls (resampled as the service does)."""
+    clips = [c for c in manifest() if c.path in [*LIBRISPEECH_CLIPS, VCTK_CLIP]] + telephone_clips(6)
+    for clip in clips:
+        wave, _ = service_wave(clip)
+        got, want = detector.regions(wave), reference.regions(wave)
+        assert want, clip.path
+        assert boundary_difference(got, want) <= 1 / MODEL_RATE, (clip.path, got, want)
+
+
+@needs_speech
+def test_regions_do_not_depend_on_how_the_clip_is_cut_into_turns(
+    detector: SpeechDetector, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The LSTM state and each window's context carry over from one turn on the compute thread to
+    the next: cut into turns of 7 windows, the clip gives the regions it gives in one turn."""
+    wave = np.concatenate([load_clip(p).as_float() for p in (MEDIUM_CLIP, SHORT_CLIP, VCTK_CLIP)])
+    whole = detector.regions(wave)
+    turns: list[int] = []
+
+    def counted(fn: Callable[..., Any], *args: Any) -> Any:
+        turns.append(1)
+        return fn(*args)
+
+    monkeypatch.setattr(pipeline, "VAD_STEP_WINDOWS", 7)
+    cut = detector.regions(wave, counted)
+    assert len(turns) == -(-len(wave) // (7 * pipeline.VAD_WINDOW))
+    assert len(whole) >= 2
+    assert boundary_difference(cut, whole) <= 1 / MODEL_RATE
+
+
+def test_empty_and_sub_window_input_give_no_regions(detector: SpeechDetector) -> None:
+    assert detector.regions(np.zeros(0, dtype=np.float32)) == []
+    assert detector.regions(np.zeros(100, dtype=np.float32)) == []
