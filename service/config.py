@@ -185,6 +185,17 @@ class JobsSettings(BaseModel):
     )
 
 
+class FrontendSettings(BaseModel):
+    workers: int = Field(
+        0,
+        ge=0,
+        description="processes that decode, resample and find speech, one clip each; 0 = in the server",
+    )
+    work_timeout_s: float = Field(
+        120.0, gt=0, description="a worker still busy with one clip after this is killed and replaced (503)"
+    )
+
+
 class AuthSettings(BaseModel):
     rate_limit_per_minute: int = Field(600, description="requests per key per minute; 0 = off")
 
@@ -221,6 +232,7 @@ class Settings(BaseSettings):
     )
 
     audio: AudioSettings = AudioSettings()
+    frontend: FrontendSettings = FrontendSettings()
     enrollment: EnrollmentSettings = EnrollmentSettings()
     identify: IdentifySettings = IdentifySettings()
     auth: AuthSettings = AuthSettings()

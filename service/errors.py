@@ -262,5 +262,13 @@ class NotReady(ServiceError):
     default_message = "Service is not ready"
 
 
+class FrontEndLost(ServiceError):
+    """The process preparing the request's audio died or hung; it was replaced."""
+
+    code = "service.Unavailable"
+    status = 503
+    default_message = "The audio worker handling this request failed; retry"
+
+
 class StartupError(RuntimeError):
     """Raised at start-up (not per request): the message says how to fix it."""

@@ -157,6 +157,8 @@ def build_services(settings: Settings, embedder: Embedder | None = None) -> Serv
         decode_timeout_s=audio.decode_timeout_s,
         vad_threshold=audio.vad_threshold,
         parallel=max(1, usable_cores() // threads) if on_gpu else 1,
+        workers=settings.frontend.workers,
+        work_timeout_s=settings.frontend.work_timeout_s,
     )
     index = FaissSpeakerIndex(embedder.dim, settings.index.ivf_threshold, settings.index.nprobe)
     follower = IndexFollower(store, index)
@@ -186,7 +188,14 @@ def build_services(settings: Settings, embedder: Embedder | None = None) -> Serv
         store=store,
         enrollment=enrollment,
         identification=identification,
-        runtime=Runtime(engine=engine, embedder=embedder, index=index, follower=follower, batcher=batcher),
+        runtime=Runtime(
+            engine=engine,
+            embedder=embedder,
+            index=index,
+            follower=follower,
+            batcher=batcher,
+            stop_frontend=frontend.close,
+        ),
         checks={"model": True, "database": True, "index": True},
         limiter=KeyRateLimiter(settings.auth.rate_limit_per_minute),
     )

@@ -41,8 +41,11 @@ class Runtime:
     index: FaissSpeakerIndex
     follower: IndexFollower
     batcher: DynamicBatcher | None  # only where requests share forward passes (a GPU by default)
+    stop_frontend: Callable[[], None] | None = None  # the audio front end's worker processes
 
     def close(self) -> None:
+        if self.stop_frontend is not None:
+            self.stop_frontend()
         if self.batcher is not None:
             self.batcher.stop()
         self.engine.dispose()

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from service.audio.decode import decode
 from service.audio.pipeline import PreparedAudio, QualityLimits, SpeechDetector, prepare
+from service.audio.workers import FrontEndPool, Job
 from service.concurrency import Cancellation, check, compute
 
 
@@ -39,11 +40,26 @@ class AudioFrontEnd:
         vad_threshold: float,
         parallel: int = 1,
         detector: Callable[[float], SpeechDetector] = SpeechDetector,
+        workers: int = 0,
+        work_timeout_s: float = 120.0,
     ) -> None:
-        """`detector`: makes a speech detector from `vad_threshold` (another detector for tests)."""
+        """`detector`: makes a speech detector from `vad_threshold` (another detector for tests).
+        `workers` > 0: decoding and preparation run in that many worker processes instead
+        (`service.audio.workers`)."""
         self.max_seconds = max_seconds
         self.decode_timeout_s = decode_timeout_s
         self.parallel = max(1, parallel)
+        self.pool = (
+            FrontEndPool(
+                workers,
+                max_seconds=max_seconds,
+                decode_timeout_s=decode_timeout_s,
+                vad_threshold=vad_threshold,
+                work_timeout_s=work_timeout_s,
+            )
+            if workers > 0
+            else None
+        )
         self._detectors: queue.Queue[SpeechDetector] = queue.Queue()
         for _ in range(self.parallel if self.parallel > 1 else self.SHARED_DETECTORS):
             self._detectors.put(detector(vad_threshold))
@@ -67,6 +83,11 @@ class AudioFrontEnd:
         """Decode, convert to 16 kHz mono, find speech; raise a 4xx error if `limits` fail, and
         RequestCancelled if `cancel` is set before the speech detection starts. With `channels`,
         also find the speech of each channel that differs from the others."""
+        if self.pool is not None:
+            prepared = self._from_pool(audio, cancel, channels)
+            if limits is not None:
+                prepared.check(limits)
+            return prepared
         decoded = decode(
             audio.data,
             audio.encoding,
@@ -81,3 +102,20 @@ class AudioFrontEnd:
         if limits is not None:
             prepared.check(limits)
         return prepared
+
+    def _from_pool(self, audio: AudioInput, cancel: Cancellation | None, channels: bool) -> PreparedAudio:
+        assert self.pool is not None
+        job = Job(audio.data, audio.encoding, audio.sample_rate, channels)
+        figures, wave = self.pool.prepare(job, cancel)
+        return PreparedAudio(
+            wave=wave,
+            source_rate=figures.source_rate,
+            speech=figures.speech,
+            clipped_fraction=figures.clipped_fraction,
+            snr_db=figures.snr_db,
+            channel_speech=figures.channel_speech,
+        )
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.close()
