@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
@@ -253,8 +253,9 @@ class Server:
 
 
 @contextlib.contextmanager
-def served(device: str, precision: str, threads: int) -> Iterator[Server]:
-    """`speakerid serve` started as a subprocess on a fresh temporary SQLite database, rate limit off."""
+def served(device: str, precision: str, threads: int, **env: str) -> Iterator[Server]:
+    """`speakerid serve` started as a subprocess on a fresh temporary SQLite database, rate limit off;
+    `env`: more settings (``SPK_...``)."""
     with local_server(
         tenant="bench",
         inherit_settings=True,  # SPK_MODEL_DIR and the like, where the bundled model is not installed
@@ -266,6 +267,7 @@ def served(device: str, precision: str, threads: int) -> Iterator[Server]:
         # tenant, so that check is off here (it costs an index search and, for these copies, one
         # fingerprint comparison).
         SPK_ENROLLMENT__ONE_SPEAKER_PER_RECORDING="false",
+        **cast(dict[str, Any], env),  # all SPK_ names: none is one of local_server's own parameters
     ) as local:
         yield Server(local, device, precision, threads)
 

@@ -13,6 +13,9 @@ Sections, each chosen with --only and sized by its own flags:
   http    N concurrent clients enrolling base64 FLAC on the compatible route, every request a new
           speaker id: throughput, p50/p99 latency, 429s and errors, at each --clients level.
   index   speaker search at each --index-sizes (devtools/bench/index.py).
+  frontend  the audio front end in 0, 1 and 2 worker processes: clips/s of the front end alone
+          here, then a server per count: one enrollment at a time, and enrollments/s at
+          --frontend-clients (devtools/bench/frontend.py).
   gpu     with a CUDA device: ten-second clips through the service's DynamicBatcher with many
           requests in flight, per precision, against sequential batch-1 forward on the same GPU,
           and the low precisions' cosine to fp32. With a CUDA device the http section also runs
@@ -21,7 +24,7 @@ Sections, each chosen with --only and sized by its own flags:
 Real speech comes from ../shared/eval-speech next to the checkout (--speech to point elsewhere).
 Ratios are the point: on a shared machine absolute timings move by 10 % from run to run.
 
-    python -m scripts.bench [--only core,enroll,http,index,gpu] [--json OUT] [section flags]
+    python -m scripts.bench [--only core,enroll,http,index,gpu,frontend] [--json OUT] [section flags]
 """
 
 from __future__ import annotations
@@ -59,6 +62,7 @@ from devtools.bench.common import (
 )
 from devtools.bench.core import core_models, core_section
 from devtools.bench.enroll import enroll_section
+from devtools.bench.frontend import frontend_section
 from devtools.bench.gpu import gpu_section
 from devtools.bench.http import http_section
 from devtools.bench.index import index_section
@@ -66,7 +70,7 @@ from devtools.bench.index import index_section
 # --- targets --------------------------------------------------------------------------------------
 
 
-SECTIONS = ("core", "enroll", "http", "index", "gpu")
+SECTIONS = ("core", "enroll", "http", "index", "gpu", "frontend")
 # The targets for a GPU box.
 TARGET_GPU_CLIPS_PER_S = 8_000
 TARGET_HTTP_CLIENTS = 256
@@ -201,6 +205,13 @@ def run_bench(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
                 section("enroll", lambda: enroll_section(args, models, speech, server))
             if "http" in args.only:
                 section("http", lambda: http_section(args, speech, server, levels))
+    if "frontend" in args.only:
+        import torch
+
+        from service.embedding.ecapa import pick_precision
+
+        precision = pick_precision(args.serve_precision, torch.device(device))
+        section("frontend", lambda: frontend_section(args, speech, device, precision, threads))
     if "index" in args.only:
         section("index", lambda: index_section(args))
     if "gpu" in args.only:
@@ -306,6 +317,13 @@ def parser() -> argparse.ArgumentParser:
         type=int,
         default=0,
         help="processes generating the load (default: 1 up to 64 clients, more beyond)",
+    )
+    g = p.add_argument_group("frontend")
+    g.add_argument(
+        "--frontend-clients", type=int, default=4, help="concurrent clients per server (default 4)"
+    )
+    g.add_argument(
+        "--frontend-rounds", type=int, default=2, help="front end alone: rounds over the clips (default 2)"
     )
     g = p.add_argument_group("index")
     g.add_argument(
