@@ -61,7 +61,8 @@ class AudioFrontEnd:
             else None
         )
         self._detectors: queue.Queue[SpeechDetector] = queue.Queue()
-        for _ in range(self.parallel if self.parallel > 1 else self.SHARED_DETECTORS):
+        in_process = self.parallel if self.parallel > 1 else self.SHARED_DETECTORS
+        for _ in range(0 if self.pool is not None else in_process):
             self._detectors.put(detector(vad_threshold))
 
     @contextlib.contextmanager
