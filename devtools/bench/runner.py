@@ -13,9 +13,9 @@ Sections, each chosen with --only and sized by its own flags:
   http    N concurrent clients enrolling base64 FLAC on the compatible route, every request a new
           speaker id: throughput, p50/p99 latency, 429s and errors, at each --clients level.
   index   speaker search at each --index-sizes (devtools/bench/index.py).
-  frontend  the audio front end in 0, 1 and 2 worker processes: clips/s of the front end alone
-          here, then a server per count: one enrollment at a time, and enrollments/s at
-          --frontend-clients (devtools/bench/frontend.py).
+  frontend  (only when named) the audio front end in 0, 1 and 2 worker processes: clips/s of
+          the front end alone here, then a server per count: one enrollment at a time, and
+          enrollments/s at --frontend-clients (devtools/bench/frontend.py).
   gpu     with a CUDA device: ten-second clips through the service's DynamicBatcher with many
           requests in flight, per precision, against sequential batch-1 forward on the same GPU,
           and the low precisions' cosine to fp32. With a CUDA device the http section also runs
@@ -71,6 +71,8 @@ from devtools.bench.index import index_section
 
 
 SECTIONS = ("core", "enroll", "http", "index", "gpu", "frontend")
+# frontend starts three servers of its own: it runs when named.
+DEFAULT_SECTIONS = [s for s in SECTIONS if s != "frontend"]
 # The targets for a GPU box.
 TARGET_GPU_CLIPS_PER_S = 8_000
 TARGET_HTTP_CLIENTS = 256
@@ -269,9 +271,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--only",
         type=sections,
-        default=list(SECTIONS),
+        default=DEFAULT_SECTIONS,
         metavar="SECTIONS",
-        help=f"comma-separated sections to run (default all: {','.join(SECTIONS)})",
+        help=f"comma-separated sections to run (default: {','.join(DEFAULT_SECTIONS)}; also: frontend)",
     )
     p.add_argument("--json", type=Path, metavar="OUT", help="also write every result here as JSON")
     p.add_argument("--speech", type=Path, default=EVAL_SPEECH, help="eval-speech folder (manifest.csv)")
