@@ -27,7 +27,8 @@ class AudioFrontEnd:
     state). With 1, preparation runs on the compute thread with the model, a few seconds of audio
     per turn: on a CPU box they take turns on the cores, and up to `SHARED_DETECTORS` clips' turns
     interleave (a short clip is not held up by the whole of a long one's). Where the model runs on a
-    GPU, the cores are free for one clip each.
+    GPU, the cores are free for one clip each. With `workers`, none of this runs here: each clip
+    goes to a worker process (`service.audio.workers`).
     """
 
     SHARED_DETECTORS = 4
