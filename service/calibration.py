@@ -96,10 +96,6 @@ VERIFY_THRESHOLD = 2.9
 # score at least 3.1 (lowest per condition 3.1-4.5, medians 4.4-6.3), while each speaker's nearest
 # other person scores at most 2.1 (G.711; 0.5 at 16 kHz, -0.2 on real calls).
 SIMILAR_VOICE = IDENTIFY_THRESHOLD
-# Windows of 2 s in compatible identify score lower than whole clips: the previous rule's offset
-# between window and clip thresholds (0.15 cosine) in units; stretches of 3 s and more are
-# re-checked at IDENTIFY_THRESHOLD.
-SEGMENT_THRESHOLD = 1.4
 # The domain mean counts the prior (the model prototypes' mean) as this many speakers, so a tenant
 # with few speakers is not centred on those few voices.
 PRIOR_WEIGHT = 5.0
@@ -112,3 +108,13 @@ PAIR_SD = 0.10
 PRIOR_STRENGTH = 3.0
 # Cosine per normalised unit: one sd of impostor pair scores.
 SCORE_UNIT = 0.1
+
+# --- who speaks when (service.diarization) ---------------------------------------------------------
+# Windows over the speech for clustering into voices, and where the clustering stops: set on half 0
+# of the built conversations of devtools/conversations.py (scripts/eval_diarization.py), reported on
+# half 1 (README, Accuracy).
+DIARIZATION_WINDOW_S = 1.5
+DIARIZATION_HOP_S = 0.75
+DIARIZATION_WINDOW_STOP_DISTANCE = 0.5  # cosine distance, average linkage, between window groups
+DIARIZATION_STOP_DISTANCE = 0.7  # between voices, from whole turns
+DIARIZATION_MIN_VOICE_S = 3.0  # a voice found in the audio holds at least this much speech

@@ -12,13 +12,14 @@ import numpy as np
 from fastapi import FastAPI
 
 from service import __version__, logs, memory, metrics
-from service.api import compat, docs, errors, health, native
+from service.api import compat, diarize, docs, errors, health, native
 from service.api.deps import KeyRateLimiter, Services, run_blocking
 from service.api.middleware import BodyLimit, Metrics, SecurityHeaders
 from service.audio.frontend import AudioFrontEnd
 from service.audio.pipeline import QualityLimits
 from service.concurrency import compute
 from service.config import Settings
+from service.diarization.service import DiarizationService
 from service.embedding import weights
 from service.embedding.batcher import BatchLimits, DynamicBatcher
 from service.embedding.bounded import BoundedEmbedding, EmbedBudget
@@ -140,15 +141,17 @@ def build_services(settings: Settings, embedder: Embedder | None = None) -> Serv
         complete_threshold=ident.verify_threshold,
         store_audio=settings.enrollment.store_audio,
     )
+    # Identification answers noisy clips too: the score decides (see service.calibration).
+    identify_limits = QualityLimits(ident.min_speech_seconds, audio.max_clipped_fraction, -math.inf)
     identification = IdentificationService(
         frontend=frontend,
         embed=embed,
         index=index,
         scorer=scorer,
-        thresholds=Thresholds(ident.threshold, ident.verify_threshold, ident.segment_threshold),
-        # Identification answers noisy clips too: the score decides (see service.calibration).
-        limits=QualityLimits(ident.min_speech_seconds, audio.max_clipped_fraction, -math.inf),
+        thresholds=Thresholds(ident.threshold, ident.verify_threshold),
+        limits=identify_limits,
     )
+    diarization = DiarizationService(frontend, embed, labels=identification, limits=identify_limits)
     warmup = getattr(embedder, "warmup", None)
     if callable(warmup):
         warmup()
@@ -157,6 +160,7 @@ def build_services(settings: Settings, embedder: Embedder | None = None) -> Serv
         store=store,
         enrollment=enrollment,
         identification=identification,
+        diarization=diarization,
         checks={"model": True, "database": True, "index": True},
         extras={
             "index": index,
@@ -228,6 +232,7 @@ def create_app(settings: Settings | None = None, *, embedder: Embedder | None = 
     app.include_router(health.api)
     app.include_router(compat.router("v1"))
     app.include_router(compat.router("v2"))
+    app.include_router(diarize.api)
     app.include_router(native.api)
     # Outermost last: headers go on every answer, the metrics count refused bodies too.
     app.add_middleware(

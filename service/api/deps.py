@@ -18,6 +18,7 @@ from fastapi.security import APIKeyHeader, APIKeyQuery, HTTPAuthorizationCredent
 from service import metrics
 from service.concurrency import Cancellation
 from service.config import Settings
+from service.diarization.service import DiarizationService
 from service.enrollment.identification import IdentificationService
 from service.enrollment.service import EnrollmentService
 from service.errors import NotReady, RateLimited, RequestCancelled, Unauthorized
@@ -34,6 +35,7 @@ class Services:
     store: SqlStore
     enrollment: EnrollmentService
     identification: IdentificationService
+    diarization: DiarizationService
     checks: dict[str, bool] = field(default_factory=dict)
     extras: dict[str, Any] = field(default_factory=dict)
     limiter: KeyRateLimiter | None = None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 # The one speakerId rule: 1 to 128 of [A-Za-z0-9_.-], not dots alone ("." and ".." are path
 # segments: a URL cannot name them). Without look-ahead, which pydantic's regex engine lacks.
@@ -166,3 +166,44 @@ class CompatSegment(BaseModel):
     speakerId: str
     start: float
     end: float
+
+
+# --- diarization (the hosted speaker family) -------------------------------------------------------
+
+
+class DiarizeRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    content: str | None = Field(None, description="base64 of the audio file; exclusive with url")
+    url: str | None = Field(
+        None, max_length=4096, description="where to fetch the audio; exclusive with content"
+    )
+    encoding: str = Field(description="as for identify")
+    sampleRate: int | None = Field(None, ge=1, le=10_000_000, description="Hz; required for raw encodings")
+    languageCode: str = "en-US"
+    speakers: int = Field(-1, ge=-1, le=50, description="how many speakers; -1: found from the audio")
+    audioType: str = Field(
+        "callcenter", max_length=64, description='a hint: "callcenter" (up to 6 speakers), "meeting" (more)'
+    )
+    speakerIds: list[SpeakerId] | None = Field(
+        None, max_length=10_000, description="enrolled speakers whose voices are labelled with their id"
+    )
+    doVad: bool = Field(False, description="leave every pause out of the segments")
+
+    @field_validator("speakers")
+    @classmethod
+    def _known_or_found(cls, value: int) -> int:
+        if value == 0:
+            raise ValueError("speakers is a positive number, or -1 to find it from the audio")
+        return value
+
+
+class DiarizedSegmentOut(BaseModel):
+    speaker_id: str
+    start: float
+    end: float
+
+
+class DiarizeResponse(BaseModel):
+    num_speakers: int
+    segments: list[DiarizedSegmentOut]
