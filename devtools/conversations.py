@@ -1,9 +1,10 @@
 """Conversations built from real utterances, with their reference of who speaks when.
 
 Each conversation takes 2 to 5 speakers of one set and one half of its speakers
-(`devtools.decisions.half_of`): turns of 1-15 s cut from the speakers' utterances (leading and
-trailing silence trimmed, levels evened), pauses of 0.1-1.5 s between turns and, where asked, some
-turns starting 0.2-1 s before the previous one ends (both voices mixed). Deterministic from a seed.
+(`devtools.decisions.half_of`): turns of 1-15 s cut from the speakers' utterances (each cut to the
+speech silero-vad finds in the utterance alone, levels evened), pauses of 0.1-1.5 s between turns
+and, where asked, some turns starting 0.2-1 s before the previous one ends (both voices mixed).
+Deterministic from a seed.
 Sets: eval-speech at 16 kHz and resampled to 8 kHz, and eval-telephone's callers (8 kHz, only the
 labels whose clips all agree on one voice). The reference is an RTTM text or a pyannote Annotation.
 """
@@ -22,11 +23,10 @@ import soundfile as sf
 from devtools.clips import encode
 from devtools.decisions import half_of
 from devtools.sets import EVAL_SPEECH, EVAL_TELEPHONE, manifest
+from service.audio.pipeline import SpeechDetector
 
 LEVEL_RMS = 0.05  # every turn's speech at about -26 dBFS
 OVERLAP_SHARE = 0.3  # of turn changes in an overlapping conversation
-TRIM_DB = 35.0  # frames this far below the loudest are silence at a piece's edges
-FRAME_S = 0.02
 
 
 @dataclass(frozen=True)
@@ -98,20 +98,32 @@ def _by_speaker(pairs: object) -> dict[str, list[Path]]:
 
 
 @cache
-def _utterance(path: Path) -> tuple[np.ndarray, int]:
-    """float32 mono samples and rate, edges trimmed."""
+def _detector() -> SpeechDetector:
+    return SpeechDetector()
+
+
+@cache
+def _utterance(path: Path) -> tuple[np.ndarray, int, tuple[tuple[float, float], ...]]:
+    """float32 mono samples, rate, and the speech regions silero-vad finds in the clip alone."""
     samples, rate = sf.read(path, dtype="float32", always_2d=True)
-    return _trim(samples[:, 0], int(rate)), int(rate)
+    wave = samples[:, 0]
+    regions = _detector().regions(_resample(wave, int(rate), 16_000))
+    return wave, int(rate), tuple(regions)
 
 
-def _trim(wave: np.ndarray, rate: int) -> np.ndarray:
-    frame = int(FRAME_S * rate)
-    n = len(wave) // frame
-    if n == 0:
-        return wave
-    energy = 10 * np.log10((wave[: n * frame].reshape(n, frame) ** 2).mean(axis=1) + 1e-10)
-    loud = np.flatnonzero(energy >= energy.max() - TRIM_DB)
-    return wave[loud[0] * frame : (loud[-1] + 1) * frame]
+def _speech_piece(path: Path, rate: int, seconds: float, rng: random.Random) -> np.ndarray:
+    """About `seconds` of the utterance at `rate`, from a random point, cut to the speech in it (the
+    reference's turn edges are where the speaker is heard, not where the recording starts)."""
+    wave, source_rate, regions = _utterance(path)
+    duration = len(wave) / source_rate
+    start = rng.uniform(0.0, max(0.0, duration - seconds))
+    inside = [
+        (max(a, start), min(b, start + seconds)) for a, b in regions if b > start and a < start + seconds
+    ]
+    if not inside or inside[-1][1] - inside[0][0] < 0.5:
+        inside = list(regions) or [(0.0, duration)]
+    a, b = inside[0][0], inside[-1][1]
+    return _resample(wave[int(a * source_rate) : int(b * source_rate)], source_rate, rate)
 
 
 def _resample(wave: np.ndarray, rate: int, target: int) -> np.ndarray:
@@ -136,14 +148,7 @@ def build(
         order.append(rng.choice([s for s in chosen if s != order[-1]]))
     pieces: list[tuple[str, np.ndarray]] = []
     for speaker in order:
-        path = rng.choice(source.speakers[speaker])
-        wave, r = _utterance(path)
-        wave = _resample(wave, r, rate)
-        length = min(len(wave), int(rng.uniform(1.0, 15.0) * rate))
-        offset = rng.randrange(0, len(wave) - length + 1)
-        piece = _trim(wave[offset : offset + length], rate)
-        if len(piece) < int(0.5 * rate):
-            piece = wave
+        piece = _speech_piece(rng.choice(source.speakers[speaker]), rate, rng.uniform(1.0, 15.0), rng)
         rms = float(np.sqrt(np.mean(piece**2))) or 1.0
         pieces.append((speaker, piece * (LEVEL_RMS / rms)))
     placed: list[tuple[str, int, np.ndarray]] = []

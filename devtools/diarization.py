@@ -22,7 +22,7 @@ import numpy as np
 from pyannote.core import Annotation, Segment
 from pyannote.metrics.diarization import DiarizationErrorRate
 
-from devtools.conversations import CONDITIONS, Conversation, conversations
+from devtools.conversations import CONDITIONS, Conversation, build, conversations, telephone_source
 from service.audio.frontend import AudioFrontEnd, AudioInput
 from service.audio.pipeline import PreparedAudio, QualityLimits
 from service.concurrency import Cancellation
@@ -83,9 +83,12 @@ class Harness:
     embed: Any
 
     @classmethod
-    def load(cls, cached: bool = False) -> Harness:
-        embedder = EcapaEmbedder(weights.resolve(None), "cpu", "auto")
-        embedder.warmup()
+    def load(cls, embedder: EcapaEmbedder | None = None, cached: bool = False) -> Harness:
+        """The service's front end and bounded model calls around `embedder` (the bundled model at
+        the service's default precision if None); `cached` memoises vectors for settings sweeps."""
+        if embedder is None:
+            embedder = EcapaEmbedder(weights.resolve(None), "cpu", "auto")
+            embedder.warmup()
         embed: Any = BoundedEmbedding(embedder.embed_batch)
         frontend = AudioFrontEnd(max_seconds=3600, decode_timeout_s=120, vad_threshold=0.5)
         return cls(frontend, CachedEmbedding(embed) if cached else embed)
@@ -160,13 +163,45 @@ def tune(harness: Harness, per_condition: int) -> list[dict[str, Any]]:
     return rows
 
 
+def long_call(half: int = 1, minutes: float = 10.0) -> Conversation:
+    """A two-person telephone call of `minutes` (8 kHz, eval-telephone callers, no overlap)."""
+    c = build(telephone_source(half), seed=0, speakers=2, overlap=False, turns=int(minutes * 20))
+    end = int(minutes * 60 * c.rate)
+    turns = [replace(t, end=min(t.end, minutes * 60)) for t in c.turns if t.start < minutes * 60]
+    return Conversation(f"call-{minutes:g}min", c.samples[:end], c.rate, turns)
+
+
+def time_call(harness: Harness, minutes: float) -> dict[str, Any]:
+    """Wall time of one long call through the front end (decode, resample, VAD) and the use case."""
+    c = long_call(minutes=minutes)
+    data = c.flac()
+    started = time.perf_counter()
+    prepared = harness.frontend.load(AudioInput(data, "FLAC", c.rate))
+    loaded = time.perf_counter()
+    result = harness.service(TurnOptions()).diarize(0, prepared)
+    done = time.perf_counter()
+    der = DiarizationErrorRate(collar=COLLAR_S)(reference(c), hypothesis(c.name, result))
+    return {
+        "audio_s": round(c.duration_s, 1),
+        "prepare_s": round(loaded - started, 1),
+        "diarize_s": round(done - loaded, 1),
+        "total_s": round(done - started, 1),
+        "num_speakers": result.num_speakers,
+        "der": round(100 * der, 2),
+    }
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--per-condition", type=int, default=12, help="conversations per condition")
     parser.add_argument("--tune", action="store_true", help="sweep the settings on half 0 instead")
     parser.add_argument("--half", type=int, default=1, choices=(0, 1))
     parser.add_argument("--json", help="write the figures here too")
+    parser.add_argument("--time-call", type=float, metavar="MINUTES", help="only time one call this long")
     args = parser.parse_args(argv)
+    if args.time_call:
+        print(json.dumps(time_call(Harness.load(), args.time_call), indent=2))
+        return 0
     if args.tune:
         harness = Harness.load(cached=True)
         tune(harness, args.per_condition)
