@@ -206,7 +206,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         harness = Harness.load(cached=True)
         tune(harness, args.per_condition)
         return 0
-    harness = Harness.load()
+    # Cached: the pass with the count given re-embeds nothing (the turns are found before the count
+    # matters).
+    harness = Harness.load(cached=True)
     items = prepared_set(harness, args.half, args.per_condition)
     started = time.perf_counter()
     found = score(harness, items, TurnOptions())

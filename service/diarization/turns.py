@@ -2,16 +2,18 @@
 
 1. Windows of `window_s` every `hop_s` over each speech region (a shorter region is one window),
    each embedded (bounded model calls, cancellable between them).
-2. The windows' vectors are clustered into voices (`service.diarization.clustering`), the count
-   given or found.
-3. Boundaries: the speech is cut into `frame_s` frames; each frame takes the voice that the windows
+2. The windows' vectors are grouped finely (`service.diarization.clustering`, a short stop
+   distance): enough to tell where turns change, seldom two voices in one group.
+3. Boundaries: the speech is cut into `frame_s` frames; each frame takes the group that the windows
    covering it resemble most, the windows weighted by how close their centre is to the frame (a
    window straddling a turn change is half one voice and half the other; its centre tells on which
    side the frame lies). A change therefore lands where the windows' likeness crosses over, not at
-   a window's edge, and a pause between regions is a boundary by itself.
-4. Each stretch is then embedded as a whole and moved to the voice it resembles most (a stretch of
-   several seconds is a surer judge than any of its windows); runs shorter than `min_turn_s` inside
-   a region are the blur of a change and join their neighbour.
+   a window's edge, and a pause between regions is a boundary by itself. Runs shorter than
+   `min_turn_s` inside a region are the blur of a change and join their longer neighbour.
+4. Voices: each stretch of `rescore_min_s` or more is embedded as a whole (a stretch of several
+   seconds is a far surer sample of a voice than any of its windows) and the stretches are
+   clustered into voices, the count given or found (`stop_distance`, `min_voice_s`); a shorter
+   stretch follows its group.
 
 Pure numpy: the model is the `embed` callable (``(waves, cancel) -> (n, dim)``).
 """
@@ -102,7 +104,7 @@ def find_turns(
     # Views into the clip, not copies; the model sees them a bounded batch at a time.
     vectors = _unit(embed([prepared.segment(a, b) for _, a, b in spans], cancel))
     share = _own_seconds(spans)
-    # A fine first grouping: enough to place the boundaries, never two voices in one group.
+    # A fine first grouping: enough to place the boundaries, seldom two voices in one group.
     labels = cluster(vectors, stop_distance=o.window_stop_distance, max_count=4 * max_count, weights=share)
     voices = centroids(vectors, labels, share)
     turns = _frame_turns(prepared.speech, spans, vectors @ voices.T, o)
