@@ -33,15 +33,18 @@ def test_two_speakers_turn_changes_within_half_a_second(harness: Harness) -> Non
     assert der < 0.08
 
 
+# Real calls' callers are told apart far less surely than read speech (see README, Accuracy): there
+# the count is given, and the bound is looser.
 @pytest.mark.parametrize(
-    ("source", "speakers", "overlap", "bound"),
-    [("speech", 3, True, 0.15), ("telephone", 2, False, 0.3)],
+    ("source", "speakers", "overlap", "count_given", "bound"),
+    [("speech", 3, True, False, 0.15), ("telephone", 2, False, True, 0.3)],
 )
 def test_der_stays_under_a_loose_bound(
-    harness: Harness, source: str, speakers: int, overlap: bool, bound: float
+    harness: Harness, source: str, speakers: int, overlap: bool, count_given: bool, bound: float
 ) -> None:
     pool = speech_source(REPORT_HALF) if source == "speech" else telephone_source(REPORT_HALF)
     c = build(pool, seed=11, speakers=speakers, overlap=overlap)
-    result = harness.service(TurnOptions()).diarize(0, harness.prepare(c))
+    given = speakers if count_given else None
+    result = harness.service(TurnOptions()).diarize(0, harness.prepare(c), speakers=given)
     der = DiarizationErrorRate(collar=COLLAR_S)(reference(c), hypothesis(c.name, result))
     assert der < bound, (der, result.num_speakers)
