@@ -10,10 +10,10 @@
    side the frame lies). A change therefore lands where the windows' likeness crosses over, not at
    a window's edge, and a pause between regions is a boundary by itself. Runs shorter than
    `min_turn_s` inside a region are the blur of a change and join their longer neighbour.
-4. Voices: each stretch of `rescore_min_s` or more is embedded as a whole (a stretch of several
-   seconds is a far surer sample of a voice than any of its windows) and the stretches are
-   clustered into voices, the count given or found (`stop_distance`, `min_voice_s`); a shorter
-   stretch follows its group.
+4. Voices: each stretch (consecutive turns of one group, across pauses) of `rescore_min_s` of
+   speech or more is embedded as a whole (a stretch of several seconds is a far surer sample of a
+   voice than any of its windows) and the stretches are clustered into voices, the count given or
+   found (`stop_distance`, `min_voice_s`); a shorter stretch follows its group.
 
 Pure numpy: the model is the `embed` callable (``(waves, cancel) -> (n, dim)``).
 """
@@ -204,16 +204,26 @@ def _voices_of_turns(
     max_count: int,
     cancel: Cancellation | None,
 ) -> Turns:
-    """The voices, from the turns each embedded whole: a turn of a few seconds is a far surer
+    """The voices, from stretches each embedded whole: a stretch of several seconds is a far surer
     sample of a voice than a 1.5 s window (on 8 kHz calls, windows of one caller agree hardly more
-    than windows of two). Turns of at least `rescore_min_s` are clustered; a shorter one follows its
-    first group's majority (or the voice nearest that group). Voices are renumbered by first
-    appearance, each with the unit mean of its turns' vectors (weighted by length)."""
-    long = [i for i, t in enumerate(turns) if t.end - t.start >= o.rescore_min_s]
-    if not long:
-        long = list(range(len(turns)))
-    whole = _unit(embed([prepared.segment(turns[i].start, turns[i].end) for i in long], cancel))
-    seconds = np.array([turns[i].end - turns[i].start for i in long])
+    than windows of two). A stretch is a run of consecutive turns of one first group, across the
+    pauses between them (read speech pauses every second or two). Stretches of at least
+    `rescore_min_s` of speech are clustered; a shorter one follows its first group's majority (or
+    the voice nearest that group). Voices are renumbered by first appearance, each with the unit
+    mean of its stretches' vectors (weighted by length)."""
+    stretches: list[list[int]] = []
+    for i, t in enumerate(turns):
+        if stretches and turns[stretches[-1][-1]].voice == t.voice:
+            stretches[-1].append(i)
+        else:
+            stretches.append([i])
+    speech = np.array([sum(turns[i].end - turns[i].start for i in st) for st in stretches])
+    long = [k for k in range(len(stretches)) if speech[k] >= o.rescore_min_s] or list(range(len(stretches)))
+    waves = [
+        np.concatenate([prepared.segment(turns[i].start, turns[i].end) for i in stretches[k]]) for k in long
+    ]
+    whole = _unit(embed(waves, cancel))
+    seconds = speech[long]
     labels = cluster(
         whole,
         stop_distance=o.stop_distance,
@@ -223,13 +233,16 @@ def _voices_of_turns(
         weights=seconds,
     )
     voices = centroids(whole, labels, seconds)
-    voice_of = dict(zip(long, labels.tolist(), strict=True))
-    # Each first group's voice: where most of its long turns' speech went.
+    # Each first group's voice: where most of its long stretches' speech went.
     votes = np.zeros((len(groups), len(voices)))
-    for i, v in voice_of.items():
-        votes[turns[i].voice, v] += seconds[long.index(i)]
+    for k, v, s in zip(long, labels.tolist(), seconds, strict=True):
+        votes[turns[stretches[k][0]].voice, v] += s
     group_voice = np.where(votes.any(axis=1), votes.argmax(axis=1), (groups @ voices.T).argmax(axis=1))
-    moved = [voice_of.get(i, int(group_voice[t.voice])) for i, t in enumerate(turns)]
+    voice_of = dict(zip(long, labels.tolist(), strict=True))
+    moved = [0] * len(turns)
+    for k, members in enumerate(stretches):
+        for i in members:
+            moved[i] = voice_of.get(k, int(group_voice[turns[i].voice]))
     order = {old: new for new, old in enumerate(dict.fromkeys(moved))}
     out = [Turn(order[v], t.start, t.end) for t, v in zip(turns, moved, strict=True)]
     return Turns(_join(out), voices[list(order)])
