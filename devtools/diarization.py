@@ -147,17 +147,18 @@ def prepared_set(
 
 
 def tune(harness: Harness, per_condition: int) -> list[dict[str, Any]]:
+    """The settings grid on half 0: window groups' and voices' stop distances, a voice's least speech."""
     items = prepared_set(harness, 0, per_condition)
     rows = []
-    for (window, hop), stop, min_voice in itertools.product(
-        [(1.5, 0.75), (2.0, 1.0)], [0.55, 0.6, 0.65, 0.7, 0.75, 0.8], [2.0, 4.0]
+    for window_stop, stop, min_voice in itertools.product(
+        [0.4, 0.5], [0.5, 0.55, 0.6, 0.65, 0.7, 0.75], [2.0, 4.0, 6.0]
     ):
         options = replace(
-            TurnOptions(), window_s=window, hop_s=hop, stop_distance=stop, min_voice_s=min_voice
+            TurnOptions(), window_stop_distance=window_stop, stop_distance=stop, min_voice_s=min_voice
         )
-        result = score(harness, items, options)["all"]
+        result = score(harness, items, options)
         rows.append(
-            {"window_s": window, "hop_s": hop, "stop_distance": stop, "min_voice_s": min_voice, **result}
+            {"window_stop_distance": window_stop, "stop_distance": stop, "min_voice_s": min_voice, **result}
         )
         print(json.dumps(rows[-1]), flush=True)
     return rows
@@ -193,7 +194,7 @@ def time_call(harness: Harness, minutes: float) -> dict[str, Any]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--per-condition", type=int, default=12, help="conversations per condition")
+    parser.add_argument("--per-condition", type=int, default=8, help="conversations per condition")
     parser.add_argument("--tune", action="store_true", help="sweep the settings on half 0 instead")
     parser.add_argument("--half", type=int, default=1, choices=(0, 1))
     parser.add_argument("--json", help="write the figures here too")
