@@ -1,10 +1,10 @@
-"""Grouping short-window speaker vectors into voices, with the number of voices found or given.
+"""Grouping speaker vectors (of windows, or of whole stretches) by voice, the count found or given.
 
 Average-linkage agglomerative clustering on cosine distance, stopped where the closest two groups
-are further apart than a calibrated distance (`service.calibration.DIARIZATION_STOP_DISTANCE`),
-then refined: every window moves to the voice whose centroid it is closest to (the tree's early
-merges are never undone otherwise), and a group with too little speech to be a voice (a window or
-two of overlap, a cough) is handed to the nearest real one. Pure numpy/scipy.
+are further apart than a calibrated distance (`service.calibration`, DIARIZATION_*), then refined:
+every vector moves to the group whose centroid it is closest to (the tree's early merges are never
+undone otherwise), and a group with too little speech to be a voice (a moment of overlap, a cough)
+is handed to the nearest real one. Pure numpy/scipy.
 """
 
 from __future__ import annotations
@@ -12,11 +12,9 @@ from __future__ import annotations
 import numpy as np
 from scipy.cluster.hierarchy import fcluster, linkage
 
+from service.enrollment.scoring import unit_rows
+
 REFINE_ROUNDS = 5
-
-
-def _unit(rows: np.ndarray) -> np.ndarray:
-    return rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-8)
 
 
 def centroids(vectors: np.ndarray, labels: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
@@ -25,7 +23,7 @@ def centroids(vectors: np.ndarray, labels: np.ndarray, weights: np.ndarray | Non
     k = int(labels.max()) + 1
     sums = np.zeros((k, vectors.shape[1]))
     np.add.at(sums, labels, vectors * w[:, None])
-    return _unit(sums)
+    return unit_rows(sums)
 
 
 def _relabel(labels: np.ndarray) -> np.ndarray:
@@ -56,7 +54,7 @@ def cluster(
     if n == 1:
         return np.zeros(1, dtype=int)
     w = np.ones(n) if weights is None else np.asarray(weights, dtype=float)
-    unit = _unit(np.asarray(vectors, dtype=np.float64))
+    unit = unit_rows(np.asarray(vectors)).astype(np.float64)
     tree = linkage(unit, method="average", metric="cosine")
     if count is not None:
         labels = fcluster(tree, min(count, n), criterion="maxclust") - 1

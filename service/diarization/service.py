@@ -17,7 +17,8 @@ import numpy as np
 from service.audio.frontend import AudioFrontEnd, AudioInput
 from service.audio.pipeline import PreparedAudio, QualityLimits
 from service.concurrency import Cancellation
-from service.diarization.turns import EmbedWaves, TurnOptions, Turns, find_turns
+from service.diarization.turns import TurnOptions, Turns, find_turns
+from service.enrollment.ports import EmbedWaves
 
 # Most voices looked for when the count is not given, by the hosted API's `audioType` hint.
 MAX_SPEAKERS = {"callcenter": 6, "meeting": 20}

@@ -15,13 +15,13 @@
    voice than any of its windows) and the stretches are clustered into voices, the count given or
    found (`stop_distance`, `min_voice_s`); a shorter stretch follows its group.
 
-Pure numpy: the model is the `embed` callable (``(waves, cancel) -> (n, dim)``).
+Pure numpy: the model is the `embed` port (``(waves, cancel) -> (n, dim)``, bounded model calls).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,8 +30,8 @@ from service import calibration as cal
 from service.audio.pipeline import PreparedAudio
 from service.concurrency import Cancellation
 from service.diarization.clustering import centroids, cluster
-
-EmbedWaves = Callable[[Sequence[np.ndarray], Cancellation | None], np.ndarray]
+from service.enrollment.ports import EmbedWaves
+from service.enrollment.scoring import unit_rows
 
 
 @dataclass(frozen=True)
@@ -42,9 +42,9 @@ class TurnOptions:
     min_region_s: float = 0.25  # speech regions shorter than this are left out (clicks, breaths)
     min_turn_s: float = 0.5  # a run of frames shorter than this inside a region joins a neighbour
     window_stop_distance: float = cal.DIARIZATION_WINDOW_STOP_DISTANCE  # first grouping of windows
-    stop_distance: float = cal.DIARIZATION_STOP_DISTANCE  # voices, between whole turns
+    stop_distance: float = cal.DIARIZATION_STOP_DISTANCE  # between voices, from whole stretches
     min_voice_s: float = cal.DIARIZATION_MIN_VOICE_S  # a found voice holds at least this much speech
-    rescore_min_s: float = 1.0  # stretches this long are re-embedded as a whole
+    rescore_min_s: float = 1.0  # stretches with this much speech are embedded whole and clustered
 
 
 @dataclass(frozen=True)
@@ -62,11 +62,6 @@ class Turns:
     @property
     def count(self) -> int:
         return len(self.voices)
-
-
-def _unit(rows: np.ndarray) -> np.ndarray:
-    rows = np.atleast_2d(np.asarray(rows, dtype=np.float64))
-    return rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-8)
 
 
 def windows(speech: Sequence[tuple[float, float]], o: TurnOptions) -> list[tuple[int, float, float]]:
@@ -102,7 +97,7 @@ def find_turns(
     if not spans:
         return Turns([], np.zeros((0, 0)))
     # Views into the clip, not copies; the model sees them a bounded batch at a time.
-    vectors = _unit(embed([prepared.segment(a, b) for _, a, b in spans], cancel))
+    vectors = unit_rows(embed([prepared.segment(a, b) for _, a, b in spans], cancel))
     share = _own_seconds(spans)
     # A fine first grouping: enough to place the boundaries, seldom two voices in one group.
     labels = cluster(vectors, stop_distance=o.window_stop_distance, max_count=4 * max_count, weights=share)
@@ -222,7 +217,7 @@ def _voices_of_turns(
     waves = [
         np.concatenate([prepared.segment(turns[i].start, turns[i].end) for i in stretches[k]]) for k in long
     ]
-    whole = _unit(embed(waves, cancel))
+    whole = unit_rows(embed(waves, cancel))
     seconds = speech[long]
     labels = cluster(
         whole,
