@@ -409,7 +409,7 @@ def fake_services(settings: Settings | None = None, store: MemoryStore | None = 
         vad_threshold=settings.audio.vad_threshold,
         detector=EnergySpeechDetector,
     )
-    enrollment, identification = use_cases(
+    enrollment, identification, _ = use_cases(
         settings,
         store=store,
         frontend=frontend,

@@ -83,9 +83,6 @@ class IdentifySettings(BaseModel):
         cal.IDENTIFY_THRESHOLD, description="open-set accept threshold, in normalised score units"
     )
     verify_threshold: float = Field(cal.VERIFY_THRESHOLD, description="verify accept threshold (units)")
-    segment_threshold: float = Field(
-        cal.SEGMENT_THRESHOLD, description="accept threshold for the short windows of compatible identify"
-    )
     domain_centring: bool = Field(True, description="score after removing the tenant's domain mean")
     prior_weight: float = Field(cal.PRIOR_WEIGHT, description="pseudo-speakers of the prior in that mean")
     pair_mean: float = Field(cal.PAIR_MEAN, description="prior mean of impostor pair scores")

@@ -12,13 +12,14 @@ import numpy as np
 from fastapi import FastAPI
 
 from service import __version__, logs, memory, metrics
-from service.api import compat, docs, errors, health, jobs, native
+from service.api import compat, diarize, docs, errors, health, jobs, native
 from service.api.deps import KeyRateLimiter, Runtime, Services, run_blocking
 from service.api.middleware import BodyLimit, Metrics, SecurityHeaders
 from service.audio.frontend import AudioFrontEnd
 from service.audio.pipeline import QualityLimits
 from service.concurrency import compute
 from service.config import Settings
+from service.diarization.service import DiarizationService
 from service.egress import url_egress, webhook_egress
 from service.embedding import weights
 from service.embedding.batcher import BatchLimits, DynamicBatcher
@@ -98,7 +99,7 @@ def use_cases(
     index: SpeakerIndex,
     prior: np.ndarray,
     after_commit: Callable[[], object],
-) -> tuple[EnrollmentService, IdentificationService]:
+) -> tuple[EnrollmentService, IdentificationService, DiarizationService]:
     """The use cases on the given parts, with the settings' thresholds; `prior` ``(dim,)`` is the
     mean of the model's training-speaker prototypes (the decision rule's prior domain mean)."""
     ident = settings.identify
@@ -126,16 +127,18 @@ def use_cases(
         complete_threshold=ident.verify_threshold,
         store_audio=settings.enrollment.store_audio,
     )
+    # Identification answers noisy clips too: the score decides (see service.calibration).
+    identify_limits = QualityLimits(ident.min_speech_seconds, audio.max_clipped_fraction, -math.inf)
     identification = IdentificationService(
         frontend=frontend,
         embed=embed,
         index=index,
         scorer=scorer,
-        thresholds=Thresholds(ident.threshold, ident.verify_threshold, ident.segment_threshold),
-        # Identification answers noisy clips too: the score decides (see service.calibration).
-        limits=QualityLimits(ident.min_speech_seconds, audio.max_clipped_fraction, -math.inf),
+        thresholds=Thresholds(ident.threshold, ident.verify_threshold),
+        limits=identify_limits,
     )
-    return enrollment, identification
+    diarization = DiarizationService(frontend, embed, labels=identification, limits=identify_limits)
+    return enrollment, identification, diarization
 
 
 def build_services(settings: Settings, embedder: Embedder | None = None) -> Services:
@@ -170,7 +173,7 @@ def build_services(settings: Settings, embedder: Embedder | None = None) -> Serv
     metrics.watch_model(embedder)
     cohort = load_cohort(embedder.files) if isinstance(embedder, EcapaEmbedder) else None
     prior = cohort.mean(axis=0) if cohort is not None else np.zeros(embedder.dim, dtype=np.float32)
-    enrollment, identification = use_cases(
+    enrollment, identification, diarization = use_cases(
         settings,
         store=store,
         frontend=frontend,
@@ -186,6 +189,7 @@ def build_services(settings: Settings, embedder: Embedder | None = None) -> Serv
         store=store,
         enrollment=enrollment,
         identification=identification,
+        diarization=diarization,
         runtime=Runtime(engine=engine, embedder=embedder, index=index, follower=follower, batcher=batcher),
         checks={"model": True, "database": True, "index": True},
         limiter=KeyRateLimiter(settings.auth.rate_limit_per_minute),
@@ -201,7 +205,7 @@ def build_jobs(services: Services) -> JobWorker:
     ident = services.identification
     kinds = {
         "identify": handlers.identify(ident, audio_of),
-        "diarize": handlers.diarize(lambda: getattr(services, "diarization", None), ident.frontend, audio_of),
+        "diarize": handlers.diarize(services.diarization, ident.frontend, audio_of),
     }
     return JobWorker(
         SqlJobStore(services.store.engine), kinds, settings.jobs, webhook_egress(settings.egress)
@@ -268,6 +272,7 @@ def create_app(settings: Settings | None = None, *, embedder: Embedder | None = 
     app.include_router(health.api)
     app.include_router(compat.router("v1"))
     app.include_router(compat.router("v2"))
+    app.include_router(diarize.api)
     app.include_router(native.api)
     app.include_router(jobs.router())
     # Outermost last: headers go on every answer, the metrics count refused bodies too.

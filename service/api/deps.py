@@ -19,6 +19,7 @@ from sqlalchemy import Engine
 from service import metrics
 from service.concurrency import Cancellation
 from service.config import Settings
+from service.diarization.service import DiarizationService
 from service.embedding.batcher import DynamicBatcher
 from service.enrollment.identification import IdentificationService
 from service.enrollment.ports import Embedder
@@ -57,6 +58,7 @@ class Services:
     enrollment: EnrollmentService
     identification: IdentificationService
     runtime: Runtime
+    diarization: DiarizationService
     checks: dict[str, bool] = field(default_factory=dict)
     limiter: KeyRateLimiter | None = None
 

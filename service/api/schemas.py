@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from service.enrollment import speaker_ids
 from service.enrollment.ports import SpeakerStatus
@@ -199,6 +199,13 @@ class CompatDiarizeRequest(RemoteAudioFields):
     speakerIds: list[SpeakerId] | None = Field(None, max_length=10_000)
     doVad: bool = Field(False, description="leave silence and noise out of the segments")
 
+    @field_validator("speakers")
+    @classmethod
+    def _known_or_found(cls, value: int) -> int:
+        if value == 0:
+            raise ValueError("speakers is a positive number, or -1 to find it from the audio")
+        return value
+
 
 class AsyncAccepted(BaseModel):
     request_id: str
@@ -220,3 +227,17 @@ class CompatSegment(BaseModel):
     speakerId: str
     start: float
     end: float
+
+
+# --- diarization (the hosted speaker family) -------------------------------------------------------
+
+
+class DiarizedSegmentOut(BaseModel):
+    speaker_id: str
+    start: float
+    end: float
+
+
+class DiarizeResponse(BaseModel):
+    num_speakers: int
+    segments: list[DiarizedSegmentOut]

@@ -51,6 +51,7 @@ from service.enrollment.speaker_ids import MAX_LENGTH as MAX_ID
 from service.tools import metrics
 from service.tools.audio import AudioReadError, flac_clip
 from service.tools.client import FatalHttpError, ServiceClient, add_connection_args, connect, error_of
+from service.tools.evaluate_diarization import cmd_evaluate_diarization
 from service.tools.inputs import InputError, ManifestRow, clean_id, read_manifest
 from service.tools.pool import run_bounded
 
@@ -681,6 +682,14 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="enroll and test genuine trials only on rows with consistent=1",
     )
     p.add_argument("--keep", action="store_true", help="do not delete the run's speakers at the end")
+    p.add_argument(
+        "--diarization",
+        action="store_true",
+        help="who-speaks-when instead: the manifest has path,rttm columns; DER through sync/diarize",
+    )
+    p.add_argument("--collar", type=float, default=0.25, help="--diarization: DER collar, s (default 0.25)")
+    p.add_argument("--speakers-given", action="store_true", help="--diarization: send the reference's count")
+    p.add_argument("--audio-type", default="callcenter", help="--diarization: the audioType hint")
     p.set_defaults(run=cmd_evaluate)
 
 
@@ -772,6 +781,8 @@ def run_header(args: argparse.Namespace, plan: EvalPlan, run: EvalRun) -> list[s
 
 def cmd_evaluate(args: argparse.Namespace, _settings: object = None) -> int:
     """Exit status 0 with a report, 1 when no trial was answered, 2 when the run could not start."""
+    if args.diarization:
+        return cmd_evaluate_diarization(args)
     prefix = f"eval-{secrets.token_hex(4)}"
     try:
         if args.resample is not None and args.resample <= 0:
