@@ -46,8 +46,8 @@ from service.enrollment.ports import (
     StoredRecording,
 )
 from service.enrollment.service import EnrollmentService, EnrollmentStatus
-from service.main import use_cases
-from service.storage.index import FaissSpeakerIndex
+from service.main import banded_index, use_cases
+from service.storage.index import BandedIndex
 from service.storage.sync import IndexFollower
 
 DIM = 192
@@ -264,6 +264,7 @@ class MemoryTransaction:
             snr_db=sample.snr_db,
             created_at=_now(),
             fingerprint=sample.fingerprint,
+            narrow_vector=sample.narrow_vector,
         )
         self.tables.samples[speaker_id].append(record)
 
@@ -282,6 +283,7 @@ class MemoryTransaction:
             spread=aggregates.spread,
             centroid=aggregates.centroid,
             model_sha256=aggregates.model_sha256,
+            narrow_centroid=aggregates.narrow_centroid,
             updated_at=_now(),
         )
         self.tables.speakers[speaker_id] = record
@@ -346,7 +348,14 @@ class MemoryStore:
         speakers = self._snapshot().speakers
         wanted = speakers.keys() if speaker_ids is None else set(speaker_ids) & speakers.keys()
         return [
-            IndexEntry(s.id, s.tenant_id, s.external_id, s.status == SpeakerStatus.COMPLETE, s.centroid)
+            IndexEntry(
+                s.id,
+                s.tenant_id,
+                s.external_id,
+                s.status == SpeakerStatus.COMPLETE,
+                s.centroid,
+                s.narrow_centroid,
+            )
             for s in (speakers[i] for i in sorted(wanted))
             if s.centroid is not None
         ]
@@ -377,7 +386,7 @@ class FakeServices:
     """The use cases as `service.main` wires them, on the fakes and the real faiss index."""
 
     store: MemoryStore
-    index: FaissSpeakerIndex
+    index: BandedIndex
     follower: IndexFollower
     embedder: SpectralEmbedder
     enrollment: EnrollmentService
@@ -399,7 +408,7 @@ def fake_services(settings: Settings | None = None, store: MemoryStore | None = 
     `store` (a new empty one unless given; its speakers are indexed as at a start)."""
     settings = settings or Settings()
     store, embedder = store or MemoryStore(), SpectralEmbedder()
-    index = FaissSpeakerIndex(embedder.dim, settings.index.ivf_threshold, settings.index.nprobe)
+    index = banded_index(settings, embedder.dim)
     follower = IndexFollower(store, index)
     follower.rebuild()
     follower.catch_up()  # a rebuild re-applies its recent changes on the first catch-up: done here

@@ -30,7 +30,7 @@ from service.enrollment.scoring import DecisionRule, Scorer
 from service.enrollment.service import EnrollmentService
 from service.enrollment.voices import TenantVoices
 from service.storage.database import check_migrated, make_engine
-from service.storage.index import FaissSpeakerIndex
+from service.storage.index import BandedIndex
 from service.storage.repository import SqlStore
 from service.storage.sync import IndexFollower
 
@@ -84,6 +84,12 @@ def _budget(settings: Settings, batched: bool) -> EmbedBudget:
     return EmbedBudget(e.max_batch, max(e.max_batch_seconds, e.chunk_seconds), e.chunk_seconds)
 
 
+def banded_index(settings: Settings, dim: int) -> BandedIndex:
+    """The speaker index, with a narrowband copy unless twins are turned off."""
+    s = settings.index
+    return BandedIndex(dim, s.ivf_threshold, s.nprobe, twins=settings.enrollment.narrowband_twins)
+
+
 def use_cases(
     settings: Settings,
     *,
@@ -121,6 +127,7 @@ def use_cases(
         voices=TenantVoices(scorer, index),
         complete_threshold=ident.verify_threshold,
         store_audio=settings.enrollment.store_audio,
+        twins=settings.enrollment.narrowband_twins,
     )
     identification = IdentificationService(
         frontend=frontend,
@@ -154,7 +161,7 @@ def build_services(settings: Settings, embedder: Embedder | None = None) -> Serv
         vad_threshold=audio.vad_threshold,
         parallel=max(1, usable_cores() // threads) if on_gpu else 1,
     )
-    index = FaissSpeakerIndex(embedder.dim, settings.index.ivf_threshold, settings.index.nprobe)
+    index = banded_index(settings, embedder.dim)
     follower = IndexFollower(store, index)
     follower.rebuild()
     embed_batch = metrics.timed_embed_batch(embedder.embed_batch)

@@ -6,6 +6,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from service.audio.band import Band
 from service.enrollment import speaker_ids
 from service.enrollment.ports import SpeakerStatus
 
@@ -138,6 +139,10 @@ class IdentifyResponse(BaseModel):
     threshold: float
     candidates: list[CandidateOut]
     speechSeconds: float
+    channel: Band = Field(
+        Band.WIDE,
+        description="the band the clip was scored in: narrowband clips (calls) against voiceprints of it",
+    )
 
 
 class VerifyRequest(AudioFields):
@@ -151,6 +156,7 @@ class VerifyResponse(BaseModel):
     cosine: float
     complete: bool
     speechSeconds: float
+    channel: Band = Field(Band.WIDE, description="the band the clip was scored in")
 
 
 class CompatIdentifyRequest(AudioFields):

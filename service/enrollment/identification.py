@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from service.audio.band import Band, band_of
 from service.audio.frontend import AudioFrontEnd, AudioInput
 from service.audio.pipeline import PreparedAudio, QualityLimits
 from service.concurrency import Cancellation
@@ -49,6 +50,7 @@ class Identification:
     threshold: float
     candidates: list[Candidate]
     speech_seconds: float
+    channel: Band = Band.WIDE  # the band the clip was scored in
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,7 @@ class Verification:
     cosine: float
     complete: bool
     speech_seconds: float
+    channel: Band = Band.WIDE
 
 
 @dataclass(frozen=True)
@@ -111,7 +114,8 @@ class IdentificationService:
         only = self._restriction(tenant_id, speaker_ids)
         prepared = self.frontend.load(audio, self.limits, cancel)
         vector = self._vector(prepared.speech_wave(), cancel)
-        ranked = self._rank(vector, tenant_id, only, max(top_k, 1), self._gallery(tenant_id, only))
+        band = self._band(prepared)
+        ranked = self._rank(vector, tenant_id, only, max(top_k, 1), self._gallery(tenant_id, only), band)
         best = ranked[0]
         accepted = best.score >= self.thresholds.identify
         return Identification(
@@ -120,6 +124,7 @@ class IdentificationService:
             threshold=self.thresholds.identify,
             candidates=ranked[:top_k],
             speech_seconds=round(prepared.speech_seconds, 2),
+            channel=band,
         )
 
     def verify(
@@ -128,8 +133,10 @@ class IdentificationService:
         entry = self._entry(tenant_id, speaker_id)
         prepared = self.frontend.load(audio, self.limits, cancel)
         vector = self._vector(prepared.speech_wave(), cancel)
+        band = self._band(prepared)
+        entry = self.index.band(band).lookup(tenant_id, speaker_id) or entry
         cosine = float(entry.centroid @ vector)
-        score = float(self._score_matrix(vector[None], [entry], tenant_id, gallery=1)[0, 0])
+        score = float(self._score_matrix(vector[None], [entry], tenant_id, gallery=1, band=band)[0, 0])
         return Verification(
             match=score >= self.thresholds.verify,
             score=round(score, 4),
@@ -137,6 +144,7 @@ class IdentificationService:
             cosine=round(cosine, 4),
             complete=entry.complete,
             speech_seconds=round(prepared.speech_seconds, 2),
+            channel=band,
         )
 
     def segments(
@@ -159,9 +167,10 @@ class IdentificationService:
             return []
         # Views into the clip, not copies; the model sees them a bounded batch at a time.
         vectors = self._vectors([prepared.segment(a, b) for a, b in windows], cancel)
-        candidates = self._candidates(vectors, tenant_id, only)
+        band = self._band(prepared)
+        candidates = self._candidates(vectors, tenant_id, only, band)
         gallery = self._gallery(tenant_id, only)
-        scores = self._score_matrix(vectors, candidates, tenant_id, gallery)  # (windows, candidates)
+        scores = self._score_matrix(vectors, candidates, tenant_id, gallery, band)  # (windows, candidates)
         smoothed = np.copy(scores)
         for i in range(len(windows)):
             smoothed[i] = scores[max(0, i - 1) : i + 2].mean(axis=0)
@@ -171,7 +180,7 @@ class IdentificationService:
             for i, j in enumerate(best)
         ]
         stretches = self._stretches(windows, labels, prepared.speech)
-        return self._confirm(prepared, stretches, candidates, tenant_id, gallery, cancel)
+        return self._confirm(prepared, stretches, candidates, tenant_id, gallery, cancel, band)
 
     # --- helpers ---------------------------------------------------------------------------------
 
@@ -188,6 +197,10 @@ class IdentificationService:
             raise SpeakerNotFound(f"Speaker {speaker_id!r} not found (or has no accepted samples)")
         return entry
 
+    def _band(self, prepared: PreparedAudio) -> Band:
+        """The band a clip is scored in: calls against the speakers' narrowband voiceprints."""
+        return band_of(prepared.source_rate, prepared.speech_wave())
+
     def _vector(self, wave: np.ndarray, cancel: Cancellation | None) -> np.ndarray:
         return self._vectors([wave], cancel)[0]
 
@@ -200,33 +213,47 @@ class IdentificationService:
         return len(only) if only is not None else self.index.tenant_size(tenant_id)
 
     def _rank(
-        self, vector: np.ndarray, tenant_id: int, only: list[int] | None, top_k: int, gallery: int
+        self,
+        vector: np.ndarray,
+        tenant_id: int,
+        only: list[int] | None,
+        top_k: int,
+        gallery: int,
+        band: Band = Band.WIDE,
     ) -> list[Candidate]:
-        hits = self.index.search(vector, tenant_id, max(top_k, SHORTLIST), only)
+        hits = self.index.band(band).search(vector, tenant_id, max(top_k, SHORTLIST), only)
         if not hits:
             raise NoEnrolledSpeakers("No enrolled speakers to identify against")
-        scores = self._score_matrix(vector[None], [e for e, _ in hits], tenant_id, gallery)[0]
+        scores = self._score_matrix(vector[None], [e for e, _ in hits], tenant_id, gallery, band)[0]
         ranked = [
             Candidate(e.external_id, round(float(score), 4), round(c, 4), e.complete)
             for (e, c), score in zip(hits, scores, strict=True)
         ]
         return sorted(ranked, key=lambda c: c.score, reverse=True)
 
-    def _candidates(self, vectors: np.ndarray, tenant_id: int, only: list[int] | None) -> list[IndexEntry]:
+    def _candidates(
+        self, vectors: np.ndarray, tenant_id: int, only: list[int] | None, band: Band = Band.WIDE
+    ) -> list[IndexEntry]:
         found: dict[int, IndexEntry] = {}
         for vector in vectors:
-            for entry, _ in self.index.search(vector, tenant_id, 8, only):
+            for entry, _ in self.index.band(band).search(vector, tenant_id, 8, only):
                 found[entry.speaker_id] = entry
         if not found:
             raise NoEnrolledSpeakers("No enrolled speakers to identify against")
         return list(found.values())
 
     def _score_matrix(
-        self, vectors: np.ndarray, candidates: list[IndexEntry], tenant_id: int, gallery: int
+        self,
+        vectors: np.ndarray,
+        candidates: list[IndexEntry],
+        tenant_id: int,
+        gallery: int,
+        band: Band = Band.WIDE,
     ) -> np.ndarray:
-        """``(n, dim)`` clip vectors x candidates -> ``(n, len(candidates))`` normalised scores, for
-        clips compared against `gallery` speakers in all."""
-        scale = self.scorer.scale(tenant_id, *self.index.cohort(tenant_id))
+        """``(n, dim)`` clip vectors x candidates (their voiceprints in `band`) -> ``(n,
+        len(candidates))`` normalised scores, for clips compared against `gallery` speakers in all,
+        on the tenant's cohort of `band`."""
+        scale = self.scorer.scale(tenant_id, *self.index.band(band).cohort(tenant_id))
         return self.scorer.scores(vectors, np.stack([c.centroid for c in candidates]), scale, gallery)
 
     def _windows(self, prepared: PreparedAudio) -> list[tuple[float, float]]:
@@ -283,12 +310,13 @@ class IdentificationService:
         tenant_id: int,
         gallery: int,
         cancel: Cancellation | None,
+        band: Band = Band.WIDE,
     ) -> list[Segment]:
         """Re-score each stretch as a whole with the clip-level threshold; merge again after."""
         if not stretches:
             return []
         vectors = self._vectors([prepared.segment(s.start, s.end) for s in stretches], cancel)
-        scores = self._score_matrix(vectors, candidates, tenant_id, gallery)
+        scores = self._score_matrix(vectors, candidates, tenant_id, gallery, band)
         out: list[Segment] = []
         for stretch, row in zip(stretches, scores, strict=True):
             j = int(row.argmax())
