@@ -64,6 +64,10 @@ FLICKER = 2.0  # sd of the level's change every 16 ms (log power)
 RMS = 0.05
 NOISE = 1e-4  # background noise, about -80 dBFS
 LEAD_S = 0.5  # quiet before and after the voice
+# A tone this far below the median tone (power) was removed by the channel: a voice's own levels
+# stay above about 1/20 of the median (levels of sd 1 in log power), while a telephone line leaves
+# the tones above 4 kHz at 1e-10 of it.
+DEAD_TONE = 1e-2
 
 
 @dataclass(frozen=True)
@@ -146,8 +150,13 @@ class SpectralEmbedder:
             wave = np.pad(wave, (0, EMBED_N - len(wave)))
         frames = np.lib.stride_tricks.sliding_window_view(wave, EMBED_N)[:: EMBED_N // 2]
         power = (np.abs(np.fft.rfft(frames * np.hanning(EMBED_N + 1)[:EMBED_N], axis=1)) ** 2).mean(axis=0)
-        feature = np.log(power[READ_BINS] + 1e-10)
-        feature -= feature.mean()
+        tones = power[READ_BINS]
+        # Tones a channel removed (a telephone line cuts everything above 3.4 kHz) say nothing of
+        # the voice: left at 0, else their common floor would make every band-limited voice alike.
+        live = tones > DEAD_TONE * max(float(np.median(tones)), 1e-30)
+        feature = np.zeros(DIM)
+        feature[live] = np.log(tones[live])
+        feature[live] -= feature[live].mean()
         return (feature / max(float(np.linalg.norm(feature)), 1e-12)).astype(np.float32)
 
     def embed_batch(self, waves: Sequence[np.ndarray]) -> np.ndarray:
