@@ -205,6 +205,8 @@ class _Tables:
     samples: dict[int, list[SampleRecord]] = field(default_factory=dict)
     changes: list[ChangeRecord] = field(default_factory=list)
     next_speaker: int = 1
+    # Per speaker: (sample id, audio, source rate) of samples that kept their audio.
+    audio: dict[int, list[tuple[str, bytes, int]]] = field(default_factory=dict)
 
 
 class MemoryTransaction:
@@ -276,11 +278,26 @@ class MemoryTransaction:
             narrow_vector=sample.narrow_vector,
         )
         self.tables.samples[speaker_id].append(record)
+        if sample.audio is not None:
+            self.tables.audio.setdefault(speaker_id, []).append(
+                (sample.sample_id, sample.audio, sample.source_rate)
+            )
+
+    def stored_audio(self, speaker_id: int) -> list[tuple[str, bytes, int]]:
+        return [(s, audio, rate) for s, audio, rate in self.tables.audio.get(speaker_id, [])]
+
+    def set_twin(self, sample_id: str, narrow_vector: np.ndarray | None) -> None:
+        for speaker_id, samples in self.tables.samples.items():
+            self.tables.samples[speaker_id] = [
+                replace(s, narrow_vector=narrow_vector) if s.sample_id == sample_id else s for s in samples
+            ]
 
     def remove_sample(self, speaker_id: int, sample_id: str) -> bool:
         kept = [s for s in self.tables.samples.get(speaker_id, []) if s.sample_id != sample_id]
         removed = len(kept) != len(self.tables.samples.get(speaker_id, []))
         self.tables.samples[speaker_id] = kept
+        audio = self.tables.audio.get(speaker_id, [])
+        self.tables.audio[speaker_id] = [a for a in audio if a[0] != sample_id]
         return removed
 
     def update_speaker(self, speaker_id: int, aggregates: Aggregates) -> SpeakerRecord:
@@ -301,6 +318,7 @@ class MemoryTransaction:
     def delete_speaker(self, speaker_id: int) -> None:
         self.tables.speakers.pop(speaker_id, None)
         self.tables.samples.pop(speaker_id, None)
+        self.tables.audio.pop(speaker_id, None)
 
     def log_change(self, tenant_id: int, speaker_id: int, kind: ChangeKind) -> None:
         seq = self.tables.changes[-1].seq + 1 if self.tables.changes else 1
@@ -323,6 +341,7 @@ class MemoryStore:
                 {k: list(v) for k, v in self._tables.samples.items()},
                 list(self._tables.changes),
                 self._tables.next_speaker,
+                {k: list(v) for k, v in self._tables.audio.items()},
             )
             yield MemoryTransaction(draft)
             self._tables = draft

@@ -132,6 +132,19 @@ class SqlTransaction:
         )
         self.s.flush()
 
+    def stored_audio(self, speaker_id: int) -> list[tuple[str, bytes, int]]:
+        rows = self.s.execute(
+            select(Sample.sample_id, Sample.audio, Sample.source_rate)
+            .where(Sample.speaker_id == speaker_id, Sample.audio.is_not(None))
+            .order_by(Sample.id)
+        )
+        return [(sid, audio, rate) for sid, audio, rate in rows if audio]
+
+    def set_twin(self, sample_id: str, narrow_vector: np.ndarray | None) -> None:
+        row = self.s.scalars(select(Sample).where(Sample.sample_id == sample_id)).one()
+        row.narrow_vector = to_bytes(narrow_vector) if narrow_vector is not None else None
+        self.s.flush()
+
     def remove_sample(self, speaker_id: int, sample_id: str) -> bool:
         result = self.s.execute(
             delete(Sample).where(Sample.speaker_id == speaker_id, Sample.sample_id == sample_id)
@@ -262,6 +275,11 @@ class SqlStore:
     def last_change_seq(self) -> int:
         with self._sessions() as s:
             return s.scalar(select(func.max(Change.seq))) or 0
+
+    def keeps_audio(self) -> bool:
+        """Whether any sample kept its audio (`SPK_ENROLLMENT__STORE_AUDIO`)."""
+        with self._sessions() as s:
+            return s.scalar(select(Sample.id).where(Sample.audio.is_not(None)).limit(1)) is not None
 
     def counts(self) -> dict[str, int]:
         """Row counts for readiness and tests: tenants, speakers, samples."""

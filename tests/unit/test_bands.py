@@ -12,6 +12,7 @@ from service.audio import MODEL_RATE
 from service.audio.band import WIDEBAND_SHARE, Band, band_of, high_band_share, telephone_band
 from service.audio.frontend import AudioInput
 from service.config import EnrollmentSettings, Settings
+from service.enrollment.maintenance import Twins, recompute_all
 from service.enrollment.ports import IndexEntry
 from service.enrollment.scoring import DecisionRule, Scorer
 from service.storage.index import BandedIndex
@@ -149,3 +150,24 @@ def test_the_scorer_keeps_a_scale_per_band_of_a_tenant() -> None:
         for ids, cohort in bands:
             scorer.scale(ACME, ids, cohort)
     assert len(built) == 2  # once per band, then cached side by side
+
+
+def test_rebuild_makes_twins_from_kept_audio_and_keeps_what_is_stored_otherwise() -> None:
+    settings = Settings(enrollment=EnrollmentSettings(narrowband_twins=False, store_audio=True))
+    svc = fake_services(settings)
+    svc.enroll_takes(ACME, "alice", ALICE)
+    svc.enrollment.store_audio = False  # bob's samples keep no audio
+    svc.enroll_takes(ACME, "bob", BOB)
+    twins = Twins(svc.enrollment.frontend, svc.enrollment.embed)
+    assert recompute_all(svc.store, svc.embedder.checksum, svc.enrollment.policy, twins) == (2, 2)
+    alice, bob = svc.store.get_speaker(ACME, "alice"), svc.store.get_speaker(ACME, "bob")
+    assert alice is not None and bob is not None
+    with svc.store.transaction() as tx:
+        made = tx.samples(alice.id)
+        kept = tx.samples(bob.id)
+    assert all(s.narrow_vector is not None for s in made) and alice.narrow_centroid is not None
+    expected = twins(ALICE.wave(0), MODEL_RATE)
+    # The kept audio is the front end's output, filtered once more on the way back in: nearly equal.
+    assert expected is not None and float(made[0].band_vector @ expected) > 0.999
+    assert all(s.narrow_vector is None for s in kept) and bob.narrow_centroid is None
+    assert twins(telephone_band(ALICE.wave(0)), MODEL_RATE) is None  # narrowband audio: no twin
