@@ -48,7 +48,7 @@ def shares(folder_manifest: list[ManifestRow], detector: SpeechDetector, to_16k:
     return np.array(out)
 
 
-def index_rss(n: int, twins: bool) -> dict[str, float]:
+def index_rss(n: int, twins: bool) -> dict[str, object]:
     """Resident memory of an index of `n` speakers (one band, or both with their twin centroids,
     counted too) over that of the wideband entries."""
     rng = np.random.default_rng(n)
