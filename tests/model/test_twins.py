@@ -82,6 +82,12 @@ def test_enrolled_speakers_are_named_over_g711(tenant: httpx.Client) -> None:
         assert found["speakerId"] == speaker and found["score"] >= found["threshold"], (speaker, found)
         check = tenant.post("/v1/verify", json={**_call(paths[3]), "speakerId": speaker}).json()
         assert check["match"] and check["channel"] == "narrowband", (speaker, check)
+    # The compatible identify names the speaker for most of the call's speech, and no one else.
+    speaker, paths = next(iter(enrolled.items()))
+    segments = tenant.post("/audio/generic/api/v1/sync/diarization/identify", json=_call(paths[3])).json()
+    assert {s["speakerId"] for s in segments} <= {speaker, "unknown"}, segments
+    theirs = sum(s["end"] - s["start"] for s in segments if s["speakerId"] == speaker)
+    assert theirs >= 0.5 * sum(s["end"] - s["start"] for s in segments), segments
     # The same speakers heard at 16 kHz are scored in the wide band.
     speaker, paths = next(iter(enrolled.items()))
     wide = tenant.post("/v1/identify", json=flac_body(paths[3])).json()
