@@ -20,7 +20,8 @@ import sys
 import numpy as np
 
 from devtools import channels as C
-from devtools.sets import EVAL_TELEPHONE, manifest
+from devtools.bench.index import DIM, population, rss_gb
+from devtools.sets import EVAL_TELEPHONE, manifest_rows
 from devtools.study import WORK
 from service.audio import MODEL_RATE
 from service.audio.band import WIDEBAND_SHARE, high_band_share
@@ -29,7 +30,6 @@ from service.audio.pipeline import SpeechDetector, prepare
 from service.config import Settings
 from service.enrollment.ports import IndexEntry
 from service.storage.index import BandedIndex
-from service.tools.bench_index import DIM, population, rss_gb
 from service.tools.inputs import ManifestRow
 
 log = logging.getLogger(__name__)
@@ -86,10 +86,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     detector = SpeechDetector(Settings().audio.vad_threshold)
     sets = {
-        "eval-speech 16 kHz": (manifest(WORK / "speech" / "clean"), False),
-        "eval-speech MP3 24 kbit/s": (manifest(WORK / "speech" / "mp3"), False),
-        "eval-speech G.711, resampled to 16 kHz": (manifest(WORK / "speech" / "mulaw"), True),
-        "eval-telephone (8 kHz calls)": (manifest(EVAL_TELEPHONE), False),
+        "eval-speech 16 kHz": (manifest_rows(WORK / "speech" / "clean"), False),
+        "eval-speech MP3 24 kbit/s": (manifest_rows(WORK / "speech" / "mp3"), False),
+        "eval-speech G.711, resampled to 16 kHz": (manifest_rows(WORK / "speech" / "mulaw"), True),
+        "eval-telephone (8 kHz calls)": (manifest_rows(EVAL_TELEPHONE), False),
     }
     print(f"share of speech power above 3.8 kHz (wideband from {WIDEBAND_SHARE:g})")
     for name, (rows, up) in sets.items():

@@ -27,7 +27,7 @@ from devtools.study import embed_all
 from service import calibration as cal
 from service.embedding import weights
 from service.embedding.ecapa import load_cohort
-from service.enrollment.scoring import DecisionRule, Scorer, impostor_scores
+from service.enrollment.scoring import DecisionRule, Scorer, impostor_scores, unit_rows
 from service.tools.metrics import wilson
 
 log = logging.getLogger(__name__)
@@ -260,7 +260,7 @@ def _voice_trials(
             continue
         earlier = [e1.vectors[idx[0]]]
         for k in (1, 2):
-            voiceprint = D._unit(np.mean(earlier, axis=0))
+            voiceprint = unit_rows(np.mean(earlier, axis=0))
             new = e2.vectors[idx[k]]
             earlier.append(new)
             if not np.isfinite(new).all():

@@ -66,7 +66,7 @@ def resample(samples: np.ndarray, rate: int, new_rate: int) -> np.ndarray:
     if rate == new_rate:
         return samples.astype(np.float32)
     wave = AF.resample(torch.from_numpy(np.ascontiguousarray(samples, dtype=np.float32)), rate, new_rate)
-    return wave.numpy()
+    return np.asarray(wave.numpy())
 
 
 def telephone_band(samples: np.ndarray, rate: int) -> np.ndarray:

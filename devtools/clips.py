@@ -7,23 +7,36 @@ so a test that decodes them checks the service against a second implementation.
 
 from __future__ import annotations
 
-import csv
+import base64
 import io
 from dataclasses import dataclass
 from fractions import Fraction
-from functools import cache
+from functools import cache, cached_property
 from pathlib import Path
 
 import av
 import numpy as np
 import soundfile as sf
 
-from devtools.sets import EVAL_SPEECH
+from devtools.sets import EVAL_SPEECH, manifest_rows
 
 # Short, clean LibriSpeech utterances used throughout the audio tests (path relative to EVAL_SPEECH).
 SHORT_CLIP = "librispeech/test-clean/61/61-70968-0002.flac"  # 2.97 s
 MEDIUM_CLIP = "librispeech/test-clean/61/61-70968-0000.flac"
 VCTK_CLIP = "vctk/p225/p225_003.wav"  # 6.0 s, WAV
+# Two LibriSpeech readers with two clips each to enroll, and a third clip of the first (9.8 s) that
+# is not enrolled: a small population for identify under load.
+TWO_READERS = {
+    "alice": (
+        "librispeech/test-other/367/367-130732-0002.flac",
+        "librispeech/test-other/367/367-130732-0003.flac",
+    ),
+    "bob": (
+        "librispeech/test-other/2609/2609-156975-0002.flac",
+        "librispeech/test-other/2609/2609-156975-0006.flac",
+    ),
+}
+ALICE_UNENROLLED = "librispeech/test-other/367/367-130732-0007.flac"
 
 
 @dataclass(frozen=True)
@@ -40,14 +53,53 @@ class Clip:
         return self.samples.astype(np.float32) / 32768.0
 
 
+@dataclass(frozen=True)
+class SetClip:
+    """One line of an evaluation set's manifest: which file, whose voice, how long."""
+
+    path: str  # relative to the set's folder, as the manifest writes it
+    speaker: str
+    duration_s: float
+    folder: Path = EVAL_SPEECH
+
+    @property
+    def file(self) -> Path:
+        return self.folder / self.path
+
+    @property
+    def encoding(self) -> str:
+        """The service `encoding` of the file as stored (the sets hold FLAC and WAV)."""
+        return "WAV" if self.path.endswith(".wav") else "FLAC"
+
+    @property
+    def session(self) -> str:
+        """The recording session: a LibriSpeech chapter (``reader-chapter-utterance``); one per
+        VCTK speaker."""
+        parts = Path(self.path).stem.split("-")
+        return f"{self.speaker}/{parts[1]}" if len(parts) == 3 else self.speaker
+
+    @cached_property
+    def audio_fields(self) -> dict[str, str]:
+        """The audio of a request body for this file as stored: base64 `content` and `encoding`."""
+        return {"content": base64.b64encode(self.file.read_bytes()).decode(), "encoding": self.encoding}
+
+
+def set_clips(folder: Path = EVAL_SPEECH) -> list[SetClip]:
+    """Every clip of the set in `folder` (its ``manifest.csv``: path, speaker, duration_s), in order."""
+    return [
+        SetClip(r.name, r.speaker, float(r.extra["duration_s"]), folder)
+        for r in manifest_rows(folder, ("path", "speaker", "duration_s"))
+    ]
+
+
 def eval_speech_available() -> bool:
     return (EVAL_SPEECH / "manifest.csv").is_file()
 
 
 @cache
-def manifest() -> tuple[dict[str, str], ...]:
-    with open(EVAL_SPEECH / "manifest.csv", newline="") as fh:
-        return tuple(csv.DictReader(fh))
+def manifest() -> tuple[SetClip, ...]:
+    """Every eval-speech clip, read once per process."""
+    return tuple(set_clips())
 
 
 @cache

@@ -32,15 +32,11 @@ index mismatch or server error.
 from __future__ import annotations
 
 import argparse
-import base64
-import csv
+import dataclasses
 import json
 import os
 import random
 import shutil
-import signal
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -48,7 +44,7 @@ import uuid
 from collections import Counter, defaultdict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -58,15 +54,17 @@ import soundfile as sf
 from sqlalchemy import create_engine, func, select
 from sqlalchemy.pool import NullPool
 
-from devtools.sets import EVAL_SPEECH, REPO_ROOT
+from devtools.clips import SetClip, set_clips
+from devtools.server import ServerProcess, create_key, speakerid
+from devtools.sets import EVAL_SPEECH
 from service.config import Settings
 from service.enrollment.policy import EnrollmentPolicy, centroid_and_spread, missing
-from service.enrollment.ports import SpeakerStatus
-from service.storage.repository import from_bytes
-from service.storage.tables import Change, Sample, Speaker, Tenant
-from service.tools.server import free_port
+from service.enrollment.ports import SampleRecord, SpeakerRecord, SpeakerStatus
+from service.main import enrollment_policy
+from service.storage.repository import SqlStore
+from service.storage.tables import Change, Sample, Speaker
+from service.tools.client import parse_error
 
-REPO = REPO_ROOT
 READY_TIMEOUT_S = 180.0
 REQUEST_TIMEOUT_S = 120.0
 # Clips this long keep requests short (more operations per load window) with speech to spare.
@@ -78,58 +76,34 @@ COSINE_TOLERANCE = 1e-3  # identify rounds cosines to 4 decimals; the model run 
 # --- the speech -----------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Clip:
-    path: str  # relative to eval-speech
-    reader: str
-    duration_s: float
-    body: dict[str, Any]  # the audio fields of a request, base64 encoded once
-
-
-def _audio_fields(path: Path) -> dict[str, Any]:
-    return {
-        "content": base64.b64encode(path.read_bytes()).decode(),
-        "encoding": "WAV" if path.suffix == ".wav" else "FLAC",
-        "sampleRate": 16000,
-        "languageCode": "en-US",
-    }
-
-
-def load_speech(speech: Path, speakers: int, rng: random.Random) -> tuple[dict[str, list[Clip]], Clip]:
+def load_speech(speech: Path, speakers: int, rng: random.Random) -> tuple[dict[str, list[SetClip]], SetClip]:
     """`speakers` readers with their clips (durations distinct within a reader, so a stored sample's
     duration names its clip), and one clip of a reader outside the pool to probe the index with."""
-    with (speech / "manifest.csv").open(newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    by_reader: dict[str, list[dict[str, str]]] = defaultdict(list)
+    rows = set_clips(speech)
+    by_reader: dict[str, list[SetClip]] = defaultdict(list)
     for row in rows:
-        by_reader[row["speaker"]].append(row)
-    usable: dict[str, list[dict[str, str]]] = {}
+        by_reader[row.speaker].append(row)
+    usable: dict[str, list[SetClip]] = {}
     for reader, items in sorted(by_reader.items()):
-        picked: list[dict[str, str]] = []
-        for row in sorted(items, key=lambda r: float(r["duration_s"])):
-            d = float(row["duration_s"])
+        picked: list[SetClip] = []
+        for clip in sorted(items, key=lambda c: c.duration_s):
+            d = clip.duration_s
             if CLIP_SECONDS[0] <= d <= CLIP_SECONDS[1] and all(
-                abs(d - float(p["duration_s"])) > 4 * DURATION_MATCH_S for p in picked
+                abs(d - p.duration_s) > 4 * DURATION_MATCH_S for p in picked
             ):
-                picked.append(row)
+                picked.append(clip)
         if len(picked) >= 4:
             usable[reader] = picked
     if len(usable) < speakers:
         raise SystemExit(f"only {len(usable)} eval-speech readers have enough clips; asked for {speakers}")
     chosen = sorted(rng.sample(sorted(usable), speakers))
-    pool: dict[str, list[Clip]] = {}
+    pool: dict[str, list[SetClip]] = {}
     for reader in chosen:
-        clips = []
-        for row in usable[reader]:
-            path = speech / row["path"]
-            info = sf.info(str(path))
-            clips.append(Clip(row["path"], reader, info.frames / info.samplerate, _audio_fields(path)))
-        pool[f"spk-{reader}"] = clips
-    probes = [r for r in rows if len(by_reader[r["speaker"]]) == 1 and 4.0 <= float(r["duration_s"]) <= 8.0]
-    probe_row = sorted(probes, key=lambda r: r["path"])[0]
-    probe_path = speech / probe_row["path"]
-    probe = Clip(probe_row["path"], probe_row["speaker"], 0.0, _audio_fields(probe_path))
-    return pool, probe
+        # The file's own length, not the manifest's rounded one: it is what the server stores.
+        exact = [(c, sf.info(str(c.file))) for c in usable[reader]]
+        pool[f"spk-{reader}"] = [dataclasses.replace(c, duration_s=i.frames / i.samplerate) for c, i in exact]
+    probes = [c for c in rows if len(by_reader[c.speaker]) == 1 and 4.0 <= c.duration_s <= 8.0]
+    return pool, min(probes, key=lambda c: c.path)
 
 
 # --- the operation log ----------------------------------------------------------------------------
@@ -145,12 +119,12 @@ class Op:
     kind: str  # "enroll" or "delete"
     route: str  # "native" or "compat"
     speaker: str
-    clip: Clip | None
+    clip: SetClip | None
     start: int
     end: int | None = None
     status: int | None = None
     sample_id: str | None = None
-    error: str | None = None
+    error: str | None = None  # a transport error, or the error code of a refusal or a 5xx
     failed: int | None = None  # the clock when the request failed without an answer
 
     @property
@@ -170,7 +144,9 @@ class Op:
 class Workload:
     """The shared state of the client threads: clock, operation log, clips used per speaker."""
 
-    def __init__(self, pool: dict[str, list[Clip]], delete_fraction: float, compat_fraction: float) -> None:
+    def __init__(
+        self, pool: dict[str, list[SetClip]], delete_fraction: float, compat_fraction: float
+    ) -> None:
         self.pool = pool
         self.delete_fraction = delete_fraction
         self.compat_fraction = compat_fraction
@@ -206,6 +182,8 @@ class Workload:
         else:
             op.end = self.tick()
             op.status = response.status_code
+            if response.status_code >= 400:
+                op.error = parse_error(response).code
             if op.acked:
                 self.acknowledged.set()
             if op.kind == "enroll" and op.route == "native" and response.status_code == 201:
@@ -235,8 +213,8 @@ def _request(http: httpx.Client, op: Op) -> httpx.Response:
     if op.kind == "enroll":
         assert op.clip is not None
         if op.route == "native":
-            return http.post(f"/v1/speakers/{op.speaker}/enrollments", json=op.clip.body)
-        body = {**op.clip.body, "speakerId": op.speaker}
+            return http.post(f"/v1/speakers/{op.speaker}/enrollments", json=op.clip.audio_fields)
+        body = {**op.clip.audio_fields, "speakerId": op.speaker}
         return http.post("/audio/generic/api/v1/sync/diarization/enroll", json=body)
     if op.route == "native":
         return http.delete(f"/v1/speakers/{op.speaker}")
@@ -255,108 +233,13 @@ def client_loop(
                 time.sleep(0.05)  # a transport error while the server should be up: do not spin
 
 
-# --- the server -----------------------------------------------------------------------------------
-
-
-def speakerid_command() -> list[str]:
-    script = Path(sys.executable).with_name("speakerid")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "service.cli"]
-
-
-class ServerProcess:
-    """`speakerid serve` in its own process group, so SIGKILL takes it and anything it started."""
-
-    def __init__(self, env: dict[str, str], log_dir: Path) -> None:
-        self.env = env
-        self.log_dir = log_dir
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.url = ""
-        self.starts = 0
-        self.log_path = log_dir / "server-0.log"
-
-    def start(self) -> float:
-        """Start and wait for /readyz; returns the seconds it took."""
-        port = free_port()
-        self.url = f"http://127.0.0.1:{port}"
-        self.log_path = self.log_dir / f"server-{self.starts}.log"
-        self.starts += 1
-        began = time.monotonic()
-        with self.log_path.open("wb") as log:
-            self.proc = subprocess.Popen(
-                [*speakerid_command(), "serve", "--host", "127.0.0.1", "--port", str(port)],
-                cwd=REPO,
-                env=self.env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        with httpx.Client(timeout=5) as http:
-            while True:
-                if self.proc.poll() is not None:
-                    raise RuntimeError(
-                        f"speakerid serve exited with {self.proc.returncode}:\n{self.log_tail()}"
-                    )
-                if time.monotonic() - began > READY_TIMEOUT_S:
-                    self.kill()
-                    raise RuntimeError(f"speakerid serve not ready after {READY_TIMEOUT_S:.0f} s")
-                try:
-                    if http.get(f"{self.url}/readyz").status_code == 200:
-                        return time.monotonic() - began
-                except httpx.HTTPError:
-                    pass
-                time.sleep(0.1)
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        if self.proc is not None:
-            self.proc.wait()
-
-    def stop(self) -> None:
-        """A clean shutdown at the end of the run."""
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.kill()
-
-    def log_tail(self, lines: int = 40) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no log)"
-
-
 # --- the database, read directly ------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class SampleRow:
-    sample_id: str
-    speaker: str
-    vector: np.ndarray
-    speech_seconds: float
-    duration_seconds: float
-    model_sha256: str
-
-
-@dataclass(frozen=True)
-class SpeakerRow:
-    row_id: int
-    external_id: str
-    status: str
-    sample_count: int
-    speech_seconds: float
-    spread: float
-    centroid: np.ndarray | None
-    model_sha256: str | None
 
 
 @dataclass
 class Snapshot:
-    speakers: dict[str, SpeakerRow]
-    samples: dict[str, list[SampleRow]]  # by speaker external id
+    speakers: dict[str, SpeakerRecord]  # by external id
+    samples: dict[str, list[SampleRecord]]  # by speaker external id
     orphan_samples: int  # samples (of any tenant) whose speaker row is missing
     logged_speakers: set[int]  # speaker row ids that appear in the change log
 
@@ -369,55 +252,33 @@ class Snapshot:
         }
 
 
-def read_database(url: str, tenant: str) -> Snapshot:
+@contextmanager
+def opened(url: str) -> Iterator[SqlStore]:
+    """The service's own store on the database, for reading what a run left there."""
     engine = create_engine(url, poolclass=NullPool)
     try:
-        with engine.connect() as conn:
-            tenant_id = conn.scalar(select(Tenant.id).where(Tenant.name == tenant))
-            speakers = {
-                r.external_id: SpeakerRow(
-                    row_id=r.id,
-                    external_id=r.external_id,
-                    status=r.status,
-                    sample_count=r.sample_count,
-                    speech_seconds=r.speech_seconds,
-                    spread=r.spread,
-                    centroid=from_bytes(r.centroid) if r.centroid is not None else None,
-                    model_sha256=r.model_sha256,
-                )
-                for r in conn.execute(select(Speaker).where(Speaker.tenant_id == tenant_id))
-            }
-            samples: dict[str, list[SampleRow]] = defaultdict(list)
-            query = (
-                select(
-                    Sample.sample_id,
-                    Speaker.external_id,
-                    Sample.vector,
-                    Sample.speech_seconds,
-                    Sample.duration_seconds,
-                    Sample.model_sha256,
-                )
-                .join(Speaker, Speaker.id == Sample.speaker_id)
-                .where(Speaker.tenant_id == tenant_id)
-                .order_by(Sample.id)
-            )
-            for sid, ext, vector, speech, duration, sha in conn.execute(query):
-                samples[ext].append(SampleRow(sid, ext, from_bytes(vector), speech, duration, sha))
+        yield SqlStore(engine)
+    finally:
+        engine.dispose()
+
+
+def read_database(url: str, key: str) -> Snapshot:
+    """The rows of the tenant of `key`, read through the service's store."""
+    with opened(url) as store:
+        found = store.authenticate(key)
+        assert found is not None, "the run's key is valid"
+        speakers = {s.external_id: s for s in store.list_speakers(found.tenant_id)}
+        with store.transaction() as tx:
+            samples = {ext: tx.samples(s.id) for ext, s in speakers.items()}
+        # Rows the store has no reason to read: a sample left without its speaker, the change log.
+        with store.engine.connect() as conn:
             orphans = conn.scalar(
                 select(func.count()).select_from(Sample).where(Sample.speaker_id.not_in(select(Speaker.id)))
             )
             logged = set(
-                conn.scalars(select(Change.speaker_id).where(Change.tenant_id == tenant_id).distinct())
+                conn.scalars(select(Change.speaker_id).where(Change.tenant_id == found.tenant_id).distinct())
             )
-    finally:
-        engine.dispose()
-    return Snapshot(speakers, dict(samples), orphans or 0, logged)
-
-
-def policy_from(settings: Settings) -> EnrollmentPolicy:
-    """The server's enrollment policy: the settings group names the policy's fields."""
-    group = settings.enrollment
-    return EnrollmentPolicy(**{f.name: getattr(group, f.name) for f in fields(EnrollmentPolicy)})
+    return Snapshot(speakers, {k: v for k, v in samples.items() if v}, orphans or 0, logged)
 
 
 def consistency_problems(snap: Snapshot, policy: EnrollmentPolicy) -> list[str]:
@@ -430,7 +291,7 @@ def consistency_problems(snap: Snapshot, policy: EnrollmentPolicy) -> list[str]:
         where = f"speaker {ext}"
         if not rows:
             problems.append(f"{where}: a speaker row without samples")
-        if speaker.row_id not in snap.logged_speakers:
+        if speaker.id not in snap.logged_speakers:
             problems.append(f"{where}: no change-log entry")
         if speaker.sample_count != len(rows):
             problems.append(f"{where}: sample_count {speaker.sample_count} but {len(rows)} sample rows")
@@ -483,18 +344,18 @@ class Verdict:
         self.inflight_committed |= other.inflight_committed
 
 
-def clip_of(sample: SampleRow, clips: Sequence[Clip]) -> Clip | None:
+def clip_of(sample: SampleRecord, clips: Sequence[SetClip]) -> SetClip | None:
     near = [c for c in clips if abs(c.duration_s - sample.duration_seconds) <= DURATION_MATCH_S]
     return near[0] if len(near) == 1 else None
 
 
-def judge(ops: Sequence[Op], snap: Snapshot, pool: dict[str, list[Clip]]) -> Verdict:
+def judge(ops: Sequence[Op], snap: Snapshot, pool: dict[str, list[SetClip]]) -> Verdict:
     """The database against the whole log so far (every request in it has its `end`)."""
     verdict = Verdict()
     by_speaker: dict[str, list[Op]] = defaultdict(list)
     for op in ops:
         by_speaker[op.speaker].append(op)
-    sample_home = {s.sample_id: s.speaker for rows in snap.samples.values() for s in rows}
+    sample_home = {s.sample_id: speaker for speaker, rows in snap.samples.items() for s in rows}
     for speaker, clips in pool.items():
         mine = by_speaker.get(speaker, [])
         enrolls = [o for o in mine if o.kind == "enroll"]
@@ -533,7 +394,7 @@ def judge(ops: Sequence[Op], snap: Snapshot, pool: dict[str, list[Clip]]) -> Ver
             if clip is None:
                 verdict.phantoms.append(
                     f"{speaker}: sample {row.sample_id} ({row.duration_seconds:.3f} s) "
-                    f"is no clip of reader {clips[0].reader}"
+                    f"is no clip of reader {clips[0].speaker}"
                 )
                 continue
             sources = [
@@ -575,37 +436,35 @@ def _end(op: Op) -> int:
 class Probe:
     """A clip to identify with, and its normalised embedding as the server computes it."""
 
-    clip: Clip
+    clip: SetClip
     vector: np.ndarray
 
 
-def make_probe(server_url: str, env: dict[str, str], tenant: str, clip: Clip, database_url: str) -> Probe:
+def make_probe(server_url: str, env: dict[str, str], tenant: str, clip: SetClip, database_url: str) -> Probe:
     """Enroll the probe clip once, in a tenant of its own, and read its vector back from the
     database: the cosines identify reports for it then say which vector the index holds."""
     key = create_key(env, tenant)
     with httpx.Client(base_url=server_url, headers={"X-API-Key": key}, timeout=REQUEST_TIMEOUT_S) as http:
-        answer = http.post("/v1/speakers/probe/enrollments", json=clip.body)
+        answer = http.post("/v1/speakers/probe/enrollments", json=clip.audio_fields)
         answer.raise_for_status()
         sample_id = answer.json()["lastSample"]["sampleId"]
-    engine = create_engine(database_url, poolclass=NullPool)
-    try:
-        with engine.connect() as conn:
-            blob = conn.scalar(select(Sample.vector).where(Sample.sample_id == sample_id))
-    finally:
-        engine.dispose()
-    if blob is None:
+    with opened(database_url) as store:
+        found = store.authenticate(key)
+        speaker = store.get_speaker(found.tenant_id, "probe") if found is not None else None
+        sample = store.latest_sample(speaker.id) if speaker is not None else None
+    if sample is None or sample.sample_id != sample_id:
         raise RuntimeError(f"the probe's sample {sample_id} was acknowledged but is not in the database")
-    return Probe(clip, from_bytes(blob))
+    return Probe(clip, sample.vector)
 
 
 def index_problems(
-    http: httpx.Client, snap: Snapshot, pool: dict[str, list[Clip]], probe: Probe
+    http: httpx.Client, snap: Snapshot, pool: dict[str, list[SetClip]], probe: Probe
 ) -> list[str]:
     """The restarted server's index against the database, through the public API only: which
     speakers it holds, their complete flags, and (by the probe's cosines) their vectors."""
     problems = []
     expected = snap.indexed()
-    response = http.post("/v1/identify", json={**probe.clip.body, "topK": 100})
+    response = http.post("/v1/identify", json={**probe.clip.audio_fields, "topK": 100})
     if not expected:
         if response.status_code != 404:
             problems.append(
@@ -634,7 +493,7 @@ def index_problems(
                 f"index != database: extra {extra}, missing {gone}, complete flag differs {flags}"
             )
     for speaker in sorted(set(pool) - set(expected)):
-        answer = http.post("/v1/identify", json={**probe.clip.body, "speakerIds": [speaker]})
+        answer = http.post("/v1/identify", json={**probe.clip.audio_fields, "speakerIds": [speaker]})
         if answer.status_code != 404:
             problems.append(
                 f"identify speakerIds=[{speaker}] (not in the database) answered {answer.status_code}"
@@ -688,7 +547,9 @@ class Report:
         ops = self.ops
         enrolls = [o for o in ops if o.kind == "enroll"]
         deletes = [o for o in ops if o.kind == "delete"]
-        refused = Counter(o.status for o in ops if o.status is not None and 400 <= o.status < 500)
+        refused = Counter(
+            f"{o.status} {o.error}" for o in ops if o.status is not None and 400 <= o.status < 500
+        )
         restarts = [c.restart_s for c in self.cycles]
         v = self.verdict
         lines = [
@@ -723,18 +584,6 @@ class Report:
             lines.extend(f"  {title}: {item}" for item in items[:20])
         lines.append("PASS" if self.ok else "FAIL")
         return "\n".join(lines)
-
-
-def create_key(env: dict[str, str], tenant: str) -> str:
-    out = subprocess.run(
-        [*speakerid_command(), "keys", "create", "--tenant", tenant],
-        cwd=REPO,
-        env=env,
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    return out.stdout.strip().splitlines()[-1]
 
 
 @contextmanager
@@ -789,9 +638,9 @@ def run_crash_test(
         "SPK_LOG_LEVEL": "WARNING",
     }
     settings = Settings(database_url=database_url)
-    policy = policy_from(settings)
+    policy = enrollment_policy(settings)
     if migrate:
-        subprocess.run([*speakerid_command(), "migrate"], cwd=REPO, env=env, check=True, capture_output=True)
+        speakerid(env, "migrate")
     tenant = f"crash-{uuid.uuid4().hex[:8]}"
     key = create_key(env, tenant)
     workload = Workload(pool, delete_fraction, compat_fraction)
@@ -805,12 +654,13 @@ def run_crash_test(
     with work_folder(log_dir) as folder:
         server = ServerProcess(env, folder)
         try:
-            first = server.start()
+            server.start()
+            first = server.wait_ready(READY_TIMEOUT_S)
             say(f"server ready in {first:.1f} s; tenant {tenant}; speakers {sorted(pool)}")
             probe = make_probe(server.url, env, f"{tenant}-probe", probe_clip, database_url)
             for cycle in range(1, cycles + 1):
                 result = _one_cycle(cycle, rng, workload, server, key, clients, window_s, kill_on_ack, report)
-                snap = read_database(database_url, tenant)
+                snap = read_database(database_url, key)
                 verdict = judge(workload.ops, snap, pool)
                 inconsistent = consistency_problems(snap, policy)
                 with httpx.Client(
@@ -841,7 +691,7 @@ def run_crash_test(
                 report.server_errors += server_log_problems(path)
     report.ops = workload.ops
     report.server_errors += [
-        f"cycle {o.cycle}: {o.kind} {o.route} {o.speaker} answered {o.status}"
+        f"cycle {o.cycle}: {o.kind} {o.route} {o.speaker} answered {o.status} {o.error}"
         for o in workload.ops
         if o.status is not None and o.status >= 500
     ]
@@ -897,7 +747,8 @@ def _one_cycle(
         for o in mine
         if o.failed is not None and o.failed < kill_tick
     ]
-    restart = server.start()
+    server.start()
+    restart = server.wait_ready(READY_TIMEOUT_S)
     return CycleResult(
         cycle=cycle,
         on_ack=on_ack and workload.acknowledged.is_set(),

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from devtools.embeddings import Embedded
-from service.enrollment.scoring import Scorer, centred, domain_mean
+from service.enrollment.scoring import Scorer, centred, domain_mean, unit_rows
 
 
 @dataclass(frozen=True)
@@ -26,7 +26,7 @@ class Tenant:
 
     @property
     def centroids(self) -> np.ndarray:
-        return np.stack([_unit(s.mean(axis=0)) for s in self.samples])
+        return np.stack([unit_rows(s.mean(axis=0)) for s in self.samples])
 
 
 @dataclass(frozen=True)
@@ -55,10 +55,6 @@ class Case:
     trials: Trials
 
 
-def _unit(v: np.ndarray) -> np.ndarray:
-    return (v / np.linalg.norm(v, axis=-1, keepdims=True)).astype(np.float32)
-
-
 def half_of(label: str, salt: str = "split") -> int:
     """0 or 1: a speaker's fixed half (calibration 0, report 1)."""
     return int(hashlib.sha256(f"{salt}:{label}".encode()).hexdigest(), 16) % 2
@@ -78,7 +74,7 @@ class Cosine(Rule):
     name = "cosine"
 
     def scores(self, tenant: Tenant, queries: np.ndarray) -> np.ndarray:
-        return queries @ tenant.centroids.T
+        return np.asarray(queries @ tenant.centroids.T)
 
 
 class Centred(Rule):

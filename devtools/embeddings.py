@@ -22,6 +22,7 @@ from service.audio.decode import decode
 from service.audio.pipeline import SpeechDetector, prepare
 from service.config import Settings
 from service.embedding.ecapa import EcapaEmbedder
+from service.enrollment.scoring import unit_rows
 from service.main import load_embedder
 from service.tools.audio import encoding_for
 from service.tools.inputs import ManifestRow, read_manifest
@@ -45,10 +46,6 @@ class Embedded:
     @property
     def speakers(self) -> np.ndarray:
         return np.array([r.speaker for r in self.rows])
-
-
-def _unit(vector: np.ndarray) -> np.ndarray:
-    return (vector / np.linalg.norm(vector)).astype(np.float32)
 
 
 class Embedding:
@@ -77,9 +74,9 @@ class Embedding:
         if len(speech) < MODEL_RATE // 10:
             nan = np.full(self.model.dim, np.nan, dtype=np.float32)
             return nan, nan, prepared.speech_seconds, prepared.snr_db
-        whole = _unit(self.model.embed(speech))
+        whole = unit_rows(self.model.embed(speech))
         short_len = int(SHORT_S * MODEL_RATE)
-        short = whole if len(speech) <= short_len else _unit(self.model.embed(speech[:short_len]))
+        short = whole if len(speech) <= short_len else unit_rows(self.model.embed(speech[:short_len]))
         return whole, short, prepared.speech_seconds, prepared.snr_db
 
     def manifest(self, manifest: Path, cache_dir: Path, twin: bool = False) -> Embedded:

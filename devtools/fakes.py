@@ -157,7 +157,7 @@ class SpectralEmbedder:
         feature = np.zeros(DIM)
         feature[live] = np.log(tones[live])
         feature[live] -= feature[live].mean()
-        return (feature / max(float(np.linalg.norm(feature)), 1e-12)).astype(np.float32)
+        return np.asarray(feature / max(float(np.linalg.norm(feature)), 1e-12), dtype=np.float32)
 
     def embed_batch(self, waves: Sequence[np.ndarray]) -> np.ndarray:
         return np.stack([self.embed(w) for w in waves])

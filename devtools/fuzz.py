@@ -34,7 +34,7 @@ import struct
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,8 +50,10 @@ from schemathesis import GenerationMode
 from schemathesis import checks as st_checks
 from schemathesis.core.result import Err
 
-from devtools.clips import EVAL_SPEECH, RECIPES, encode_recipe, load_clip, silence_flac
-from service.tools.server import LocalServer, local_server
+from devtools.clips import RECIPES, encode_recipe, load_clip, silence_flac
+from devtools.server import local_server
+from devtools.sets import EVAL_SPEECH
+from service.tools.client import parse_error
 
 PUBLIC_PATHS = ("/healthz", "/readyz", "/metrics")
 AUTH_QUERY = ("apikey", "api_key")
@@ -205,7 +207,7 @@ def _refused_without_key(status: int, body: str) -> bool:
     if status in (401, 413):
         return True
     if status == 404:
-        return "request.NotFound" in body
+        return parse_error(httpx.Response(status, text=body)).code == "request.NotFound"
     return status == 400 and ("JSON decode error" in body or "error parsing the body" in body)
 
 
@@ -545,17 +547,6 @@ def send_json_bomb(client: httpx.Client, path: str, bomb: tuple[str, str, bytes]
 # --- the server -----------------------------------------------------------------------------------
 
 
-Served = LocalServer
-
-
-@contextlib.contextmanager
-def served(data_dir: Path | None = None, tenant: str = "fuzz", **env_extra: str) -> Iterator[Served]:
-    """`speakerid serve` on a free loopback port over a fresh SQLite database, with one key, ready."""
-    with local_server(data_dir, tenant, False, **env_extra) as server:
-        server.wait_ready()
-        yield server
-
-
 def still_serves(base_url: str, key: str, speaker_id: str = "fuzz-final-check") -> list[str]:
     """What is wrong, if anything: health, readiness, and a real enrollment then its deletion."""
     problems = []
@@ -667,7 +658,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.key:
             parser.error("--url needs --key")
         return run(args.url.rstrip("/"), args.key, args, None)
-    with served() as server:
+    with local_server(tenant="fuzz", ready=True) as server:
         print(f"serving at {server.url} (log: {server.log})", flush=True)
         return run(server.url, server.key, args, server.log)
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
-from service.tools.inputs import ManifestRow, read_manifest
+from service.tools.inputs import InputError, ManifestRow, read_manifest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED = (REPO_ROOT / ".." / "shared").resolve()
@@ -12,5 +13,8 @@ EVAL_SPEECH = SHARED / "eval-speech"
 EVAL_TELEPHONE = SHARED / "eval-telephone"
 
 
-def manifest(folder: Path) -> list[ManifestRow]:
-    return read_manifest(folder / "manifest.csv")
+def manifest_rows(folder: Path, required: Iterable[str] = ("path", "speaker")) -> list[ManifestRow]:
+    """The rows of the set's ``manifest.csv``; a missing set is an `InputError` that says where."""
+    if not (folder / "manifest.csv").is_file():
+        raise InputError(f"no evaluation set at {folder} (manifest.csv missing)")
+    return read_manifest(folder / "manifest.csv", required)

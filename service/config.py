@@ -158,6 +158,38 @@ class HttpSettings(BaseModel):
     body_timeout_s: float = Field(60.0, gt=0, description="408 when the whole body takes longer")
 
 
+class EgressSettings(BaseModel):
+    """Outbound connections: fetching a request's `url`, delivering webhooks (service/egress.py)."""
+
+    allowed_hosts: str = Field(
+        "",
+        description="comma-separated host names or CIDR ranges, `*` for any public address; fetching a `url` "
+        "is off while empty; webhooks go to public addresses anyway, to private/loopback ones only if listed",
+    )
+    max_redirects: int = Field(5, ge=0, description="redirects followed when fetching a `url`")
+    fetch_timeout_s: float = Field(60.0, gt=0, description="whole fetch of a `url`, redirects included")
+
+
+class JobsSettings(BaseModel):
+    """Async jobs (service/jobs/): claimed from the database, results delivered to webhooks."""
+
+    enabled: bool = Field(True, description="run the job and webhook workers in this process")
+    poll_seconds: float = Field(0.5, gt=0, description="how often an idle worker looks for work")
+    lease_seconds: float = Field(
+        30.0, gt=0, description="a job whose worker stops renewing its claim this long is claimed again"
+    )
+    max_runs: int = Field(3, ge=1, description="a job started this often without finishing fails")
+    result_ttl_seconds: float = Field(
+        7 * 24 * 3600.0, gt=0, description="finished jobs and their results are purged after this"
+    )
+    webhook_timeout_s: float = Field(10.0, gt=0, description="one webhook delivery attempt")
+    webhook_backoff_s: float = Field(2.0, gt=0, description="wait before the first retry; doubles")
+    webhook_max_backoff_s: float = Field(600.0, gt=0, description="longest wait between attempts")
+    webhook_retry_seconds: float = Field(
+        24 * 3600.0, gt=0, description="attempts stop this long after the first (delivery failed)"
+    )
+
+
 class AuthSettings(BaseModel):
     rate_limit_per_minute: int = Field(600, description="requests per key per minute; 0 = off")
 
@@ -201,6 +233,8 @@ class Settings(BaseSettings):
     batching: BatchingSettings = BatchingSettings()
     embedding: EmbeddingSettings = EmbeddingSettings()
     index: IndexSettings = IndexSettings()
+    egress: EgressSettings = EgressSettings()
+    jobs: JobsSettings = JobsSettings()
 
     def resolved_database_url(self) -> str:
         if self.database_url:

@@ -228,6 +228,31 @@ class NoEnrolledSpeakers(ServiceError):
     default_message = "No enrolled speakers to identify against"
 
 
+# --- async jobs and outbound connections --------------------------------------------------------
+
+
+class JobNotFound(ServiceError):
+    code = "job.NotFound"
+    status = 404
+    default_message = "No job with this request_id"
+
+
+class DuplicateRequestId(ServiceError):
+    code = "job.DuplicateRequestId"
+    status = 409
+    default_message = "A job with this request_id exists"
+
+
+class EgressRefused(BadRequest):
+    code = "egress.Refused"
+    default_message = "Connections to this address are not allowed (SPK_EGRESS__ALLOWED_HOSTS)"
+
+
+class FetchFailed(AudioError):
+    code = "audio.FetchFailed"
+    default_message = "The audio could not be fetched from url"
+
+
 # --- service state -------------------------------------------------------------------------------
 
 

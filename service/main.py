@@ -12,13 +12,14 @@ import numpy as np
 from fastapi import FastAPI
 
 from service import __version__, logs, memory, metrics
-from service.api import compat, docs, errors, health, native
+from service.api import compat, docs, errors, health, jobs, native
 from service.api.deps import KeyRateLimiter, Runtime, Services, run_blocking
 from service.api.middleware import BodyLimit, Metrics, SecurityHeaders
 from service.audio.frontend import AudioFrontEnd
 from service.audio.pipeline import QualityLimits
 from service.concurrency import compute
 from service.config import Settings
+from service.egress import url_egress, webhook_egress
 from service.embedding import weights
 from service.embedding.batcher import BatchLimits, DynamicBatcher
 from service.embedding.bounded import BoundedEmbedding, EmbedBudget
@@ -29,8 +30,11 @@ from service.enrollment.ports import Embedder, EmbedWaves, SpeakerIndex, Store
 from service.enrollment.scoring import DecisionRule, Scorer
 from service.enrollment.service import EnrollmentService
 from service.enrollment.voices import TenantVoices
+from service.jobs import handlers
+from service.jobs.worker import JobWorker
 from service.storage.database import check_migrated, make_engine
 from service.storage.index import BandedIndex
+from service.storage.jobs import SqlJobStore
 from service.storage.repository import SqlStore
 from service.storage.sync import IndexFollower
 
@@ -195,6 +199,22 @@ def build_services(settings: Settings, embedder: Embedder | None = None) -> Serv
     )
 
 
+def build_jobs(services: Services) -> JobWorker:
+    """The async job kinds and their worker (started by the lifespan unless SPK_JOBS__ENABLED=false)."""
+    settings = services.settings
+    audio_of = handlers.fetcher(
+        url_egress(settings.egress), settings.audio.max_request_bytes, settings.egress.fetch_timeout_s
+    )
+    ident = services.identification
+    kinds = {
+        "identify": handlers.identify(ident, audio_of),
+        "diarize": handlers.diarize(lambda: getattr(services, "diarization", None), ident.frontend, audio_of),
+    }
+    return JobWorker(
+        SqlJobStore(services.store.engine), kinds, settings.jobs, webhook_egress(settings.egress)
+    )
+
+
 async def _follow_changes(services: Services) -> None:
     """Apply changes committed by other replicas (or missed ones) to this process's index."""
     while True:
@@ -223,6 +243,9 @@ def create_app(settings: Settings | None = None, *, embedder: Embedder | None = 
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         services = await run_blocking(build_services, settings, embedder)
         app.state.services = services
+        app.state.jobs = build_jobs(services)
+        if settings.jobs.enabled:
+            app.state.jobs.start()
         follower = asyncio.create_task(_follow_changes(services))
         background = [follower]
         if settings.heap_trim_seconds > 0:
@@ -231,6 +254,7 @@ def create_app(settings: Settings | None = None, *, embedder: Embedder | None = 
         try:
             yield
         finally:
+            await run_blocking(app.state.jobs.stop)
             for task in background:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -252,6 +276,7 @@ def create_app(settings: Settings | None = None, *, embedder: Embedder | None = 
     app.include_router(compat.router("v1"))
     app.include_router(compat.router("v2"))
     app.include_router(native.api)
+    app.include_router(jobs.router())
     # Outermost last: headers go on every answer, the metrics count refused bodies too.
     app.add_middleware(
         BodyLimit,

@@ -17,10 +17,11 @@ import pytest
 import uvicorn
 from sqlalchemy import Engine
 
-from devtools.clips import EVAL_SPEECH, clip_bytes, eval_speech_available
+from devtools.clips import clip_bytes, eval_speech_available
+from devtools.sets import EVAL_SPEECH
 from service.api.deps import Services
 from service.api.serving import uvicorn_config
-from service.config import Settings
+from service.config import EgressSettings, JobsSettings, Settings
 from service.embedding import weights
 from service.embedding.ecapa import EcapaEmbedder, configure_threads
 from service.main import create_app
@@ -158,11 +159,26 @@ def _drop_test_databases() -> Iterator[None]:
     drop_created()
 
 
-def _serve(kind: str, tmp_path_factory: pytest.TempPathFactory, embedder: Any) -> Iterator[LiveServer]:
-    server = LiveServer(make_settings(tmp_path_factory.mktemp(f"service-{kind}"), kind), embedder)
+def _serve(
+    kind: str, tmp_path_factory: pytest.TempPathFactory, embedder: Any, **overrides: Any
+) -> Iterator[LiveServer]:
+    settings = make_settings(tmp_path_factory.mktemp(f"service-{kind}"), kind, **overrides)
+    server = LiveServer(settings, embedder)
     server.start()
     yield server
     server.stop()
+
+
+def serve_with_jobs(tmp_path_factory: pytest.TempPathFactory, embedder: Any) -> Iterator[LiveServer]:
+    """A server whose webhooks and `url` fetches may reach loopback (where tests listen), with
+    quick job polls and webhook retries."""
+    yield from _serve(
+        "sqlite",
+        tmp_path_factory,
+        embedder,
+        egress=EgressSettings(allowed_hosts="127.0.0.1"),
+        jobs=JobsSettings(poll_seconds=0.1, webhook_backoff_s=0.2, webhook_max_backoff_s=1.0),
+    )
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
-from service.api.convert import audio_input
+from service.api.convert import audio_input, remote_audio_input
 from service.api.deps import ServicesDep, TenantDep, run_blocking, run_for_client
 from service.api.schemas import (
     CompatDeleteRequest,
@@ -71,7 +71,11 @@ def router(version: str) -> APIRouter:
     ) -> list[CompatSegment]:
         """The clip's speech in time order, each stretch labelled with an enrolled speaker or "unknown"."""
         segments = await run_for_client(
-            request, services.identification.segments, tenant.tenant_id, audio_input(body), body.speakerIds
+            request,
+            services.identification.segments,
+            tenant.tenant_id,
+            await remote_audio_input(body, services.settings),
+            body.speakerIds,
         )
         return [
             CompatSegment(speakerId=s.speaker_id or "unknown", start=s.start, end=s.end) for s in segments

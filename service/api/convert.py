@@ -2,14 +2,32 @@
 
 from __future__ import annotations
 
-from service.api.schemas import AudioFields, EnrollmentStatusOut, LastSample
+from service.api.deps import run_blocking
+from service.api.schemas import AudioFields, EnrollmentStatusOut, LastSample, RemoteAudioFields
 from service.audio.decode import b64decode
 from service.audio.frontend import AudioInput
+from service.config import Settings
+from service.egress import url_egress
 from service.enrollment.service import EnrollmentStatus
 
 
 def audio_input(body: AudioFields) -> AudioInput:
     return AudioInput(data=b64decode(body.content), encoding=body.encoding, sample_rate=body.sampleRate)
+
+
+async def remote_audio_input(body: RemoteAudioFields, settings: Settings) -> AudioInput:
+    """`audio_input`, or the audio fetched from the body's `url` under the egress rule."""
+    if body.url is None:
+        return audio_input(body)
+    fetch = url_egress(settings.egress).fetch
+    data = await run_blocking(
+        lambda: fetch(
+            body.url or "",
+            max_bytes=settings.audio.max_request_bytes,
+            timeout_s=settings.egress.fetch_timeout_s,
+        )
+    )
+    return AudioInput(data=data, encoding=body.encoding, sample_rate=body.sampleRate)
 
 
 def status_out(status: EnrollmentStatus) -> EnrollmentStatusOut:

@@ -29,12 +29,13 @@ from service.errors import (
 
 log = logging.getLogger(__name__)
 
-COMPAT_PREFIX = "/audio/generic/api"
+# The hosted API's route families (the job status lives under /transaction).
+COMPAT_PREFIXES = ("/audio/generic/api", "/transaction/generic/api")
 
 
 def error_body(path: str, code: str, message: str) -> dict[str, object]:
     """The error shape of the route family that `path` belongs to."""
-    if path.startswith(COMPAT_PREFIX):
+    if path.startswith(COMPAT_PREFIXES):
         return {"fault": {"faultstring": message, "detail": {"errorcode": code}}}
     return {"error": {"code": code, "message": message}}
 

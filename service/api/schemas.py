@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from service.audio.band import Band
 from service.enrollment import speaker_ids
@@ -19,6 +19,20 @@ SPEAKER_ID_RULE: dict[str, Any] = {
 SpeakerId = Annotated[str, Field(**SPEAKER_ID_RULE)]
 
 
+def _lenient_rate(value: Any) -> Any:
+    """Clients send the rate as a number or a string ("8000", "8000.0", MediaInfo's "16000")."""
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            number = float(text)
+        except ValueError:
+            return value  # pydantic's own message then names the field
+        return int(number) if number.is_integer() else value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
 class AudioFields(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
@@ -26,10 +40,30 @@ class AudioFields(BaseModel):
     encoding: str = Field(
         description="FLAC, WAV, MP3, OGG_OPUS, OGG_VORBIS, WEBM, M4A, AAC, AMR, LINEAR16, MULAW, ALAW"
     )
-    sampleRate: int | None = Field(
-        None, ge=1, le=10_000_000, description="Hz; required for raw encodings, a container's header wins"
+    sampleRate: Annotated[int | None, BeforeValidator(_lenient_rate)] = Field(
+        None,
+        ge=1,
+        le=10_000_000,
+        description="Hz (a number or a string of one); required for raw encodings, a container's header wins",
     )
     languageCode: str = "en-US"
+
+
+class RemoteAudioFields(AudioFields):
+    """Audio as `content` or fetched from `url` (exactly one of them)."""
+
+    content: str | None = Field(None, description="base64 of the audio file (or raw samples)")  # type: ignore[assignment]
+    url: str | None = Field(
+        None,
+        max_length=2048,
+        description="http(s) address of the audio file, if the operator allows fetching",
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> RemoteAudioFields:
+        if (self.content is None) == (self.url is None):
+            raise ValueError("give exactly one of content and url")
+        return self
 
 
 # --- DeepAffects-compatible ----------------------------------------------------------------------
@@ -159,8 +193,33 @@ class VerifyResponse(BaseModel):
     channel: Band = Field(Band.WIDE, description="the band the clip was scored in")
 
 
-class CompatIdentifyRequest(AudioFields):
+class CompatIdentifyRequest(RemoteAudioFields):
     speakerIds: list[SpeakerId] | None = Field(None, max_length=10_000)
+
+
+class CompatDiarizeRequest(RemoteAudioFields):
+    speakers: int = Field(-1, ge=-1, le=100, description="number of speakers; -1: found from the audio")
+    audioType: str | None = Field(
+        None, max_length=32, description="callcenter (up to ~6 speakers) or meeting"
+    )
+    speakerIds: list[SpeakerId] | None = Field(None, max_length=10_000)
+    doVad: bool = Field(False, description="leave silence and noise out of the segments")
+
+
+class AsyncAccepted(BaseModel):
+    request_id: str
+    api: str
+
+
+class JobOutcome(BaseModel):
+    request_id: str
+    response: dict[str, Any] | None = Field(None, description="what the webhook got (null while running)")
+
+
+class JobStatus(BaseModel):
+    status: Literal["Running", "Completed", "Failed"]
+    response: JobOutcome
+    progress: float = Field(ge=0.0, le=1.0, description="0 while queued, 1 when done")
 
 
 class CompatSegment(BaseModel):

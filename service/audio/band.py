@@ -86,4 +86,4 @@ def telephone_band(wave: np.ndarray) -> np.ndarray:
     if len(out) < len(wave):
         out = np.pad(out, (0, len(wave) - len(out)))
     top = float(np.max(np.abs(out))) if out.size else 0.0
-    return (out * (PEAK / top) if top > 0 else out).astype(np.float32)
+    return np.asarray(out * (PEAK / top) if top > 0 else out, dtype=np.float32)

@@ -1,8 +1,10 @@
 """Decode client audio of any supported encoding to float32 samples at the file's own rate.
 
 Containers and codecs go through PyAV (FFmpeg), with the demuxer chosen from the stated encoding
-rather than guessed from the bytes, so random bytes labelled WAV are refused instead of being
-probed into some other format. Raw LINEAR16 / MULAW / ALAW are decoded here from `sampleRate`.
+and from the container's own signature in the first bytes (clients name formats loosely: MediaInfo's
+"Wave" or "MPEG Audio", a vague or wrong name), never from FFmpeg's probing, so random bytes labelled
+WAV are refused instead of being probed into some other format. Raw LINEAR16 / MULAW / ALAW are
+decoded here from `sampleRate`.
 Decoding runs under a sample budget (the duration limit) and a wall-clock budget, so a
 decompression bomb or a header claiming hours of audio costs at most those budgets.
 """
@@ -58,6 +60,46 @@ CONTAINERS: dict[str, tuple[str, ...]] = {
 }
 RAW = ("LINEAR16", "PCM_S16LE", "MULAW", "ULAW", "ALAW")
 SUPPORTED = tuple(sorted({*CONTAINERS, *RAW}))
+# Other names clients send for the same things: MediaInfo's formats and codecs, spellings of G.711.
+ALIASES = {
+    "MPEG_AUDIO": "MP3",
+    "MPA1L3": "MP3",
+    "MPA2L3": "MP3",
+    "MPEG_4": "M4A",
+    "MPEG4": "M4A",
+    "ADTS": "AAC",
+    "MATROSKA": "MKV",
+    "PCM": "LINEAR16",
+    "U_LAW": "MULAW",
+    "MU_LAW": "MULAW",
+    "A_LAW": "ALAW",
+}
+
+
+def sniff(data: bytes, *, weak: bool = False) -> str | None:
+    """The demuxer a container's signature names, if the bytes start with one. `weak` also takes
+    bare MP3 and ADTS frame headers, which 11-12 bits of anything (raw G.711 silence) can mimic."""
+    head = data[:12]
+    if head[:4] == b"RIFF" and head[8:12] == b"WAVE":
+        return "wav"
+    if head[:4] == b"fLaC":
+        return "flac"
+    if head[:4] == b"OggS":
+        return "ogg"
+    if head[4:8] == b"ftyp":
+        return "mov"
+    if head[:4] == b"\x1a\x45\xdf\xa3":
+        return "matroska"
+    if head[:5] == b"#!AMR":
+        return "amr"
+    if head[:3] == b"ID3":
+        return "mp3"
+    if weak and len(head) >= 2 and head[0] == 0xFF:
+        if head[1] & 0xF6 == 0xF0:
+            return "aac"
+        if head[1] & 0xE0 == 0xE0:
+            return "mp3"
+    return None
 
 
 @dataclass(frozen=True)
@@ -67,11 +109,12 @@ class DecodedAudio:
 
     @property
     def duration_s(self) -> float:
-        return self.samples.shape[1] / self.sample_rate
+        return float(self.samples.shape[1] / self.sample_rate)
 
 
 def normalise_encoding(encoding: str) -> str:
     name = encoding.strip().upper().replace("/", "_").replace("-", "_").replace(" ", "_")
+    name = ALIASES.get(name, name)
     if name not in CONTAINERS and name not in RAW:
         raise UnsupportedEncoding(
             f"Unsupported encoding {shown(encoding)!r}; supported: {', '.join(SUPPORTED)}"
@@ -101,20 +144,47 @@ def decode(
     """Decode `data`; `sample_rate` is required for raw encodings and ignored for containers."""
     if not data:
         raise EmptyAudio()
-    name = normalise_encoding(encoding)
-    # LINEAR16 with a WAV header is common (Google's API allows it): honour the header.
-    if name in ("LINEAR16", "PCM_S16LE") and data[:4] == b"RIFF":
-        name = "WAV"
-    if name in RAW:
+    try:
+        name = normalise_encoding(encoding)
+    except UnsupportedEncoding:
+        # A name we do not know, on bytes that say what they are: believe the bytes.
+        found = sniff(data, weak=True)
+        if found is None:
+            raise
+        return _decode_any(data, encoding, [found], max_seconds, timeout_s, unknown_name=True)
+    # A raw name on a container (LINEAR16 with a WAV header is common: Google's API allows it):
+    # the container's header wins.
+    found = sniff(data)
+    if name in RAW and found is None:
         return _decode_raw(data, name, sample_rate, max_seconds)
+    demuxers = [] if name in RAW else list(CONTAINERS[name])
+    if found is not None and found not in demuxers:
+        demuxers.append(found)
+    return _decode_any(data, name, demuxers, max_seconds, timeout_s)
+
+
+def _decode_any(
+    data: bytes,
+    name: str,
+    demuxers: list[str],
+    max_seconds: float,
+    timeout_s: float,
+    *,
+    unknown_name: bool = False,
+) -> DecodedAudio:
     errors: list[str] = []
-    for demuxer in CONTAINERS[name]:
+    for demuxer in demuxers:
         try:
             return _decode_container(data, demuxer, max_seconds, timeout_s)
         except (av.FFmpegError, ValueError, IndexError, OverflowError, MemoryError) as exc:
             errors.append(f"{demuxer}: {exc}")
     # FFmpeg's own words stay in the log: they describe its internals, not the client's mistake.
-    log.info("undecodable audio", extra={"encoding": name, "detail": "; ".join(errors)[:1000]})
+    log.info("undecodable audio", extra={"encoding": shown(name), "detail": "; ".join(errors)[:1000]})
+    if unknown_name:
+        raise UnsupportedEncoding(
+            f"Unsupported encoding {shown(name)!r}, and the audio is not the {demuxers[0]} its first bytes "
+            f"suggest; supported: {', '.join(SUPPORTED)}"
+        )
     raise UndecodableAudio(f"Audio could not be decoded as {name}")
 
 

@@ -309,7 +309,7 @@ class EcapaEmbedder:
         return self._embed_batch(waves)
 
     def embed(self, wave: np.ndarray) -> np.ndarray:
-        return self.embed_batch([wave])[0]
+        return np.asarray(self.embed_batch([wave])[0])
 
     # --- internals --------------------------------------------------------------------------------
 
@@ -338,4 +338,5 @@ class EcapaEmbedder:
         feats = self.mean_var_norm(feats, wav_lens)
         with self._autocast():
             out = self.embedding_model(feats, wav_lens)
-        return out.reshape(out.shape[0], -1)
+        flat: torch.Tensor = out.reshape(out.shape[0], -1)
+        return flat

@@ -202,7 +202,7 @@ class IdentificationService:
         return band_of(prepared.source_rate, prepared.speech_wave())
 
     def _vector(self, wave: np.ndarray, cancel: Cancellation | None) -> np.ndarray:
-        return self._vectors([wave], cancel)[0]
+        return np.asarray(self._vectors([wave], cancel)[0])
 
     def _vectors(self, waves: Sequence[np.ndarray], cancel: Cancellation | None) -> np.ndarray:
         raw = self.embed(waves, cancel)

@@ -50,12 +50,12 @@ def expected_maximum(m: int) -> float:
 
 def unit_rows(rows: np.ndarray) -> np.ndarray:
     norms = np.linalg.norm(rows, axis=-1, keepdims=True)
-    return (rows / np.maximum(norms, 1e-8)).astype(np.float32)
+    return np.asarray(rows / np.maximum(norms, 1e-8), dtype=np.float32)
 
 
 def centred(queries: np.ndarray, centroids: np.ndarray, mean: np.ndarray) -> np.ndarray:
     """Cosines after removing `mean`: ``(n, dim)`` x ``(m, dim)`` -> ``(n, m)``."""
-    return unit_rows(np.atleast_2d(queries) - mean) @ unit_rows(np.atleast_2d(centroids) - mean).T
+    return np.asarray(unit_rows(np.atleast_2d(queries) - mean) @ unit_rows(np.atleast_2d(centroids) - mean).T)
 
 
 def domain_mean(centroids: np.ndarray, prior: np.ndarray, prior_weight: float) -> np.ndarray:
@@ -89,7 +89,7 @@ def impostor_scores(centroids: np.ndarray, prior: np.ndarray, prior_weight: floa
         probes = np.linspace(0, c - 1, min(c, MAX_PROBES)).round().astype(int)
         scores = centred(centroids[probes], centroids, mean)
         scores[np.arange(len(probes)), probes] = np.nan  # a speaker against itself
-        return scores[np.isfinite(scores)].astype(np.float32)
+        return np.asarray(scores[np.isfinite(scores)], dtype=np.float32)
     total = centroids.sum(axis=0)
     out = []
     for i in range(c):

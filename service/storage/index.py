@@ -17,9 +17,9 @@ are read from the database there.
   the fraction of lists probed: at 1M speakers (500 lists), 400 probes find the exact top-1 of
   genuine-like queries (cosine 0.7 to an enrolled speaker) in 1000 of 1000 searches and of 99.6%
   of harder ones (cosine 0.5), on random unit vectors, the hardest population for an inverted
-  file; 320 probes fall to 98% on the harder ones (scripts/bench_index.py). Small candidate sets
-  (a tenant or a `speakerIds` list of up to `EXACT_LIMIT` speakers) are still scored exactly,
-  where a filtered approximate search would lose recall.
+  file; 320 probes fall to 98% on the harder ones (`python -m scripts.bench --only index`). Small
+  candidate sets (a tenant or a `speakerIds` list of up to `EXACT_LIMIT` speakers) are still scored
+  exactly, where a filtered approximate search would lose recall.
 """
 
 from __future__ import annotations
@@ -413,7 +413,7 @@ def _rows_of(ids: np.ndarray, only: Sequence[int]) -> np.ndarray:
     rows = np.searchsorted(ids, wanted)
     inside = rows < len(ids)
     rows, wanted = rows[inside], wanted[inside]
-    return rows[ids[rows] == wanted]
+    return np.asarray(rows[ids[rows] == wanted])
 
 
 def _clear_freed_slots(invlists: Any, before: list[int]) -> None:

@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     DateTime,
     Float,
     ForeignKey,
@@ -13,6 +14,7 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     String,
+    Text,
     UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -37,6 +39,8 @@ class Tenant(Base):
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     name: Mapped[str] = mapped_column(String(128), unique=True)
+    # Key of the HMAC signature on this tenant's webhooks (the receiver holds it too); made on first use.
+    webhook_secret: Mapped[str | None] = mapped_column(String(64), nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
@@ -114,3 +118,51 @@ class Change(Base):
     speaker_id: Mapped[int] = mapped_column(BigId)  # no FK: the speaker may be gone
     kind: Mapped[str] = mapped_column(String(16))  # a ChangeKind value
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Job(Base):
+    """An async request, written before its 202. Two steps, each claimed under a lease: running the
+    job (`state`), then delivering its result to the webhook (`delivery`)."""
+
+    __tablename__ = "jobs"
+    __table_args__ = (
+        UniqueConstraint("tenant_id", "request_id", name="uq_job_tenant_request"),
+        Index("ix_jobs_state", "state"),
+        Index("ix_jobs_delivery", "delivery"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    request_id: Mapped[str] = mapped_column(String(128))
+    kind: Mapped[str] = mapped_column(String(32))  # "identify", "diarize"
+    api: Mapped[str] = mapped_column(String(256))  # the path the client called
+    state: Mapped[str] = mapped_column(String(16), default="queued")  # queued, running, completed, failed
+    params: Mapped[str] = mapped_column(Text)  # JSON: encoding, sampleRate, speakerIds, url, ...
+    audio: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)  # dropped when the job ends
+    webhook: Mapped[str | None] = mapped_column(String(2048), nullable=True)
+    result: Mapped[str | None] = mapped_column(Text, nullable=True)  # JSON: what the webhook gets
+    progress: Mapped[float] = mapped_column(Float, default=0.0)
+    runs: Mapped[int] = mapped_column(Integer, default=0)
+    worker: Mapped[str | None] = mapped_column(String(64), nullable=True)  # holder of the lease
+    lease_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    delivery: Mapped[str] = mapped_column(String(16), default="none")  # none, pending, delivered, failed
+    delivery_attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_delivery_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    first_delivery_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class WebhookAttempt(Base):
+    """Every delivery attempt of a job's result, kept as long as the job."""
+
+    __tablename__ = "webhook_attempts"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    attempt: Mapped[int] = mapped_column(Integer)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    status_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    error: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    seconds: Mapped[float] = mapped_column(Float)
+    delivered: Mapped[bool] = mapped_column(Boolean)

@@ -65,24 +65,40 @@ def retry_after_seconds(response: httpx.Response) -> float | None:
     return max(0.0, (when - datetime.now(UTC)).total_seconds())
 
 
-def error_of(response: httpx.Response) -> tuple[str, str]:
-    """(error code, message) of an error answer, in the compatible fault shape
+@dataclass(frozen=True)
+class ErrorAnswer:
+    """What an error answer says, and in which of the service's two shapes it said it."""
+
+    shape: str  # "fault" (compatible routes), "error" (native routes), "" (neither: a proxy's page)
+    code: str
+    message: str
+
+
+def parse_error(response: httpx.Response) -> ErrorAnswer:
+    """The error of an answer, in the compatible fault shape
     ``{"fault": {"faultstring", "detail": {"errorcode"}}}`` or the native ``{"error": {"code", "message"}}``.
-    Anything else is reported as ``http.<status>``."""
+    Anything else is reported with the code ``http.<status>`` and no shape."""
     try:
         body = response.json()
     except ValueError:
         body = None
+    fallback = f"http.{response.status_code}"
     if isinstance(body, dict):
         fault = body.get("fault")
         if isinstance(fault, dict):
             detail = fault.get("detail")
             code = detail.get("errorcode") if isinstance(detail, dict) else None
-            return str(code or f"http.{response.status_code}"), str(fault.get("faultstring", ""))
+            return ErrorAnswer("fault", str(code or fallback), str(fault.get("faultstring", "")))
         error = body.get("error")
         if isinstance(error, dict):
-            return str(error.get("code") or f"http.{response.status_code}"), str(error.get("message", ""))
-    return f"http.{response.status_code}", response.text[:200]
+            return ErrorAnswer("error", str(error.get("code") or fallback), str(error.get("message", "")))
+    return ErrorAnswer("", fallback, response.text[:200])
+
+
+def error_of(response: httpx.Response) -> tuple[str, str]:
+    """(error code, message) of an error answer in either shape (`parse_error`)."""
+    answer = parse_error(response)
+    return answer.code, answer.message
 
 
 @dataclass

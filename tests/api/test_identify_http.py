@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from devtools.clips import encode_recipe, load_clip
+from service.tools.client import parse_error
 from tests.conftest import LiveServer, b64, flac_body, needs_speech, new_key
 
 pytestmark = [needs_speech, pytest.mark.model]
@@ -161,6 +162,4 @@ def test_bad_audio_gets_the_same_faults(client: httpx.Client, route: str) -> Non
     ]:
         answer = client.post(route, json={**base, "content": content})
         assert answer.status_code == status, answer.text
-        body = answer.json()
-        got = body["fault"]["detail"]["errorcode"] if "fault" in body else body["error"]["code"]
-        assert got == code
+        assert parse_error(answer).code == code

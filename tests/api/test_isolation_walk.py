@@ -10,6 +10,7 @@ without an entry here (or among the public ones) fails the walk, so a new route 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -18,6 +19,7 @@ import httpx
 import pytest
 from fastapi.routing import APIRoute, iter_route_contexts
 
+from service.tools.client import parse_error
 from tests.conftest import LiveServer, flac_body, needs_speech, new_key
 from tests.databases import kind_params
 
@@ -51,8 +53,7 @@ class Walk:
 
 
 def code_of(answer: httpx.Response) -> str:
-    body = answer.json()
-    return str(body["fault"]["detail"]["errorcode"] if "fault" in body else body["error"]["code"])
+    return parse_error(answer).code
 
 
 def refused(answer: httpx.Response, code: str | None = None) -> None:
@@ -183,6 +184,64 @@ def native_enroll(w: Walk) -> None:
     assert answer.json()["samples"] == len(B_ALICE)
 
 
+ASYNC = "/audio/generic/api/{version}/async"
+STATUS = "/transaction/generic/api/v1/async/status"
+
+
+def job_outcome(client: httpx.Client, answer: httpx.Response) -> dict[str, Any]:
+    """The finished job of a 202, as its submitter sees it."""
+    assert answer.status_code == 202, answer.text
+    rid = answer.json()["request_id"]
+    deadline = time.monotonic() + 120
+    while (status := client.get(STATUS, params={"request_id": rid}).json())["status"] == "Running":
+        assert time.monotonic() < deadline, f"job {rid} still running"
+        time.sleep(0.2)
+    outcome: dict[str, Any] = status["response"]["response"]
+    return outcome
+
+
+def failed_with(outcome: dict[str, Any], code: str) -> None:
+    assert outcome.get("fault", {}).get("detail", {}).get("errorcode") == code, outcome
+
+
+def async_identify(version: str) -> Callable[[Walk], None]:
+    def attempt(w: Walk) -> None:
+        route = f"{ASYNC.format(version=version)}/diarization/identify"
+        body = flac_body(A_ALICE_HELD_OUT)
+        failed_with(
+            job_outcome(w.b, w.b.post(route, json={**body, "speakerIds": ["bob"]})), "speaker.NotFound"
+        )
+        anyone = job_outcome(w.b, w.b.post(route, json={**body, "speakerIds": []}))
+        if w.b_has_alice:
+            assert {s["speaker_id"] for s in anyone["segments"]} <= {"alice", "unknown"}
+        else:
+            failed_with(anyone, "identify.NoEnrolledSpeakers")
+
+    return attempt
+
+
+def async_diarize(version: str) -> Callable[[Walk], None]:
+    def attempt(w: Walk) -> None:
+        body = {**flac_body(A_ALICE_HELD_OUT), "speakers": -1, "speakerIds": ["bob"]}
+        outcome = job_outcome(w.b, w.b.post(f"{ASYNC.format(version=version)}/diarize", json=body))
+        # Refused, or labelled without A's bob.
+        if "fault" in outcome:
+            assert outcome["fault"]["detail"]["errorcode"] in ("speaker.NotFound", "service.NotReady"), (
+                outcome
+            )
+        else:
+            assert "bob" not in {s["speaker_id"] for s in outcome["response"]["segments"]}
+
+    return attempt
+
+
+def job_status(w: Walk) -> None:
+    route = f"{ASYNC.format(version='v1')}/diarization/identify"
+    mine = w.a.post(route, json=flac_body(A_ALICE_HELD_OUT))
+    assert mine.status_code == 202, mine.text
+    refused(w.b.get(STATUS, params={"request_id": mine.json()["request_id"]}), "job.NotFound")
+
+
 # Every operation of the OpenAPI document that needs a key, and what B tries with it.
 REFUSALS: dict[str, Callable[[Walk], None]] = {
     "GET /v1/speakers/{speakerId}": get_speaker,
@@ -194,6 +253,9 @@ REFUSALS: dict[str, Callable[[Walk], None]] = {
     **{f"GET {COMPAT.format(version=v)}/get_enrolled_speakers": compat_list(v) for v in VERSIONS},
     **{f"POST {COMPAT.format(version=v)}/identify": compat_identify(v) for v in VERSIONS},
     **{f"POST {COMPAT.format(version=v)}/delete": compat_delete(v) for v in VERSIONS},
+    **{f"POST {ASYNC.format(version=v)}/diarization/identify": async_identify(v) for v in ("v1", "v2", "v3")},
+    **{f"POST {ASYNC.format(version=v)}/diarize": async_diarize(v) for v in VERSIONS},
+    f"GET {STATUS}": job_status,
 }
 ENROLLS: dict[str, Callable[[Walk], None]] = {
     **{f"POST {COMPAT.format(version=v)}/enroll": compat_enroll(v) for v in VERSIONS},

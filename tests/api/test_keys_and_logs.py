@@ -14,13 +14,12 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from devtools.fuzz import served
+from devtools.server import local_server, speakerid
 from service.config import AuthSettings
 from service.logs import JsonFormatter
 from service.storage.database import make_engine
 from service.storage.repository import SqlStore, hash_key
 from service.storage.tables import ApiKey
-from service.tools.server import speakerid
 from tests.conftest import LiveServer, flac_body, make_settings, needs_speech, new_key
 from tests.databases import kind_params
 
@@ -96,7 +95,7 @@ def test_no_key_in_the_service_log_records(live: LiveServer, caplog: pytest.LogC
 
 
 def test_no_key_in_the_served_process_log_or_database(tmp_path: Path) -> None:
-    with served(tmp_path, tenant="logged", SPK_LOG_LEVEL="DEBUG") as server:
+    with local_server(tmp_path, "logged", ready=True, SPK_LOG_LEVEL="DEBUG") as server:
         paths = exercise(server.url, server.key)
         # The operator lists and revokes keys from another process; the secret is never shown again.
         listed = speakerid(server.env(), "keys", "list")

@@ -18,7 +18,6 @@ import pytest
 from devtools.fuzz import (
     AUDIO_ROUTES,
     JSON_ROUTES,
-    Served,
     Tally,
     audio_mutations,
     fuzz_schema,
@@ -26,9 +25,9 @@ from devtools.fuzz import (
     seed_speakers,
     send_json_bomb,
     send_mutation,
-    served,
     still_serves,
 )
+from devtools.server import LocalServer, local_server
 from tests.conftest import needs_speech
 
 pytestmark = [needs_speech, pytest.mark.model]
@@ -38,13 +37,13 @@ TIMEOUT = 120.0  # seconds before a request counts as hung (generous: the machin
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    with served(tmp_path_factory.mktemp("fuzz")) as process:
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServer]:
+    with local_server(tmp_path_factory.mktemp("fuzz"), "fuzz", ready=True) as process:
         seed_speakers(process.url, process.key)
         yield process
 
 
-def client_of(server: Served) -> httpx.Client:
+def client_of(server: LocalServer) -> httpx.Client:
     return httpx.Client(base_url=server.url, headers={"X-API-Key": server.key}, timeout=TIMEOUT)
 
 
@@ -52,7 +51,7 @@ def failures(tally: Tally) -> str:
     return tally.report() if tally.failures else ""
 
 
-def test_generated_cases_on_every_route(server: Served) -> None:
+def test_generated_cases_on_every_route(server: LocalServer) -> None:
     tally = Tally()
     fuzz_schema(
         server.url, server.key, tally, examples=EXAMPLES, seed_value=1, timeout=TIMEOUT, real_audio_share=0.1
@@ -67,7 +66,7 @@ def test_generated_cases_on_every_route(server: Served) -> None:
     assert still_serves(server.url, server.key) == []
 
 
-def test_mutated_recordings_get_a_4xx_or_an_answer(server: Served) -> None:
+def test_mutated_recordings_get_a_4xx_or_an_answer(server: LocalServer) -> None:
     tally = Tally()
     with client_of(server) as client:
         for mutation in audio_mutations(full=False):
@@ -93,7 +92,7 @@ def test_mutated_recordings_get_a_4xx_or_an_answer(server: Served) -> None:
         for path in JSON_ROUTES
     ],
 )
-def test_absurd_json_is_a_4xx(server: Served, bomb: tuple[str, str, bytes], path: str) -> None:
+def test_absurd_json_is_a_4xx(server: LocalServer, bomb: tuple[str, str, bytes], path: str) -> None:
     tally = Tally()
     # A fresh connection each time: after a 500 the server closes the one it answered on.
     with client_of(server) as client:
@@ -116,7 +115,7 @@ def test_absurd_json_is_a_4xx(server: Served, bomb: tuple[str, str, bytes], path
     ],
     ids=str,
 )
-def test_paging_bounds_are_a_4xx_or_an_empty_page(server: Served, params: dict[str, int]) -> None:
+def test_paging_bounds_are_a_4xx_or_an_empty_page(server: LocalServer, params: dict[str, int]) -> None:
     with client_of(server) as client:
         answer = client.get("/v1/speakers", params=params)
         assert answer.status_code in (200, 400), answer.text
@@ -125,7 +124,7 @@ def test_paging_bounds_are_a_4xx_or_an_empty_page(server: Served, params: dict[s
         assert client.get("/healthz").status_code == 200
 
 
-def test_audio_routes_are_the_documented_ones(server: Served) -> None:
+def test_audio_routes_are_the_documented_ones(server: LocalServer) -> None:
     documented = httpx.get(f"{server.url}/openapi.json").json()["paths"]
     for method, path, _ in AUDIO_ROUTES.values():
         template = path.replace("fuzz-audio", "{speakerId}")

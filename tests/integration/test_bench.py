@@ -1,4 +1,5 @@
-"""`speakerid bench` end to end at the smallest sizes: the shape and sanity of what it reports.
+"""The bench (`python -m scripts.bench`) end to end at the smallest sizes: the shape and sanity of
+what it reports.
 
 Timings are never asserted (they depend on the machine); counts, ranges and agreement are.
 """
@@ -14,7 +15,7 @@ from typing import Any
 import pytest
 import torch
 
-from devtools.clips import EVAL_SPEECH
+from devtools.sets import EVAL_SPEECH, REPO_ROOT
 from tests.conftest import needs_speech
 
 pytestmark = [needs_speech, pytest.mark.model]
@@ -41,7 +42,8 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> Report:
     ]
     env = {k: v for k, v in os.environ.items() if not k.startswith("SPK_")}
     done = subprocess.run(
-        [sys.executable, "-m", "service.cli", "bench", *argv],
+        [sys.executable, "-m", "scripts.bench", *argv],
+        cwd=REPO_ROOT,
         env=env,
         capture_output=True,
         text=True,
@@ -97,12 +99,54 @@ def test_http_levels_count_every_request(report: Report) -> None:
     assert http["levels"][0]["throughput_vs_first"] == pytest.approx(1.0)
 
 
-def test_index_and_gpu_sections_report_or_say_why_not(report: Report) -> None:
+def test_index_times_the_index_against_exact_search(report: Report) -> None:
+    index = report[0]["index"]
+    (row,) = index["rows"]
+    assert row["speakers"] == INDEX and index["queries"] == 10
+    assert positive(row["p50_ms"], row["exact_p50_ms"], row["speedup"])
+    assert row["speedup"] == pytest.approx(row["exact_p50_ms"] / row["p50_ms"])
+    assert 0.0 <= row["recall_at_1"] <= 1.0 and row["leaks"] == 0 and row["delete_errors"] == 0
+
+
+# Per section: where the JSON holds the service's figure, the baseline's, and their ratio.
+SIDES: dict[str, Any] = {
+    "core": lambda r: [
+        (c["ms_p50"], r["contenders"][0]["ms_p50"], c["speedup_vs_speechbrain"]) for c in r["contenders"]
+    ],
+    "enroll": lambda r: [
+        (r["end_to_end"]["ms_p50"], r[side]["ms_p50"], r[side]["enrollment_over_this"])
+        for side in ("bare_forward", "speechbrain")
+    ],
+    "http": lambda r: [
+        (lv["throughput_rps"], r["levels"][0]["throughput_rps"], lv["throughput_vs_first"])
+        for lv in r["levels"]
+    ],
+    "index": lambda r: [(row["exact_p50_ms"], row["p50_ms"], row["speedup"]) for row in r["rows"]],
+    "gpu": lambda r: [
+        (g["clips_per_s"], g["sequential_clips_per_s"], g["vs_sequential"]) for g in r.get("runs", [])
+    ],
+}
+
+
+def test_every_section_run_reports_both_sides_and_their_ratio(report: Report) -> None:
+    results = report[0]
+    assert results["run"]["sections"] == list(SIDES)
+    for name in results["run"]["sections"]:
+        if "skipped" in results[name]:
+            assert name == "gpu" and not torch.cuda.is_available()
+            continue
+        triples = SIDES[name](results[name])
+        assert triples, f"{name}: no figures"
+        for ours, baseline, ratio in triples:
+            assert positive(ours, baseline, ratio), (name, ours, baseline, ratio)
+            # Each ratio is the quotient of the two sides as printed, in one direction or the other.
+            assert ratio == pytest.approx(ours / baseline, rel=0.02) or ratio == pytest.approx(
+                baseline / ours, rel=0.02
+            ), (name, ours, baseline, ratio)
+
+
+def test_gpu_section_and_targets_report_or_say_why_not(report: Report) -> None:
     results, stdout = report
-    index = results["index"]
-    if "skipped" not in index:  # service.tools.bench_index, where it is present
-        (row,) = index["rows"]
-        assert row["speakers"] == INDEX and 0.0 <= row["recall_at_1"] <= 1.0
     if torch.cuda.is_available():
         runs = results["gpu"]["runs"]
         assert runs and all(positive(r["clips_per_s"], r["sequential_clips_per_s"]) for r in runs)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,9 @@ import numpy as np
 import pytest
 
 from devtools import crash
-from service.enrollment.ports import SpeakerStatus
+from devtools.clips import SetClip
+from service.enrollment.policy import EnrollmentPolicy, centroid_and_spread
+from service.enrollment.ports import SampleRecord, SpeakerRecord, SpeakerStatus
 from tests.conftest import needs_speech
 from tests.databases import fresh_url, kind_params
 
@@ -32,8 +35,8 @@ WINDOW_S = (0.5, 3.0)
 SPEAKER = "spk-a"
 
 
-def clip(n: int) -> Any:
-    return crash.Clip(path=f"a/{n}.flac", reader="a", duration_s=3.0 + n, body={})
+def clip(n: int) -> SetClip:
+    return SetClip(path=f"a/{n}.flac", speaker="a", duration_s=3.0 + n)
 
 
 POOL = {SPEAKER: [clip(0), clip(1), clip(2)]}
@@ -55,12 +58,23 @@ def delete(start: int, end: int, status: int | None) -> Any:
 
 def snapshot(*stored: tuple[str, int]) -> Any:
     """The database holding samples (sample id, clip number) of SPEAKER, its aggregates right."""
-    rows = [crash.SampleRow(sid, SPEAKER, vector(n), 2.0, clip(n).duration_s, "sha") for sid, n in stored]
+    now = datetime.now(UTC)
+    rows = [SampleRecord(sid, vector(n), "sha", 2.0, clip(n).duration_s, 20.0, now) for sid, n in stored]
     speakers = {}
     if rows:
-        centre, spread = crash.centroid_and_spread([r.vector for r in rows])
-        speakers[SPEAKER] = crash.SpeakerRow(
-            1, SPEAKER, SpeakerStatus.ENROLLING, len(rows), 2.0 * len(rows), spread, centre, "sha"
+        centre, spread = centroid_and_spread([r.vector for r in rows])
+        speakers[SPEAKER] = SpeakerRecord(
+            1,
+            1,
+            SPEAKER,
+            SpeakerStatus.ENROLLING,
+            len(rows),
+            2.0 * len(rows),
+            spread,
+            centre,
+            "sha",
+            now,
+            now,
         )
     return crash.Snapshot(speakers, {SPEAKER: rows} if rows else {}, 0, {1})
 
@@ -108,7 +122,7 @@ def test_judge_finds_samples_no_request_explains() -> None:
 
 
 def test_consistency_finds_aggregates_that_disagree_with_the_samples() -> None:
-    policy = crash.EnrollmentPolicy(3, 20.0, 0.02, 0.96, 0.2)
+    policy = EnrollmentPolicy(3, 20.0, 0.02, 0.96, 0.2)
     good = snapshot(("a", 0), ("b", 1))
     assert crash.consistency_problems(good, policy) == []
     row = good.speakers[SPEAKER]

@@ -9,6 +9,7 @@ instead of merely the requests (embedding the clip takes much longer than the tr
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 import uuid
@@ -31,7 +32,7 @@ pytestmark = [needs_speech, pytest.mark.model]
 
 
 def clips_of(speaker: str) -> list[str]:
-    return [r["path"] for r in manifest() if r["speaker"] == speaker]
+    return [r.path for r in manifest() if r.speaker == speaker]
 
 
 @pytest.fixture
@@ -100,6 +101,7 @@ def assert_index_matches_database(live: LiveServer) -> None:
             select(Speaker.id, Speaker.status, Speaker.centroid).where(Speaker.centroid.is_not(None))
         ):
             entry = index.get(speaker_id)
+            assert entry is not None and blob is not None
             assert entry.complete == (status == "complete")
             assert np.array_equal(entry.centroid, np.frombuffer(blob, dtype="<f4"))
 
@@ -111,8 +113,8 @@ def test_parallel_enrollments_of_one_speaker_are_each_stored_once(
     if slow:
         slow_lock(0.15)
     paths = clips_of("vctk-p225")[:6]
-    calls = [
-        (lambda c=c, p=p: c.post("/v1/speakers/p225/enrollments", json=flac_body(p)))
+    calls: list[Callable[[], httpx.Response]] = [
+        functools.partial(c.post, "/v1/speakers/p225/enrollments", json=flac_body(p))
         for c, p in zip(clients, paths, strict=True)
     ]
     answers = in_parallel(calls)

@@ -24,6 +24,7 @@ from sqlalchemy import select
 from devtools.clips import encode_recipe, load_clip, manifest
 from service.embedding.ecapa import EcapaEmbedder
 from service.enrollment.ports import Aggregates, ChangeKind, NewSample, SpeakerStatus
+from service.enrollment.scoring import unit_rows
 from service.storage.database import make_engine
 from service.storage.repository import SqlStore, SqlTransaction
 from service.storage.tables import Change
@@ -36,7 +37,7 @@ CONVERGENCE_S = 1.0  # the bound the issue sets: every replica reflects a write 
 
 
 def clips_of(speaker: str) -> list[str]:
-    return [r["path"] for r in manifest() if r["speaker"] == speaker]
+    return [r.path for r in manifest() if r.speaker == speaker]
 
 
 @dataclass
@@ -231,7 +232,7 @@ def open_transaction(store: SqlStore) -> Iterator[tuple[SqlTransaction, Callable
 
 def voice(embedder: EcapaEmbedder, path: str) -> np.ndarray:
     vector = embedder.embed(load_clip(path).as_float())
-    return vector / np.linalg.norm(vector)
+    return unit_rows(vector)
 
 
 def test_a_change_committed_after_a_later_one_still_reaches_every_replica(

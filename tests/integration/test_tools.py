@@ -22,7 +22,8 @@ import pytest
 import soundfile as sf
 from tqdm import tqdm
 
-from devtools.clips import EVAL_SPEECH, silence_flac
+from devtools.clips import silence_flac
+from devtools.sets import EVAL_SPEECH
 from service.cli import main
 from service.tools import enroll_bulk
 from service.tools.client import FatalHttpError, RetryPolicy, ServiceClient, error_of, retry_after_seconds

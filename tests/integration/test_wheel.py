@@ -20,8 +20,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from devtools.server import ServerProcess, server_env
 from devtools.sets import REPO_ROOT
-from service.tools.server import LocalServer, free_port, server_env
 from tests.conftest import flac_body, needs_speech
 
 pytestmark = [pytest.mark.slow, needs_speech]
@@ -104,17 +104,8 @@ def test_a_wheel_installs_migrates_and_serves(tmp_path: Path) -> None:
     speakerid = str(bin_dir / "speakerid")
     assert "latest migration" in run(speakerid, "migrate")
     key = run(speakerid, "keys", "create", "--tenant", "acme").strip().splitlines()[-1]
-    port = free_port()
-    log = tmp_path / "server.log"
-    with log.open("wb") as sink:
-        process = subprocess.Popen(
-            [speakerid, "serve", "--host", "127.0.0.1", "--port", str(port)],
-            cwd=outside,
-            env=env,
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-        )
-    server = LocalServer(f"http://127.0.0.1:{port}", key, process, log, tmp_path / "data", env)
+    server = ServerProcess(env, tmp_path, command=[speakerid], cwd=outside)
+    server.start()
     try:
         server.wait_ready(within_s=300)
         answer = httpx.post(
@@ -127,9 +118,4 @@ def test_a_wheel_installs_migrates_and_serves(tmp_path: Path) -> None:
         listed = httpx.get(f"{server.url}/v1/speakers/alice", headers={"X-API-Key": key}, timeout=30)
         assert listed.status_code == 200 and listed.json()["samples"] == 1
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        server.stop()

@@ -25,7 +25,7 @@ SECONDS = 6.0  # of each clip: enough for a voiceprint, and the test stays short
 def _clips() -> tuple[dict[str, list[str]], list[str]]:
     by: dict[str, list[str]] = {}
     for row in manifest():
-        by.setdefault(row["speaker"], []).append(row["path"])
+        by.setdefault(row.speaker, []).append(row.path)
     enrolled = {s: p[:4] for s, p in sorted(by.items()) if len(p) >= 6}
     picked = dict(list(enrolled.items())[:SPEAKERS])
     unknown = [p[0] for s, p in sorted(by.items()) if len(p) == 1][:UNKNOWN]

@@ -23,7 +23,7 @@ UNKNOWN = 4  # one-clip speakers
 def _clips() -> tuple[dict[str, list[str]], list[str]]:
     by: dict[str, list[str]] = {}
     for row in manifest():
-        by.setdefault(row["speaker"], []).append(row["path"])
+        by.setdefault(row.speaker, []).append(row.path)
     enrolled = {s: p[:4] for s, p in sorted(by.items()) if len(p) >= 6}
     unknown = [p[0] for s, p in sorted(by.items()) if len(p) == 1][:UNKNOWN]
     return dict(list(enrolled.items())[:SPEAKERS]), unknown

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 from prometheus_client import REGISTRY
 
-from devtools.clips import encode_recipe, load_clip, manifest
-from service.tools.server import LocalServer, local_server
+from devtools.clips import ALICE_UNENROLLED, TWO_READERS, encode_recipe, load_clip, manifest
+from devtools.server import LocalServer, local_server
 from tests.conftest import LiveServer, b64, flac_body, make_settings, needs_speech, new_key
 
 pytestmark = [needs_speech, pytest.mark.model]
@@ -26,34 +26,23 @@ pytestmark = [needs_speech, pytest.mark.model]
 COMPAT_IDENTIFY = "/audio/generic/api/v1/sync/diarization/identify"
 LONG_SECONDS = 120.0
 BUDGET_MB = 500
-ENROLLED = {
-    "alice": [
-        "librispeech/test-other/367/367-130732-0002.flac",
-        "librispeech/test-other/367/367-130732-0003.flac",
-    ],
-    "bob": [
-        "librispeech/test-other/2609/2609-156975-0002.flac",
-        "librispeech/test-other/2609/2609-156975-0006.flac",
-    ],
-}
-SHORT = "librispeech/test-other/367/367-130732-0007.flac"  # alice, not enrolled
+ENROLLED = TWO_READERS
+SHORT = ALICE_UNENROLLED
 
 
 def long_clip(seconds: float) -> np.ndarray:
     """Real speech, int16 16 kHz: the two enrolled readers' other clips taking turns, then others'."""
     readers = ("ls-367", "ls-2609")
-    rows = [r for r in manifest() if r["path"].startswith("librispeech/") and r["path"] not in SHORT]
+    rows = [r for r in manifest() if r.path.startswith("librispeech/") and r.path not in SHORT]
     turns = [
-        r
-        for pair in zip(*[[r for r in rows if r["speaker"] == s] for s in readers], strict=False)
-        for r in pair
+        r for pair in zip(*[[r for r in rows if r.speaker == s] for s in readers], strict=False) for r in pair
     ]
-    rest = [r for r in rows if r["speaker"] not in readers]
+    rest = [r for r in rows if r.speaker not in readers]
     parts, total = [], 0
     for row in turns + rest:
-        if any(row["path"] in paths for paths in ENROLLED.values()):
+        if any(row.path in paths for paths in ENROLLED.values()):
             continue
-        samples = load_clip(row["path"]).samples
+        samples = load_clip(row.path).samples
         parts.append(samples)
         total += len(samples)
         if total >= seconds * 16_000:

@@ -33,14 +33,14 @@ def mulaw_body(path: str) -> dict[str, Any]:
 def other_voices(count: int) -> list[str]:
     """The first clip of 6 s or more of each of the first `count` other readers with several clips,
     in manifest order (chosen without looking at their scores)."""
-    rows = [r for r in manifest() if r["speaker"] != READER and float(r["duration_s"]) >= 6]
+    rows = [r for r in manifest() if r.speaker != READER and r.duration_s >= 6]
     clips_of: dict[str, int] = {}
     for r in manifest():
-        clips_of[r["speaker"]] = clips_of.get(r["speaker"], 0) + 1
+        clips_of[r.speaker] = clips_of.get(r.speaker, 0) + 1
     picked: dict[str, str] = {}
     for r in rows:
-        if clips_of[r["speaker"]] >= 6 and r["speaker"] not in picked:
-            picked[r["speaker"]] = r["path"]
+        if clips_of[r.speaker] >= 6 and r.speaker not in picked:
+            picked[r.speaker] = r.path
     return list(picked.values())[:count]
 
 

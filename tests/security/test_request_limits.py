@@ -5,15 +5,16 @@ bounded, against a server with a small size limit and one-second timeouts."""
 from __future__ import annotations
 
 import contextlib
-import json
 import select
 import socket
 import time
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import pytest
 
+from service.tools.client import parse_error
 from tests.conftest import LiveServer, make_settings, needs_speech
 
 pytestmark = [needs_speech, pytest.mark.model]
@@ -69,12 +70,9 @@ def chunk(data: bytes) -> bytes:
 
 
 def code_of(path: str, body: bytes) -> str:
-    answer = json.loads(body)
-    if path.startswith("/audio/"):
-        assert answer["fault"]["faultstring"]
-        return str(answer["fault"]["detail"]["errorcode"])
-    assert answer["error"]["message"]
-    return str(answer["error"]["code"])
+    answer = parse_error(httpx.Response(400, content=body))
+    assert answer.shape == ("fault" if path.startswith("/audio/") else "error") and answer.message
+    return answer.code
 
 
 @pytest.mark.parametrize("path", [COMPAT_ENROLL, NATIVE_IDENTIFY, NATIVE_ENROLL])

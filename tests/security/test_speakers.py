@@ -65,8 +65,12 @@ def test_deleting_the_last_sample_deletes_the_speaker(
     assert first.status_code == second.status_code == 201, (first.text, second.text)
     samples = [a.json()["lastSample"]["sampleId"] for a in (first, second)]
     store = live.services.store
-    tenant = store.authenticate(key).tenant_id
-    row = store.get_speaker(tenant, "fleeting").id
+    authenticated = store.authenticate(key)
+    assert authenticated is not None
+    tenant = authenticated.tenant_id
+    speaker = store.get_speaker(tenant, "fleeting")
+    assert speaker is not None
+    row = speaker.id
     before = store.counts()
 
     assert client.delete(f"/v1/speakers/fleeting/enrollments/{samples[0]}").status_code == 204

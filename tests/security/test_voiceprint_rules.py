@@ -12,7 +12,7 @@ import pytest
 from service import calibration as cal
 from service.enrollment import policy as rules
 from service.enrollment.ports import IndexEntry, SampleRecord, SpeakerStatus
-from service.enrollment.scoring import DecisionRule, Scorer
+from service.enrollment.scoring import DecisionRule, Scorer, unit_rows
 from service.errors import SpeakerMismatch
 from service.storage.index import FaissSpeakerIndex
 
@@ -29,20 +29,16 @@ POLICY = rules.EnrollmentPolicy(
 COMPLETE_LEAST = 0.6
 
 
-def unit(v: np.ndarray) -> np.ndarray:
-    return (v / np.linalg.norm(v, axis=-1, keepdims=True)).astype(np.float32)
-
-
 def around(base: np.ndarray, cos: float, rng: np.random.Generator) -> np.ndarray:
     """A unit vector at cosine `cos` from unit vector `base`."""
     noise = rng.standard_normal(base.shape)
-    noise = unit(noise - (noise @ base) * base)
-    return unit(cos * base + np.sqrt(1 - cos**2) * noise)
+    noise = unit_rows(noise - (noise @ base) * base)
+    return unit_rows(cos * base + np.sqrt(1 - cos**2) * noise)
 
 
 def samples(vectors: Sequence[np.ndarray]) -> list[SampleRecord]:
     now = datetime.now(UTC)
-    return [SampleRecord(f"s{i}", unit(v), SHA, 10.0, 10.0, 30.0, now) for i, v in enumerate(vectors)]
+    return [SampleRecord(f"s{i}", unit_rows(v), SHA, 10.0, 10.0, 30.0, now) for i, v in enumerate(vectors)]
 
 
 def by_cosine(vector: np.ndarray, voiceprint: np.ndarray) -> float:
@@ -53,14 +49,14 @@ def test_a_complete_voiceprint_is_held_to_the_samples_that_completed_it() -> Non
     """Each step of a walk passes against the voiceprint of everything before it; the walk's end does
     not pass against the voiceprint that made the speaker complete, so it is refused."""
     rng = np.random.default_rng(0)
-    base = unit(rng.standard_normal(DIM))
+    base = unit_rows(rng.standard_normal(DIM))
     away = rng.standard_normal(DIM)
-    away = unit(away - (away @ base) * base)
+    away = unit_rows(away - (away @ base) * base)
     completed = [around(base, 0.92, rng) for _ in range(3)]
 
     def towards(degrees: float) -> np.ndarray:
         angle = np.radians(degrees)
-        return unit(np.cos(angle) * base + np.sin(angle) * away)
+        return unit_rows(np.cos(angle) * base + np.sin(angle) * away)
 
     earlier = samples(completed)
     assert rules.aggregate(earlier, SHA, POLICY).status == SpeakerStatus.COMPLETE
@@ -84,12 +80,12 @@ def test_a_sample_that_would_widen_the_voiceprint_past_one_voice_is_refused() ->
     """However the voice check scores it, a sample that takes the spread past every genuine speaker's
     (`calibration.MAX_SPREAD`) is refused; one that keeps it inside is not."""
     rng = np.random.default_rng(1)
-    base = unit(rng.standard_normal(DIM))
+    base = unit_rows(rng.standard_normal(DIM))
     earlier = samples([around(base, 0.62, rng) for _ in range(3)])
     _, spread = rules.centroid_and_spread([s.vector for s in earlier])
     assert 0.2 < spread < cal.MAX_SPREAD
     passes_anything = (lambda vector, voiceprint: 99.0, 2.9)
-    wide = unit(rng.standard_normal(DIM))
+    wide = unit_rows(rng.standard_normal(DIM))
     _, widened = rules.centroid_and_spread([*[s.vector for s in earlier], wide])
     assert widened > cal.MAX_SPREAD
     with pytest.raises(SpeakerMismatch, match="spread"):
@@ -102,7 +98,7 @@ def test_one_voice_under_many_incomplete_ids_counts_as_one_voice_in_the_tenants_
     ids of one voice weigh as one speaker, exactly as if it had enrolled once."""
     rng = np.random.default_rng(2)
     rule = DecisionRule(
-        prior_mean=unit(rng.standard_normal(DIM)),
+        prior_mean=unit_rows(rng.standard_normal(DIM)),
         prior_weight=cal.PRIOR_WEIGHT,
         pair_mean=cal.PAIR_MEAN,
         pair_sd=cal.PAIR_SD,
@@ -112,12 +108,14 @@ def test_one_voice_under_many_incomplete_ids_counts_as_one_voice_in_the_tenants_
     scorer = Scorer(rule)
     index = FaissSpeakerIndex(DIM)
     tenant = 1
-    complete = [IndexEntry(i, tenant, f"s{i}", True, unit(rng.standard_normal(DIM))) for i in range(1, 9)]
-    index.replace([*complete, IndexEntry(100, 2, "elsewhere", True, unit(rng.standard_normal(DIM)))])
+    complete = [
+        IndexEntry(i, tenant, f"s{i}", True, unit_rows(rng.standard_normal(DIM))) for i in range(1, 9)
+    ]
+    index.replace([*complete, IndexEntry(100, 2, "elsewhere", True, unit_rows(rng.standard_normal(DIM)))])
     before = scorer.build_scale(index.cohort(tenant)[1])
     cached = scorer.scale(tenant, *index.cohort(tenant))
 
-    voice = unit(rng.standard_normal(DIM))
+    voice = unit_rows(rng.standard_normal(DIM))
     for i in range(20):
         index.upsert(IndexEntry(200 + i, tenant, f"copy-{i}", False, around(voice, 0.99, rng)))
 

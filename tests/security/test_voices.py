@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from devtools.clips import encode, encode_recipe, load_clip
+from service.tools.client import parse_error
 from tests.conftest import LiveServer, b64, flac_body, needs_speech, new_key
 
 pytestmark = [needs_speech, pytest.mark.model]
@@ -44,8 +45,7 @@ def samples_of(client: httpx.Client, speaker: str) -> int:
 
 
 def error_code(answer: httpx.Response) -> str:
-    body = answer.json()
-    return str(body["fault"]["detail"]["errorcode"] if "fault" in body else body["error"]["code"])
+    return parse_error(answer).code
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,7 @@ import struct
 import subprocess
 import sys
 import textwrap
+from typing import Any
 
 import numpy as np
 import pytest
@@ -269,10 +270,11 @@ def test_empty_bytes(encoding: str, rate: int | None) -> None:
     assert err.value.status == 400
 
 
-@pytest.mark.parametrize("encoding", ["SPEEX", "WMA", "mp3x", "", "ogg+opus", "u-law"])
+@pytest.mark.parametrize("encoding", ["SPEEX", "WMA", "mp3x", "", "ogg+opus"])
 def test_unknown_encoding(clip: Clip, encoding: str) -> None:
+    # Headerless samples: nothing in the bytes says what they are, so the name must.
     with pytest.raises(UnsupportedEncoding) as err:
-        D.decode(clip_bytes(SHORT_CLIP), encoding, 16_000, max_seconds=MAX_S, timeout_s=TIMEOUT_S)
+        D.decode(linear16_bytes(clip.samples), encoding, 16_000, max_seconds=MAX_S, timeout_s=TIMEOUT_S)
     assert err.value.status == 400
     assert "FLAC" in err.value.message and "LINEAR16" in err.value.message
 
@@ -462,7 +464,7 @@ mutation = st.one_of(
 )
 
 
-def mutate(data: bytes, mutations: list[tuple]) -> bytes:
+def mutate(data: bytes, mutations: list[tuple[Any, ...]]) -> bytes:
     buf = bytearray(data)
     for op, where, *arg in mutations:
         if op == "flip_head":
@@ -490,7 +492,7 @@ def mutate(data: bytes, mutations: list[tuple]) -> bytes:
     suppress_health_check=[HealthCheck.too_slow],
 )
 @given(mutations=st.lists(mutation, min_size=1, max_size=6))
-def test_fuzz_mutated_real_clip(encoding: str, mutations: list[tuple]) -> None:
+def test_fuzz_mutated_real_clip(encoding: str, mutations: list[tuple[Any, ...]]) -> None:
     data = mutate(fuzz_blob(encoding), mutations)
     try:
         out = D.decode(data, encoding, None, max_seconds=FUZZ_MAX_S, timeout_s=FUZZ_TIMEOUT_S)

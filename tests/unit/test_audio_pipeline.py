@@ -77,8 +77,8 @@ def assert_regions_close(
 @pytest.mark.parametrize("path", LIBRISPEECH_CLIPS)
 def test_real_clip_is_mostly_speech_with_good_snr(detector: SpeechDetector, path: str) -> None:
     c = load_clip(path)
-    row = next(r for r in manifest() if r["path"] == path)
-    assert c.duration_s == pytest.approx(float(row["duration_s"]), abs=0.01)
+    row = next(r for r in manifest() if r.path == path)
+    assert c.duration_s == pytest.approx(row.duration_s, abs=0.01)
 
     p = run(c.as_float(), detector)
     assert p.source_rate == 16_000

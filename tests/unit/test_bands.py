@@ -7,14 +7,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from devtools.fakes import FakeServices, SyntheticVoice, as_linear16, fake_services
+from devtools.fakes import FakeServices, MemoryStore, SyntheticVoice, as_linear16, fake_services
 from service.audio import MODEL_RATE
 from service.audio.band import WIDEBAND_SHARE, Band, band_of, high_band_share, telephone_band
 from service.audio.frontend import AudioInput
 from service.config import EnrollmentSettings, Settings
 from service.enrollment.maintenance import Twins, recompute_all
 from service.enrollment.ports import IndexEntry
-from service.enrollment.scoring import DecisionRule, Scorer
+from service.enrollment.scoring import DecisionRule, Scorer, TenantScale
 from service.storage.index import BandedIndex
 
 ALICE, BOB, CAROL = (SyntheticVoice(seed) for seed in (1, 2, 3))
@@ -100,7 +100,7 @@ def test_without_twins_a_call_meets_the_wideband_voiceprint() -> None:
     assert found.channel == Band.NARROW and found.candidates[0].cosine < with_twins.candidates[0].cosine
 
 
-def _twin_store():  # type: ignore[no-untyped-def]
+def _twin_store() -> MemoryStore:
     svc = fake_services()
     for name, voice in (("alice", ALICE), ("bob", BOB), ("carol", CAROL)):
         svc.enroll_takes(ACME, name, voice)
@@ -108,7 +108,7 @@ def _twin_store():  # type: ignore[no-untyped-def]
 
 
 def _unit(v: np.ndarray) -> np.ndarray:
-    return (v / np.linalg.norm(v)).astype(np.float32)
+    return np.asarray(v / np.linalg.norm(v), dtype=np.float32)
 
 
 def test_the_index_keeps_each_band_with_its_own_search_cohort_and_removal() -> None:
@@ -141,15 +141,20 @@ def test_the_index_keeps_each_band_with_its_own_search_cohort_and_removal() -> N
 
 def test_the_scorer_keeps_a_scale_per_band_of_a_tenant() -> None:
     rng = np.random.default_rng(1)
-    scorer = Scorer(DecisionRule(np.zeros(8, dtype=np.float32), 3.0, 0.1, 0.1, 3.0, 0.1))
-    built: list[int] = []
-    build = scorer.build_scale
-    scorer.build_scale = lambda cohort: built.append(len(cohort)) or build(cohort)  # type: ignore[method-assign]
+    scorer = CountingScorer(DecisionRule(np.zeros(8, dtype=np.float32), 3.0, 0.1, 0.1, 3.0, 0.1))
     bands = [(np.arange(4), rng.standard_normal((4, 8)).astype(np.float32)) for _ in range(2)]
     for _ in range(3):
         for ids, cohort in bands:
             scorer.scale(ACME, ids, cohort)
-    assert len(built) == 2  # once per band, then cached side by side
+    assert scorer.built == 2  # once per band, then cached side by side
+
+
+class CountingScorer(Scorer):
+    built = 0
+
+    def build_scale(self, cohort: np.ndarray) -> TenantScale:
+        self.built += 1
+        return super().build_scale(cohort)
 
 
 def test_rebuild_makes_twins_from_kept_audio_and_keeps_what_is_stored_otherwise() -> None:

@@ -103,7 +103,12 @@ def test_a_cancelled_call_still_waiting_for_its_turn_is_dropped() -> None:
     compute = ComputeThread("test-compute")
     busy, release = threading.Event(), threading.Event()
     ran: list[str] = []
-    blocker = threading.Thread(target=compute.run, args=(lambda: (busy.set(), release.wait(10)),))
+
+    def hold() -> bool:
+        busy.set()
+        return release.wait(10)
+
+    blocker = threading.Thread(target=compute.run, args=(hold,))
     blocker.start()
     assert busy.wait(10)
     cancel = Cancellation()

@@ -31,7 +31,7 @@ def fp_of(data: bytes, encoding: str = "FLAC") -> bytes:
 def noisy(samples: np.ndarray, snr_db: float, seed: int = 0) -> np.ndarray:
     x = samples.astype(np.float64)
     noise = np.random.default_rng(seed).standard_normal(len(x)) * np.sqrt(np.mean(x**2) / 10 ** (snr_db / 10))
-    return np.clip(x + noise, -32768, 32767).astype(np.int16)
+    return np.asarray(np.clip(x + noise, -32768, 32767), dtype=np.int16)
 
 
 @pytest.mark.parametrize("path", SAME_SESSION[:3])

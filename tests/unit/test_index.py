@@ -7,11 +7,12 @@ from typing import Any
 import numpy as np
 import pytest
 
+from devtools.bench.index import format_rows, run_index_bench
 from service.enrollment.ports import ChangeRecord, IndexEntry
+from service.enrollment.scoring import unit_rows
 from service.storage import index as index_module
 from service.storage import sync
 from service.storage.index import FaissSpeakerIndex
-from service.tools.bench_index import format_rows, run_index_bench
 
 
 def entry(speaker_id: int, tenant_id: int, vector: np.ndarray) -> IndexEntry:
@@ -22,7 +23,7 @@ def entry(speaker_id: int, tenant_id: int, vector: np.ndarray) -> IndexEntry:
 @pytest.fixture
 def vectors() -> np.ndarray:
     raw = np.random.default_rng(0).standard_normal((10, 8)).astype(np.float32)
-    return raw / np.linalg.norm(raw, axis=1, keepdims=True)
+    return unit_rows(raw)
 
 
 def test_search_stays_inside_the_tenant_and_the_restriction(vectors: np.ndarray) -> None:
@@ -100,7 +101,7 @@ def _near(vector: np.ndarray, rng: np.random.Generator, cos: float = 0.8) -> np.
     noise = rng.standard_normal(vector.shape).astype(np.float32)
     noise -= (noise @ vector) * vector
     noise /= np.linalg.norm(noise)
-    return (cos * vector + np.sqrt(1 - cos**2) * noise).astype(np.float32)
+    return np.asarray(cos * vector + np.sqrt(1 - cos**2) * noise, dtype=np.float32)
 
 
 def test_large_index_is_ivf_stays_in_tenant_and_finds_the_nearest(monkeypatch: pytest.MonkeyPatch) -> None:

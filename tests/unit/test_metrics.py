@@ -135,7 +135,7 @@ def test_fa_at_5_percent_fr() -> None:
 def test_wilson_interval_matches_published_values(
     successes: int, trials: int, low: float, high: float
 ) -> None:
-    assert metrics.wilson(successes, trials) == (pytest.approx(low, abs=1e-4), pytest.approx(high, abs=1e-4))
+    assert metrics.wilson(successes, trials) == pytest.approx((low, high), abs=1e-4)
 
 
 def test_wilson_edge_cases() -> None:

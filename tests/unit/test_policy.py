@@ -9,6 +9,7 @@ import pytest
 
 from service.enrollment import policy as rules
 from service.enrollment.ports import SampleRecord, SpeakerStatus
+from service.enrollment.scoring import unit_rows
 from service.errors import DuplicateSample, SpeakerMismatch
 
 POLICY = rules.EnrollmentPolicy(
@@ -23,25 +24,21 @@ def cosine(vector: np.ndarray, voiceprint: np.ndarray) -> float:
 SHA = "a" * 64
 
 
-def unit(v: np.ndarray) -> np.ndarray:
-    return (v / np.linalg.norm(v)).astype(np.float32)
-
-
 def sample(vector: np.ndarray, speech: float = 10.0, sha: str = SHA) -> SampleRecord:
-    return SampleRecord("s", unit(vector), sha, speech, speech, 30.0, datetime.now(UTC))
+    return SampleRecord("s", unit_rows(vector), sha, speech, speech, 30.0, datetime.now(UTC))
 
 
 def around(base: np.ndarray, cos: float, rng: np.random.Generator) -> np.ndarray:
     """A unit vector at cosine `cos` from unit vector `base`."""
     noise = rng.standard_normal(base.shape)
     noise -= (noise @ base) * base
-    noise = unit(noise)
-    return unit(cos * base + np.sqrt(1 - cos**2) * noise)
+    noise = unit_rows(noise)
+    return unit_rows(cos * base + np.sqrt(1 - cos**2) * noise)
 
 
 def test_spread_is_zero_for_copies_and_grows_with_diversity() -> None:
     rng = np.random.default_rng(0)
-    base = unit(rng.standard_normal(192))
+    base = unit_rows(rng.standard_normal(192))
     _, none = rules.centroid_and_spread([base, base, base])
     _, some = rules.centroid_and_spread([around(base, 0.8, rng) for _ in range(3)])
     assert none == pytest.approx(0.0, abs=1e-6)
@@ -50,7 +47,7 @@ def test_spread_is_zero_for_copies_and_grows_with_diversity() -> None:
 
 def test_complete_needs_count_speech_and_spread() -> None:
     rng = np.random.default_rng(1)
-    base = unit(rng.standard_normal(192))
+    base = unit_rows(rng.standard_normal(192))
     diverse = [sample(around(base, 0.8, rng)) for _ in range(3)]
     assert rules.aggregate(diverse[:2], SHA, POLICY).status == SpeakerStatus.ENROLLING
     done = rules.aggregate(diverse, SHA, POLICY)
@@ -66,7 +63,7 @@ def test_complete_needs_count_speech_and_spread() -> None:
 
 def test_other_models_vectors_are_not_mixed_in() -> None:
     rng = np.random.default_rng(2)
-    base = unit(rng.standard_normal(192))
+    base = unit_rows(rng.standard_normal(192))
     mixed = [sample(around(base, 0.8, rng)) for _ in range(2)] + [sample(base, sha="b" * 64)]
     result = rules.aggregate(mixed, SHA, POLICY)
     assert result.sample_count == 2
@@ -82,15 +79,15 @@ def test_progress_runs_from_zero_to_one() -> None:
 
 def test_near_copy_and_other_voice_are_refused() -> None:
     rng = np.random.default_rng(3)
-    base = unit(rng.standard_normal(192))
+    base = unit_rows(rng.standard_normal(192))
     earlier = [sample(base), sample(around(base, 0.8, rng))]
     with pytest.raises(DuplicateSample):
         rules.check_new_sample(around(base, 0.99, rng), earlier, POLICY)
     voice = (cosine, POLICY.voice_check)
     with pytest.raises(SpeakerMismatch):
-        rules.check_new_sample(unit(rng.standard_normal(192)), earlier, POLICY, voice=voice)
+        rules.check_new_sample(unit_rows(rng.standard_normal(192)), earlier, POLICY, voice=voice)
     rules.check_new_sample(around(base, 0.75, rng), earlier, POLICY, voice=voice)
-    rules.check_new_sample(unit(rng.standard_normal(192)), [], POLICY, voice=voice)
+    rules.check_new_sample(unit_rows(rng.standard_normal(192)), [], POLICY, voice=voice)
     # The bar a complete speaker's samples must clear is the caller's: the same voice fails a higher one.
     with pytest.raises(SpeakerMismatch):
         rules.check_new_sample(around(base, 0.75, rng), earlier, POLICY, voice=(cosine, 0.9))

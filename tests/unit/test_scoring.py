@@ -13,13 +13,10 @@ from service.enrollment.scoring import (
     centred,
     expected_maximum,
     impostor_scores,
+    unit_rows,
 )
 
 DIM = 192
-
-
-def unit(rows: np.ndarray) -> np.ndarray:
-    return (rows / np.linalg.norm(rows, axis=-1, keepdims=True)).astype(np.float32)
 
 
 def voices(n: int, rng: np.random.Generator, dims: int = DIM, channel: float = 0.0) -> np.ndarray:
@@ -28,7 +25,7 @@ def voices(n: int, rng: np.random.Generator, dims: int = DIM, channel: float = 0
     (which centring removes)."""
     speaker = np.zeros((n, DIM))
     speaker[:, :dims] = rng.standard_normal((n, dims)) / np.sqrt(dims)
-    return unit(speaker + channel * unit(np.ones(DIM)))
+    return unit_rows(speaker + channel * unit_rows(np.ones(DIM)))
 
 
 RULE = DecisionRule(
@@ -46,7 +43,7 @@ def test_expected_maximum_grows_with_the_gallery() -> None:
 def test_impostor_scores_leave_the_probe_out_of_the_mean() -> None:
     rng = np.random.default_rng(0)
     c = voices(4, rng)
-    prior = unit(rng.standard_normal(DIM))
+    prior = unit_rows(rng.standard_normal(DIM))
     got = impostor_scores(c, prior, 2.0)
     assert got.shape == (12,)
     mean_without_0 = (c[1:].sum(axis=0) + 2.0 * prior) / (3 + 2.0)
@@ -105,7 +102,7 @@ def test_one_threshold_holds_on_a_channel_where_voices_sound_alike() -> None:
         scale = scorer.build_scale(enrolled)
         best_unknown = scorer.scores(unknown, enrolled, scale, gallery=40).max(axis=1)
         assert np.mean(best_unknown >= threshold) <= 0.02, dims
-        own = unit(enrolled + 0.3 * rng.standard_normal(enrolled.shape) / np.sqrt(DIM))
+        own = unit_rows(enrolled + 0.3 * rng.standard_normal(enrolled.shape) / np.sqrt(DIM))
         genuine = np.diag(scorer.scores(own, enrolled, scale, gallery=40))
         assert np.mean(genuine >= threshold) >= 0.95, dims
         # The centred cosine at the threshold this tenant's level gives on the studio-like channel.

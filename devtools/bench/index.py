@@ -29,6 +29,7 @@ recall is measured on.) Searches ask for `SHORTLIST` speakers, as identification
 
 from __future__ import annotations
 
+import argparse
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -120,7 +121,7 @@ def near(vector: np.ndarray, rng: np.random.Generator, cos: float = COSINE) -> n
     noise = rng.standard_normal(vector.shape[0], dtype=np.float32)
     noise -= (noise @ vector) * vector
     noise /= np.linalg.norm(noise)
-    return (cos * vector + np.sqrt(1 - cos**2) * noise).astype(np.float32)
+    return np.asarray(cos * vector + np.sqrt(1 - cos**2) * noise, dtype=np.float32)
 
 
 def rss_gb() -> tuple[float, float]:
@@ -320,3 +321,12 @@ def _deletes(
         if index.search(vectors[row], 1, k=1)[0][0].speaker_id != entry.speaker_id:
             errors += 1
     return removed, readded, errors
+
+
+def index_section(args: argparse.Namespace) -> dict[str, Any]:
+    """The bench's index section: `run_index_bench` at --index-sizes, printed as a table."""
+    nprobe = f", nprobe {args.nprobe}" if args.nprobe else ""
+    print(f"\n== index: {args.index_queries} queries per size{nprobe}", flush=True)
+    rows = run_index_bench(args.index_sizes, args.index_queries, args.nprobe)
+    print(format_rows(rows))
+    return {"queries": args.index_queries, "nprobe": args.nprobe, "rows": rows}

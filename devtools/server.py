@@ -1,0 +1,209 @@
+"""`speakerid serve` as a child process: the one launcher of a server from outside.
+
+The bench, the fuzz, soak and crash runs and the tests that need a separate process (its own memory,
+its own log, a SIGKILL) all start the service through here; tests that look inside the running app
+use the in-process server of tests/conftest.py instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from devtools.sets import REPO_ROOT
+
+READY_TIMEOUT_S = 300.0
+
+
+def server_env(data_dir: Path, inherit_settings: bool = False, **extra: str) -> dict[str, str]:
+    """The environment of a server on `data_dir`: CPU, rate limit off, plus `extra`.
+
+    Other ``SPK_`` variables of this process are passed on only with `inherit_settings` (a bench
+    on a GPU box needs its SPK_MODEL_DIR; a fuzz run wants the defaults whatever the shell has).
+    """
+    env = {k: v for k, v in os.environ.items() if inherit_settings or not k.startswith("SPK_")}
+    env.update(
+        SPK_DATA_DIR=str(data_dir),
+        SPK_DATABASE_URL=f"sqlite:///{data_dir / 'speakerid.db'}",
+        SPK_AUTH__RATE_LIMIT_PER_MINUTE="0",
+        SPK_DEVICE="cpu",
+    )
+    env.update(extra)
+    return env
+
+
+def speakerid_command() -> list[str]:
+    """The operator's command line: the installed `speakerid`, else the module."""
+    script = Path(sys.executable).with_name("speakerid")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "service.cli"]
+
+
+def speakerid(env: dict[str, str], *args: str) -> str:
+    """Run the operator's command line; its standard output."""
+    done = subprocess.run(
+        [*speakerid_command(), *args], env=env, cwd=REPO_ROOT, capture_output=True, text=True, check=True
+    )
+    return done.stdout
+
+
+def create_key(env: dict[str, str], tenant: str) -> str:
+    """A new API key of `tenant` (created if new) in the database `env` names."""
+    return speakerid(env, "keys", "create", "--tenant", tenant).strip().splitlines()[-1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class ServerProcess:
+    """`speakerid serve` on a free loopback port, in its own process group so that a SIGKILL takes
+    it and anything it started. Each `start` picks a new port and writes a new log in `log_dir`."""
+
+    def __init__(
+        self,
+        env: dict[str, str],
+        log_dir: Path,
+        command: list[str] | None = None,
+        cwd: Path = REPO_ROOT,
+    ) -> None:
+        """`command`: the `speakerid` to run (default: this environment's); `cwd`: where it runs."""
+        self.env = env
+        self.log_dir = log_dir
+        self.command = command or speakerid_command()
+        self.cwd = cwd
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.url = ""
+        self.starts = 0
+        self.log_path = log_dir / "server-0.log"
+
+    @property
+    def process(self) -> subprocess.Popen[bytes]:
+        assert self.proc is not None, "start() first"
+        return self.proc
+
+    def start(self) -> None:
+        """Start serving; returns at once (`wait_ready` before sending anything)."""
+        port = free_port()
+        self.url = f"http://127.0.0.1:{port}"
+        self.log_path = self.log_dir / f"server-{self.starts}.log"
+        self.starts += 1
+        with self.log_path.open("wb") as log:
+            self.proc = subprocess.Popen(
+                [*self.command, "serve", "--host", "127.0.0.1", "--port", str(port)],
+                cwd=self.cwd,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    def wait_ready(self, within_s: float = READY_TIMEOUT_S) -> float:
+        """Wait for /readyz; the seconds since `start`. A server that exits or is not ready in time
+        raises, with its log's tail."""
+        began = time.monotonic()
+        with httpx.Client(timeout=5) as http:
+            while True:
+                if self.process.poll() is not None:
+                    raise RuntimeError(
+                        f"speakerid serve exited ({self.process.returncode}):\n{self.log_tail()}"
+                    )
+                if time.monotonic() - began > within_s:
+                    self.kill()
+                    raise RuntimeError(f"speakerid serve not ready within {within_s:g} s:\n{self.log_tail()}")
+                with contextlib.suppress(httpx.HTTPError):
+                    if http.get(f"{self.url}/readyz").status_code == 200:
+                        return time.monotonic() - began
+                time.sleep(0.1)
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        if self.proc is not None:
+            self.proc.wait()
+
+    def stop(self) -> None:
+        """A clean shutdown (SIGTERM), killed if it takes more than 30 s."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+
+@dataclass
+class LocalServer:
+    """A started server on a database of its own, with one API key."""
+
+    server: ServerProcess
+    key: str
+    data_dir: Path
+    environment: dict[str, str]
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    @property
+    def process(self) -> subprocess.Popen[bytes]:
+        return self.server.process
+
+    @property
+    def log(self) -> Path:
+        return self.server.log_path
+
+    def env(self) -> dict[str, str]:
+        """For `speakerid(...)` against this server's database."""
+        return dict(self.environment)
+
+    def wait_ready(self, within_s: float = READY_TIMEOUT_S) -> None:
+        self.server.wait_ready(within_s)
+
+
+@contextlib.contextmanager
+def local_server(
+    data_dir: Path | None = None,
+    tenant: str = "local",
+    inherit_settings: bool = False,
+    *,
+    ready: bool = False,
+    **env_extra: str,
+) -> Iterator[LocalServer]:
+    """Migrate a fresh SQLite database, create a key, start serving; stopped on exit.
+
+    Unless `ready`, it yields once the process is started, not once it is ready (`wait_ready`), so
+    that a caller can load its own models meanwhile.
+    """
+    with contextlib.ExitStack() as stack:
+        folder = data_dir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="speakerid-")))
+        env = server_env(folder, inherit_settings, **env_extra)
+        speakerid(env, "migrate")
+        key = create_key(env, tenant)
+        server = ServerProcess(env, folder)
+        server.start()
+        try:
+            if ready:
+                server.wait_ready()
+            yield LocalServer(server, key, folder, env)
+        finally:
+            server.stop()
