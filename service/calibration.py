@@ -85,7 +85,10 @@ VOICE_CHECK = 2.2
 # README has the tables.
 #
 # Threshold for FA <= 1 % and FR <= 5 % on the calibration half, all conditions pooled (midpoint of
-# the range meeting both): 2.90; with each condition left out, 2.86-3.03.
+# the range meeting both): 2.90; with each condition left out, 2.86-3.03. Since the mixed condition
+# is scored against narrowband twins (service.audio.band) the same study gives 2.93 (2.93-3.01 left
+# out); 2.90 is kept: on the conditions compared (16 kHz, G.711, AMR-NB, Opus, the mixed ones)
+# the report half reads the same at both but for one Opus false accept of 97.
 IDENTIFY_THRESHOLD = 2.9
 VERIFY_THRESHOLD = 2.9
 # A speaker's status warns when its voiceprint scores at least this against another speaker's of the

@@ -76,6 +76,11 @@ class EnrollmentSettings(BaseModel):
         "(normalised units, as identify scores against the whole tenant)",
     )
     store_audio: bool = Field(False, description="keep the decoded 16 kHz audio of each sample")
+    narrowband_twins: bool = Field(
+        True,
+        description="give each wideband sample a second vector of its speech through a simulated "
+        "telephone line, which calls (narrowband clips) are scored against",
+    )
 
 
 class IdentifySettings(BaseModel):

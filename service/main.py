@@ -34,7 +34,7 @@ from service.enrollment.voices import TenantVoices
 from service.jobs import handlers
 from service.jobs.worker import JobWorker
 from service.storage.database import check_migrated, make_engine
-from service.storage.index import FaissSpeakerIndex
+from service.storage.index import BandedIndex
 from service.storage.jobs import SqlJobStore
 from service.storage.repository import SqlStore
 from service.storage.sync import IndexFollower
@@ -89,6 +89,12 @@ def _budget(settings: Settings, batched: bool) -> EmbedBudget:
     return EmbedBudget(e.max_batch, max(e.max_batch_seconds, e.chunk_seconds), e.chunk_seconds)
 
 
+def banded_index(settings: Settings, dim: int) -> BandedIndex:
+    """The speaker index, with a narrowband copy unless twins are turned off."""
+    s = settings.index
+    return BandedIndex(dim, s.ivf_threshold, s.nprobe, twins=settings.enrollment.narrowband_twins)
+
+
 def use_cases(
     settings: Settings,
     *,
@@ -126,6 +132,7 @@ def use_cases(
         voices=TenantVoices(scorer, index),
         complete_threshold=ident.verify_threshold,
         store_audio=settings.enrollment.store_audio,
+        twins=settings.enrollment.narrowband_twins,
     )
     # Identification answers noisy clips too: the score decides (see service.calibration).
     identify_limits = QualityLimits(ident.min_speech_seconds, audio.max_clipped_fraction, -math.inf)
@@ -161,7 +168,7 @@ def build_services(settings: Settings, embedder: Embedder | None = None) -> Serv
         vad_threshold=audio.vad_threshold,
         parallel=max(1, usable_cores() // threads) if on_gpu else 1,
     )
-    index = FaissSpeakerIndex(embedder.dim, settings.index.ivf_threshold, settings.index.nprobe)
+    index = banded_index(settings, embedder.dim)
     follower = IndexFollower(store, index)
     follower.rebuild()
     embed_batch = metrics.timed_embed_batch(embedder.embed_batch)

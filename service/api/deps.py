@@ -25,7 +25,7 @@ from service.enrollment.identification import IdentificationService
 from service.enrollment.ports import Embedder
 from service.enrollment.service import EnrollmentService
 from service.errors import NotReady, RateLimited, RequestCancelled, Unauthorized
-from service.storage.index import FaissSpeakerIndex
+from service.storage.index import BandedIndex
 from service.storage.repository import SqlStore, TenantKey
 from service.storage.sync import IndexFollower
 
@@ -39,7 +39,7 @@ class Runtime:
 
     engine: Engine
     embedder: Embedder
-    index: FaissSpeakerIndex
+    index: BandedIndex
     follower: IndexFollower
     batcher: DynamicBatcher | None  # only where requests share forward passes (a GPU by default)
 

@@ -6,6 +6,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
+from service.audio.band import Band
 from service.enrollment import speaker_ids
 from service.enrollment.ports import SpeakerStatus
 
@@ -172,6 +173,10 @@ class IdentifyResponse(BaseModel):
     threshold: float
     candidates: list[CandidateOut]
     speechSeconds: float
+    channel: Band = Field(
+        Band.WIDE,
+        description="the band the clip was scored in: narrowband clips (calls) against voiceprints of it",
+    )
 
 
 class VerifyRequest(AudioFields):
@@ -185,6 +190,7 @@ class VerifyResponse(BaseModel):
     cosine: float
     complete: bool
     speechSeconds: float
+    channel: Band = Field(Band.WIDE, description="the band the clip was scored in")
 
 
 class CompatIdentifyRequest(RemoteAudioFields):

@@ -14,6 +14,7 @@ from typing import Protocol
 
 import numpy as np
 
+from service.audio.band import Band, clip_band
 from service.audio.frontend import AudioFrontEnd, AudioInput
 from service.audio.pipeline import PreparedAudio, QualityLimits
 from service.concurrency import Cancellation
@@ -36,9 +37,10 @@ class VoiceLabels(Protocol):
         """Raise SpeakerNotFound for an id the tenant has no speaker (with samples) for."""
 
     def label(
-        self, tenant_id: int, voices: np.ndarray, speaker_ids: Sequence[str] | None
+        self, tenant_id: int, voices: np.ndarray, speaker_ids: Sequence[str] | None, band: Band
     ) -> list[str | None]:
-        """For each voice vector ``(k, dim)``: the id it is accepted as, or None; an id at most once."""
+        """For each voice vector ``(k, dim)`` heard in `band`: the id it is accepted as, or None; an
+        id at most once."""
 
 
 @dataclass(frozen=True)
@@ -91,14 +93,16 @@ class DiarizationService:
         found = find_turns(
             prepared, self.embed, self.options, count=count, max_count=max_speakers, cancel=cancel
         )
-        names = self._names(tenant_id, found, speaker_ids)
+        names = self._names(tenant_id, found, speaker_ids, clip_band(prepared))
         segments = segments_of(found, names, join_pauses=not do_vad)
         return DiarizationResult(num_speakers=len({s.speaker_id for s in segments}), segments=segments)
 
-    def _names(self, tenant_id: int, found: Turns, speaker_ids: Sequence[str] | None) -> list[str]:
+    def _names(
+        self, tenant_id: int, found: Turns, speaker_ids: Sequence[str] | None, band: Band
+    ) -> list[str]:
         known: list[str | None] = [None] * found.count
         if speaker_ids and self.labels is not None and found.count:
-            known = self.labels.label(tenant_id, found.voices, speaker_ids)
+            known = self.labels.label(tenant_id, found.voices, speaker_ids, band)
         names, n = [], 0
         for k in known:
             if k is None:

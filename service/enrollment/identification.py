@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from service.audio.band import Band, clip_band
 from service.audio.frontend import AudioFrontEnd, AudioInput
 from service.audio.pipeline import QualityLimits
 from service.concurrency import Cancellation
@@ -49,6 +50,7 @@ class Identification:
     threshold: float
     candidates: list[Candidate]
     speech_seconds: float
+    channel: Band = Band.WIDE  # the band the clip was scored in
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,7 @@ class Verification:
     cosine: float
     complete: bool
     speech_seconds: float
+    channel: Band = Band.WIDE
 
 
 @dataclass(frozen=True)
@@ -105,7 +108,8 @@ class IdentificationService:
         only = self._restriction(tenant_id, speaker_ids)
         prepared = self.frontend.load(audio, self.limits, cancel)
         vector = self._vector(prepared.speech_wave(), cancel)
-        ranked = self._rank(vector, tenant_id, only, max(top_k, 1), self._gallery(tenant_id, only))
+        band = clip_band(prepared)
+        ranked = self._rank(vector, tenant_id, only, max(top_k, 1), self._gallery(tenant_id, only), band)
         best = ranked[0]
         accepted = best.score >= self.thresholds.identify
         return Identification(
@@ -114,6 +118,7 @@ class IdentificationService:
             threshold=self.thresholds.identify,
             candidates=ranked[:top_k],
             speech_seconds=round(prepared.speech_seconds, 2),
+            channel=band,
         )
 
     def verify(
@@ -122,8 +127,10 @@ class IdentificationService:
         entry = self._entry(tenant_id, speaker_id)
         prepared = self.frontend.load(audio, self.limits, cancel)
         vector = self._vector(prepared.speech_wave(), cancel)
+        band = clip_band(prepared)
+        entry = self.index.band(band).lookup(tenant_id, speaker_id) or entry
         cosine = float(entry.centroid @ vector)
-        score = float(self._score_matrix(vector[None], [entry], tenant_id, gallery=1)[0, 0])
+        score = float(self._score_matrix(vector[None], [entry], tenant_id, gallery=1, band=band)[0, 0])
         return Verification(
             match=score >= self.thresholds.verify,
             score=round(score, 4),
@@ -131,6 +138,7 @@ class IdentificationService:
             cosine=round(cosine, 4),
             complete=entry.complete,
             speech_seconds=round(prepared.speech_seconds, 2),
+            channel=band,
         )
 
     def segments(
@@ -151,7 +159,7 @@ class IdentificationService:
         found = find_turns(prepared, self.embed, self.turn_options, max_count=self.max_voices, cancel=cancel)
         if not found.turns:
             return []
-        labels = self._voice_labels(found.voices, tenant_id, only)
+        labels = self._voice_labels(found.voices, tenant_id, only, clip_band(prepared))
         out: list[Segment] = []
         for turn in found.turns:
             label = labels[turn.voice]
@@ -166,12 +174,17 @@ class IdentificationService:
         self._restriction(tenant_id, speaker_ids)
 
     def label(
-        self, tenant_id: int, voices: np.ndarray, speaker_ids: Sequence[str] | None
+        self,
+        tenant_id: int,
+        voices: np.ndarray,
+        speaker_ids: Sequence[str] | None,
+        band: Band = Band.WIDE,
     ) -> list[str | None]:
-        """The enrolled id each voice ``(k, dim)`` (unit vectors, each from all of one voice's speech)
-        is accepted as by the identify rule, among `speaker_ids` (all the tenant's speakers if none);
-        None for a voice no one is accepted for. An id goes to one voice at most, the best first."""
-        return self._voice_labels(voices, tenant_id, self._restriction(tenant_id, speaker_ids))
+        """The enrolled id each voice ``(k, dim)`` (unit vectors, each from all of one voice's speech,
+        heard in `band`) is accepted as by the identify rule, among `speaker_ids` (all the tenant's
+        speakers if none); None for a voice no one is accepted for. An id goes to one voice at most,
+        the best first."""
+        return self._voice_labels(voices, tenant_id, self._restriction(tenant_id, speaker_ids), band)
 
     # --- helpers ---------------------------------------------------------------------------------
 
@@ -200,38 +213,54 @@ class IdentificationService:
         return len(only) if only is not None else self.index.tenant_size(tenant_id)
 
     def _rank(
-        self, vector: np.ndarray, tenant_id: int, only: list[int] | None, top_k: int, gallery: int
+        self,
+        vector: np.ndarray,
+        tenant_id: int,
+        only: list[int] | None,
+        top_k: int,
+        gallery: int,
+        band: Band = Band.WIDE,
     ) -> list[Candidate]:
-        hits = self.index.search(vector, tenant_id, max(top_k, SHORTLIST), only)
+        hits = self.index.band(band).search(vector, tenant_id, max(top_k, SHORTLIST), only)
         if not hits:
             raise NoEnrolledSpeakers("No enrolled speakers to identify against")
-        scores = self._score_matrix(vector[None], [e for e, _ in hits], tenant_id, gallery)[0]
+        scores = self._score_matrix(vector[None], [e for e, _ in hits], tenant_id, gallery, band)[0]
         ranked = [
             Candidate(e.external_id, round(float(score), 4), round(c, 4), e.complete)
             for (e, c), score in zip(hits, scores, strict=True)
         ]
         return sorted(ranked, key=lambda c: c.score, reverse=True)
 
-    def _candidates(self, vectors: np.ndarray, tenant_id: int, only: list[int] | None) -> list[IndexEntry]:
+    def _candidates(
+        self, vectors: np.ndarray, tenant_id: int, only: list[int] | None, band: Band = Band.WIDE
+    ) -> list[IndexEntry]:
         found: dict[int, IndexEntry] = {}
         for vector in vectors:
-            for entry, _ in self.index.search(vector, tenant_id, 8, only):
+            for entry, _ in self.index.band(band).search(vector, tenant_id, 8, only):
                 found[entry.speaker_id] = entry
         if not found:
             raise NoEnrolledSpeakers("No enrolled speakers to identify against")
         return list(found.values())
 
     def _score_matrix(
-        self, vectors: np.ndarray, candidates: list[IndexEntry], tenant_id: int, gallery: int
+        self,
+        vectors: np.ndarray,
+        candidates: list[IndexEntry],
+        tenant_id: int,
+        gallery: int,
+        band: Band = Band.WIDE,
     ) -> np.ndarray:
-        """``(n, dim)`` clip vectors x candidates -> ``(n, len(candidates))`` normalised scores, for
-        clips compared against `gallery` speakers in all."""
-        scale = self.scorer.scale(tenant_id, *self.index.cohort(tenant_id))
+        """``(n, dim)`` clip vectors x candidates (their voiceprints in `band`) -> ``(n,
+        len(candidates))`` normalised scores, for clips compared against `gallery` speakers in all,
+        on the tenant's cohort of `band`."""
+        scale = self.scorer.scale(tenant_id, *self.index.band(band).cohort(tenant_id))
         return self.scorer.scores(vectors, np.stack([c.centroid for c in candidates]), scale, gallery)
 
-    def _voice_labels(self, voices: np.ndarray, tenant_id: int, only: list[int] | None) -> list[str | None]:
-        candidates = self._candidates(voices, tenant_id, only)
-        scores = self._score_matrix(voices, candidates, tenant_id, self._gallery(tenant_id, only))
+    def _voice_labels(
+        self, voices: np.ndarray, tenant_id: int, only: list[int] | None, band: Band
+    ) -> list[str | None]:
+        candidates = self._candidates(voices, tenant_id, only, band)
+        scores = self._score_matrix(voices, candidates, tenant_id, self._gallery(tenant_id, only), band)
         labels: list[str | None] = [None] * len(voices)
         taken: set[int] = set()
         for flat in np.argsort(-scores, axis=None):

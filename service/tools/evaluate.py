@@ -86,6 +86,21 @@ class EvalPlan:
 Split = tuple[list[ManifestRow], list[ManifestRow]]  # (enrollment clips, genuine test clips)
 
 
+def probes_from(plan: EvalPlan, probes: list[ManifestRow]) -> None:
+    """Send each trial's clip as the row of `probes` with the same path (extension aside): the same
+    utterances through another channel (e.g. a G.711 rendering), while enrollment keeps the
+    original clips: a tenant enrolled in the studio and heard over the phone."""
+    by_name = {Path(r.name).with_suffix("").as_posix(): r for r in probes}
+    missing = [
+        t.clip.name for t in plan.trials if Path(t.clip.name).with_suffix("").as_posix() not in by_name
+    ]
+    if missing:
+        raise InputError(f"--probe-manifest has no clip for {len(missing)} trials, e.g. {missing[0]}")
+    plan.trials = [
+        Trial(by_name[Path(t.clip.name).with_suffix("").as_posix()], t.kind, t.expected) for t in plan.trials
+    ]
+
+
 def first_clips(clips: list[ManifestRow], enroll_clips: int, min_clips: int) -> Split | None:
     """Enroll on the first clips, test on the rest; None below `min_clips` clips."""
     if len(clips) < min_clips:
@@ -644,6 +659,13 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument(
         "--resample", type=int, metavar="HZ", help="resample every clip (enrollment too), e.g. 8000"
     )
+    p.add_argument(
+        "--probe-manifest",
+        type=Path,
+        metavar="CSV",
+        help="identify with the clips of this manifest that share the trials' paths (the same "
+        "utterances through another channel, e.g. a G.711 rendering); enrollment keeps the originals",
+    )
     p.add_argument("--json", type=Path, metavar="OUT", help="write the report and every trial here")
     p.add_argument(
         "--enroll-clips", type=int, default=3, help="clips each speaker is enrolled on (default 3)"
@@ -755,6 +777,8 @@ def run_header(args: argparse.Namespace, plan: EvalPlan, run: EvalRun) -> list[s
     """What was enrolled on what, and who the unknown speakers are."""
     refused = Counter(r.errorcode for r in run.enrolled if not r.accepted)
     audio = f"resampled to {args.resample} Hz FLAC" if args.resample else "FLAC at each clip's own rate"
+    if args.probe_manifest is not None:
+        audio += f"; identify clips from {args.probe_manifest}"
     if args.by_session:
         protocol = f"by session: up to {args.enroll_clips} clips from earlier sessions, tests from others"
     else:
@@ -800,6 +824,8 @@ def cmd_evaluate(args: argparse.Namespace, _settings: object = None) -> int:
         if not plan.ids:
             need = "clips from two sessions" if args.by_session else f"{args.min_clips} clips"
             raise InputError(f"no speaker to enroll: none has {need} in {args.manifest}")
+        if args.probe_manifest is not None:
+            probes_from(plan, read_manifest(args.probe_manifest))
         client = connect(args)
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -822,6 +848,7 @@ def cmd_evaluate(args: argparse.Namespace, _settings: object = None) -> int:
                 "url": args.url,
                 "prefix": prefix,
                 "resample": args.resample,
+                "probeManifest": str(args.probe_manifest) if args.probe_manifest else None,
                 "enrollClips": args.enroll_clips,
                 "minClips": args.min_clips,
                 "bySession": args.by_session,

@@ -13,6 +13,7 @@ import pytest
 from pydantic import ValidationError
 
 from service.api.schemas import CompatDiarizeRequest
+from service.audio.band import Band
 from service.audio.pipeline import PreparedAudio
 from service.concurrency import Cancellation
 from service.diarization.clustering import cluster
@@ -131,7 +132,7 @@ class KnowsFirstVoice:
         pass
 
     def label(
-        self, tenant_id: int, voices: np.ndarray, speaker_ids: Sequence[str] | None
+        self, tenant_id: int, voices: np.ndarray, speaker_ids: Sequence[str] | None, band: Band
     ) -> list[str | None]:
         return ["alice" if v @ VOICES[1] > 0.9 else None for v in voices]
 
