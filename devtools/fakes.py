@@ -266,17 +266,7 @@ class MemoryTransaction:
         ]
 
     def add_sample(self, speaker_id: int, sample: NewSample) -> None:
-        record = SampleRecord(
-            sample_id=sample.sample_id,
-            vector=sample.vector,
-            model_sha256=sample.model_sha256,
-            speech_seconds=sample.speech_seconds,
-            duration_seconds=sample.duration_seconds,
-            snr_db=sample.snr_db,
-            created_at=_now(),
-            fingerprint=sample.fingerprint,
-            narrow_vector=sample.narrow_vector,
-        )
+        record = sample.record(_now())
         self.tables.samples[speaker_id].append(record)
         if sample.audio is not None:
             self.tables.audio.setdefault(speaker_id, []).append(

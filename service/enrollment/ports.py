@@ -87,6 +87,20 @@ class NewSample:
     fingerprint: bytes | None = None
     narrow_vector: np.ndarray | None = None  # see `SampleRecord.narrow_vector`
 
+    def record(self, created_at: datetime) -> SampleRecord:
+        """The sample as stored, at `created_at`."""
+        return SampleRecord(
+            sample_id=self.sample_id,
+            vector=self.vector,
+            model_sha256=self.model_sha256,
+            speech_seconds=self.speech_seconds,
+            duration_seconds=self.duration_seconds,
+            snr_db=self.snr_db,
+            created_at=created_at,
+            fingerprint=self.fingerprint,
+            narrow_vector=self.narrow_vector,
+        )
+
 
 @dataclass(frozen=True)
 class StoredRecording:

@@ -245,17 +245,7 @@ class EnrollmentService:
         return tx.update_speaker(speaker.id, rules.aggregate(samples, self.model_sha256, self.policy))
 
     def _as_record(self, sample: NewSample, speaker: SpeakerRecord) -> SampleRecord:
-        return SampleRecord(
-            sample_id=sample.sample_id,
-            vector=sample.vector,
-            model_sha256=sample.model_sha256,
-            speech_seconds=sample.speech_seconds,
-            duration_seconds=sample.duration_seconds,
-            snr_db=sample.snr_db,
-            created_at=speaker.updated_at,
-            fingerprint=sample.fingerprint,
-            narrow_vector=sample.narrow_vector,
-        )
+        return sample.record(speaker.updated_at)
 
     def _existing(self, tenant_id: int, speaker_id: str) -> SpeakerRecord:
         speaker = self.store.get_speaker(tenant_id, speaker_id)
