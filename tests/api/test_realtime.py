@@ -33,7 +33,7 @@ from devtools.realtime import (
 )
 from service.config import RealtimeSettings
 from service.realtime import deepaffects_realtime_pb2 as pb
-from tests.conftest import LiveServer, flac_body, make_settings, needs_speech, new_key
+from tests.conftest import LiveServer, b64, flac_body, make_settings, needs_speech, new_key
 
 pytestmark = [needs_speech, pytest.mark.model]
 
@@ -133,7 +133,8 @@ def test_bad_chunks_get_an_error_each_and_the_stream_goes_on(
         wav_chunk(good[0], 0.0),
         pb.SegmentChunk(content="bm90IGF1ZGlv", encoding="wav", sampleRate=16000),  # "not audio"
         pb.SegmentChunk(content="", encoding="wav", sampleRate=16000),
-        pb.SegmentChunk(content=wav_chunk(good[1], 0).content, encoding="LINEAR16", sampleRate=3),
+        # Raw samples at an impossible rate.
+        pb.SegmentChunk(content=b64(good[1].astype("<i2").tobytes()), encoding="LINEAR16", sampleRate=3),
         pb.SegmentChunk(content="%%%", encoding="wav", sampleRate=16000),
         wav_chunk(good[1], 3.0),
     ]
@@ -144,7 +145,7 @@ def test_bad_chunks_get_an_error_each_and_the_stream_goes_on(
     assert errors[4].startswith("audio.InvalidBase64")
     assert {a.speaker_id for a in answers if a.id in (0, 5)} == {"alice"}
 
-    ws_frames = [b"\x00\x01" * 8000 * 0, b"RIFF0000WAVEjunk", good[2].astype("<i2").tobytes()]
+    ws_frames = [b"", b"RIFF0000WAVEjunk", good[2].astype("<i2").tobytes()]
     url = websocket_url(rt.url, key, sampleRate="16000")
     ws_answers = websocket_stream(url, ws_frames)
     assert [("error" in a) for a in ws_answers] == [True, True, False], ws_answers
