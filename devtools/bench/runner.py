@@ -17,11 +17,13 @@ Sections, each chosen with --only and sized by its own flags:
           requests in flight, per precision, against sequential batch-1 forward on the same GPU,
           and the low precisions' cosine to fp32. With a CUDA device the http section also runs
           at 256 clients, the server on the GPU.
+  realtime  per-chunk answer latency (p50/p90) of gRPC IdentifySpeaker for 3 s chunks of real
+          speech, 1 and 16 streams at once (devtools/bench/realtime.py).
 
 Real speech comes from ../shared/eval-speech next to the checkout (--speech to point elsewhere).
 Ratios are the point: on a shared machine absolute timings move by 10 % from run to run.
 
-    python -m scripts.bench [--only core,enroll,http,index,gpu] [--json OUT] [section flags]
+    python -m scripts.bench [--only core,enroll,http,index,gpu,realtime] [--json OUT] [section flags]
 """
 
 from __future__ import annotations
@@ -62,11 +64,12 @@ from devtools.bench.enroll import enroll_section
 from devtools.bench.gpu import gpu_section
 from devtools.bench.http import http_section
 from devtools.bench.index import index_section
+from devtools.bench.realtime import realtime_section
 
 # --- targets --------------------------------------------------------------------------------------
 
 
-SECTIONS = ("core", "enroll", "http", "index", "gpu")
+SECTIONS = ("core", "enroll", "http", "index", "gpu", "realtime")
 # The targets for a GPU box.
 TARGET_GPU_CLIPS_PER_S = 8_000
 TARGET_HTTP_CLIENTS = 256
@@ -205,6 +208,8 @@ def run_bench(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
         section("index", lambda: index_section(args))
     if "gpu" in args.only:
         section("gpu", lambda: gpu_section(args, models, speech))
+    if "realtime" in args.only:
+        section("realtime", realtime_section)
     results["targets"] = targets(results)
     results["run"]["section_seconds"] = timings
     results["run"]["total_seconds"] = time.perf_counter() - started

@@ -199,8 +199,8 @@ class StreamSession:
         out = [
             StreamSegment(
                 s.speaker_id or UNKNOWN,
-                round(start + max(s.start - lead, 0.0), 2),
-                round(start + s.end - lead, 2),
+                round(start + max(float(s.start) - lead, 0.0), 2),
+                round(start + float(s.end) - lead, 2),
             )
             for s in found
             if s.end > lead
