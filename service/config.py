@@ -193,9 +193,10 @@ class RealtimeSettings(BaseModel):
     max_streams: int = Field(64, ge=1, description="streams the process serves at once, all keys together")
     idle_timeout_s: float = Field(30.0, gt=0, description="a stream that sends nothing this long is ended")
     context_seconds: float = Field(
-        3.0,
+        1.5,
         ge=0,
-        description="audio before each chunk scored with it, so a turn that spans chunks is one stretch",
+        description="audio before each chunk scored with it, so a turn that spans chunks is one stretch; "
+        "the model work per chunk grows with it (3 s doubled the answer time of 3 s chunks)",
     )
     max_chunk_seconds: float = Field(30.0, gt=0, description="longest chunk accepted")
     max_chunk_bytes: int = Field(8 * 1024 * 1024, ge=1, description="largest chunk (message or frame)")

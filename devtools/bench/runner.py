@@ -209,7 +209,7 @@ def run_bench(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     if "gpu" in args.only:
         section("gpu", lambda: gpu_section(args, models, speech))
     if "realtime" in args.only:
-        section("realtime", realtime_section)
+        section("realtime", lambda: realtime_section(tuple(args.streams)))
     results["targets"] = targets(results)
     results["run"]["section_seconds"] = timings
     results["run"]["total_seconds"] = time.perf_counter() - started
@@ -301,6 +301,14 @@ def parser() -> argparse.ArgumentParser:
         nargs="+",
         metavar="N",
         help=f"concurrent clients per level (default 1 8 64; {TARGET_HTTP_CLIENTS} too, server on a GPU)",
+    )
+    g.add_argument(
+        "--streams",
+        type=int,
+        nargs="+",
+        default=[1, 16],
+        metavar="N",
+        help="realtime streams at once, per level (default 1 16)",
     )
     g.add_argument("--requests", type=int, default=4, help="enrollments per client per level (default 4)")
     g.add_argument(

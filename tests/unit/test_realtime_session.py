@@ -126,8 +126,7 @@ def test_streams_are_limited_per_key_and_in_all() -> None:
     with limiter.slot("a"), limiter.slot("a"):
         with pytest.raises(TooManyStreams):
             limiter.__class__.slot(limiter, "a").__enter__()
-        with limiter.slot("b"):
-            with pytest.raises(TooManyStreams):
-                limiter.slot("c").__enter__()
+        with limiter.slot("b"), pytest.raises(TooManyStreams):
+            limiter.slot("c").__enter__()
         assert limiter.open_streams("a") == 2
     assert limiter.open_streams("a") == 0 and limiter.open_streams("b") == 0
