@@ -82,14 +82,16 @@ def realtime_section(stream_counts: tuple[int, ...] = (1, 16)) -> dict[str, Any]
     talk = conversation()
     chunks = talk.chunks(3.0)
     port = _free_port()
-    env = {
-        "SPK_REALTIME__GRPC_PORT": str(port),
-        "SPK_REALTIME__MAX_STREAMS_PER_KEY": str(max(stream_counts)),
-        "SPK_AUTH__RATE_LIMIT_PER_MINUTE": "0",
-        "SPK_LOG_LEVEL": "WARNING",
-    }
     out: dict[str, Any] = {"chunk_seconds": 3.0, "levels": []}
-    with local_server(tenant="bench", inherit_settings=True, ready=True, **env) as local:
+    with local_server(
+        tenant="bench",
+        inherit_settings=True,  # SPK_REALTIME__CONTEXT_SECONDS and the like, to compare settings
+        ready=True,
+        SPK_REALTIME__GRPC_PORT=str(port),
+        SPK_REALTIME__MAX_STREAMS_PER_KEY=str(max(stream_counts)),
+        SPK_AUTH__RATE_LIMIT_PER_MINUTE="0",
+        SPK_LOG_LEVEL="WARNING",
+    ) as local:
         with httpx.Client(base_url=local.url, headers={"X-API-Key": local.key}, timeout=300) as c:
             for speaker, paths in ENROLL.items():
                 for path in paths:

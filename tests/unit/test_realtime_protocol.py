@@ -60,7 +60,8 @@ def test_the_clients_realtime_helpers_import_beside_our_grpcio() -> None:
     code = (
         "from deepaffects.realtime.util import get_deepaffects_client, chunk_generator_from_file\n"
         "from deepaffects.realtime.types import segment_chunk\n"
-        "print(type(get_deepaffects_client('127.0.0.1:1')).__name__, segment_chunk('', duration=3).sampleRate)"
+        "client = get_deepaffects_client('127.0.0.1:1')\n"
+        "print(type(client).__name__, segment_chunk('', duration=3).sampleRate)"
     )
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=False)
     assert run.returncode == 0, run.stderr[-2000:]
