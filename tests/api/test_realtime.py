@@ -115,6 +115,7 @@ def test_official_client_example_names_each_chunks_speaker(
 
 def test_websocket_names_each_frames_speaker(rt: LiveServer, key: str, talk: Conversation) -> None:
     frames = [c.astype("<i2").tobytes() for c in talk.chunks(3.0)]
+    frames[-1] = wav_bytes(talk.chunks(3.0)[-1])  # a container per frame works too
     url = websocket_url(rt.url, key, sampleRate="16000", speakerIds="alice,bob")
     answers = websocket_stream(url, frames)
     assert [a["chunk"] for a in answers] == list(range(6))
