@@ -32,6 +32,6 @@ RUN python -c "import tomllib; print(*tomllib.load(open('pyproject.toml', 'rb'))
 COPY --from=wheel /dist/ /tmp/dist/
 RUN /app/.venv/bin/pip install --no-deps /tmp/dist/speakerid-*.whl && rm -rf /tmp/dist
 
-EXPOSE 8000
+EXPOSE 8000 50051
 VOLUME ["/app/data"]
-CMD ["sh", "-c", "/app/.venv/bin/speakerid migrate && /app/.venv/bin/speakerid keys ensure --tenant default && exec /app/.venv/bin/speakerid serve"]
+CMD ["sh", "-c", "/app/.venv/bin/speakerid migrate && /app/.venv/bin/speakerid keys ensure --tenant default && exec /app/.venv/bin/speakerid serve --grpc-port 50051"]

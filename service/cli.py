@@ -31,6 +31,9 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     from service.embedding import weights
     from service.main import configure_logging, create_app
 
+    if args.grpc_port is not None:
+        realtime = settings.realtime.model_copy(update={"grpc_port": args.grpc_port})
+        settings = settings.model_copy(update={"realtime": realtime, "host": args.host or settings.host})
     _store(settings).engine.dispose()  # fail fast, with the fix in the message, before serving
     weights.resolve(settings.model_dir, settings.model_sha256)
     configure_logging(settings)
@@ -130,6 +133,11 @@ def parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the HTTP service")
     serve.add_argument("--host")
     serve.add_argument("--port", type=int)
+    serve.add_argument(
+        "--grpc-port",
+        type=int,
+        help="also serve the realtime gRPC API on this port (SPK_REALTIME__GRPC_PORT)",
+    )
     serve.set_defaults(run=cmd_serve)
     sub.add_parser("migrate", help="bring the database schema up to date").set_defaults(run=cmd_migrate)
     keys = sub.add_parser("keys", help="manage API keys")

@@ -198,6 +198,26 @@ class FrontendSettings(BaseModel):
     )
 
 
+class RealtimeSettings(BaseModel):
+    """Realtime identification streams: gRPC (the hosted API's) and the native WebSocket."""
+
+    grpc_port: int = Field(0, ge=0, le=65535, description="port of the gRPC server; 0 = off")
+    max_streams_per_key: int = Field(4, ge=1, description="streams one API key may hold open at once")
+    max_streams: int = Field(64, ge=1, description="streams the process serves at once, all keys together")
+    idle_timeout_s: float = Field(30.0, gt=0, description="a stream that sends nothing this long is ended")
+    context_seconds: float = Field(
+        1.5,
+        ge=0,
+        description="audio before each chunk scored with it, so a turn that spans chunks is one stretch; "
+        "the model work per chunk grows with it (3 s doubled the answer time of 3 s chunks)",
+    )
+    max_chunk_seconds: float = Field(30.0, gt=0, description="longest chunk accepted")
+    max_chunk_bytes: int = Field(8 * 1024 * 1024, ge=1, description="largest chunk (message or frame)")
+    queue_chunks: int = Field(
+        2, ge=1, description="chunks read ahead of the one being scored; a client that sends faster waits"
+    )
+
+
 class AuthSettings(BaseModel):
     rate_limit_per_minute: int = Field(600, description="requests per key per minute; 0 = off")
 
@@ -244,6 +264,7 @@ class Settings(BaseSettings):
     index: IndexSettings = IndexSettings()
     egress: EgressSettings = EgressSettings()
     jobs: JobsSettings = JobsSettings()
+    realtime: RealtimeSettings = RealtimeSettings()
 
     def resolved_database_url(self) -> str:
         if self.database_url:

@@ -253,6 +253,21 @@ class FetchFailed(AudioError):
     default_message = "The audio could not be fetched from url"
 
 
+# --- realtime streams ----------------------------------------------------------------------------
+
+
+class TooManyStreams(ServiceError):
+    code = "realtime.TooManyStreams"
+    status = 429
+    default_message = "Too many streams open for this API key"
+
+
+class StreamIdle(ServiceError):
+    code = "realtime.Idle"
+    status = 408
+    default_message = "The stream sent nothing for too long"
+
+
 # --- service state -------------------------------------------------------------------------------
 
 

@@ -12,7 +12,7 @@ import numpy as np
 from fastapi import FastAPI
 
 from service import __version__, logs, memory, metrics
-from service.api import compat, diarize, docs, errors, health, jobs, native
+from service.api import compat, diarize, docs, errors, health, jobs, native, stream
 from service.api.deps import KeyRateLimiter, Runtime, Services, run_blocking
 from service.api.middleware import BodyLimit, Metrics, SecurityHeaders
 from service.audio.frontend import AudioFrontEnd
@@ -33,6 +33,8 @@ from service.enrollment.service import EnrollmentService
 from service.enrollment.voices import TenantVoices
 from service.jobs import handlers
 from service.jobs.worker import JobWorker
+from service.realtime import grpc_server
+from service.realtime.session import StreamLimiter
 from service.storage.database import check_migrated, make_engine
 from service.storage.index import BandedIndex
 from service.storage.jobs import SqlJobStore
@@ -259,6 +261,11 @@ def create_app(settings: Settings | None = None, *, embedder: Embedder | None = 
         app.state.jobs = build_jobs(services)
         if settings.jobs.enabled:
             app.state.jobs.start()
+        grpc = None
+        if settings.realtime.grpc_port:
+            grpc, _ = await run_blocking(
+                grpc_server.start, services, app.state.streams, settings.host, settings.realtime.grpc_port
+            )
         follower = asyncio.create_task(_follow_changes(services))
         background = [follower]
         if settings.heap_trim_seconds > 0:
@@ -268,6 +275,8 @@ def create_app(settings: Settings | None = None, *, embedder: Embedder | None = 
             yield
         finally:
             await run_blocking(app.state.jobs.stop)
+            if grpc is not None:
+                await run_blocking(grpc.stop(5).wait)
             for task in background:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -283,6 +292,7 @@ def create_app(settings: Settings | None = None, *, embedder: Embedder | None = 
         redoc_url=None,
     )
     app.state.settings = settings
+    app.state.streams = StreamLimiter(settings.realtime.max_streams_per_key, settings.realtime.max_streams)
     errors.install(app)
     docs.install(app)
     app.include_router(health.api)
@@ -291,6 +301,7 @@ def create_app(settings: Settings | None = None, *, embedder: Embedder | None = 
     app.include_router(diarize.api)
     app.include_router(native.api)
     app.include_router(jobs.router())
+    app.include_router(stream.api)
     # Outermost last: headers go on every answer, the metrics count refused bodies too.
     app.add_middleware(
         BodyLimit,

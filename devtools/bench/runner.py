@@ -20,11 +20,13 @@ Sections, each chosen with --only and sized by its own flags:
           requests in flight, per precision, against sequential batch-1 forward on the same GPU,
           and the low precisions' cosine to fp32. With a CUDA device the http section also runs
           at 256 clients, the server on the GPU.
+  realtime  per-chunk answer latency (p50/p90) of gRPC IdentifySpeaker for 3 s chunks of real
+          speech, 1 and 16 streams at once (devtools/bench/realtime.py).
 
 Real speech comes from ../shared/eval-speech next to the checkout (--speech to point elsewhere).
 Ratios are the point: on a shared machine absolute timings move by 10 % from run to run.
 
-    python -m scripts.bench [--only core,enroll,http,index,gpu,frontend] [--json OUT] [section flags]
+    python -m scripts.bench [--only core,enroll,http,index,gpu,realtime,frontend] [--json OUT] [section flags]
 """
 
 from __future__ import annotations
@@ -66,11 +68,12 @@ from devtools.bench.frontend import frontend_section
 from devtools.bench.gpu import gpu_section
 from devtools.bench.http import http_section
 from devtools.bench.index import index_section
+from devtools.bench.realtime import realtime_section
 
 # --- targets --------------------------------------------------------------------------------------
 
 
-SECTIONS = ("core", "enroll", "http", "index", "gpu", "frontend")
+SECTIONS = ("core", "enroll", "http", "index", "gpu", "realtime", "frontend")
 # frontend starts three servers of its own: it runs when named.
 DEFAULT_SECTIONS = [s for s in SECTIONS if s != "frontend"]
 # The targets for a GPU box.
@@ -218,6 +221,8 @@ def run_bench(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
         section("index", lambda: index_section(args))
     if "gpu" in args.only:
         section("gpu", lambda: gpu_section(args, models, speech))
+    if "realtime" in args.only:
+        section("realtime", lambda: realtime_section(tuple(args.streams)))
     results["targets"] = targets(results)
     results["run"]["section_seconds"] = timings
     results["run"]["total_seconds"] = time.perf_counter() - started
@@ -309,6 +314,14 @@ def parser() -> argparse.ArgumentParser:
         nargs="+",
         metavar="N",
         help=f"concurrent clients per level (default 1 8 64; {TARGET_HTTP_CLIENTS} too, server on a GPU)",
+    )
+    g.add_argument(
+        "--streams",
+        type=int,
+        nargs="+",
+        default=[1, 16],
+        metavar="N",
+        help="realtime streams at once, per level (default 1 16)",
     )
     g.add_argument("--requests", type=int, default=4, help="enrollments per client per level (default 4)")
     g.add_argument(

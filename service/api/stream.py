@@ -1,0 +1,131 @@
+"""`/v1/identify/stream`: realtime identification over a WebSocket, for browsers and apps without gRPC.
+
+The API key as on the other native routes (`apikey` / `api_key` query, `X-API-Key`, `Authorization:
+Bearer`); query `encoding` (default LINEAR16: 16-bit little-endian PCM), `sampleRate` (needed for raw
+PCM), `speakerIds` (comma-separated; all of the tenant's when absent). Each binary frame is one
+chunk: raw samples, or a whole audio file in any encoding the HTTP routes take. Each frame gets one
+JSON text message: ``{"chunk", "start", "end", "segments": [{"speakerId", "start", "end"}]}`` in
+stream time, or ``{"chunk", "start", "end", "error": {"code", "message"}}`` for a refused frame,
+and the stream goes on. A stream that cannot start (bad key, unknown speaker, too many streams)
+or goes idle is closed with code 4000 + the HTTP status of its error (4401, 4404, 4429, 4408)
+after an ``{"error": ...}`` message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+from fastapi import APIRouter, WebSocket, WebSocketDisconnect
+
+from service.api.deps import Services, run_blocking
+from service.audio.frontend import AudioInput
+from service.concurrency import Cancellation
+from service.errors import BadRequest, NotReady, ServiceError, StreamIdle
+from service.realtime.session import (
+    ChunkAnswer,
+    StreamLimiter,
+    StreamSession,
+    authenticate,
+    parse_speaker_ids,
+)
+
+api = APIRouter(prefix="/v1", tags=["identification"])
+
+
+def _key(ws: WebSocket) -> str | None:
+    q, h = ws.query_params, ws.headers
+    bearer = h.get("authorization", "")
+    token = bearer[7:].strip() if bearer[:7].lower() == "bearer " else None
+    return q.get("apikey") or q.get("api_key") or h.get("x-api-key") or token
+
+
+def _rate(value: str | None) -> int | None:
+    if not value:
+        return None
+    try:
+        return int(float(value))
+    except ValueError:
+        raise BadRequest("sampleRate must be a number") from None
+
+
+def _error(exc: ServiceError) -> dict[str, Any]:
+    return {"code": exc.code, "message": exc.message}
+
+
+def answer_json(answer: ChunkAnswer) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "chunk": answer.index,
+        "start": round(answer.start, 2),
+        "end": round(answer.end, 2),
+    }
+    if answer.error is not None:
+        out["error"] = _error(answer.error)
+    else:
+        out["segments"] = [
+            {"speakerId": s.speaker_id, "start": s.start, "end": s.end} for s in answer.segments
+        ]
+    return out
+
+
+def _open(services: Services, ws: WebSocket) -> StreamSession:
+    """Blocking: the key, the candidates; the session (its stream slot is taken by the caller)."""
+    hit = services.limiter.hit if services.limiter is not None else None
+    tenant = authenticate(services.store.authenticate, hit, _key(ws))
+    speaker_ids = parse_speaker_ids(ws.query_params.get("speakerIds") or ws.query_params.get("speakerids"))
+    StreamSession.check_speakers(services.enrollment, tenant.tenant_id, speaker_ids)
+    return StreamSession(
+        services.identification,
+        tenant,
+        speaker_ids,
+        services.settings.realtime,
+        decode_timeout_s=services.settings.audio.decode_timeout_s,
+        hit=hit,
+    )
+
+
+@api.websocket("/identify/stream")
+async def identify_stream(ws: WebSocket) -> None:
+    await ws.accept()
+    try:
+        services: Services | None = getattr(ws.app.state, "services", None)
+        if services is None:
+            raise NotReady("The service is still starting")
+        streams: StreamLimiter = ws.app.state.streams
+        encoding = ws.query_params.get("encoding") or "LINEAR16"
+        rate = _rate(ws.query_params.get("sampleRate") or ws.query_params.get("samplerate"))
+        session = await run_blocking(_open, services, ws)
+        with streams.slot(session.tenant.key_id):
+            await _serve(ws, session, encoding, rate, services.settings.realtime.idle_timeout_s)
+    except WebSocketDisconnect:
+        return
+    except ServiceError as exc:
+        with contextlib.suppress(Exception):
+            await ws.send_json({"error": _error(exc)})
+            await ws.close(code=4000 + exc.status, reason=exc.code)
+
+
+async def _serve(
+    ws: WebSocket, session: StreamSession, encoding: str, rate: int | None, idle_s: float
+) -> None:
+    """Frames in, one answer each, one frame at a time: a client that sends faster than it is
+    answered waits on the socket's own buffers, and memory stays bounded."""
+    cancel = Cancellation()
+    try:
+        while True:
+            try:
+                message = await asyncio.wait_for(ws.receive(), idle_s)
+            except TimeoutError:
+                raise StreamIdle(f"No frame came for {idle_s:g} s") from None
+            if message["type"] == "websocket.disconnect":
+                return
+            data = message.get("bytes")
+            if data is None:
+                answer = session.refuse(BadRequest("Send audio as binary frames"))
+            else:
+                audio = AudioInput(data, encoding, rate)
+                answer = await run_blocking(session.chunk, audio, None, cancel)
+            await ws.send_json(answer_json(answer))
+    finally:
+        cancel.cancel()

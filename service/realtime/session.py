@@ -1,0 +1,215 @@
+"""One realtime identification stream, whatever carries it (gRPC or the native WebSocket).
+
+A stream is opened once (key -> tenant, the candidate speakers checked, a slot of the key's
+stream limit taken) and then answers chunk after chunk. Each chunk is decoded on its own (bad
+audio is an error for that chunk alone, and leaves the stream as it was), then scored together
+with the last `context_seconds` of the stream's audio before it: a speaker turn that spans chunks
+is one stretch of that window, scored as a whole by the same who-speaks-when use case as the
+compatible identify (`IdentificationService.segments`, its decision rule included). The answer is
+the stretches that reach into the chunk, in stream time.
+
+Blocking: call `open` and `chunk` from a worker thread (the model work goes through the process's
+compute thread like every HTTP request's).
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import numpy as np
+
+from service.audio import MODEL_RATE
+from service.audio.decode import decode
+from service.audio.frontend import AudioInput
+from service.audio.pipeline import to_mono_16k
+from service.concurrency import Cancellation, compute
+from service.config import RealtimeSettings
+from service.enrollment.identification import IdentificationService
+from service.enrollment.service import EnrollmentService
+from service.enrollment.speaker_ids import is_speaker_id
+from service.errors import (
+    InsufficientSpeech,
+    InvalidSpeakerId,
+    PayloadTooLarge,
+    ServiceError,
+    TooManyStreams,
+    Unauthorized,
+)
+from service.storage.repository import TenantKey
+
+UNKNOWN = "unknown"
+
+
+@dataclass(frozen=True)
+class StreamSegment:
+    speaker_id: str  # an enrolled speaker's id, or "unknown"
+    start: float  # seconds of stream time
+    end: float
+
+
+@dataclass(frozen=True)
+class ChunkAnswer:
+    """The answer to one chunk: its stretches of speech, or the error that refused it."""
+
+    index: int  # the chunk's place in the stream, from 0
+    start: float  # stream time of the chunk, seconds
+    end: float
+    segments: list[StreamSegment]
+    error: ServiceError | None = None
+
+
+class StreamLimiter:
+    """Streams open per API key, and in all; thread-safe."""
+
+    def __init__(self, per_key: int, total: int) -> None:
+        self.per_key = per_key
+        self.total = total
+        self._open: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def slot(self, key_id: str) -> Iterator[None]:
+        with self._lock:
+            if self._open.get(key_id, 0) >= self.per_key:
+                raise TooManyStreams(f"At most {self.per_key} streams may be open per API key")
+            if sum(self._open.values()) >= self.total:
+                raise TooManyStreams("The service has as many streams open as it serves; try again later")
+            self._open[key_id] = self._open.get(key_id, 0) + 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._open[key_id] -= 1
+                if not self._open[key_id]:
+                    del self._open[key_id]
+
+    def open_streams(self, key_id: str) -> int:
+        with self._lock:
+            return self._open.get(key_id, 0)
+
+
+def parse_speaker_ids(value: str | Sequence[str] | None) -> list[str]:
+    """`speakerids` as the client sends it: comma-separated (or a list), blanks dropped."""
+    items = value.split(",") if isinstance(value, str) else list(value or [])
+    ids = [s.strip() for s in items if s.strip()]
+    for speaker_id in ids:
+        if not is_speaker_id(speaker_id):
+            raise InvalidSpeakerId()
+    return ids
+
+
+def authenticate(
+    authenticate_key: Callable[[str], TenantKey | None], hit: Callable[[str], None] | None, key: str | None
+) -> TenantKey:
+    """The HTTP routes' key rules for a stream: a missing or unknown key is Unauthorized."""
+    if not key:
+        raise Unauthorized("An API key is required (apikey)")
+    tenant = authenticate_key(key)
+    if tenant is None:
+        raise Unauthorized("Invalid or revoked API key")
+    if hit is not None:
+        hit(tenant.key_id)
+    return tenant
+
+
+class StreamSession:
+    """The state of one open stream: its tenant, candidates, clock and the audio context."""
+
+    def __init__(
+        self,
+        identification: IdentificationService,
+        tenant: TenantKey,
+        speaker_ids: Sequence[str],
+        settings: RealtimeSettings,
+        *,
+        decode_timeout_s: float,
+        hit: Callable[[str], None] | None = None,
+    ) -> None:
+        self.identification = identification
+        self.tenant = tenant
+        self.speaker_ids = list(speaker_ids)
+        self.settings = settings
+        self.decode_timeout_s = decode_timeout_s
+        self.hit = hit
+        self.clock = 0.0  # stream time where the next chunk starts unless it says otherwise
+        self.count = 0
+        self._context = np.zeros(0, dtype=np.float32)  # 16 kHz audio just before `clock`
+
+    @staticmethod
+    def check_speakers(enrollment: EnrollmentService, tenant_id: int, speaker_ids: Sequence[str]) -> None:
+        """SpeakerNotFound for an id the tenant does not have, as HTTP's identify answers 404."""
+        for speaker_id in speaker_ids:
+            enrollment.status(tenant_id, speaker_id)
+
+    def chunk(
+        self,
+        audio: AudioInput | Callable[[], AudioInput],
+        offset: float | None = None,
+        cancel: Cancellation | None = None,
+    ) -> ChunkAnswer:
+        """Score one chunk (or what `audio()` makes of the message: its errors are the chunk's);
+        `offset` is its stream time when the client says it, else the stream's clock. A refused
+        chunk comes back with its error and leaves the stream as it was."""
+        index, start = self.count, self.clock if offset is None else offset
+        self.count += 1
+        try:
+            if self.hit is not None:
+                self.hit(self.tenant.key_id)
+            wave = self._decode(audio() if callable(audio) else audio, cancel)
+        except ServiceError as exc:
+            return ChunkAnswer(index, start, start, [], exc)
+        end = start + len(wave) / MODEL_RATE
+        try:
+            segments = self._score(wave, start, cancel)
+        except ServiceError as exc:
+            return ChunkAnswer(index, start, end, [], exc)
+        finally:
+            self._advance(wave, end)
+        return ChunkAnswer(index, start, end, segments)
+
+    def refuse(self, error: ServiceError) -> ChunkAnswer:
+        """The answer to a message that carried no chunk to score: its place, and the error."""
+        self.count += 1
+        return ChunkAnswer(self.count - 1, self.clock, self.clock, [], error)
+
+    def _decode(self, audio: AudioInput, cancel: Cancellation | None) -> np.ndarray:
+        if len(audio.data) > self.settings.max_chunk_bytes:
+            raise PayloadTooLarge(f"A chunk may hold at most {self.settings.max_chunk_bytes} bytes")
+        decoded = decode(
+            audio.data,
+            audio.encoding,
+            audio.sample_rate,
+            max_seconds=self.settings.max_chunk_seconds,
+            timeout_s=self.decode_timeout_s,
+        )
+        wave, _ = to_mono_16k(decoded, run=functools.partial(compute.run, cancel=cancel))
+        return wave
+
+    def _score(self, wave: np.ndarray, start: float, cancel: Cancellation | None) -> list[StreamSegment]:
+        window = np.concatenate([self._context, wave])
+        lead = len(self._context) / MODEL_RATE  # window time of the chunk's start
+        pcm = (np.clip(window, -1.0, 1.0) * 32767).astype("<i2").tobytes()
+        found = self.identification.segments(
+            self.tenant.tenant_id, AudioInput(pcm, "LINEAR16", MODEL_RATE), self.speaker_ids, cancel
+        )
+        out = [
+            StreamSegment(
+                s.speaker_id or UNKNOWN,
+                round(start + max(float(s.start) - lead, 0.0), 2),
+                round(start + float(s.end) - lead, 2),
+            )
+            for s in found
+            if s.end > lead
+        ]
+        if not out:
+            raise InsufficientSpeech("No speech in this chunk")
+        return out
+
+    def _advance(self, wave: np.ndarray, end: float) -> None:
+        keep = int(self.settings.context_seconds * MODEL_RATE)
+        self._context = np.concatenate([self._context, wave])[-keep:] if keep else self._context[:0]
+        self.clock = end

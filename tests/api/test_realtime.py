@@ -1,0 +1,248 @@
+"""Realtime identification over gRPC (the official client's realtime module) and the native
+WebSocket, served for real, with the real model on real speech."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import httpx
+import pytest
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect
+
+from devtools.realtime import (
+    ENROLL,
+    Conversation,
+    conversation,
+    grpc_stream,
+    main_speaker,
+    wav_bytes,
+    wav_chunk,
+    websocket_stream,
+    websocket_url,
+)
+from service.config import RealtimeSettings
+from service.realtime import deepaffects_realtime_pb2 as pb
+from tests.conftest import LiveServer, b64, flac_body, make_settings, needs_speech, new_key
+
+pytestmark = [needs_speech, pytest.mark.model]
+
+IDLE_S = 4.0
+PER_KEY = 16
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@pytest.fixture(scope="module")
+def rt(tmp_path_factory: pytest.TempPathFactory, embedder: Any) -> Iterator[LiveServer]:
+    realtime = RealtimeSettings(grpc_port=_free_port(), idle_timeout_s=IDLE_S, max_streams_per_key=PER_KEY)
+    settings = make_settings(tmp_path_factory.mktemp("realtime"), realtime=realtime)
+    server = LiveServer(settings, embedder)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def key(rt: LiveServer) -> str:
+    secret = new_key(rt.settings, "acme")
+    with rt.client(secret) as c:
+        for speaker, paths in ENROLL.items():
+            for path in paths:
+                answer = c.post(f"/v1/speakers/{speaker}/enrollments", json=flac_body(path))
+                assert answer.status_code == 201, answer.text
+    return secret
+
+
+@pytest.fixture(scope="module")
+def talk() -> Conversation:
+    return conversation()
+
+
+def target(rt: LiveServer) -> str:
+    return f"127.0.0.1:{rt.settings.realtime.grpc_port}"
+
+
+def by_chunk(answers: list[dict[str, Any]]) -> dict[int, list[dict[str, Any]]]:
+    out: dict[int, list[dict[str, Any]]] = {}
+    for a in answers:
+        out.setdefault(a["id"], []).append(a)
+    return out
+
+
+def test_official_client_example_names_each_chunks_speaker(
+    rt: LiveServer, key: str, talk: Conversation, tmp_path: Path
+) -> None:
+    path = tmp_path / "conversation.wav"
+    path.write_bytes(wav_bytes(talk.samples))
+    env = {**os.environ, "PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION": "python", "PYTHONPATH": str(REPO)}
+    run = subprocess.run(
+        [sys.executable, "-m", "devtools.realtime_example", target(rt), key, str(path), "alice,bob", "3000"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,  # the client writes each chunk to a file in the working directory
+        timeout=600,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    answers = [json.loads(line) for line in run.stdout.splitlines() if line.startswith("{")]
+    chunks = by_chunk(answers)
+    assert sorted(chunks) == list(range(6)), answers
+    for i, segments in chunks.items():
+        assert not any(s["error"] for s in segments), segments
+        # Stream time: every stretch of chunk i lies in [3i, 3i + 3].
+        assert all(3 * i - 0.01 <= s["start"] < s["end"] <= 3 * i + 3.01 for s in segments), segments
+        found = main_speaker([(s["speaker_id"], s["start"], s["end"]) for s in segments])
+        assert found == talk.speaker_at(3 * i + 1.5), (i, chunks)
+
+
+def test_websocket_names_each_frames_speaker(rt: LiveServer, key: str, talk: Conversation) -> None:
+    frames = [c.astype("<i2").tobytes() for c in talk.chunks(3.0)]
+    frames[-1] = wav_bytes(talk.chunks(3.0)[-1])  # a container per frame works too
+    url = websocket_url(rt.url, key, sampleRate="16000", speakerIds="alice,bob")
+    answers = websocket_stream(url, frames)
+    assert [a["chunk"] for a in answers] == list(range(6))
+    for i, answer in enumerate(answers):
+        assert "segments" in answer, answer
+        found = main_speaker([(s["speakerId"], s["start"], s["end"]) for s in answer["segments"]])
+        assert found == talk.speaker_at(3 * i + 1.5), answer
+        assert answer["start"] == pytest.approx(3 * i) and answer["end"] == pytest.approx(3 * i + 3)
+
+
+def test_bad_chunks_get_an_error_each_and_the_stream_goes_on(
+    rt: LiveServer, key: str, talk: Conversation
+) -> None:
+    good = talk.chunks(3.0)
+    chunks = [
+        wav_chunk(good[0], 0.0),
+        pb.SegmentChunk(content="bm90IGF1ZGlv", encoding="wav", sampleRate=16000),  # "not audio"
+        pb.SegmentChunk(content="", encoding="wav", sampleRate=16000),
+        # Raw samples at an impossible rate.
+        pb.SegmentChunk(content=b64(good[1].astype("<i2").tobytes()), encoding="LINEAR16", sampleRate=3),
+        pb.SegmentChunk(content="%%%", encoding="wav", sampleRate=16000),
+        wav_chunk(good[1], 3.0),
+    ]
+    answers = list(grpc_stream(target(rt), key, chunks, "alice,bob"))
+    errors = {a.id: a.Error for a in answers if a.Error}
+    assert sorted(errors) == [1, 2, 3, 4], answers
+    assert errors[1].startswith("audio.Undecodable") and errors[2].startswith("audio.Empty")
+    assert errors[4].startswith("audio.InvalidBase64")
+    assert {a.speaker_id for a in answers if a.id in (0, 5)} == {"alice"}
+
+    ws_frames = [b"", b"RIFF0000WAVEjunk", good[2].astype("<i2").tobytes()]
+    url = websocket_url(rt.url, key, sampleRate="16000")
+    ws_answers = websocket_stream(url, ws_frames)
+    assert [("error" in a) for a in ws_answers] == [True, True, False], ws_answers
+    assert ws_answers[2]["segments"], ws_answers
+
+
+def test_bad_key_and_unknown_speaker_end_the_stream_at_once(rt: LiveServer, key: str) -> None:
+    with pytest.raises(grpc.RpcError) as bad:
+        list(grpc_stream(target(rt), "not-a-key", []))
+    assert bad.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    with pytest.raises(grpc.RpcError) as unknown:
+        list(grpc_stream(target(rt), key, [], "alice,nobody"))
+    assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
+    other = new_key(rt.settings, "globex")  # bob is acme's, not globex's
+    with pytest.raises(grpc.RpcError) as foreign:
+        list(grpc_stream(target(rt), other, [], "bob"))
+    assert foreign.value.code() == grpc.StatusCode.NOT_FOUND
+    with connect(websocket_url(rt.url, "not-a-key")) as ws:
+        assert json.loads(ws.recv(timeout=30))["error"]["code"] == "auth.InvalidKey"
+        with pytest.raises(ConnectionClosed) as closed:
+            ws.recv(timeout=30)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 4401
+
+
+def test_other_methods_are_unimplemented(rt: LiveServer, key: str) -> None:
+    with grpc.insecure_channel(target(rt)) as channel:
+        call = channel.stream_stream("/deepaffectsrealtime.DeepAffectsRealtime/IdentifyEmotion")
+        with pytest.raises(grpc.RpcError) as err:
+            list(call(iter([b""]), metadata=[("apikey", key)], timeout=30))
+    assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+def test_streams_per_key_are_limited(rt: LiveServer, key: str) -> None:
+    tenant = rt.services.store.authenticate(key)
+    assert tenant is not None
+    streams = rt.app.state.streams
+    url = websocket_url(rt.url, key, sampleRate="16000")
+    held = [connect(url) for _ in range(PER_KEY)]
+    try:
+        deadline = time.monotonic() + 60
+        while streams.open_streams(tenant.key_id) < PER_KEY and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert streams.open_streams(tenant.key_id) == PER_KEY
+        with pytest.raises(grpc.RpcError) as refused:
+            list(grpc_stream(target(rt), key, []))
+        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        with connect(url) as extra:
+            assert json.loads(extra.recv(timeout=30))["error"]["code"] == "realtime.TooManyStreams"
+    finally:
+        for ws in held:
+            ws.close()
+
+
+def test_an_idle_stream_is_ended(rt: LiveServer, key: str, talk: Conversation) -> None:
+    def one_chunk_then_silence() -> Iterator[pb.SegmentChunk]:
+        yield wav_chunk(talk.chunks(3.0)[0], 0.0)
+        time.sleep(IDLE_S * 3)
+
+    answers: list[pb.SegmentSpeaker] = []
+    with pytest.raises(grpc.RpcError) as ended:
+        answers.extend(grpc_stream(target(rt), key, one_chunk_then_silence()))
+    assert ended.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED and "No chunk came" in str(
+        ended.value.details()
+    )
+    assert answers and answers[0].speaker_id == "alice"
+    with connect(websocket_url(rt.url, key, sampleRate="16000")) as ws:
+        assert json.loads(ws.recv(timeout=IDLE_S * 5))["error"]["code"] == "realtime.Idle"
+
+
+def test_sixteen_concurrent_streams_run_without_errors(rt: LiveServer, key: str, talk: Conversation) -> None:
+    chunks = talk.chunks(3.0)
+    results: dict[int, list[pb.SegmentSpeaker] | BaseException] = {}
+
+    def stream(n: int) -> None:
+        mine = [wav_chunk(chunks[(n + j) % len(chunks)], 3.0 * j) for j in range(2)]
+        try:
+            results[n] = list(grpc_stream(target(rt), key, mine))
+        except BaseException as exc:
+            results[n] = exc
+
+    threads = [threading.Thread(target=stream, args=(n,)) for n in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=600)
+    assert len(results) == 16
+    for n, result in results.items():
+        assert isinstance(result, list), (n, result)
+        assert {a.id for a in result} == {0, 1} and not any(a.Error for a in result), (n, result)
+        expected = [talk.speaker_at(3.0 * ((n + j) % len(chunks)) + 1.5) for j in range(2)]
+        found = [
+            main_speaker([(a.speaker_id, a.start, a.end) for a in result if a.id == j]) for j in range(2)
+        ]
+        assert found == expected, (n, result)
+
+
+def test_http_still_answers_beside_streams(rt: LiveServer, key: str) -> None:
+    with httpx.Client(base_url=rt.url, headers={"X-API-Key": key}) as c:
+        assert c.get("/v1/speakers").status_code == 200

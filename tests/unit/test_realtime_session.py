@@ -1,0 +1,132 @@
+"""The stream session on the fakes of devtools.fakes (no model, no server): chunk by chunk, in stream
+time, bad chunks refused alone, the context carried across chunks, and the stream limits. The same
+on real speech over gRPC and WebSocket is tests/api/test_realtime.py."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from devtools.fakes import FakeServices, SyntheticVoice, as_linear16, fake_services
+from service.audio.frontend import AudioInput
+from service.config import RealtimeSettings
+from service.errors import InvalidSpeakerId, SpeakerNotFound, TooManyStreams, Unauthorized
+from service.realtime.session import StreamLimiter, StreamSession, authenticate, parse_speaker_ids
+from service.storage.repository import TenantKey
+
+ALICE, BOB, STRANGER = SyntheticVoice(1), SyntheticVoice(2), SyntheticVoice(99)
+ACME = TenantKey(tenant_id=1, tenant="acme", key_id="k1")
+RATE = 16_000
+
+
+@pytest.fixture(scope="module")
+def svc() -> FakeServices:
+    svc = fake_services()
+    svc.enroll_takes(ACME.tenant_id, "alice", ALICE)
+    svc.enroll_takes(ACME.tenant_id, "bob", BOB)
+    return svc
+
+
+def session(svc: FakeServices, context_s: float = 3.0, speakers: tuple[str, ...] = ()) -> StreamSession:
+    settings = RealtimeSettings(context_seconds=context_s)
+    return StreamSession(svc.identification, ACME, list(speakers), settings, decode_timeout_s=10)
+
+
+def chunks(wave: np.ndarray, seconds: float = 3.0) -> list[AudioInput]:
+    step = int(seconds * RATE)
+    return [as_linear16(wave[i : i + step]) for i in range(0, len(wave), step)]
+
+
+def test_each_chunk_is_answered_in_stream_time_with_its_speaker(svc: FakeServices) -> None:
+    talk = np.concatenate([ALICE.wave(10, seconds=6.0)[: 6 * RATE], BOB.wave(10, seconds=6.0)[: 6 * RATE]])
+    s = session(svc)
+    answers = [s.chunk(c) for c in chunks(talk)]
+    assert [a.index for a in answers] == [0, 1, 2, 3]
+    assert [(a.start, a.end) for a in answers] == [(0.0, 3.0), (3.0, 6.0), (6.0, 9.0), (9.0, 12.0)]
+    for a in answers:
+        assert a.error is None and a.segments
+        assert all(a.start <= seg.start < seg.end <= a.end for seg in a.segments)
+    named = [max(a.segments, key=lambda g: g.end - g.start).speaker_id for a in answers]
+    assert named == ["alice", "alice", "bob", "bob"]
+
+
+def test_an_unknown_voice_is_unknown(svc: FakeServices) -> None:
+    answer = session(svc).chunk(as_linear16(STRANGER.wave(10, seconds=3.0)))
+    assert answer.error is None and {g.speaker_id for g in answer.segments} == {"unknown"}
+
+
+def test_offsets_the_client_gives_are_stream_time(svc: FakeServices) -> None:
+    answer = session(svc).chunk(as_linear16(ALICE.wave(11, seconds=3.0)[: 3 * RATE]), offset=42.0)
+    assert (answer.start, answer.end) == (42.0, 45.0)
+    assert all(42.0 <= g.start < g.end <= 45.0 for g in answer.segments)
+
+
+def test_a_bad_chunk_is_refused_alone(svc: FakeServices) -> None:
+    s = session(svc)
+    good = chunks(ALICE.wave(12, seconds=6.0)[: 6 * RATE])
+    first = s.chunk(good[0])
+    bad = [
+        s.chunk(AudioInput(b"", "LINEAR16", RATE)),
+        s.chunk(AudioInput(b"not audio at all", "FLAC")),
+        s.chunk(AudioInput(good[1].data, "LINEAR16", None)),
+        s.chunk(AudioInput(good[1].data, "LINEAR16", 2)),
+    ]
+    last = s.chunk(good[1])
+    assert [b.error.code for b in bad if b.error] == [
+        "audio.Empty",
+        "audio.Undecodable",
+        "audio.MissingSampleRate",
+        "audio.Undecodable",  # 2 Hz
+    ]
+    assert first.error is None and last.error is None
+    # The refused chunks took no stream time: the last chunk follows the first.
+    assert (last.start, last.end) == (3.0, 6.0) and [b.index for b in bad] == [1, 2, 3, 4]
+
+
+def test_silence_is_an_error_for_its_chunk(svc: FakeServices) -> None:
+    answer = session(svc).chunk(as_linear16(np.zeros(3 * RATE, dtype=np.float32)))
+    assert answer.error is not None and answer.error.code == "audio.InsufficientSpeech"
+
+
+def test_the_context_carries_a_turn_across_chunks_and_stays_bounded(svc: FakeServices) -> None:
+    """The tail of a turn is scored with the turn's start before it, and is answered from the
+    chunk's own start; the context never holds more than `context_seconds`."""
+    turn = ALICE.wave(13, seconds=10.0)[: 10 * RATE]
+    s = session(svc, context_s=3.0)
+    answers = [s.chunk(c) for c in chunks(turn)]  # 3 + 3 + 3 + 1 s
+    tail = answers[-1]
+    assert (tail.start, tail.end) == (9.0, 10.0)
+    assert [(g.speaker_id, g.start) for g in tail.segments] == [("alice", 9.0)]
+    assert len(s._context) == 3 * RATE
+
+
+def test_restricted_candidates_and_unknown_ids(svc: FakeServices) -> None:
+    answer = session(svc, speakers=("bob",)).chunk(as_linear16(ALICE.wave(14, seconds=3.0)))
+    assert {g.speaker_id for g in answer.segments} == {"unknown"}
+    with pytest.raises(SpeakerNotFound):
+        StreamSession.check_speakers(svc.enrollment, ACME.tenant_id, ["alice", "nobody"])
+    StreamSession.check_speakers(svc.enrollment, ACME.tenant_id, ["alice", "bob"])
+
+
+def test_speaker_ids_and_keys_as_clients_send_them() -> None:
+    assert parse_speaker_ids(" alice, bob ,,") == ["alice", "bob"]
+    assert parse_speaker_ids(None) == [] and parse_speaker_ids(["carol"]) == ["carol"]
+    with pytest.raises(InvalidSpeakerId):
+        parse_speaker_ids("alice,../etc")
+    keys = {"good": ACME}
+    hits: list[str] = []
+    assert authenticate(keys.get, hits.append, "good") == ACME and hits == ["k1"]
+    for bad in (None, "", "wrong"):
+        with pytest.raises(Unauthorized):
+            authenticate(keys.get, hits.append, bad)
+
+
+def test_streams_are_limited_per_key_and_in_all() -> None:
+    limiter = StreamLimiter(per_key=2, total=3)
+    with limiter.slot("a"), limiter.slot("a"):
+        with pytest.raises(TooManyStreams):
+            limiter.__class__.slot(limiter, "a").__enter__()
+        with limiter.slot("b"), pytest.raises(TooManyStreams):
+            limiter.slot("c").__enter__()
+        assert limiter.open_streams("a") == 2
+    assert limiter.open_streams("a") == 0 and limiter.open_streams("b") == 0
