@@ -169,6 +169,11 @@ def test_bad_key_and_unknown_speaker_end_the_stream_at_once(rt: LiveServer, key:
         with pytest.raises(ConnectionClosed) as closed:
             ws.recv(timeout=30)
     assert closed.value.rcvd is not None and closed.value.rcvd.code == 4401
+    with connect(websocket_url(rt.url, other, speakerIds="bob")) as ws:
+        assert json.loads(ws.recv(timeout=30))["error"]["code"] == "speaker.NotFound"
+        with pytest.raises(ConnectionClosed) as closed:
+            ws.recv(timeout=30)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 4404
 
 
 def test_other_methods_are_unimplemented(rt: LiveServer, key: str) -> None:
