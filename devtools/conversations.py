@@ -153,7 +153,7 @@ def _speech_piece(path: Path, rate: int, seconds: float, rng: random.Random) -> 
     return _resample(wave[int(a * source_rate) : int(b * source_rate)], source_rate, rate)
 
 
-class _Call:
+class CallStream:
     """One speaker's call as a stream of speech: each piece from its first to its last speech, in
     order; turns are cut from it one after another and it starts again from the top when used up."""
 
@@ -215,7 +215,7 @@ def build(
     rng.shuffle(order)
     while len(order) < max(turns, 2 * speakers):
         order.append(rng.choice([s for s in chosen if s != order[-1]]))
-    calls = {s: _Call(source.calls[s], rate) for s in chosen} if one_call else {}
+    calls = {s: CallStream(source.calls[s], rate) for s in chosen} if one_call else {}
     pieces: list[tuple[str, np.ndarray]] = []
     for speaker in order:
         if one_call:
