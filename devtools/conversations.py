@@ -6,14 +6,18 @@ speech silero-vad finds in the utterance alone, levels evened), pauses of 0.1-1.
 and, where asked, some turns starting 0.2-1 s before the previous one ends (both voices mixed).
 Deterministic from a seed.
 Sets: eval-speech at 16 kHz and resampled to 8 kHz, and eval-telephone's callers (8 kHz, only the
-labels whose clips all agree on one voice). The reference is an RTTM text or a pyannote Annotation.
+labels whose clips all agree on one voice). Telephone conversations are built two ways: with each
+caller's turns cut in order from one call of theirs (their longest; one line and handset per
+speaker, as in a real call; the call loops when the conversation needs more of it than it holds),
+or, the harder condition, with every turn drawn from any of the caller's calls. The reference is
+an RTTM text or a pyannote Annotation.
 """
 
 from __future__ import annotations
 
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 
@@ -42,6 +46,7 @@ class Conversation:
     samples: np.ndarray  # int16 mono at `rate`
     rate: int
     turns: list[RefTurn]
+    loops: int = 0  # times a speaker's one call started again from the top (`build(one_call=True)`)
 
     @property
     def duration_s(self) -> float:
@@ -71,11 +76,13 @@ class Conversation:
 
 @dataclass(frozen=True)
 class Source:
-    """Utterances of a set's speakers: name, the files' sample rate, speaker -> files."""
+    """Utterances of a set's speakers: name, the files' sample rate, speaker -> files, and where
+    the set has calls, speaker -> the files of their longest call in order."""
 
     name: str
     rate: int
     speakers: dict[str, list[Path]]
+    calls: dict[str, list[Path]] = field(default_factory=dict)
 
 
 def speech_source(half: int) -> Source:
@@ -89,7 +96,25 @@ def telephone_source(half: int) -> Source:
         for r in manifest_rows(EVAL_TELEPHONE)
         if half_of(r.speaker) == half and r.extra.get("consistent") == "1"
     ]
-    return Source("telephone", 8_000, _by_speaker((r.speaker, r.path) for r in rows))
+    seconds: dict[tuple[str, str], float] = {}
+    for r in rows:
+        key = (r.speaker, r.extra["session"])
+        seconds[key] = seconds.get(key, 0.0) + float(r.extra["duration_s"])
+    longest: dict[str, str] = {}
+    for (speaker, session), total in sorted(seconds.items()):
+        if total > seconds.get((speaker, longest.get(speaker, "")), 0.0):
+            longest[speaker] = session
+    calls = _by_speaker(
+        (r.speaker, r.path)
+        for r in sorted(rows, key=lambda r: _chunk(r.path))
+        if longest[r.speaker] == r.extra["session"]
+    )
+    return Source("telephone", 8_000, _by_speaker((r.speaker, r.path) for r in rows), calls)
+
+
+def _chunk(path: Path) -> int:
+    """The piece's place in its call: the set names pieces ``<call>_c<N>.wav``."""
+    return int(path.stem.rsplit("_c", 1)[1])
 
 
 def _by_speaker(pairs: object) -> dict[str, list[Path]]:
@@ -128,6 +153,40 @@ def _speech_piece(path: Path, rate: int, seconds: float, rng: random.Random) -> 
     return _resample(wave[int(a * source_rate) : int(b * source_rate)], source_rate, rate)
 
 
+class CallStream:
+    """One speaker's call as a stream of speech: each piece from its first to its last speech, in
+    order; turns are cut from it one after another and it starts again from the top when used up."""
+
+    def __init__(self, paths: Sequence[Path], rate: int) -> None:
+        waves: list[np.ndarray] = []
+        self.regions: list[tuple[float, float]] = []
+        offset = 0.0
+        for path in paths:
+            wave, source_rate, regions = _utterance(path)
+            if not regions:
+                continue
+            a, b = regions[0][0], regions[-1][1]
+            waves.append(_resample(wave[int(a * source_rate) : int(b * source_rate)], source_rate, rate))
+            self.regions += [(offset + ra - a, offset + rb - a) for ra, rb in regions]
+            offset += len(waves[-1]) / rate
+        self.wave = np.concatenate(waves)
+        self.rate = rate
+        self.cursor = 0.0
+        self.loops = 0
+
+    def next_turn(self, seconds: float) -> np.ndarray:
+        """The next `seconds` of the call, cut to the speech in them (shorter at the call's end)."""
+        for _ in range(2):
+            start, end = self.cursor, self.cursor + seconds
+            inside = [(max(a, start), min(b, end)) for a, b in self.regions if b > start and a < end]
+            if inside and inside[-1][1] - inside[0][0] >= 0.5:
+                self.cursor = inside[-1][1]
+                a, b = inside[0][0], inside[-1][1]
+                return self.wave[int(a * self.rate) : int(b * self.rate)]
+            self.cursor, self.loops = 0.0, self.loops + 1
+        raise ValueError("a call with under 0.5 s of speech")
+
+
 def _resample(wave: np.ndarray, rate: int, target: int) -> np.ndarray:
     if rate == target:
         return wave
@@ -138,9 +197,17 @@ def _resample(wave: np.ndarray, rate: int, target: int) -> np.ndarray:
 
 
 def build(
-    source: Source, seed: int, speakers: int, *, overlap: bool, rate: int | None = None, turns: int = 10
+    source: Source,
+    seed: int,
+    speakers: int,
+    *,
+    overlap: bool,
+    rate: int | None = None,
+    turns: int = 10,
+    one_call: bool = False,
 ) -> Conversation:
-    """One conversation of `speakers` voices and at least `turns` turns (each speaker two or more)."""
+    """One conversation of `speakers` voices and at least `turns` turns (each speaker two or more);
+    `one_call`: each speaker's turns come in order from their longest call (`source.calls`)."""
     rng = random.Random(f"{source.name}:{seed}:{speakers}:{overlap}:{rate}")
     rate = rate or source.rate
     chosen = rng.sample(sorted(source.speakers), speakers)
@@ -148,9 +215,13 @@ def build(
     rng.shuffle(order)
     while len(order) < max(turns, 2 * speakers):
         order.append(rng.choice([s for s in chosen if s != order[-1]]))
+    calls = {s: CallStream(source.calls[s], rate) for s in chosen} if one_call else {}
     pieces: list[tuple[str, np.ndarray]] = []
     for speaker in order:
-        piece = _speech_piece(rng.choice(source.speakers[speaker]), rate, rng.uniform(1.0, 15.0), rng)
+        if one_call:
+            piece = calls[speaker].next_turn(rng.uniform(1.0, 15.0))
+        else:
+            piece = _speech_piece(rng.choice(source.speakers[speaker]), rate, rng.uniform(1.0, 15.0), rng)
         rms = float(np.sqrt(np.mean(piece**2))) or 1.0
         pieces.append((speaker, piece * (LEVEL_RMS / rms)))
     placed: list[tuple[str, int, np.ndarray]] = []
@@ -169,8 +240,9 @@ def build(
         mix[s : s + len(p)] += p
     samples = (np.clip(mix, -1.0, 32767 / 32768) * 32768).astype(np.int16)
     ref = [RefTurn(spk, s / rate, (s + len(p)) / rate) for spk, s, p in placed]
-    name = f"{source.name}{rate // 1000}k-{'ov' if overlap else 'no'}-{speakers}spk-{seed}"
-    return Conversation(name, samples, rate, ref)
+    kind = f"{'1call-' if one_call else ''}{'ov' if overlap else 'no'}"
+    name = f"{source.name}{rate // 1000}k-{kind}-{speakers}spk-{seed}"
+    return Conversation(name, samples, rate, ref, sum(c.loops for c in calls.values()))
 
 
 @dataclass(frozen=True)
@@ -179,14 +251,17 @@ class Condition:
     source: str  # "speech" or "telephone"
     rate: int
     overlap: bool
+    one_call: bool = False
 
 
 CONDITIONS = (
     Condition("speech 16 kHz", "speech", 16_000, False),
     Condition("speech 16 kHz, overlap", "speech", 16_000, True),
     Condition("speech 8 kHz", "speech", 8_000, False),
-    Condition("telephone 8 kHz", "telephone", 8_000, False),
-    Condition("telephone 8 kHz, overlap", "telephone", 8_000, True),
+    Condition("telephone 8 kHz, one call per speaker", "telephone", 8_000, False, True),
+    Condition("telephone 8 kHz, one call per speaker, overlap", "telephone", 8_000, True, True),
+    Condition("telephone 8 kHz, turns from several calls", "telephone", 8_000, False),
+    Condition("telephone 8 kHz, turns from several calls, overlap", "telephone", 8_000, True),
 )
 
 
@@ -200,5 +275,8 @@ def conversations(
         source = sources[c.source]
         for k in range(per_condition):
             speakers = min(2 + k % 4, len(source.speakers))
-            out.append((c, build(source, seed + k, speakers, overlap=c.overlap, rate=c.rate)))
+            conversation = build(
+                source, seed + k, speakers, overlap=c.overlap, rate=c.rate, one_call=c.one_call
+            )
+            out.append((c, conversation))
     return out

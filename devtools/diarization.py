@@ -165,11 +165,14 @@ def tune(harness: Harness, per_condition: int) -> list[dict[str, Any]]:
 
 
 def long_call(half: int = 1, minutes: float = 10.0) -> Conversation:
-    """A two-person telephone call of `minutes` (8 kHz, eval-telephone callers, no overlap)."""
-    c = build(telephone_source(half), seed=0, speakers=2, overlap=False, turns=int(minutes * 20))
+    """A two-person telephone call of `minutes` (8 kHz, eval-telephone callers, no overlap), each
+    caller's turns from one call of theirs (looped: no call in the set is that long)."""
+    c = build(
+        telephone_source(half), seed=0, speakers=2, overlap=False, turns=int(minutes * 20), one_call=True
+    )
     end = int(minutes * 60 * c.rate)
     turns = [replace(t, end=min(t.end, minutes * 60)) for t in c.turns if t.start < minutes * 60]
-    return Conversation(f"call-{minutes:g}min", c.samples[:end], c.rate, turns)
+    return Conversation(f"call-{minutes:g}min", c.samples[:end], c.rate, turns, c.loops)
 
 
 def time_call(harness: Harness, minutes: float) -> dict[str, Any]:
@@ -188,6 +191,7 @@ def time_call(harness: Harness, minutes: float) -> dict[str, Any]:
         "diarize_s": round(done - loaded, 1),
         "total_s": round(done - started, 1),
         "num_speakers": result.num_speakers,
+        "calls_looped": c.loops,
         "der": round(100 * der, 2),
     }
 
@@ -214,9 +218,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.perf_counter()
     found = score(harness, items, TurnOptions())
     given = score(harness, items, TurnOptions(), known_count=True)
+    loops: dict[str, int] = {}
+    for condition, c, _ in items:
+        loops[condition] = loops.get(condition, 0) + c.loops
     out = {
         "half": args.half,
         "conditions": [c.name for c in CONDITIONS],
+        "calls_looped": loops,
         "count_found": found,
         "count_given": given,
         "seconds": round(time.perf_counter() - started, 1),
