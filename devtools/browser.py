@@ -24,7 +24,9 @@ def chromium_paths() -> tuple[str, str] | None:
 
 
 def missing_reason() -> str:
-    return "no Chromium with chromedriver: install Debian's 'chromium' and 'chromium-driver' (scripts/tools.sh)"
+    return (
+        "no Chromium with chromedriver: install Debian's 'chromium' and 'chromium-driver' (scripts/tools.sh)"
+    )
 
 
 def chromium(

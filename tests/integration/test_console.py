@@ -23,8 +23,8 @@ from selenium.webdriver.support.ui import WebDriverWait
 
 from devtools.browser import chromium, chromium_paths, missing_reason
 from devtools.clips import load_clip, manifest, silence_flac
-from devtools.sets import EVAL_SPEECH
 from devtools.server import LocalServer, local_server
+from devtools.sets import EVAL_SPEECH
 from tests.conftest import needs_speech
 from tests.databases import in_ci
 
@@ -61,7 +61,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServer]:
 
 
 @pytest.fixture(scope="module")
-def browser(server: LocalServer, microphone: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebDriver]:
+def browser(
+    server: LocalServer, microphone: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[WebDriver]:
     driver = chromium(microphone, log=tmp_path_factory.mktemp("chromedriver") / "chromedriver.log")
     try:
         yield driver
@@ -125,7 +127,11 @@ def test_enroll_from_the_microphone_to_complete_then_identify(
     verdict = wait_for_text(browser, "#verify-form .result", "Match", "No match", "Refused")
     assert verdict.startswith("Match: this is carol"), verdict
 
+    # The whole page in one picture: the window as tall as the page.
+    height = browser.execute_script("window.scrollTo(0, 0); return document.documentElement.scrollHeight")
+    browser.set_window_size(1280, int(height) + 120)
     browser.save_screenshot(str(tmp_path / "console.png"))
+    browser.set_window_size(1280, 900)
     assert (tmp_path / "console.png").stat().st_size > 10_000
 
 
@@ -168,8 +174,9 @@ def test_on_a_phone_screen_nothing_is_wider_than_the_screen(browser: WebDriver, 
     if not browser.find_elements(By.CSS_SELECTOR, "#work:not([hidden])"):
         sign_in(browser, server)
     # A phone's viewport (headless windows are never narrower than 500 px).
-    browser.execute_cdp_cmd(  # type: ignore[attr-defined]
-        "Emulation.setDeviceMetricsOverride", {"width": 390, "height": 844, "deviceScaleFactor": 2, "mobile": True}
+    browser.execute_cdp_cmd(
+        "Emulation.setDeviceMetricsOverride",
+        {"width": 390, "height": 844, "deviceScaleFactor": 2, "mobile": True},
     )
     try:
         widths = browser.execute_script(
@@ -178,4 +185,4 @@ def test_on_a_phone_screen_nothing_is_wider_than_the_screen(browser: WebDriver, 
         assert widths[0] == 390, widths
         assert widths[1] <= widths[2], f"the page is wider than a 390 px screen: {widths}"
     finally:
-        browser.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})  # type: ignore[attr-defined]
+        browser.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
