@@ -7,6 +7,7 @@ committed deploy/nginx.conf (a test checks the two agree).
 
 from __future__ import annotations
 
+import argparse
 import base64
 import contextlib
 import getpass
@@ -283,3 +284,21 @@ def one_and_two_replicas(
             identify_throughput(topology.url, topology.key, probes, clients, min(5.0, seconds))  # warm-up
             rates.append(identify_throughput(topology.url, topology.key, probes, clients, seconds))
         return rates[0], rates[1]
+
+
+def main() -> int:
+    """`python -m scripts.scale_out`."""
+    parser = argparse.ArgumentParser(
+        description="Identify throughput through nginx with one replica, then two"
+    )
+    parser.add_argument("--database", help="SQLAlchemy URL of an empty database (default: a new SQLite file)")
+    parser.add_argument("--seconds", type=float, default=30.0, help="measuring time per configuration")
+    parser.add_argument("--clients", type=int, default=4, help="concurrent clients")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="speakerid-scale-") as folder:
+        url = args.database or f"sqlite:///{Path(folder) / 'speakerid.db'}"
+        one, two = one_and_two_replicas(url, args.seconds, args.clients, Path(folder))
+    print(f"one replica:  {one:.2f} identify requests/s")
+    print(f"two replicas: {two:.2f} identify requests/s")
+    print(f"ratio: {two / one:.2f}")
+    return 0
