@@ -99,12 +99,13 @@ class Nginx:
         self.conf.write_text(render_nginx(values, servers))
 
     def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [self.binary, "-p", str(self.folder), "-c", str(self.conf), "-g", "daemon off;"],
-            stdout=subprocess.DEVNULL,
-            stderr=(self.folder / "stderr.log").open("wb"),
-            start_new_session=True,
-        )
+        with (self.folder / "stderr.log").open("wb") as log:
+            self.proc = subprocess.Popen(
+                [self.binary, "-p", str(self.folder), "-c", str(self.conf), "-g", "daemon off;"],
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+                start_new_session=True,
+            )
 
     def reload(self) -> None:
         """Read the configuration again: new workers take it, old ones finish what they hold."""
