@@ -22,10 +22,10 @@ import torch
 import torchaudio.functional as AF
 
 from service.audio import MODEL_RATE
+from service.audio.band import band_pass
 from service.tools.inputs import ManifestRow
 
 TELEPHONE_RATE = 8_000
-TELEPHONE_BAND_HZ = (300.0, 3400.0)
 
 
 def encode(samples: np.ndarray, rate: int, fmt: str, codec: str, bit_rate: int = 0) -> bytes:
@@ -69,16 +69,6 @@ def resample(samples: np.ndarray, rate: int, new_rate: int) -> np.ndarray:
     return np.asarray(wave.numpy())
 
 
-def telephone_band(samples: np.ndarray, rate: int) -> np.ndarray:
-    """300-3400 Hz band-pass (two biquads each side)."""
-    low, high = TELEPHONE_BAND_HZ
-    wave = torch.from_numpy(np.ascontiguousarray(samples, dtype=np.float32))
-    for _ in range(2):
-        wave = AF.highpass_biquad(wave, rate, low)
-        wave = AF.lowpass_biquad(wave, rate, high)
-    return wave.numpy()
-
-
 def _level(samples: np.ndarray, peak: float = 0.5) -> np.ndarray:
     """Scale so the peak sits at `peak`: codecs see a sane level, nothing clips."""
     top = float(np.max(np.abs(samples))) if samples.size else 0.0
@@ -86,7 +76,7 @@ def _level(samples: np.ndarray, peak: float = 0.5) -> np.ndarray:
 
 
 def _narrowband(samples: np.ndarray, rate: int) -> np.ndarray:
-    return _level(telephone_band(resample(samples, rate, TELEPHONE_RATE), TELEPHONE_RATE))
+    return _level(band_pass(resample(samples, rate, TELEPHONE_RATE), TELEPHONE_RATE))
 
 
 def _codec(fmt: str, codec: str, out_rate: int, bit_rate: int = 0, band: bool = False) -> Channel:
@@ -165,14 +155,19 @@ class Condition:
     name: str
     enroll: str
     test: str
+    # False: reported only, never part of the set that chooses the thresholds and priors.
+    calibrates: bool = True
 
 
 CONDITIONS: tuple[Condition, ...] = (
     *(Condition(name, name, name) for name in ("clean", "mulaw", "alaw", "amrnb", "opus", "mp3")),
     Condition("noise", "noise", "noise"),
     Condition("reverb", "reverb", "reverb"),
-    # Enrolled in the office at 16 kHz, identified over the phone.
-    Condition("mixed", "clean", "mulaw"),
+    # Enrolled in the office at 16 kHz, identified over the phone: calls are scored against the
+    # narrowband twins the service stores with each 16 kHz sample ("twin", `devtools.study`).
+    Condition("mixed", "twin", "mulaw"),
+    Condition("mixed-amrnb", "twin", "amrnb", calibrates=False),
+    Condition("mixed-opus", "twin", "opus", calibrates=False),
 )
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from service.audio import MODEL_RATE
+from service.audio.band import Band, band_of, telephone_band
 from service.audio.decode import decode
 from service.audio.pipeline import SpeechDetector, prepare
 from service.config import Settings
@@ -55,7 +56,9 @@ class Embedding:
         self.model: EcapaEmbedder = load_embedder(self.settings)
         self.detector = SpeechDetector(self.settings.audio.vad_threshold)
 
-    def clip(self, row: ManifestRow) -> tuple[np.ndarray, np.ndarray, float, float]:
+    def clip(self, row: ManifestRow, twin: bool = False) -> tuple[np.ndarray, np.ndarray, float, float]:
+        """`twin`: the vectors of the clip's narrowband twin, as enrollment makes it (a wideband
+        clip's speech through `telephone_band`; a narrowband clip's own)."""
         audio = self.settings.audio
         decoded = decode(
             row.path.read_bytes(),
@@ -66,6 +69,8 @@ class Embedding:
         )
         prepared = prepare(decoded, self.detector)
         speech = prepared.speech_wave()
+        if twin and band_of(prepared.source_rate, speech) == Band.WIDE:
+            speech = telephone_band(speech)
         if len(speech) < MODEL_RATE // 10:
             nan = np.full(self.model.dim, np.nan, dtype=np.float32)
             return nan, nan, prepared.speech_seconds, prepared.snr_db
@@ -74,18 +79,18 @@ class Embedding:
         short = whole if len(speech) <= short_len else unit_rows(self.model.embed(speech[:short_len]))
         return whole, short, prepared.speech_seconds, prepared.snr_db
 
-    def manifest(self, manifest: Path, cache_dir: Path) -> Embedded:
+    def manifest(self, manifest: Path, cache_dir: Path, twin: bool = False) -> Embedded:
+        """Every clip of `manifest` (`twin`: their narrowband twins, see `clip`), cached."""
         rows = read_manifest(manifest)
-        key = hashlib.sha256(
-            "\n".join([self.model.checksum, self.settings.precision, str(manifest.resolve())]).encode()
-        ).hexdigest()[:16]
-        cache = cache_dir / f"{manifest.parent.name}-{key}.npz"
+        parts = [self.model.checksum, self.settings.precision, str(manifest.resolve())]
+        key = hashlib.sha256("\n".join(parts + (["twin"] if twin else [])).encode()).hexdigest()[:16]
+        cache = cache_dir / f"{manifest.parent.name}{'-twin' if twin else ''}-{key}.npz"
         if cache.exists():
             data = np.load(cache)
             if len(data["speech_s"]) == len(rows):
                 return Embedded(rows, data["vectors"], data["short"], data["speech_s"], data["snr_db"])
         started = time.monotonic()
-        out = [self.clip(row) for row in rows]
+        out = [self.clip(row, twin) for row in rows]
         log.info(
             "%s: %d clips embedded in %.0f s", manifest.parent.name, len(rows), time.monotonic() - started
         )

@@ -46,8 +46,8 @@ from service.enrollment.ports import (
     StoredRecording,
 )
 from service.enrollment.service import EnrollmentService, EnrollmentStatus
-from service.main import use_cases
-from service.storage.index import FaissSpeakerIndex
+from service.main import banded_index, use_cases
+from service.storage.index import BandedIndex
 from service.storage.sync import IndexFollower
 
 DIM = 192
@@ -64,6 +64,10 @@ FLICKER = 2.0  # sd of the level's change every 16 ms (log power)
 RMS = 0.05
 NOISE = 1e-4  # background noise, about -80 dBFS
 LEAD_S = 0.5  # quiet before and after the voice
+# A tone this far below the median tone (power) was removed by the channel: a voice's own levels
+# stay above about 1/20 of the median (levels of sd 1 in log power), while a telephone line leaves
+# the tones above 4 kHz at 1e-10 of it.
+DEAD_TONE = 1e-2
 
 
 @dataclass(frozen=True)
@@ -146,8 +150,13 @@ class SpectralEmbedder:
             wave = np.pad(wave, (0, EMBED_N - len(wave)))
         frames = np.lib.stride_tricks.sliding_window_view(wave, EMBED_N)[:: EMBED_N // 2]
         power = (np.abs(np.fft.rfft(frames * np.hanning(EMBED_N + 1)[:EMBED_N], axis=1)) ** 2).mean(axis=0)
-        feature = np.log(power[READ_BINS] + 1e-10)
-        feature -= feature.mean()
+        tones = power[READ_BINS]
+        # Tones a channel removed (a telephone line cuts everything above 3.4 kHz) say nothing of
+        # the voice: left at 0, else their common floor would make every band-limited voice alike.
+        live = tones > DEAD_TONE * max(float(np.median(tones)), 1e-30)
+        feature = np.zeros(DIM)
+        feature[live] = np.log(tones[live])
+        feature[live] -= feature[live].mean()
         return np.asarray(feature / max(float(np.linalg.norm(feature)), 1e-12), dtype=np.float32)
 
     def embed_batch(self, waves: Sequence[np.ndarray]) -> np.ndarray:
@@ -196,6 +205,8 @@ class _Tables:
     samples: dict[int, list[SampleRecord]] = field(default_factory=dict)
     changes: list[ChangeRecord] = field(default_factory=list)
     next_speaker: int = 1
+    # Per speaker: (sample id, audio, source rate) of samples that kept their audio.
+    audio: dict[int, list[tuple[str, bytes, int]]] = field(default_factory=dict)
 
 
 class MemoryTransaction:
@@ -255,22 +266,28 @@ class MemoryTransaction:
         ]
 
     def add_sample(self, speaker_id: int, sample: NewSample) -> None:
-        record = SampleRecord(
-            sample_id=sample.sample_id,
-            vector=sample.vector,
-            model_sha256=sample.model_sha256,
-            speech_seconds=sample.speech_seconds,
-            duration_seconds=sample.duration_seconds,
-            snr_db=sample.snr_db,
-            created_at=_now(),
-            fingerprint=sample.fingerprint,
-        )
+        record = sample.record(_now())
         self.tables.samples[speaker_id].append(record)
+        if sample.audio is not None:
+            self.tables.audio.setdefault(speaker_id, []).append(
+                (sample.sample_id, sample.audio, sample.source_rate)
+            )
+
+    def stored_audio(self, speaker_id: int) -> list[tuple[str, bytes, int]]:
+        return [(s, audio, rate) for s, audio, rate in self.tables.audio.get(speaker_id, [])]
+
+    def set_twin(self, sample_id: str, narrow_vector: np.ndarray | None) -> None:
+        for speaker_id, samples in self.tables.samples.items():
+            self.tables.samples[speaker_id] = [
+                replace(s, narrow_vector=narrow_vector) if s.sample_id == sample_id else s for s in samples
+            ]
 
     def remove_sample(self, speaker_id: int, sample_id: str) -> bool:
         kept = [s for s in self.tables.samples.get(speaker_id, []) if s.sample_id != sample_id]
         removed = len(kept) != len(self.tables.samples.get(speaker_id, []))
         self.tables.samples[speaker_id] = kept
+        audio = self.tables.audio.get(speaker_id, [])
+        self.tables.audio[speaker_id] = [a for a in audio if a[0] != sample_id]
         return removed
 
     def update_speaker(self, speaker_id: int, aggregates: Aggregates) -> SpeakerRecord:
@@ -282,6 +299,7 @@ class MemoryTransaction:
             spread=aggregates.spread,
             centroid=aggregates.centroid,
             model_sha256=aggregates.model_sha256,
+            narrow_centroid=aggregates.narrow_centroid,
             updated_at=_now(),
         )
         self.tables.speakers[speaker_id] = record
@@ -290,6 +308,7 @@ class MemoryTransaction:
     def delete_speaker(self, speaker_id: int) -> None:
         self.tables.speakers.pop(speaker_id, None)
         self.tables.samples.pop(speaker_id, None)
+        self.tables.audio.pop(speaker_id, None)
 
     def log_change(self, tenant_id: int, speaker_id: int, kind: ChangeKind) -> None:
         seq = self.tables.changes[-1].seq + 1 if self.tables.changes else 1
@@ -312,6 +331,7 @@ class MemoryStore:
                 {k: list(v) for k, v in self._tables.samples.items()},
                 list(self._tables.changes),
                 self._tables.next_speaker,
+                {k: list(v) for k, v in self._tables.audio.items()},
             )
             yield MemoryTransaction(draft)
             self._tables = draft
@@ -346,7 +366,14 @@ class MemoryStore:
         speakers = self._snapshot().speakers
         wanted = speakers.keys() if speaker_ids is None else set(speaker_ids) & speakers.keys()
         return [
-            IndexEntry(s.id, s.tenant_id, s.external_id, s.status == SpeakerStatus.COMPLETE, s.centroid)
+            IndexEntry(
+                s.id,
+                s.tenant_id,
+                s.external_id,
+                s.status == SpeakerStatus.COMPLETE,
+                s.centroid,
+                s.narrow_centroid,
+            )
             for s in (speakers[i] for i in sorted(wanted))
             if s.centroid is not None
         ]
@@ -377,7 +404,7 @@ class FakeServices:
     """The use cases as `service.main` wires them, on the fakes and the real faiss index."""
 
     store: MemoryStore
-    index: FaissSpeakerIndex
+    index: BandedIndex
     follower: IndexFollower
     embedder: SpectralEmbedder
     enrollment: EnrollmentService
@@ -399,7 +426,7 @@ def fake_services(settings: Settings | None = None, store: MemoryStore | None = 
     `store` (a new empty one unless given; its speakers are indexed as at a start)."""
     settings = settings or Settings()
     store, embedder = store or MemoryStore(), SpectralEmbedder()
-    index = FaissSpeakerIndex(embedder.dim, settings.index.ivf_threshold, settings.index.nprobe)
+    index = banded_index(settings, embedder.dim)
     follower = IndexFollower(store, index)
     follower.rebuild()
     follower.catch_up()  # a rebuild re-applies its recent changes on the first catch-up: done here
@@ -409,7 +436,7 @@ def fake_services(settings: Settings | None = None, store: MemoryStore | None = 
         vad_threshold=settings.audio.vad_threshold,
         detector=EnergySpeechDetector,
     )
-    enrollment, identification = use_cases(
+    enrollment, identification, _ = use_cases(
         settings,
         store=store,
         frontend=frontend,

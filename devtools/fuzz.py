@@ -468,6 +468,7 @@ AUDIO_ROUTES: dict[str, tuple[str, str, dict[str, Any]]] = {
     "native enroll (raw body)": ("POST", "/v1/speakers/fuzz-audio/enrollments", {}),
     "native identify": ("POST", "/v1/identify", {"topK": 3}),
     "native verify": ("POST", "/v1/verify", {"speakerId": "fuzz-audio"}),
+    "compat diarize": ("POST", "/audio/generic/api/v1/sync/diarize", {"speakers": -1}),
 }
 
 
@@ -532,6 +533,7 @@ JSON_ROUTES = [
     "/audio/generic/api/v1/sync/diarization/enroll",
     "/audio/generic/api/v1/sync/diarization/delete",
     "/audio/generic/api/v1/sync/diarization/identify",
+    "/audio/generic/api/v1/sync/diarize",
     "/v1/speakers/fuzz-audio/enrollments",
     "/v1/identify",
     "/v1/verify",

@@ -41,10 +41,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from devtools.channels import TELEPHONE_RATE, encode, resample, telephone_band
+from devtools.channels import TELEPHONE_RATE, encode, resample
 from devtools.clips import SetClip, set_clips
 from devtools.sets import EVAL_SPEECH
 from service import calibration as cal
+from service.audio.band import band_pass
 from service.audio.decode import DecodedAudio, decode
 from service.audio.pipeline import PreparedAudio, SpeechDetector, prepare
 from service.config import AudioSettings
@@ -137,7 +138,7 @@ def flac_8k(samples: np.ndarray, rate: int, speech_power: float, seed: int) -> R
 
 
 def mulaw_8k(samples: np.ndarray, rate: int, speech_power: float, seed: int) -> Request:
-    narrow = telephone_band(resample(samples, rate, TELEPHONE_RATE), TELEPHONE_RATE)
+    narrow = band_pass(resample(samples, rate, TELEPHONE_RATE), TELEPHONE_RATE)
     return mulaw_encode(narrow), "MULAW", TELEPHONE_RATE
 
 

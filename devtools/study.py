@@ -31,10 +31,13 @@ def render_all(work: Path = WORK) -> dict[str, Path]:
 
 
 def embed_all(work: Path = WORK) -> dict[str, Embedded]:
-    """Every channel of eval-speech (key: channel name) and eval-telephone (key: "telephone")."""
+    """Every channel of eval-speech (key: channel name), the narrowband twins of its 16 kHz clips
+    (key: "twin") and eval-telephone (key: "telephone")."""
     manifests = render_all(work)
     embedding = Embedding()
     out = {name: embedding.manifest(path, work / "cache") for name, path in manifests.items()}
+    # What enrollment stores beside each 16 kHz clip's vector: its narrowband twin.
+    out["twin"] = embedding.manifest(manifests["clean"], work / "cache", twin=True)
     out["telephone"] = embedding.manifest(EVAL_TELEPHONE / "manifest.csv", work / "cache")
     return out
 

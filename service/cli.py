@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from service.config import Settings
 
 if TYPE_CHECKING:
+    from service.enrollment.maintenance import Twins
     from service.storage.repository import SqlStore
 
 
@@ -97,10 +98,30 @@ def cmd_rebuild_index(_args: argparse.Namespace, settings: Settings) -> int:
 
     store = _store(settings)
     sha = weights.resolve(settings.model_dir, settings.model_sha256).sha256
-    speakers, indexed = recompute_all(store, sha, enrollment_policy(settings))
+    # Twins are made again only where the audio was kept, which needs the model.
+    twins = _twins(settings) if settings.enrollment.narrowband_twins and store.keeps_audio() else None
+    speakers, indexed = recompute_all(store, sha, enrollment_policy(settings), twins)
     print(f"recomputed {speakers} speakers from their samples; {indexed} have vectors of the current model")
+    if twins is not None:
+        print("narrowband twins made again from the stored audio")
     print("running replicas pick the changes up from the change log")
     return 0
+
+
+def _twins(settings: Settings) -> Twins:
+    from service.audio.frontend import AudioFrontEnd
+    from service.embedding.bounded import BoundedEmbedding
+    from service.enrollment.maintenance import Twins
+    from service.main import load_embedder
+
+    embedder = load_embedder(settings)
+    audio = settings.audio
+    frontend = AudioFrontEnd(
+        max_seconds=audio.max_seconds,
+        decode_timeout_s=audio.decode_timeout_s,
+        vad_threshold=audio.vad_threshold,
+    )
+    return Twins(frontend, BoundedEmbedding(embedder.embed_batch))
 
 
 def parser() -> argparse.ArgumentParser:

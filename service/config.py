@@ -76,6 +76,11 @@ class EnrollmentSettings(BaseModel):
         "(normalised units, as identify scores against the whole tenant)",
     )
     store_audio: bool = Field(False, description="keep the decoded 16 kHz audio of each sample")
+    narrowband_twins: bool = Field(
+        True,
+        description="give each wideband sample a second vector of its speech through a simulated "
+        "telephone line, which calls (narrowband clips) are scored against",
+    )
 
 
 class IdentifySettings(BaseModel):
@@ -83,9 +88,6 @@ class IdentifySettings(BaseModel):
         cal.IDENTIFY_THRESHOLD, description="open-set accept threshold, in normalised score units"
     )
     verify_threshold: float = Field(cal.VERIFY_THRESHOLD, description="verify accept threshold (units)")
-    segment_threshold: float = Field(
-        cal.SEGMENT_THRESHOLD, description="accept threshold for the short windows of compatible identify"
-    )
     domain_centring: bool = Field(True, description="score after removing the tenant's domain mean")
     prior_weight: float = Field(cal.PRIOR_WEIGHT, description="pseudo-speakers of the prior in that mean")
     pair_mean: float = Field(cal.PAIR_MEAN, description="prior mean of impostor pair scores")

@@ -12,13 +12,14 @@ import numpy as np
 from fastapi import FastAPI
 
 from service import __version__, console, logs, memory, metrics
-from service.api import compat, docs, errors, health, jobs, native
+from service.api import compat, diarize, docs, errors, health, jobs, native
 from service.api.deps import KeyRateLimiter, Runtime, Services, run_blocking
 from service.api.middleware import BodyLimit, Metrics, SecurityHeaders
 from service.audio.frontend import AudioFrontEnd
 from service.audio.pipeline import QualityLimits
 from service.concurrency import compute
 from service.config import Settings
+from service.diarization.service import DiarizationService
 from service.egress import url_egress, webhook_egress
 from service.embedding import weights
 from service.embedding.batcher import BatchLimits, DynamicBatcher
@@ -33,7 +34,7 @@ from service.enrollment.voices import TenantVoices
 from service.jobs import handlers
 from service.jobs.worker import JobWorker
 from service.storage.database import check_migrated, make_engine
-from service.storage.index import FaissSpeakerIndex
+from service.storage.index import BandedIndex
 from service.storage.jobs import SqlJobStore
 from service.storage.repository import SqlStore
 from service.storage.sync import IndexFollower
@@ -88,6 +89,12 @@ def _budget(settings: Settings, batched: bool) -> EmbedBudget:
     return EmbedBudget(e.max_batch, max(e.max_batch_seconds, e.chunk_seconds), e.chunk_seconds)
 
 
+def banded_index(settings: Settings, dim: int) -> BandedIndex:
+    """The speaker index, with a narrowband copy unless twins are turned off."""
+    s = settings.index
+    return BandedIndex(dim, s.ivf_threshold, s.nprobe, twins=settings.enrollment.narrowband_twins)
+
+
 def use_cases(
     settings: Settings,
     *,
@@ -98,7 +105,7 @@ def use_cases(
     index: SpeakerIndex,
     prior: np.ndarray,
     after_commit: Callable[[], object],
-) -> tuple[EnrollmentService, IdentificationService]:
+) -> tuple[EnrollmentService, IdentificationService, DiarizationService]:
     """The use cases on the given parts, with the settings' thresholds; `prior` ``(dim,)`` is the
     mean of the model's training-speaker prototypes (the decision rule's prior domain mean)."""
     ident = settings.identify
@@ -125,17 +132,20 @@ def use_cases(
         voices=TenantVoices(scorer, index),
         complete_threshold=ident.verify_threshold,
         store_audio=settings.enrollment.store_audio,
+        twins=settings.enrollment.narrowband_twins,
     )
+    # Identification answers noisy clips too: the score decides (see service.calibration).
+    identify_limits = QualityLimits(ident.min_speech_seconds, audio.max_clipped_fraction, -math.inf)
     identification = IdentificationService(
         frontend=frontend,
         embed=embed,
         index=index,
         scorer=scorer,
-        thresholds=Thresholds(ident.threshold, ident.verify_threshold, ident.segment_threshold),
-        # Identification answers noisy clips too: the score decides (see service.calibration).
-        limits=QualityLimits(ident.min_speech_seconds, audio.max_clipped_fraction, -math.inf),
+        thresholds=Thresholds(ident.threshold, ident.verify_threshold),
+        limits=identify_limits,
     )
-    return enrollment, identification
+    diarization = DiarizationService(frontend, embed, labels=identification, limits=identify_limits)
+    return enrollment, identification, diarization
 
 
 def build_services(settings: Settings, embedder: Embedder | None = None) -> Services:
@@ -158,7 +168,7 @@ def build_services(settings: Settings, embedder: Embedder | None = None) -> Serv
         vad_threshold=audio.vad_threshold,
         parallel=max(1, usable_cores() // threads) if on_gpu else 1,
     )
-    index = FaissSpeakerIndex(embedder.dim, settings.index.ivf_threshold, settings.index.nprobe)
+    index = banded_index(settings, embedder.dim)
     follower = IndexFollower(store, index)
     follower.rebuild()
     embed_batch = metrics.timed_embed_batch(embedder.embed_batch)
@@ -170,7 +180,7 @@ def build_services(settings: Settings, embedder: Embedder | None = None) -> Serv
     metrics.watch_model(embedder)
     cohort = load_cohort(embedder.files) if isinstance(embedder, EcapaEmbedder) else None
     prior = cohort.mean(axis=0) if cohort is not None else np.zeros(embedder.dim, dtype=np.float32)
-    enrollment, identification = use_cases(
+    enrollment, identification, diarization = use_cases(
         settings,
         store=store,
         frontend=frontend,
@@ -186,6 +196,7 @@ def build_services(settings: Settings, embedder: Embedder | None = None) -> Serv
         store=store,
         enrollment=enrollment,
         identification=identification,
+        diarization=diarization,
         runtime=Runtime(engine=engine, embedder=embedder, index=index, follower=follower, batcher=batcher),
         checks={"model": True, "database": True, "index": True},
         limiter=KeyRateLimiter(settings.auth.rate_limit_per_minute),
@@ -201,7 +212,7 @@ def build_jobs(services: Services) -> JobWorker:
     ident = services.identification
     kinds = {
         "identify": handlers.identify(ident, audio_of),
-        "diarize": handlers.diarize(lambda: getattr(services, "diarization", None), ident.frontend, audio_of),
+        "diarize": handlers.diarize(services.diarization, ident.frontend, audio_of),
     }
     return JobWorker(
         SqlJobStore(services.store.engine), kinds, settings.jobs, webhook_egress(settings.egress)
@@ -268,6 +279,7 @@ def create_app(settings: Settings | None = None, *, embedder: Embedder | None = 
     app.include_router(health.api)
     app.include_router(compat.router("v1"))
     app.include_router(compat.router("v2"))
+    app.include_router(diarize.api)
     app.include_router(native.api)
     app.include_router(jobs.router())
     console.install(app)

@@ -19,12 +19,13 @@ from sqlalchemy import Engine
 from service import metrics
 from service.concurrency import Cancellation
 from service.config import Settings
+from service.diarization.service import DiarizationService
 from service.embedding.batcher import DynamicBatcher
 from service.enrollment.identification import IdentificationService
 from service.enrollment.ports import Embedder
 from service.enrollment.service import EnrollmentService
 from service.errors import NotReady, RateLimited, RequestCancelled, Unauthorized
-from service.storage.index import FaissSpeakerIndex
+from service.storage.index import BandedIndex
 from service.storage.repository import SqlStore, TenantKey
 from service.storage.sync import IndexFollower
 
@@ -38,7 +39,7 @@ class Runtime:
 
     engine: Engine
     embedder: Embedder
-    index: FaissSpeakerIndex
+    index: BandedIndex
     follower: IndexFollower
     batcher: DynamicBatcher | None  # only where requests share forward passes (a GPU by default)
 
@@ -57,6 +58,7 @@ class Services:
     enrollment: EnrollmentService
     identification: IdentificationService
     runtime: Runtime
+    diarization: DiarizationService
     checks: dict[str, bool] = field(default_factory=dict)
     limiter: KeyRateLimiter | None = None
 

@@ -143,6 +143,7 @@ async def identify(
             for c in found.candidates
         ],
         speechSeconds=found.speech_seconds,
+        channel=found.channel,
     )
 
 
@@ -161,4 +162,5 @@ async def verify(
         cosine=result.cosine,
         complete=result.complete,
         speechSeconds=result.speech_seconds,
+        channel=result.channel,
     )

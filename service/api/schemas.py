@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
+from service.audio.band import Band
 from service.enrollment import speaker_ids
 from service.enrollment.ports import SpeakerStatus
 
@@ -172,6 +173,10 @@ class IdentifyResponse(BaseModel):
     threshold: float
     candidates: list[CandidateOut]
     speechSeconds: float
+    channel: Band = Field(
+        Band.WIDE,
+        description="the band the clip was scored in: narrowband clips (calls) against voiceprints of it",
+    )
 
 
 class VerifyRequest(AudioFields):
@@ -185,6 +190,7 @@ class VerifyResponse(BaseModel):
     cosine: float
     complete: bool
     speechSeconds: float
+    channel: Band = Field(Band.WIDE, description="the band the clip was scored in")
 
 
 class CompatIdentifyRequest(RemoteAudioFields):
@@ -198,6 +204,13 @@ class CompatDiarizeRequest(RemoteAudioFields):
     )
     speakerIds: list[SpeakerId] | None = Field(None, max_length=10_000)
     doVad: bool = Field(False, description="leave silence and noise out of the segments")
+
+    @field_validator("speakers")
+    @classmethod
+    def _known_or_found(cls, value: int) -> int:
+        if value == 0:
+            raise ValueError("speakers is a positive number, or -1 to find it from the audio")
+        return value
 
 
 class AsyncAccepted(BaseModel):
@@ -220,3 +233,17 @@ class CompatSegment(BaseModel):
     speakerId: str
     start: float
     end: float
+
+
+# --- diarization (the hosted speaker family) -------------------------------------------------------
+
+
+class DiarizedSegmentOut(BaseModel):
+    speaker_id: str
+    start: float
+    end: float
+
+
+class DiarizeResponse(BaseModel):
+    num_speakers: int
+    segments: list[DiarizedSegmentOut]

@@ -15,9 +15,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from service.audio.band import Band, clip_band
 from service.audio.frontend import AudioFrontEnd, AudioInput
-from service.audio.pipeline import PreparedAudio, QualityLimits
+from service.audio.pipeline import QualityLimits
 from service.concurrency import Cancellation
+from service.diarization.turns import TurnOptions, find_turns
 from service.enrollment.policy import normalise
 from service.enrollment.ports import EmbedWaves, IndexEntry, SpeakerIndex
 from service.enrollment.scoring import Scorer
@@ -31,7 +33,6 @@ SHORTLIST = 64
 class Thresholds:
     identify: float
     verify: float
-    segment: float  # for the short windows of `segments`
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,7 @@ class Identification:
     threshold: float
     candidates: list[Candidate]
     speech_seconds: float
+    channel: Band = Band.WIDE  # the band the clip was scored in
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,7 @@ class Verification:
     cosine: float
     complete: bool
     speech_seconds: float
+    channel: Band = Band.WIDE
 
 
 @dataclass(frozen=True)
@@ -66,17 +69,6 @@ class Segment:
     speaker_id: str | None  # None: speech of no enrolled speaker (among the candidates)
     start: float
     end: float
-
-
-@dataclass(frozen=True)
-class SegmentOptions:
-    window_s: float = 2.0
-    hop_s: float = 0.5
-    min_region_s: float = 0.5  # speech regions shorter than this are skipped
-    merge_gap_s: float = 1.0  # same-speaker stretches closer than this are joined
-    # An "unknown" stretch shorter than this between known speakers is the blur of a speaker change
-    # (its windows straddle both voices), not a third voice: it is split between its neighbours.
-    min_unknown_s: float = 1.5
 
 
 class IdentificationService:
@@ -88,7 +80,9 @@ class IdentificationService:
         scorer: Scorer,
         thresholds: Thresholds,
         limits: QualityLimits,
-        segments: SegmentOptions | None = None,
+        turns: TurnOptions | None = None,
+        max_voices: int = 10,
+        merge_gap_s: float = 1.0,
     ) -> None:
         self.frontend = frontend
         self.embed = embed
@@ -96,7 +90,10 @@ class IdentificationService:
         self.scorer = scorer
         self.thresholds = thresholds
         self.limits = limits
-        self.options = segments or SegmentOptions()
+        self.turn_options = turns or TurnOptions()
+        self.max_voices = max_voices
+        # One label's stretches closer than this are one segment (a pause within a turn).
+        self.merge_gap_s = merge_gap_s
 
     # --- use cases -------------------------------------------------------------------------------
 
@@ -111,7 +108,8 @@ class IdentificationService:
         only = self._restriction(tenant_id, speaker_ids)
         prepared = self.frontend.load(audio, self.limits, cancel)
         vector = self._vector(prepared.speech_wave(), cancel)
-        ranked = self._rank(vector, tenant_id, only, max(top_k, 1), self._gallery(tenant_id, only))
+        band = clip_band(prepared)
+        ranked = self._rank(vector, tenant_id, only, max(top_k, 1), self._gallery(tenant_id, only), band)
         best = ranked[0]
         accepted = best.score >= self.thresholds.identify
         return Identification(
@@ -120,6 +118,7 @@ class IdentificationService:
             threshold=self.thresholds.identify,
             candidates=ranked[:top_k],
             speech_seconds=round(prepared.speech_seconds, 2),
+            channel=band,
         )
 
     def verify(
@@ -128,8 +127,10 @@ class IdentificationService:
         entry = self._entry(tenant_id, speaker_id)
         prepared = self.frontend.load(audio, self.limits, cancel)
         vector = self._vector(prepared.speech_wave(), cancel)
+        band = clip_band(prepared)
+        entry = self.index.band(band).lookup(tenant_id, speaker_id) or entry
         cosine = float(entry.centroid @ vector)
-        score = float(self._score_matrix(vector[None], [entry], tenant_id, gallery=1)[0, 0])
+        score = float(self._score_matrix(vector[None], [entry], tenant_id, gallery=1, band=band)[0, 0])
         return Verification(
             match=score >= self.thresholds.verify,
             score=round(score, 4),
@@ -137,6 +138,7 @@ class IdentificationService:
             cosine=round(cosine, 4),
             complete=entry.complete,
             speech_seconds=round(prepared.speech_seconds, 2),
+            channel=band,
         )
 
     def segments(
@@ -148,30 +150,41 @@ class IdentificationService:
     ) -> list[Segment]:
         """The clip's speech in time order, each stretch labelled with a speaker or None.
 
-        Overlapping windows over the speech regions are scored against the candidates; each window's
-        scores are averaged with its neighbours', labelled, merged into stretches; then each stretch is
-        re-scored as a whole (a long stretch gives a surer answer than any of its windows).
+        The turns come from the diarization machinery (`service.diarization.turns`: voices found by
+        clustering short windows, boundaries from frame-level likeness, each stretch re-scored whole);
+        each voice, from all of its speech, is then labelled by the identify rule (`label`).
         """
         only = self._restriction(tenant_id, speaker_ids)
         prepared = self.frontend.load(audio, self.limits, cancel)
-        windows = self._windows(prepared)
-        if not windows:
+        found = find_turns(prepared, self.embed, self.turn_options, max_count=self.max_voices, cancel=cancel)
+        if not found.turns:
             return []
-        # Views into the clip, not copies; the model sees them a bounded batch at a time.
-        vectors = self._vectors([prepared.segment(a, b) for a, b in windows], cancel)
-        candidates = self._candidates(vectors, tenant_id, only)
-        gallery = self._gallery(tenant_id, only)
-        scores = self._score_matrix(vectors, candidates, tenant_id, gallery)  # (windows, candidates)
-        smoothed = np.copy(scores)
-        for i in range(len(windows)):
-            smoothed[i] = scores[max(0, i - 1) : i + 2].mean(axis=0)
-        best = smoothed.argmax(axis=1)
-        labels = [
-            candidates[j].external_id if smoothed[i, j] >= self.thresholds.segment else None
-            for i, j in enumerate(best)
-        ]
-        stretches = self._stretches(windows, labels, prepared.speech)
-        return self._confirm(prepared, stretches, candidates, tenant_id, gallery, cancel)
+        labels = self._voice_labels(found.voices, tenant_id, only, clip_band(prepared))
+        out: list[Segment] = []
+        for turn in found.turns:
+            label = labels[turn.voice]
+            if out and out[-1].speaker_id == label and turn.start - out[-1].end <= self.merge_gap_s:
+                out[-1] = Segment(label, out[-1].start, turn.end)
+            else:
+                out.append(Segment(label, turn.start, turn.end))
+        return [Segment(s.speaker_id, round(s.start, 2), round(s.end, 2)) for s in out]
+
+    def check(self, tenant_id: int, speaker_ids: Sequence[str]) -> None:
+        """Raise SpeakerNotFound unless every id names a speaker of the tenant with samples."""
+        self._restriction(tenant_id, speaker_ids)
+
+    def label(
+        self,
+        tenant_id: int,
+        voices: np.ndarray,
+        speaker_ids: Sequence[str] | None,
+        band: Band = Band.WIDE,
+    ) -> list[str | None]:
+        """The enrolled id each voice ``(k, dim)`` (unit vectors, each from all of one voice's speech,
+        heard in `band`) is accepted as by the identify rule, among `speaker_ids` (all the tenant's
+        speakers if none); None for a voice no one is accepted for. An id goes to one voice at most,
+        the best first."""
+        return self._voice_labels(voices, tenant_id, self._restriction(tenant_id, speaker_ids), band)
 
     # --- helpers ---------------------------------------------------------------------------------
 
@@ -200,131 +213,61 @@ class IdentificationService:
         return len(only) if only is not None else self.index.tenant_size(tenant_id)
 
     def _rank(
-        self, vector: np.ndarray, tenant_id: int, only: list[int] | None, top_k: int, gallery: int
+        self,
+        vector: np.ndarray,
+        tenant_id: int,
+        only: list[int] | None,
+        top_k: int,
+        gallery: int,
+        band: Band = Band.WIDE,
     ) -> list[Candidate]:
-        hits = self.index.search(vector, tenant_id, max(top_k, SHORTLIST), only)
+        hits = self.index.band(band).search(vector, tenant_id, max(top_k, SHORTLIST), only)
         if not hits:
             raise NoEnrolledSpeakers("No enrolled speakers to identify against")
-        scores = self._score_matrix(vector[None], [e for e, _ in hits], tenant_id, gallery)[0]
+        scores = self._score_matrix(vector[None], [e for e, _ in hits], tenant_id, gallery, band)[0]
         ranked = [
             Candidate(e.external_id, round(float(score), 4), round(c, 4), e.complete)
             for (e, c), score in zip(hits, scores, strict=True)
         ]
         return sorted(ranked, key=lambda c: c.score, reverse=True)
 
-    def _candidates(self, vectors: np.ndarray, tenant_id: int, only: list[int] | None) -> list[IndexEntry]:
+    def _candidates(
+        self, vectors: np.ndarray, tenant_id: int, only: list[int] | None, band: Band = Band.WIDE
+    ) -> list[IndexEntry]:
         found: dict[int, IndexEntry] = {}
         for vector in vectors:
-            for entry, _ in self.index.search(vector, tenant_id, 8, only):
+            for entry, _ in self.index.band(band).search(vector, tenant_id, 8, only):
                 found[entry.speaker_id] = entry
         if not found:
             raise NoEnrolledSpeakers("No enrolled speakers to identify against")
         return list(found.values())
 
     def _score_matrix(
-        self, vectors: np.ndarray, candidates: list[IndexEntry], tenant_id: int, gallery: int
-    ) -> np.ndarray:
-        """``(n, dim)`` clip vectors x candidates -> ``(n, len(candidates))`` normalised scores, for
-        clips compared against `gallery` speakers in all."""
-        scale = self.scorer.scale(tenant_id, *self.index.cohort(tenant_id))
-        return self.scorer.scores(vectors, np.stack([c.centroid for c in candidates]), scale, gallery)
-
-    def _windows(self, prepared: PreparedAudio) -> list[tuple[float, float]]:
-        o = self.options
-        windows = []
-        for start, end in prepared.speech:
-            if end - start < o.min_region_s:
-                continue
-            if end - start <= o.window_s:
-                windows.append((start, end))
-                continue
-            t = start
-            while t + o.window_s < end:
-                windows.append((t, t + o.window_s))
-                t += o.hop_s
-            windows.append((end - o.window_s, end))
-        return windows
-
-    def _stretches(
         self,
-        windows: list[tuple[float, float]],
-        labels: list[str | None],
-        speech: list[tuple[float, float]],
-    ) -> list[Segment]:
-        """Give each window the time around its centre, clip to speech, merge equal neighbours."""
-        half = self.options.hop_s / 2
-        pieces: list[Segment] = []
-        for (a, b), label in zip(windows, labels, strict=True):
-            centre = (a + b) / 2
-            region = next(r for r in speech if r[0] <= centre <= r[1])
-            start = region[0] if a == region[0] else max(region[0], centre - half)
-            end = region[1] if b == region[1] else min(region[1], centre + half)
-            pieces.append(Segment(label, start, end))
-        merged: list[Segment] = []
-        for piece in sorted(pieces, key=lambda p: p.start):
-            last = merged[-1] if merged else None
-            if (
-                last is not None
-                and last.speaker_id == piece.speaker_id
-                and piece.start - last.end <= self.options.merge_gap_s
-            ):
-                merged[-1] = Segment(last.speaker_id, last.start, max(last.end, piece.end))
-            elif last is not None and piece.start < last.end:
-                merged.append(Segment(piece.speaker_id, last.end, piece.end))
-            else:
-                merged.append(piece)
-        return [m for m in merged if m.end > m.start]
-
-    def _confirm(
-        self,
-        prepared: PreparedAudio,
-        stretches: list[Segment],
+        vectors: np.ndarray,
         candidates: list[IndexEntry],
         tenant_id: int,
         gallery: int,
-        cancel: Cancellation | None,
-    ) -> list[Segment]:
-        """Re-score each stretch as a whole with the clip-level threshold; merge again after."""
-        if not stretches:
-            return []
-        vectors = self._vectors([prepared.segment(s.start, s.end) for s in stretches], cancel)
-        scores = self._score_matrix(vectors, candidates, tenant_id, gallery)
-        out: list[Segment] = []
-        for stretch, row in zip(stretches, scores, strict=True):
-            j = int(row.argmax())
-            threshold = (
-                self.thresholds.identify if stretch.end - stretch.start >= 3.0 else self.thresholds.segment
-            )
-            label = candidates[j].external_id if row[j] >= threshold else None
-            if (
-                out
-                and out[-1].speaker_id == label
-                and stretch.start - out[-1].end <= self.options.merge_gap_s
-            ):
-                out[-1] = Segment(label, out[-1].start, stretch.end)
-            else:
-                out.append(Segment(label, round(stretch.start, 2), round(stretch.end, 2)))
-        return [Segment(s.speaker_id, round(s.start, 2), round(s.end, 2)) for s in self._absorb_blurs(out)]
+        band: Band = Band.WIDE,
+    ) -> np.ndarray:
+        """``(n, dim)`` clip vectors x candidates (their voiceprints in `band`) -> ``(n,
+        len(candidates))`` normalised scores, for clips compared against `gallery` speakers in all,
+        on the tenant's cohort of `band`."""
+        scale = self.scorer.scale(tenant_id, *self.index.band(band).cohort(tenant_id))
+        return self.scorer.scores(vectors, np.stack([c.centroid for c in candidates]), scale, gallery)
 
-    def _absorb_blurs(self, stretches: list[Segment]) -> list[Segment]:
-        out = list(stretches)
-        i = 1
-        while i < len(out) - 1:
-            left, blur, right = out[i - 1], out[i], out[i + 1]
-            if (
-                blur.speaker_id is None
-                and left.speaker_id is not None
-                and right.speaker_id is not None
-                and blur.end - blur.start < self.options.min_unknown_s
-            ):
-                middle = (blur.start + blur.end) / 2
-                out[i - 1 : i + 2] = [Segment(left.speaker_id, left.start, middle)] + (
-                    [Segment(right.speaker_id, middle, right.end)]
-                    if right.speaker_id != left.speaker_id
-                    else []
-                )
-                if right.speaker_id == left.speaker_id:
-                    out[i - 1] = Segment(left.speaker_id, left.start, right.end)
-                continue
-            i += 1
-        return out
+    def _voice_labels(
+        self, voices: np.ndarray, tenant_id: int, only: list[int] | None, band: Band
+    ) -> list[str | None]:
+        candidates = self._candidates(voices, tenant_id, only, band)
+        scores = self._score_matrix(voices, candidates, tenant_id, self._gallery(tenant_id, only), band)
+        labels: list[str | None] = [None] * len(voices)
+        taken: set[int] = set()
+        for flat in np.argsort(-scores, axis=None):
+            i, j = divmod(int(flat), len(candidates))
+            if scores[i, j] < self.thresholds.identify:
+                break
+            if labels[i] is None and j not in taken:
+                labels[i] = candidates[j].external_id
+                taken.add(j)
+        return labels

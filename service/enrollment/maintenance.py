@@ -2,16 +2,45 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+import numpy as np
+
+from service.audio import MODEL_RATE
+from service.audio.band import Band, band_of, telephone_band
+from service.audio.frontend import AudioFrontEnd, AudioInput
 from service.enrollment import policy as rules
 from service.enrollment.policy import EnrollmentPolicy
-from service.enrollment.ports import ChangeKind, Store
+from service.enrollment.ports import ChangeKind, EmbedWaves, Store
+
+TwinOf = Callable[[np.ndarray, int], np.ndarray | None]
+"""(16 kHz float32 audio of a sample, its source rate) -> its narrowband twin, or None (narrowband)."""
 
 
-def recompute_all(store: Store, model_sha256: str, policy: EnrollmentPolicy) -> tuple[int, int]:
+class Twins:
+    """Narrowband twins made again from stored audio, as enrollment makes them."""
+
+    def __init__(self, frontend: AudioFrontEnd, embed: EmbedWaves) -> None:
+        self.frontend = frontend
+        self.embed = embed
+
+    def __call__(self, wave: np.ndarray, source_rate: int) -> np.ndarray | None:
+        pcm = np.clip(np.round(wave * 32768.0), -32768, 32767).astype("<i2").tobytes()
+        prepared = self.frontend.load(AudioInput(pcm, "LINEAR16", MODEL_RATE))
+        speech = prepared.speech_wave()
+        if len(speech) == 0 or band_of(source_rate, speech) != Band.WIDE:
+            return None
+        return rules.normalise(self.embed([telephone_band(speech)])[0])
+
+
+def recompute_all(
+    store: Store, model_sha256: str, policy: EnrollmentPolicy, twin_of: TwinOf | None = None
+) -> tuple[int, int]:
     """Re-derive every speaker's centroid, spread and status; returns (speakers, with vectors).
 
-    Each speaker is one transaction that also logs a change, so running replicas refresh their
-    index from the change log.
+    With `twin_of`, the narrowband twins of samples whose audio was kept are made again first
+    (the others keep what is stored). Each speaker is one transaction that also logs a change, so
+    running replicas refresh their index from the change log.
     """
     total = indexed = 0
     for tenant_id, external_id in store.speaker_keys():
@@ -19,6 +48,9 @@ def recompute_all(store: Store, model_sha256: str, policy: EnrollmentPolicy) -> 
             speaker = tx.lock_speaker(tenant_id, external_id, create=False)
             if speaker is None:
                 continue  # deleted meanwhile
+            if twin_of is not None:
+                for sample_id, audio, rate in tx.stored_audio(speaker.id):
+                    tx.set_twin(sample_id, twin_of(np.frombuffer(audio, dtype="<f4"), rate))
             record = tx.update_speaker(
                 speaker.id, rules.aggregate(tx.samples(speaker.id), model_sha256, policy)
             )

@@ -9,6 +9,7 @@ import numpy as np
 
 from service import calibration as cal
 from service.audio import fingerprint as content
+from service.audio.band import Band
 from service.enrollment.ports import Aggregates, SampleRecord, SpeakerStatus, StoredRecording
 from service.errors import (
     DuplicateRecording,
@@ -74,6 +75,7 @@ def check_new_sample(
     policy: EnrollmentPolicy,
     fingerprint: bytes | None = None,
     voice: tuple[VoiceScore, float] | None = None,
+    band: Band = Band.WIDE,
 ) -> None:
     """Refuse a near-copy of an earlier sample, a voice unlike the earlier samples, or a sample that
     would widen the voiceprint past what one voice spans (`policy.max_spread`).
@@ -81,7 +83,8 @@ def check_new_sample(
     `voice`: the decision rule's score of the new sample against a voiceprint, and the least it must
     reach (`policy.voice_check` while enrolling; the verify threshold once the speaker is complete).
     The voiceprint is that of `voiceprint_samples`: once complete, the samples that completed it,
-    so accepted samples cannot walk a finished voiceprint away."""
+    so accepted samples cannot walk a finished voiceprint away; for a narrowband `vector` (`band`),
+    made of the samples' narrowband twins."""
     if not earlier:
         return
     if fingerprint:
@@ -103,7 +106,8 @@ def check_new_sample(
         )
     if voice is not None:
         score_of, least = voice
-        centre, _ = centroid_and_spread([s.vector for s in voiceprint_samples(earlier, policy)])
+        prints = voiceprint_samples(earlier, policy)
+        centre, _ = centroid_and_spread([s.band_vector if band == Band.NARROW else s.vector for s in prints])
         score = score_of(vector, centre)
         if score < least:
             raise SpeakerMismatch(
@@ -163,6 +167,8 @@ def aggregate(samples: Sequence[SampleRecord], model_sha256: str, policy: Enroll
         return Aggregates(SpeakerStatus.ENROLLING, 0, 0.0, 0.0, None, None)
     centre, spread = centroid_and_spread([s.vector for s in current])
     complete = not missing(len(current), speech, spread, policy)
+    twins = any(s.narrow_vector is not None for s in current)
+    narrow = centroid_and_spread([s.band_vector for s in current])[0] if twins else None
     return Aggregates(
         status=SpeakerStatus.COMPLETE if complete else SpeakerStatus.ENROLLING,
         sample_count=len(current),
@@ -170,6 +176,7 @@ def aggregate(samples: Sequence[SampleRecord], model_sha256: str, policy: Enroll
         spread=spread,
         centroid=centre,
         model_sha256=model_sha256,
+        narrow_centroid=narrow,
     )
 
 

@@ -15,6 +15,7 @@ from typing import Protocol
 
 import numpy as np
 
+from service.audio.band import Band
 from service.concurrency import Cancellation
 
 
@@ -47,6 +48,9 @@ class SpeakerRecord:
     model_sha256: str | None
     created_at: datetime
     updated_at: datetime
+    # Normalised mean of the samples' narrowband vectors (their twins, else their own vectors); None
+    # while no sample has a twin (then the centroid serves both bands).
+    narrow_centroid: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -59,6 +63,14 @@ class SampleRecord:
     snr_db: float
     created_at: datetime
     fingerprint: bytes | None = None
+    # The vector of the sample's speech after a telephone channel simulation, for a wideband sample
+    # (`service.audio.band`); None: the sample's own vector serves the narrow band too.
+    narrow_vector: np.ndarray | None = None
+
+    @property
+    def band_vector(self) -> np.ndarray:
+        """The vector a narrowband clip is compared with: the twin, else the sample's own."""
+        return self.vector if self.narrow_vector is None else self.narrow_vector
 
 
 @dataclass(frozen=True)
@@ -73,6 +85,21 @@ class NewSample:
     source_rate: int
     audio: bytes | None
     fingerprint: bytes | None = None
+    narrow_vector: np.ndarray | None = None  # see `SampleRecord.narrow_vector`
+
+    def record(self, created_at: datetime) -> SampleRecord:
+        """The sample as stored, at `created_at`."""
+        return SampleRecord(
+            sample_id=self.sample_id,
+            vector=self.vector,
+            model_sha256=self.model_sha256,
+            speech_seconds=self.speech_seconds,
+            duration_seconds=self.duration_seconds,
+            snr_db=self.snr_db,
+            created_at=created_at,
+            fingerprint=self.fingerprint,
+            narrow_vector=self.narrow_vector,
+        )
 
 
 @dataclass(frozen=True)
@@ -92,6 +119,7 @@ class Aggregates:
     spread: float
     centroid: np.ndarray | None
     model_sha256: str | None
+    narrow_centroid: np.ndarray | None = None  # see `SpeakerRecord.narrow_centroid`
 
 
 @dataclass(frozen=True)
@@ -101,6 +129,7 @@ class IndexEntry:
     external_id: str
     complete: bool
     centroid: np.ndarray
+    narrow_centroid: np.ndarray | None = None  # None: `centroid` serves the narrow band too
 
 
 @dataclass(frozen=True)
@@ -125,6 +154,12 @@ class Transaction(Protocol):
         ...
 
     def add_sample(self, speaker_id: int, sample: NewSample) -> None: ...
+
+    def stored_audio(self, speaker_id: int) -> list[tuple[str, bytes, int]]:
+        """(sample id, 16 kHz float32 audio, source rate) of the speaker's samples that kept audio."""
+        ...
+
+    def set_twin(self, sample_id: str, narrow_vector: np.ndarray | None) -> None: ...
 
     def remove_sample(self, speaker_id: int, sample_id: str) -> bool: ...
 
@@ -158,6 +193,11 @@ class Store(Protocol):
 
 
 class SpeakerIndex(Protocol):
+    def band(self, band: Band) -> SpeakerIndex:
+        """The index that clips heard through `band` are searched and scored in: its entries'
+        `centroid` is the speaker's voiceprint in that band, its cohort the tenant's in that band."""
+        ...
+
     def replace(self, entries: Sequence[IndexEntry]) -> None: ...
 
     def upsert(self, entry: IndexEntry) -> None: ...

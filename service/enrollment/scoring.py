@@ -125,21 +125,26 @@ class Scorer:
     """Scores clips against a tenant's speakers with `DecisionRule`. Thread-safe; caches each
     tenant's scale until the cohort arrays handed to `scale` change."""
 
+    # Cohorts kept per tenant: one per band (a tenant's wideband and narrowband voiceprints).
+    COHORTS_PER_TENANT = 2
+
     def __init__(self, rule: DecisionRule) -> None:
         self.rule = rule
         self._lock = threading.Lock()
-        self._cache: dict[int, tuple[np.ndarray, TenantScale]] = {}
+        self._cache: dict[int, list[tuple[np.ndarray, TenantScale]]] = {}
 
     def scale(self, tenant_id: int, cohort_ids: np.ndarray, cohort: np.ndarray) -> TenantScale:
         """The tenant's scale from its cohort (`cohort_ids` ``(c,)``, centroids ``(c, dim)``); the
-        arrays must be the index's shared ones, replaced (not modified) when the cohort changes."""
+        arrays must be the index's shared ones, replaced (not modified) when the cohort changes.
+        A tenant's cohorts of both bands are cached side by side."""
         with self._lock:
-            cached = self._cache.get(tenant_id)
-            if cached is not None and cached[0] is cohort_ids:
-                return cached[1]
+            for ids, cached in self._cache.get(tenant_id, ()):
+                if ids is cohort_ids:
+                    return cached
         built = self.build_scale(cohort)
         with self._lock:
-            self._cache[tenant_id] = (cohort_ids, built)
+            kept = [e for e in self._cache.get(tenant_id, []) if e[0] is not cohort_ids]
+            self._cache[tenant_id] = [(cohort_ids, built), *kept][: self.COHORTS_PER_TENANT]
         return built
 
     def build_scale(self, cohort: np.ndarray) -> TenantScale:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from service.audio import MODEL_RATE
+from service.audio.band import Band, band_of, telephone_band
 from service.audio.fingerprint import fingerprint
 from service.audio.frontend import AudioFrontEnd, AudioInput
 from service.audio.pipeline import PreparedAudio, QualityLimits
@@ -77,7 +78,9 @@ class EnrollmentService:
         voices: TenantVoices | None = None,
         complete_threshold: float = float("inf"),
         store_audio: bool = False,
+        twins: bool = False,
     ) -> None:
+        """`twins`: give each wideband sample its narrowband twin (`service.audio.band`)."""
         self.store = store
         self.frontend = frontend
         self.embed = embed
@@ -88,13 +91,16 @@ class EnrollmentService:
         self.voices = voices
         self.complete_threshold = complete_threshold
         self.store_audio = store_audio
+        self.twins = twins
 
     def enroll(
         self, tenant_id: int, speaker_id: str, audio: AudioInput, cancel: Cancellation | None = None
     ) -> EnrollmentStatus:
         prepared = self.frontend.load(audio, self.limits, cancel, channels=True)
-        self._check_one_voice(tenant_id, prepared, cancel)
-        vector = rules.normalise(self.embed([prepared.speech_wave()], cancel)[0])
+        speech = prepared.speech_wave()
+        band = band_of(prepared.source_rate, speech)
+        self._check_one_voice(tenant_id, prepared, band, cancel)
+        vector, twin = self._vectors(speech, band, cancel)
         check(cancel)  # nothing acknowledged and nothing written yet: a client that left gets no sample
         sample = NewSample(
             sample_id=uuid.uuid4().hex,
@@ -107,13 +113,14 @@ class EnrollmentService:
             source_rate=prepared.source_rate,
             audio=prepared.wave.astype("<f4").tobytes() if self.store_audio else None,
             fingerprint=fingerprint(prepared.wave),
+            narrow_vector=twin,
         )
         with self.store.transaction() as tx:
             speaker = tx.lock_speaker(tenant_id, speaker_id, create=True)
             assert speaker is not None
             earlier = [s for s in tx.samples(speaker.id) if s.model_sha256 == self.model_sha256]
             rules.check_new_sample(
-                vector, earlier, self.policy, sample.fingerprint, self._voice(tenant_id, speaker)
+                vector, earlier, self.policy, sample.fingerprint, self._voice(tenant_id, speaker, band), band
             )
             self._check_other_speakers(tx, tenant_id, speaker.id, vector, sample.fingerprint)
             tx.add_sample(speaker.id, sample)
@@ -165,19 +172,32 @@ class EnrollmentService:
 
     # --- helpers ---------------------------------------------------------------------------------
 
-    def _voice(self, tenant_id: int, speaker: SpeakerRecord) -> tuple[rules.VoiceScore, float] | None:
-        """The voice check for a new sample of `speaker`: the decision rule in its tenant, at the
-        enrollment threshold, or at the verify threshold once the speaker is complete."""
+    def _vectors(
+        self, speech: np.ndarray, band: Band, cancel: Cancellation | None
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """The sample's vector and, for wideband speech with twins on, its narrowband twin: both
+        waves in one bounded embedding call. A narrowband sample's own vector is its twin (None)."""
+        if not self.twins or band != Band.WIDE:
+            return rules.normalise(self.embed([speech], cancel)[0]), None
+        vectors = self.embed([speech, telephone_band(speech)], cancel)
+        return rules.normalise(vectors[0]), rules.normalise(vectors[1])
+
+    def _voice(
+        self, tenant_id: int, speaker: SpeakerRecord, band: Band = Band.WIDE
+    ) -> tuple[rules.VoiceScore, float] | None:
+        """The voice check for a new sample of `speaker` heard through `band`: the decision rule in
+        its tenant and band, at the enrollment threshold, or at the verify threshold once the
+        speaker is complete."""
         if self.voices is None:
             return None
         voices = self.voices
         least = (
             self.complete_threshold if speaker.status == SpeakerStatus.COMPLETE else self.policy.voice_check
         )
-        return (lambda vector, voiceprint: voices.score(tenant_id, vector, voiceprint)), least
+        return (lambda vector, voiceprint: voices.score(tenant_id, vector, voiceprint, band)), least
 
     def _check_one_voice(
-        self, tenant_id: int, prepared: PreparedAudio, cancel: Cancellation | None = None
+        self, tenant_id: int, prepared: PreparedAudio, band: Band, cancel: Cancellation | None = None
     ) -> None:
         """Refuse a clip whose channels (those with enough speech each) hold different voices: mixed,
         two people would make one voiceprint that is neither's."""
@@ -187,7 +207,9 @@ class EnrollmentService:
             return
         voices = self.voices
         vectors = [rules.normalise(v) for v in self.embed(voiced, cancel)]
-        rules.check_one_voice(vectors, lambda a, b: voices.score(tenant_id, a, b), self.policy.voice_check)
+        rules.check_one_voice(
+            vectors, lambda a, b: voices.score(tenant_id, a, b, band), self.policy.voice_check
+        )
 
     def _check_other_speakers(
         self, tx: Transaction, tenant_id: int, speaker_row: int, vector: np.ndarray, fp: bytes | None
@@ -223,16 +245,7 @@ class EnrollmentService:
         return tx.update_speaker(speaker.id, rules.aggregate(samples, self.model_sha256, self.policy))
 
     def _as_record(self, sample: NewSample, speaker: SpeakerRecord) -> SampleRecord:
-        return SampleRecord(
-            sample_id=sample.sample_id,
-            vector=sample.vector,
-            model_sha256=sample.model_sha256,
-            speech_seconds=sample.speech_seconds,
-            duration_seconds=sample.duration_seconds,
-            snr_db=sample.snr_db,
-            created_at=speaker.updated_at,
-            fingerprint=sample.fingerprint,
-        )
+        return sample.record(speaker.updated_at)
 
     def _existing(self, tenant_id: int, speaker_id: str) -> SpeakerRecord:
         speaker = self.store.get_speaker(tenant_id, speaker_id)

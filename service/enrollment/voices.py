@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from service.audio.band import Band
 from service.enrollment.ports import IndexEntry, SpeakerIndex
 from service.enrollment.scoring import Scorer
 
@@ -18,9 +19,12 @@ class TenantVoices:
         self.scorer = scorer
         self.index = index
 
-    def score(self, tenant_id: int, vector: np.ndarray, voiceprint: np.ndarray) -> float:
-        """The decision rule's score of one voice against one other (as verify scores a clip)."""
-        scale = self.scorer.scale(tenant_id, *self.index.cohort(tenant_id))
+    def score(
+        self, tenant_id: int, vector: np.ndarray, voiceprint: np.ndarray, band: Band = Band.WIDE
+    ) -> float:
+        """The decision rule's score of one voice against one other (as verify scores a clip), on
+        the tenant's cohort of `band` (the band `vector` was heard through)."""
+        scale = self.scorer.scale(tenant_id, *self.index.band(band).cohort(tenant_id))
         return float(self.scorer.scores(vector, voiceprint, scale, gallery=1)[0, 0])
 
     def nearest(self, tenant_id: int, vector: np.ndarray, k: int) -> list[tuple[IndexEntry, float]]:

@@ -3,32 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any
 
 from service.audio.frontend import AudioFrontEnd, AudioInput
-from service.audio.pipeline import PreparedAudio
-from service.concurrency import Cancellation
+from service.diarization.service import DiarizationService, max_speakers_for
 from service.egress import Egress
 from service.enrollment.identification import IdentificationService
-from service.errors import NotReady
 from service.jobs.ports import JobRecord
 from service.jobs.worker import Handler, JobContext
-
-# The audioType hint -> the most speakers diarization looks for.
-MAX_SPEAKERS = {"callcenter": 6, "meeting": 20}
-
-
-class Diarization(Protocol):
-    def diarize(
-        self,
-        tenant_id: int,
-        prepared_audio: PreparedAudio,
-        speakers: int,
-        speaker_ids: list[str] | None,
-        do_vad: bool,
-        max_speakers: int | None,
-        cancel: Cancellation | None,
-    ) -> Any: ...
 
 
 def fetcher(egress: Egress, max_bytes: int, timeout_s: float) -> Callable[[JobRecord], AudioInput]:
@@ -61,26 +43,23 @@ def identify(identification: IdentificationService, audio_of: Callable[[JobRecor
 
 
 def diarize(
-    diarization: Callable[[], Diarization | None],
+    diarization: DiarizationService,
     frontend: AudioFrontEnd,
     audio_of: Callable[[JobRecord], AudioInput],
 ) -> Handler:
     def run(job: JobRecord, ctx: JobContext) -> dict[str, Any]:
-        service = diarization()
-        if service is None:
-            raise NotReady("Diarization is not available in this installation")
         p = job.params
         audio = audio_of(job)
         ctx.report(0.05)
         prepared = frontend.load(audio, None, ctx.cancel)
         ctx.report(0.2)
-        result = service.diarize(
+        result = diarization.diarize(
             job.tenant_id,
             prepared,
             p.get("speakers", -1),
             p.get("speakerIds"),
-            p.get("doVad", True),
-            MAX_SPEAKERS.get(str(p.get("audioType", "")).lower()),
+            p.get("doVad", False),
+            max_speakers_for(p.get("audioType")),
             ctx.cancel,
         )
         return {

@@ -24,6 +24,7 @@ are read from the database there.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import threading
 from collections.abc import Sequence
@@ -32,6 +33,7 @@ from typing import Any
 import faiss as _faiss
 import numpy as np
 
+from service.audio.band import Band
 from service.enrollment.ports import IndexEntry
 
 # faiss's generated stubs describe the C++ signatures, not the numpy wrappers it installs.
@@ -97,6 +99,10 @@ class FaissSpeakerIndex:
 
     def get(self, speaker_id: int) -> IndexEntry | None:
         return self._entries.get(speaker_id)
+
+    def band(self, band: Band) -> FaissSpeakerIndex:
+        """One index for every band: each speaker's `centroid` serves all of them."""
+        return self
 
     def lookup(self, tenant_id: int, external_id: str) -> IndexEntry | None:
         speaker_id = self._by_key.get((tenant_id, external_id))
@@ -316,6 +322,74 @@ class FaissSpeakerIndex:
         if vector.shape != (self.dim,):
             raise ValueError(f"speaker {entry.speaker_id}: vector of shape {vector.shape}, not ({self.dim},)")
         return vector
+
+
+class BandedIndex:
+    """Speakers searchable in each band (`service.audio.band`): one `FaissSpeakerIndex` of the
+    centroids (wideband clips) and one of the narrowband centroids (calls), whose entries carry the
+    narrowband centroid as their `centroid`, so search, cohort, restrictions and the change-log
+    follower work per band unchanged. A speaker without twins has the same vector in both. With
+    `twins` off both bands are one index (no second copy). Reads not given a band are wideband."""
+
+    def __init__(self, dim: int, ivf_threshold: int = 200_000, nprobe: int = 400, twins: bool = True) -> None:
+        self.wide = FaissSpeakerIndex(dim, ivf_threshold, nprobe)
+        self.narrow = FaissSpeakerIndex(dim, ivf_threshold, nprobe) if twins else self.wide
+        self.dim = dim
+
+    def band(self, band: Band) -> FaissSpeakerIndex:
+        return self.narrow if band == Band.NARROW else self.wide
+
+    def _bands(self) -> list[tuple[FaissSpeakerIndex, bool]]:
+        return [(self.wide, False)] + ([(self.narrow, True)] if self.narrow is not self.wide else [])
+
+    def replace(self, entries: Sequence[IndexEntry]) -> None:
+        for index, narrow in self._bands():
+            index.replace([_in_band(e, narrow) for e in entries])
+
+    def upsert(self, entry: IndexEntry) -> None:
+        for index, narrow in self._bands():
+            index.upsert(_in_band(entry, narrow))
+
+    def remove(self, speaker_id: int) -> None:
+        for index, _ in self._bands():
+            index.remove(speaker_id)
+
+    def __len__(self) -> int:
+        return len(self.wide)
+
+    @property
+    def kind(self) -> str:
+        return self.wide.kind
+
+    def ids(self) -> set[int]:
+        return self.wide.ids()
+
+    def faiss_ids(self) -> set[int]:
+        return self.wide.faiss_ids()
+
+    def get(self, speaker_id: int) -> IndexEntry | None:
+        return self.wide.get(speaker_id)
+
+    def lookup(self, tenant_id: int, external_id: str) -> IndexEntry | None:
+        return self.wide.lookup(tenant_id, external_id)
+
+    def tenant_size(self, tenant_id: int) -> int:
+        return self.wide.tenant_size(tenant_id)
+
+    def cohort(self, tenant_id: int) -> tuple[np.ndarray, np.ndarray]:
+        return self.wide.cohort(tenant_id)
+
+    def search(
+        self, query: np.ndarray, tenant_id: int, k: int, only: Sequence[int] | None = None
+    ) -> list[tuple[IndexEntry, float]]:
+        return self.wide.search(query, tenant_id, k, only)
+
+
+def _in_band(entry: IndexEntry, narrow: bool) -> IndexEntry:
+    """`entry` as the band's index holds it: its narrowband centroid as `centroid` in the narrow band."""
+    if not narrow or entry.narrow_centroid is None:
+        return entry
+    return dataclasses.replace(entry, centroid=entry.narrow_centroid)
 
 
 def _inner_products(matrix: np.ndarray, q: np.ndarray) -> np.ndarray:

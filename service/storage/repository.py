@@ -37,6 +37,10 @@ def from_bytes(blob: bytes) -> np.ndarray:
     return np.frombuffer(blob, dtype="<f4").astype(np.float32)
 
 
+def _vector_or_none(blob: bytes | None) -> np.ndarray | None:
+    return from_bytes(blob) if blob is not None else None
+
+
 def _speaker(row: Speaker) -> SpeakerRecord:
     return SpeakerRecord(
         id=row.id,
@@ -50,6 +54,7 @@ def _speaker(row: Speaker) -> SpeakerRecord:
         model_sha256=row.model_sha256,
         created_at=row.created_at,
         updated_at=row.updated_at,
+        narrow_centroid=_vector_or_none(row.narrow_centroid),
     )
 
 
@@ -63,6 +68,7 @@ def _sample(row: Sample) -> SampleRecord:
         snr_db=row.snr_db,
         created_at=row.created_at,
         fingerprint=row.fingerprint,
+        narrow_vector=_vector_or_none(row.narrow_vector),
     )
 
 
@@ -113,6 +119,7 @@ class SqlTransaction:
                 sample_id=sample.sample_id,
                 speaker_id=speaker_id,
                 vector=to_bytes(sample.vector),
+                narrow_vector=to_bytes(sample.narrow_vector) if sample.narrow_vector is not None else None,
                 model_sha256=sample.model_sha256,
                 speech_seconds=sample.speech_seconds,
                 duration_seconds=sample.duration_seconds,
@@ -123,6 +130,19 @@ class SqlTransaction:
                 fingerprint=sample.fingerprint,
             )
         )
+        self.s.flush()
+
+    def stored_audio(self, speaker_id: int) -> list[tuple[str, bytes, int]]:
+        rows = self.s.execute(
+            select(Sample.sample_id, Sample.audio, Sample.source_rate)
+            .where(Sample.speaker_id == speaker_id, Sample.audio.is_not(None))
+            .order_by(Sample.id)
+        )
+        return [(sid, audio, rate) for sid, audio, rate in rows if audio]
+
+    def set_twin(self, sample_id: str, narrow_vector: np.ndarray | None) -> None:
+        row = self.s.scalars(select(Sample).where(Sample.sample_id == sample_id)).one()
+        row.narrow_vector = to_bytes(narrow_vector) if narrow_vector is not None else None
         self.s.flush()
 
     def remove_sample(self, speaker_id: int, sample_id: str) -> bool:
@@ -139,6 +159,8 @@ class SqlTransaction:
         row.spread = aggregates.spread
         row.centroid = to_bytes(aggregates.centroid) if aggregates.centroid is not None else None
         row.model_sha256 = aggregates.model_sha256
+        narrow = aggregates.narrow_centroid
+        row.narrow_centroid = to_bytes(narrow) if narrow is not None else None
         row.updated_at = utcnow()
         self.s.flush()
         return _speaker(row)
@@ -217,7 +239,12 @@ class SqlStore:
 
     def index_entries(self, speaker_ids: Iterable[int] | None = None) -> list[IndexEntry]:
         query = select(
-            Speaker.id, Speaker.tenant_id, Speaker.external_id, Speaker.status, Speaker.centroid
+            Speaker.id,
+            Speaker.tenant_id,
+            Speaker.external_id,
+            Speaker.status,
+            Speaker.centroid,
+            Speaker.narrow_centroid,
         ).where(Speaker.centroid.is_not(None))
         if speaker_ids is not None:
             query = query.where(Speaker.id.in_(list(speaker_ids)))
@@ -229,8 +256,9 @@ class SqlStore:
                     external_id=ext,
                     complete=status == SpeakerStatus.COMPLETE,
                     centroid=from_bytes(blob),
+                    narrow_centroid=_vector_or_none(narrow),
                 )
-                for sid, tid, ext, status, blob in s.execute(query)
+                for sid, tid, ext, status, blob, narrow in s.execute(query)
                 if blob is not None
             ]
 
@@ -247,6 +275,11 @@ class SqlStore:
     def last_change_seq(self) -> int:
         with self._sessions() as s:
             return s.scalar(select(func.max(Change.seq))) or 0
+
+    def keeps_audio(self) -> bool:
+        """Whether any sample kept its audio (`SPK_ENROLLMENT__STORE_AUDIO`)."""
+        with self._sessions() as s:
+            return s.scalar(select(Sample.id).where(Sample.audio.is_not(None)).limit(1)) is not None
 
     def counts(self) -> dict[str, int]:
         """Row counts for readiness and tests: tenants, speakers, samples."""

@@ -69,6 +69,9 @@ class Speaker(Base):
     # Normalised mean of the current model's sample vectors (float32 bytes); what identify scores.
     centroid: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
     model_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # Normalised mean of the samples' narrowband twins (else their vectors): what calls are scored
+    # against. NULL while no sample has a twin: the centroid serves both bands.
+    narrow_centroid: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
@@ -84,6 +87,9 @@ class Sample(Base):
     sample_id: Mapped[str] = mapped_column(String(36), unique=True)  # public id (uuid4 hex)
     speaker_id: Mapped[int] = mapped_column(ForeignKey("speakers.id", ondelete="CASCADE"), index=True)
     vector: Mapped[bytes] = mapped_column(LargeBinary)  # float32, L2-normalised, model's dim
+    # The vector of a wideband sample's speech through a simulated telephone line (same format);
+    # NULL for narrowband samples and samples enrolled before twins: their vector serves both bands.
+    narrow_vector: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
     model_sha256: Mapped[str] = mapped_column(String(64))
     speech_seconds: Mapped[float] = mapped_column(Float)
     duration_seconds: Mapped[float] = mapped_column(Float)

@@ -51,6 +51,7 @@ from service.enrollment.speaker_ids import MAX_LENGTH as MAX_ID
 from service.tools import metrics
 from service.tools.audio import AudioReadError, flac_clip
 from service.tools.client import FatalHttpError, ServiceClient, add_connection_args, connect, error_of
+from service.tools.evaluate_diarization import cmd_evaluate_diarization
 from service.tools.inputs import InputError, ManifestRow, clean_id, read_manifest
 from service.tools.pool import run_bounded
 
@@ -83,6 +84,21 @@ class EvalPlan:
 
 
 Split = tuple[list[ManifestRow], list[ManifestRow]]  # (enrollment clips, genuine test clips)
+
+
+def probes_from(plan: EvalPlan, probes: list[ManifestRow]) -> None:
+    """Send each trial's clip as the row of `probes` with the same path (extension aside): the same
+    utterances through another channel (e.g. a G.711 rendering), while enrollment keeps the
+    original clips: a tenant enrolled in the studio and heard over the phone."""
+    by_name = {Path(r.name).with_suffix("").as_posix(): r for r in probes}
+    missing = [
+        t.clip.name for t in plan.trials if Path(t.clip.name).with_suffix("").as_posix() not in by_name
+    ]
+    if missing:
+        raise InputError(f"--probe-manifest has no clip for {len(missing)} trials, e.g. {missing[0]}")
+    plan.trials = [
+        Trial(by_name[Path(t.clip.name).with_suffix("").as_posix()], t.kind, t.expected) for t in plan.trials
+    ]
 
 
 def first_clips(clips: list[ManifestRow], enroll_clips: int, min_clips: int) -> Split | None:
@@ -643,6 +659,13 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument(
         "--resample", type=int, metavar="HZ", help="resample every clip (enrollment too), e.g. 8000"
     )
+    p.add_argument(
+        "--probe-manifest",
+        type=Path,
+        metavar="CSV",
+        help="identify with the clips of this manifest that share the trials' paths (the same "
+        "utterances through another channel, e.g. a G.711 rendering); enrollment keeps the originals",
+    )
     p.add_argument("--json", type=Path, metavar="OUT", help="write the report and every trial here")
     p.add_argument(
         "--enroll-clips", type=int, default=3, help="clips each speaker is enrolled on (default 3)"
@@ -681,6 +704,14 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="enroll and test genuine trials only on rows with consistent=1",
     )
     p.add_argument("--keep", action="store_true", help="do not delete the run's speakers at the end")
+    p.add_argument(
+        "--diarization",
+        action="store_true",
+        help="who-speaks-when instead: the manifest has path,rttm columns; DER through sync/diarize",
+    )
+    p.add_argument("--collar", type=float, default=0.25, help="--diarization: DER collar, s (default 0.25)")
+    p.add_argument("--speakers-given", action="store_true", help="--diarization: send the reference's count")
+    p.add_argument("--audio-type", default="callcenter", help="--diarization: the audioType hint")
     p.set_defaults(run=cmd_evaluate)
 
 
@@ -746,6 +777,8 @@ def run_header(args: argparse.Namespace, plan: EvalPlan, run: EvalRun) -> list[s
     """What was enrolled on what, and who the unknown speakers are."""
     refused = Counter(r.errorcode for r in run.enrolled if not r.accepted)
     audio = f"resampled to {args.resample} Hz FLAC" if args.resample else "FLAC at each clip's own rate"
+    if args.probe_manifest is not None:
+        audio += f"; identify clips from {args.probe_manifest}"
     if args.by_session:
         protocol = f"by session: up to {args.enroll_clips} clips from earlier sessions, tests from others"
     else:
@@ -772,6 +805,8 @@ def run_header(args: argparse.Namespace, plan: EvalPlan, run: EvalRun) -> list[s
 
 def cmd_evaluate(args: argparse.Namespace, _settings: object = None) -> int:
     """Exit status 0 with a report, 1 when no trial was answered, 2 when the run could not start."""
+    if args.diarization:
+        return cmd_evaluate_diarization(args)
     prefix = f"eval-{secrets.token_hex(4)}"
     try:
         if args.resample is not None and args.resample <= 0:
@@ -789,6 +824,8 @@ def cmd_evaluate(args: argparse.Namespace, _settings: object = None) -> int:
         if not plan.ids:
             need = "clips from two sessions" if args.by_session else f"{args.min_clips} clips"
             raise InputError(f"no speaker to enroll: none has {need} in {args.manifest}")
+        if args.probe_manifest is not None:
+            probes_from(plan, read_manifest(args.probe_manifest))
         client = connect(args)
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -811,6 +848,7 @@ def cmd_evaluate(args: argparse.Namespace, _settings: object = None) -> int:
                 "url": args.url,
                 "prefix": prefix,
                 "resample": args.resample,
+                "probeManifest": str(args.probe_manifest) if args.probe_manifest else None,
                 "enrollClips": args.enroll_clips,
                 "minClips": args.min_clips,
                 "bySession": args.by_session,

@@ -27,6 +27,7 @@ class ManifestRow:
 
 def read_manifest(csv_path: Path, required: Iterable[str] = ("path", "speaker")) -> list[ManifestRow]:
     """The rows of a CSV manifest in file order; relative paths resolve against the CSV's folder."""
+    required = tuple(required)
     try:
         with open(csv_path, newline="", encoding="utf-8-sig") as fh:
             reader = csv.DictReader(fh)
@@ -38,8 +39,8 @@ def read_manifest(csv_path: Path, required: Iterable[str] = ("path", "speaker"))
             rows: list[ManifestRow] = []
             for line, raw in enumerate(reader, start=2):
                 row = {(k or "").strip(): (v or "").strip() for k, v in raw.items()}
-                name, speaker = row.pop("path"), row.pop("speaker")
-                if not name or not speaker:
+                name, speaker = row.pop("path"), row.pop("speaker", "")
+                if not name or (not speaker and "speaker" in required):
                     raise InputError(f"{csv_path}:{line}: empty path or speaker")
                 path = Path(name) if Path(name).is_absolute() else csv_path.parent / name
                 rows.append(ManifestRow(path=path, name=name, speaker=speaker, extra=row))

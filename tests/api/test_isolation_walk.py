@@ -137,6 +137,21 @@ def compat_identify(version: str) -> Callable[[Walk], None]:
     return attempt
 
 
+def diarize(w: Walk) -> None:
+    route = "/audio/generic/api/v1/sync/diarize"
+    body = flac_body(A_ALICE_HELD_OUT)
+    refused(w.b.post(route, json={**body, "speakerIds": ["bob"]}), "speaker.NotFound")
+    named = w.b.post(route, json={**body, "speakerIds": ["alice"]})
+    if not w.b_has_alice:
+        refused(named, "speaker.NotFound")
+        return
+    assert named.status_code == 200, named.text
+    # Only B's own alice can name a voice; A's alice is never looked at.
+    assert all(
+        s["speaker_id"] == "alice" or s["speaker_id"].startswith("speaker_") for s in named.json()["segments"]
+    )
+
+
 def verify(w: Walk) -> None:
     body = flac_body(A_ALICE_HELD_OUT)
     refused(w.b.post("/v1/verify", json={**body, "speakerId": "bob"}), "speaker.NotFound")
@@ -249,6 +264,7 @@ REFUSALS: dict[str, Callable[[Walk], None]] = {
     "GET /v1/speakers": list_speakers,
     "POST /v1/identify": native_identify,
     "POST /v1/verify": verify,
+    "POST /audio/generic/api/v1/sync/diarize": diarize,
     "DELETE /v1/speakers/{speakerId}": delete_speaker,
     "DELETE /v1/speakers/{speakerId}/enrollments/{sampleId}": delete_sample,
     **{f"GET {COMPAT.format(version=v)}/get_enrolled_speakers": compat_list(v) for v in VERSIONS},

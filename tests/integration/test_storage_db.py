@@ -14,6 +14,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
@@ -372,3 +373,24 @@ def test_a_restart_keeps_every_speaker_and_the_index(live_db: LiveServer) -> Non
         assert client.get("/v1/speakers/alice").json()["samples"] == 2
     (speaker,), samples = rows(live_db.engine, key, "alice")
     assert samples == 2 and change_kinds(live_db.engine, speaker) == ["sample+"] * 2
+
+
+@BY_KIND
+def test_twins_round_trip_and_a_row_without_one_falls_back(store: SqlStore, kind: str) -> None:
+    wide, twin, plain = unit_vector(1), unit_vector(2), unit_vector(3)
+    narrow_centroid = unit_vector(4)
+    with store.transaction() as tx:
+        speaker = tx.lock_speaker(tenant_of(store), "alice", create=True)
+        assert speaker is not None
+        tx.add_sample(speaker.id, replace(new_sample(wide), narrow_vector=twin))
+        tx.add_sample(speaker.id, new_sample(plain))  # enrolled before twins, or narrowband
+        tx.update_speaker(speaker.id, replace(aggregates(wide), narrow_centroid=narrow_centroid))
+        tx.log_change(speaker.tenant_id, speaker.id, ChangeKind.SAMPLE_ADDED)
+    with store.transaction() as tx:
+        first, second = tx.samples(speaker.id)
+    assert first.narrow_vector is not None and np.array_equal(first.band_vector, twin)
+    assert second.narrow_vector is None and np.array_equal(second.band_vector, plain)
+    (entry,) = store.index_entries([speaker.id])
+    assert entry.narrow_centroid is not None and np.array_equal(entry.narrow_centroid, narrow_centroid)
+    record = store.get_speaker(speaker.tenant_id, "alice")
+    assert record is not None and record.narrow_centroid is not None

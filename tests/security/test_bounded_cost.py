@@ -24,6 +24,7 @@ from tests.conftest import LiveServer, b64, flac_body, make_settings, needs_spee
 pytestmark = [needs_speech, pytest.mark.model]
 
 COMPAT_IDENTIFY = "/audio/generic/api/v1/sync/diarization/identify"
+DIARIZE = "/audio/generic/api/v1/sync/diarize"
 LONG_SECONDS = 120.0
 BUDGET_MB = 500
 ENROLLED = TWO_READERS
@@ -105,7 +106,7 @@ def peak_growth_mb(pid: int, send: Any) -> tuple[float, Any]:
     return status_mb(pid, "VmHWM") - before, result
 
 
-@pytest.mark.parametrize("route", [COMPAT_IDENTIFY, "/v1/identify"])
+@pytest.mark.parametrize("route", [COMPAT_IDENTIFY, "/v1/identify", DIARIZE])
 def test_a_long_clip_costs_bounded_memory(
     served: tuple[LocalServer, httpx.Client], long_body: dict[str, Any], route: str
 ) -> None:
@@ -116,6 +117,9 @@ def test_a_long_clip_costs_bounded_memory(
         labels = {s["speakerId"] for s in answer.json()}
         assert {"alice", "bob"} <= labels
         assert answer.json()[-1]["end"] > LONG_SECONDS - 10
+    elif route == DIARIZE:
+        assert answer.json()["num_speakers"] >= 2
+        assert answer.json()["segments"][-1]["end"] > LONG_SECONDS - 10
     else:
         assert answer.json()["speechSeconds"] > LONG_SECONDS / 2
     assert growth <= BUDGET_MB, f"{route}: peak resident memory grew by {growth:.0f} MB"
@@ -144,7 +148,8 @@ def test_a_client_that_hangs_up_stops_its_work(
     while metric(*cancelled) == before and time.monotonic() < deadline:
         time.sleep(0.1)
     assert metric(*cancelled) == before + 1, "the abandoned request was not stopped"
-    # Every window of the clip's speech (2 s every 0.5 s) would be about 4 per second of speech.
+    # Every window of the clip's speech (1.5 s every 0.75 s) and then every stretch would be more than
+    # one waveform per second of the clip.
     embedded = metric("speakerid_embedding_batch_size_sum") - waves_before
     assert embedded < LONG_SECONDS, f"{embedded:.0f} waveforms embedded for a request nobody waited for"
     # Other requests are served as usual.

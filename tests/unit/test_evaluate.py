@@ -15,6 +15,7 @@ from service.tools.evaluate import (
     format_report,
     plan_eval,
     plot_paths,
+    probes_from,
     write_plots,
 )
 from service.tools.inputs import InputError, ManifestRow
@@ -41,6 +42,21 @@ def test_plan_enrolls_speakers_with_enough_clips_under_a_prefix() -> None:
         ("c1.flac", "unknown", None),
     ]
     assert plan.held_out == [] and plan.unused == 0
+
+
+def test_probes_come_from_another_rendering_while_enrollment_keeps_the_originals() -> None:
+    rows = [row(s, f"{s}/{i}.wav") for s, n in (("a", 5), ("c", 1)) for i in range(n)]
+    plan = plan_eval(rows, "eval-1", enroll_clips=3, min_clips=5)
+    rendered = [row(r.speaker, str(Path(r.name).with_suffix(".flac"))) for r in rows]
+    probes_from(plan, rendered)
+    assert names(plan.enroll["a"]) == ["a/0.wav", "a/1.wav", "a/2.wav"]
+    assert [(t.clip.name, t.expected) for t in plan.trials] == [
+        ("a/3.flac", "eval-1-a"),
+        ("a/4.flac", "eval-1-a"),
+        ("c/0.flac", None),
+    ]
+    with pytest.raises(InputError, match="no clip for 1 trials"):
+        probes_from(plan_eval(rows, "eval-2", enroll_clips=3, min_clips=5), rendered[:-1])
 
 
 def telephone_like() -> list[ManifestRow]:

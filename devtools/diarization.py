@@ -1,0 +1,228 @@
+"""Diarization quality on built conversations (`devtools.conversations`), scored with pyannote.metrics.
+
+DER with a 0.25 s collar (overlapped speech counted: a second voice missed is missed speech), the
+share of conversations whose speaker count is right, and the share of turn changes (without overlap)
+found within 0.5 s: a hypothesis change between two different voices whose end and start are both
+within 0.5 s of the reference's. Runs the service's own front end, model and use case in process.
+`--tune` sweeps the settings on half 0; the report is on half 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import itertools
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+from pyannote.core import Annotation, Segment
+from pyannote.metrics.diarization import DiarizationErrorRate
+
+from devtools.conversations import CONDITIONS, Conversation, build, conversations, telephone_source
+from service.audio.frontend import AudioFrontEnd, AudioInput
+from service.audio.pipeline import PreparedAudio, QualityLimits
+from service.concurrency import Cancellation
+from service.diarization.service import DiarizationResult, DiarizationService
+from service.diarization.turns import TurnOptions
+from service.embedding import weights
+from service.embedding.bounded import BoundedEmbedding
+from service.embedding.ecapa import EcapaEmbedder
+
+COLLAR_S = 0.25
+CHANGE_TOLERANCE_S = 0.5
+
+
+def reference(c: Conversation) -> Annotation:
+    ref = Annotation(uri=c.name)
+    for i, t in enumerate(c.turns):
+        ref[Segment(t.start, t.end), i] = t.speaker
+    return ref
+
+
+def hypothesis(name: str, result: DiarizationResult) -> Annotation:
+    hyp = Annotation(uri=name)
+    for i, s in enumerate(result.segments):
+        hyp[Segment(s.start, s.end), i] = s.speaker_id
+    return hyp
+
+
+def changes_found(
+    c: Conversation, result: DiarizationResult, tolerance: float = CHANGE_TOLERANCE_S
+) -> tuple[int, int]:
+    """(reference changes found within `tolerance`, reference changes without overlap)."""
+    segs = result.segments
+    hyp = [(a.end, b.start) for a, b in itertools.pairwise(segs) if a.speaker_id != b.speaker_id]
+    ref = c.changes()
+    found = sum(any(abs(he - e) <= tolerance and abs(hs - s) <= tolerance for he, hs in hyp) for e, s in ref)
+    return found, len(ref)
+
+
+class CachedEmbedding:
+    """The model's vectors memoised by waveform content: settings sweeps re-embed nothing twice."""
+
+    def __init__(self, embed: BoundedEmbedding) -> None:
+        self.embed = embed
+        self.cache: dict[bytes, np.ndarray] = {}
+
+    def __call__(self, waves: Sequence[np.ndarray], cancel: Cancellation | None = None) -> np.ndarray:
+        keys = [hashlib.blake2b(w.tobytes(), digest_size=16).digest() for w in waves]
+        todo = [i for i, k in enumerate(keys) if k not in self.cache]
+        if todo:
+            for i, v in zip(todo, self.embed([waves[i] for i in todo], cancel), strict=True):
+                self.cache[keys[i]] = v
+        return np.stack([self.cache[k] for k in keys])
+
+
+@dataclass
+class Harness:
+    frontend: AudioFrontEnd
+    embed: Any
+
+    @classmethod
+    def load(cls, embedder: EcapaEmbedder | None = None, cached: bool = False) -> Harness:
+        """The service's front end and bounded model calls around `embedder` (the bundled model at
+        the service's default precision if None); `cached` memoises vectors for settings sweeps."""
+        if embedder is None:
+            embedder = EcapaEmbedder(weights.resolve(None), "cpu", "auto")
+            embedder.warmup()
+        embed: Any = BoundedEmbedding(embedder.embed_batch)
+        frontend = AudioFrontEnd(max_seconds=3600, decode_timeout_s=120, vad_threshold=0.5)
+        return cls(frontend, CachedEmbedding(embed) if cached else embed)
+
+    def service(self, options: TurnOptions) -> DiarizationService:
+        return DiarizationService(self.frontend, self.embed, None, QualityLimits(0.0, 1.0, -np.inf), options)
+
+    def prepare(self, c: Conversation) -> PreparedAudio:
+        return self.frontend.load(AudioInput(c.flac(), "FLAC", c.rate))
+
+
+def score(
+    harness: Harness,
+    items: Sequence[tuple[str, Conversation, PreparedAudio]],
+    options: TurnOptions,
+    known_count: bool = False,
+) -> dict[str, Any]:
+    """DER, speaker-count accuracy and turn changes found, per condition and pooled."""
+    service = harness.service(options)
+    by: dict[str, dict[str, Any]] = {}
+    for condition, c, prepared in items:
+        speakers = len(c.speakers) if known_count else None
+        result = service.diarize(0, prepared, speakers=speakers, max_speakers=10)
+        for key in (condition, "all"):
+            entry = by.setdefault(
+                key,
+                {
+                    "der": DiarizationErrorRate(collar=COLLAR_S),
+                    "n": 0,
+                    "count_ok": 0,
+                    "changes": 0,
+                    "found": 0,
+                },
+            )
+            entry["der"](reference(c), hypothesis(c.name, result))
+            entry["n"] += 1
+            entry["count_ok"] += int(result.num_speakers == len(c.speakers))
+            found, total = changes_found(c, result)
+            entry["found"] += found
+            entry["changes"] += total
+    return {
+        k: {
+            "conversations": e["n"],
+            "der": round(100 * abs(e["der"]), 2),
+            "count_right": round(100 * e["count_ok"] / e["n"], 1),
+            "changes_within_0.5s": round(100 * e["found"] / max(1, e["changes"]), 1),
+        }
+        for k, e in by.items()
+    }
+
+
+def prepared_set(
+    harness: Harness, half: int, per_condition: int
+) -> list[tuple[str, Conversation, PreparedAudio]]:
+    return [(cond.name, c, harness.prepare(c)) for cond, c in conversations(half, per_condition)]
+
+
+def tune(harness: Harness, per_condition: int) -> list[dict[str, Any]]:
+    """The settings grid on half 0: window groups' and voices' stop distances, a voice's least speech."""
+    items = prepared_set(harness, 0, per_condition)
+    rows = []
+    for window_stop, stop, min_voice in itertools.product(
+        [0.4, 0.5], [0.5, 0.55, 0.6, 0.65, 0.7, 0.75], [2.0, 4.0, 6.0]
+    ):
+        options = replace(
+            TurnOptions(), window_stop_distance=window_stop, stop_distance=stop, min_voice_s=min_voice
+        )
+        result = score(harness, items, options)
+        rows.append(
+            {"window_stop_distance": window_stop, "stop_distance": stop, "min_voice_s": min_voice, **result}
+        )
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def long_call(half: int = 1, minutes: float = 10.0) -> Conversation:
+    """A two-person telephone call of `minutes` (8 kHz, eval-telephone callers, no overlap)."""
+    c = build(telephone_source(half), seed=0, speakers=2, overlap=False, turns=int(minutes * 20))
+    end = int(minutes * 60 * c.rate)
+    turns = [replace(t, end=min(t.end, minutes * 60)) for t in c.turns if t.start < minutes * 60]
+    return Conversation(f"call-{minutes:g}min", c.samples[:end], c.rate, turns)
+
+
+def time_call(harness: Harness, minutes: float) -> dict[str, Any]:
+    """Wall time of one long call through the front end (decode, resample, VAD) and the use case."""
+    c = long_call(minutes=minutes)
+    data = c.flac()
+    started = time.perf_counter()
+    prepared = harness.frontend.load(AudioInput(data, "FLAC", c.rate))
+    loaded = time.perf_counter()
+    result = harness.service(TurnOptions()).diarize(0, prepared)
+    done = time.perf_counter()
+    der = DiarizationErrorRate(collar=COLLAR_S)(reference(c), hypothesis(c.name, result))
+    return {
+        "audio_s": round(c.duration_s, 1),
+        "prepare_s": round(loaded - started, 1),
+        "diarize_s": round(done - loaded, 1),
+        "total_s": round(done - started, 1),
+        "num_speakers": result.num_speakers,
+        "der": round(100 * der, 2),
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--per-condition", type=int, default=8, help="conversations per condition")
+    parser.add_argument("--tune", action="store_true", help="sweep the settings on half 0 instead")
+    parser.add_argument("--half", type=int, default=1, choices=(0, 1))
+    parser.add_argument("--json", help="write the figures here too")
+    parser.add_argument("--time-call", type=float, metavar="MINUTES", help="only time one call this long")
+    args = parser.parse_args(argv)
+    if args.time_call:
+        print(json.dumps(time_call(Harness.load(), args.time_call), indent=2))
+        return 0
+    if args.tune:
+        harness = Harness.load(cached=True)
+        tune(harness, args.per_condition)
+        return 0
+    # Cached: the pass with the count given re-embeds nothing (the turns are found before the count
+    # matters).
+    harness = Harness.load(cached=True)
+    items = prepared_set(harness, args.half, args.per_condition)
+    started = time.perf_counter()
+    found = score(harness, items, TurnOptions())
+    given = score(harness, items, TurnOptions(), known_count=True)
+    out = {
+        "half": args.half,
+        "conditions": [c.name for c in CONDITIONS],
+        "count_found": found,
+        "count_given": given,
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+    print(json.dumps(out, indent=2))
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(out, fh, indent=2)
+    return 0

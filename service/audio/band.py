@@ -1,0 +1,97 @@
+"""The telephone band: which clips are narrowband, and what a wideband clip sounds like on a phone.
+
+A voiceprint enrolled from 16 kHz audio and a call heard through a telephone codec differ by the
+channel more than by the voice: at the decision rule's threshold, 13 of 57 genuine G.711 calls to
+a 16 kHz tenant were rejected against 3 of 57 when enrollment and call share the channel
+(`python -m scripts.calibrate_decisions`, report half). So a
+wideband enrollment sample also gets a narrowband twin, the vector of its speech after a telephone
+channel simulation (`telephone_band`), and a narrowband clip is scored against the twins.
+
+A clip is narrowband when its source rate is 8 kHz or less, or when its speech carries almost no
+power above 3.8 kHz (8 kHz audio resampled to 16 kHz or more before it was sent).
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+import numpy as np
+import torch
+import torchaudio.functional as AF
+
+from service.audio import MODEL_RATE
+from service.audio.pipeline import PreparedAudio, torch_threads
+
+TELEPHONE_RATE = 8_000
+TELEPHONE_BAND_HZ = (300.0, 3400.0)
+HIGH_BAND_HZ = 3_800.0
+# Share of the speech's power above `HIGH_BAND_HZ` from which a clip counts as wideband. Measured
+# (`python -m scripts.band_share`, over the speech the front end finds): the 271 eval-speech clips
+# at 16 kHz 0.00035-0.58 (median 0.023; 2 under this line: recordings already band-limited), the
+# same through MP3 24 kbit/s 0.00034-0.55; through G.711 and resampled back to 16 kHz at most
+# 0.0006 (median 2e-5); eval-telephone's 193 real calls at most 0.00082 (median 1e-5).
+WIDEBAND_SHARE = 1e-3
+FFT_SIZE = 512
+PEAK = 0.5  # the simulation's output level (the model is insensitive to level; codecs are not)
+
+
+class Band(StrEnum):
+    """The channel a clip was heard through, as far as its spectrum tells; the values are public."""
+
+    WIDE = "wideband"
+    NARROW = "narrowband"
+
+
+def high_band_share(speech: np.ndarray) -> float:
+    """Share of the power of `speech` (1-D float32, 16 kHz) above `HIGH_BAND_HZ`, over Hann-windowed
+    frames of `FFT_SIZE` samples; 0 for a wave shorter than a frame or silent."""
+    frames = len(speech) // FFT_SIZE
+    if frames == 0:
+        return 0.0
+    blocks = speech[: frames * FFT_SIZE].reshape(frames, FFT_SIZE).astype(np.float32)
+    power = (np.abs(np.fft.rfft(blocks * np.hanning(FFT_SIZE).astype(np.float32), axis=1)) ** 2).sum(axis=0)
+    total = float(power.sum())
+    if total <= 0.0:
+        return 0.0
+    high = np.fft.rfftfreq(FFT_SIZE, 1.0 / MODEL_RATE) > HIGH_BAND_HZ
+    return float(power[high].sum()) / total
+
+
+def band_of(source_rate: int, speech: np.ndarray) -> Band:
+    """The band of a clip recorded at `source_rate` whose speech, at 16 kHz, is `speech`."""
+    if source_rate <= TELEPHONE_RATE:
+        return Band.NARROW
+    return Band.WIDE if high_band_share(speech) >= WIDEBAND_SHARE else Band.NARROW
+
+
+def band_pass(samples: np.ndarray, rate: int) -> np.ndarray:
+    """`TELEPHONE_BAND_HZ` band-pass of 1-D float `samples` at `rate` (two biquads on each side)."""
+    low, high = TELEPHONE_BAND_HZ
+    wave = torch.from_numpy(np.ascontiguousarray(samples, dtype=np.float32))
+    for _ in range(2):
+        wave = AF.highpass_biquad(wave, rate, low)
+        wave = AF.lowpass_biquad(wave, rate, high)
+    return wave.numpy()
+
+
+def telephone_band(wave: np.ndarray) -> np.ndarray:
+    """What a telephone line makes of 16 kHz speech `wave` (1-D float32): resampled to 8 kHz,
+    band-passed to 300-3400 Hz and back at 16 kHz, its peak at `PEAK` (float32, same length)."""
+    # One thread: this runs on the request's thread beside the model's, and takes milliseconds.
+    with torch_threads(1):
+        narrow = AF.resample(
+            torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32)), MODEL_RATE, TELEPHONE_RATE
+        )
+        back = AF.resample(
+            torch.from_numpy(band_pass(narrow.numpy(), TELEPHONE_RATE)), TELEPHONE_RATE, MODEL_RATE
+        )
+    out = back.numpy()[: len(wave)]
+    if len(out) < len(wave):
+        out = np.pad(out, (0, len(wave) - len(out)))
+    top = float(np.max(np.abs(out))) if out.size else 0.0
+    return np.asarray(out * (PEAK / top) if top > 0 else out, dtype=np.float32)
+
+
+def clip_band(prepared: PreparedAudio) -> Band:
+    """The band a prepared clip is scored in."""
+    return band_of(prepared.source_rate, prepared.speech_wave())

@@ -1,0 +1,60 @@
+"""`speakerid evaluate --diarization` against the real service over HTTP, on a built conversation,
+its DER checked against pyannote.metrics on the same answers."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+from pyannote.core import Annotation, Segment
+from pyannote.metrics.diarization import DiarizationErrorRate
+
+from devtools.conversations import build, speech_source
+from devtools.diarization import reference
+from service.cli import main
+from tests.conftest import LiveServer, needs_speech, new_key
+
+
+@needs_speech
+@pytest.mark.model
+def test_evaluate_diarization_scores_a_built_conversation(
+    live: LiveServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    c = build(speech_source(1), seed=5, speakers=2, overlap=False, turns=6)
+    (tmp_path / "call.flac").write_bytes(c.flac())
+    (tmp_path / "call.rttm").write_text(c.rttm())
+    manifest = tmp_path / "manifest.csv"
+    with open(manifest, "w", newline="") as fh:
+        csv.writer(fh).writerows([["path", "rttm"], ["call.flac", "call.rttm"]])
+    out = tmp_path / "report.json"
+    key = new_key(live.settings, "evaluate-diarization")
+    argv = [
+        "evaluate",
+        str(manifest),
+        "--diarization",
+        "--url",
+        live.url,
+        "--api-key",
+        key,
+        "--json",
+        str(out),
+    ]
+    assert main(argv) == 0, capsys.readouterr()
+    document = json.loads(out.read_text())
+    report, (answer,) = document["report"], document["files"]
+    assert report["answered"] == 1 and report["count_right"] == 1.0
+    hyp = Annotation()
+    for i, s in enumerate(answer["segments"]):
+        hyp[Segment(s["start"], s["end"]), i] = s["speaker_id"]
+    theirs = DiarizationErrorRate(collar=0.25)(reference(c), hyp)
+    assert report["der"] == pytest.approx(theirs, abs=0.002)
+    assert report["der"] < 0.1
+
+
+def test_evaluate_diarization_refuses_a_manifest_without_references(tmp_path: Path) -> None:
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text("path,speaker\ncall.flac,a\n")
+    argv = ["evaluate", str(manifest), "--diarization", "--url", "http://127.0.0.1:9", "--api-key", "k"]
+    assert main(argv) == 2
