@@ -91,8 +91,10 @@ def sign_in(driver: WebDriver, server: LocalServer) -> None:
     key_field.clear()
     key_field.send_keys(server.key, Keys.ENTER)
     WebDriverWait(driver, 30).until(expected_conditions.visibility_of_element_located((By.ID, "work")))
-    # Focus moves to what appeared, for keyboard and screen-reader users.
-    assert driver.switch_to.active_element.get_attribute("id") == "speakers-title"
+    # Focus moves to what appeared (once the list is in), for keyboard and screen-reader users.
+    WebDriverWait(driver, 30).until(
+        lambda d: d.switch_to.active_element.get_attribute("id") == "speakers-title"
+    )
     assert driver.execute_script("return sessionStorage.getItem('speakerid.apiKey')") == server.key
 
 
