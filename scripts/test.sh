@@ -17,6 +17,14 @@ if [ -z "${SPK_TEST_POSTGRES_URL:-}" ]; then
     echo "test.sh: WARNING: no PostgreSQL server; the PostgreSQL tests will be skipped" >&2
   fi
 fi
+# Chromium (the console's browser test) and nginx (the scale-out test), installed if missing.
+if ! scripts/tools.sh; then
+  if [[ "${CI:-}" =~ ^(1|true|TRUE|True|yes)$ ]]; then
+    echo "test.sh: CI must run the browser and scale-out tests" >&2
+    exit 1
+  fi
+  echo "test.sh: WARNING: the browser and scale-out tests will be skipped" >&2
+fi
 echo "test.sh: PostgreSQL tests on $(sed -E 's#//([^:@/]*):[^@/]*@#//\1:***@#' <<<"${SPK_TEST_POSTGRES_URL:-(none)}")" >&2
 
 .venv/bin/ruff check .

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 import numpy as np
 from fastapi import FastAPI
 
-from service import __version__, logs, memory, metrics
+from service import __version__, console, logs, memory, metrics
 from service.api import compat, diarize, docs, errors, health, jobs, native, stream
 from service.api.deps import KeyRateLimiter, Runtime, Services, run_blocking
 from service.api.middleware import BodyLimit, Metrics, SecurityHeaders
@@ -302,6 +302,7 @@ def create_app(settings: Settings | None = None, *, embedder: Embedder | None = 
     app.include_router(native.api)
     app.include_router(jobs.router())
     app.include_router(stream.api)
+    console.install(app)
     # Outermost last: headers go on every answer, the metrics count refused bodies too.
     app.add_middleware(
         BodyLimit,

@@ -279,7 +279,8 @@ def parser() -> argparse.ArgumentParser:
         type=sections,
         default=DEFAULT_SECTIONS,
         metavar="SECTIONS",
-        help=f"comma-separated sections to run (default: {','.join(DEFAULT_SECTIONS)}; also: realtime, frontend)",
+        help=f"comma-separated sections to run (default: {','.join(DEFAULT_SECTIONS)}; "
+        "also: realtime, frontend)",
     )
     p.add_argument("--json", type=Path, metavar="OUT", help="also write every result here as JSON")
     p.add_argument("--speech", type=Path, default=EVAL_SPEECH, help="eval-speech folder (manifest.csv)")

@@ -39,8 +39,9 @@ B_ALICE = ["vctk/p226/p226_003.wav", "vctk/p226/p226_005.wav", "vctk/p226/p226_0
 
 # No key needed, no tenant data: checked separately.
 PUBLIC = {"GET /healthz", "GET /readyz", "GET /metrics"}
-# The docs pages, their static files and the document itself, outside the OpenAPI document.
-DOCS = {"/docs", "/docs/assets", "/redoc", "/openapi.json"}
+# The docs pages, their static files and the document itself, outside the OpenAPI document; and
+# the operator console's static files (its calls to the API carry the operator's key).
+DOCS = {"/docs", "/docs/assets", "/redoc", "/openapi.json", "/console"}
 REFUSED = {"speaker.NotFound", "sample.NotFound", "identify.NoEnrolledSpeakers"}
 # WebSocket routes (outside the OpenAPI document): their key and tenant refusals are walked in
 # tests/api/test_realtime.py (a bad key closes 4401, another tenant's speakerIds 4404).

@@ -100,6 +100,8 @@ def test_a_wheel_installs_migrates_and_serves(tmp_path: Path) -> None:
     assert source_files <= installed_files, sorted(source_files - installed_files)
     assert (installed_root / "_migrations" / "env.py").is_file()
     assert (installed_root / "_models" / "manifest.toml").is_file()
+    console = {p.name for p in (REPO_ROOT / "service" / "console" / "static").iterdir()}
+    assert console <= {p.name for p in (installed_root / "console" / "static").iterdir()}
 
     speakerid = str(bin_dir / "speakerid")
     assert "latest migration" in run(speakerid, "migrate")
@@ -117,5 +119,6 @@ def test_a_wheel_installs_migrates_and_serves(tmp_path: Path) -> None:
         assert answer.status_code == 200, answer.text
         listed = httpx.get(f"{server.url}/v1/speakers/alice", headers={"X-API-Key": key}, timeout=30)
         assert listed.status_code == 200 and listed.json()["samples"] == 1
+        assert httpx.get(f"{server.url}/console/console.js", timeout=30).status_code == 200
     finally:
         server.stop()

@@ -1,0 +1,311 @@
+// The operator console: sign in with an API key, then the native /v1 API of the service that
+// served this page. API paths are relative to /console/, so a service behind a path prefix works.
+const API = new URL("../v1/", document.baseURI);
+const KEY = "speakerid.apiKey";
+
+const $ = (selector, root = document) => root.querySelector(selector);
+
+// Encoding names the service understands, from a MIME type or a file name's extension.
+const BY_TYPE = {
+  "audio/webm": "WEBM", "video/webm": "WEBM", "audio/ogg": "OGG", "audio/opus": "OGG_OPUS",
+  "audio/flac": "FLAC", "audio/x-flac": "FLAC", "audio/wav": "WAV", "audio/x-wav": "WAV",
+  "audio/wave": "WAV", "audio/vnd.wave": "WAV", "audio/mpeg": "MP3", "audio/mp3": "MP3",
+  "audio/mp4": "M4A", "audio/x-m4a": "M4A", "audio/aac": "AAC", "audio/amr": "AMR",
+};
+const BY_EXTENSION = {
+  webm: "WEBM", ogg: "OGG", oga: "OGG", opus: "OGG_OPUS", flac: "FLAC", wav: "WAV", mp3: "MP3",
+  m4a: "M4A", mp4: "M4A", aac: "AAC", amr: "AMR",
+};
+
+function encodingOf(blob, name = "") {
+  const type = (blob.type || "").split(";")[0].trim().toLowerCase();
+  const extension = name.includes(".") ? name.split(".").pop().toLowerCase() : "";
+  return BY_TYPE[type] || BY_EXTENSION[extension] || null;
+}
+
+class ApiError extends Error {
+  constructor(status, code, message) {
+    super(message);
+    this.status = status;
+    this.code = code;
+  }
+}
+
+async function api(path, { method = "GET", body, type } = {}) {
+  const headers = { "X-API-Key": sessionStorage.getItem(KEY) || "" };
+  if (type) headers["Content-Type"] = type;
+  let answer;
+  try {
+    answer = await fetch(new URL(path, API), { method, headers, body, cache: "no-store" });
+  } catch (error) {
+    throw new ApiError(0, "network", `The service did not answer (${error.message})`);
+  }
+  const data = answer.status === 204 ? null : await answer.json().catch(() => null);
+  if (!answer.ok) {
+    const error = data && data.error ? data.error : {};
+    throw new ApiError(answer.status, error.code || `http.${answer.status}`, error.message || `HTTP ${answer.status}`);
+  }
+  return data;
+}
+
+function base64Of(blob) {
+  return new Promise((resolve, reject) => {
+    const reader = new FileReader();
+    reader.onload = () => resolve(String(reader.result).split(",", 2)[1] || "");
+    reader.onerror = () => reject(reader.error);
+    reader.readAsDataURL(blob);
+  });
+}
+
+// One microphone stream for the page: it is asked for once, and successive recordings continue
+// where the last one ended instead of reopening the device.
+let microphone = null;
+
+async function record(seconds, onTick) {
+  if (!navigator.mediaDevices || !window.MediaRecorder) {
+    throw new ApiError(0, "browser", "This browser cannot record audio (it needs MediaRecorder, and HTTPS or localhost)");
+  }
+  if (!microphone || microphone.getAudioTracks().every((t) => t.readyState === "ended")) {
+    microphone = await navigator.mediaDevices.getUserMedia({
+      audio: { echoCancellation: false, noiseSuppression: false, autoGainControl: false },
+    });
+  }
+  const preferred = ["audio/webm;codecs=opus", "audio/ogg;codecs=opus", "audio/mp4"];
+  const mimeType = preferred.find((t) => MediaRecorder.isTypeSupported(t));
+  const recorder = new MediaRecorder(microphone, mimeType ? { mimeType } : {});
+  const chunks = [];
+  recorder.ondataavailable = (event) => { if (event.data.size) chunks.push(event.data); };
+  const stopped = new Promise((resolve) => { recorder.onstop = resolve; });
+  recorder.start();
+  for (let left = seconds; left > 0; left--) {
+    onTick(left);
+    await new Promise((resolve) => setTimeout(resolve, 1000));
+  }
+  recorder.stop();
+  await stopped;
+  return new Blob(chunks, { type: recorder.mimeType || mimeType || "audio/webm" });
+}
+
+function say(element, text, kind = "") {
+  element.replaceChildren(text);
+  element.dataset.kind = kind;
+}
+
+function node(tag, text, attributes = {}) {
+  const element = document.createElement(tag);
+  if (text !== undefined && text !== null) element.textContent = text;
+  for (const [name, value] of Object.entries(attributes)) element.setAttribute(name, value);
+  return element;
+}
+
+const fixed = (x, digits = 3) => (typeof x === "number" ? x.toFixed(digits) : "-");
+
+// --- sign in ---------------------------------------------------------------------------------
+
+async function signIn(key) {
+  sessionStorage.setItem(KEY, key);
+  try {
+    await api("speakers?limit=1");
+  } catch (error) {
+    sessionStorage.removeItem(KEY);
+    throw error;
+  }
+  $("#sign-in").hidden = true;
+  $("#work").hidden = false;
+  $("#who").hidden = false;
+  $("#who-text").textContent = "Signed in";
+  await listSpeakers();
+  $("#speakers-title").setAttribute("tabindex", "-1");
+  $("#speakers-title").focus();
+}
+
+function signOut() {
+  sessionStorage.removeItem(KEY);
+  $("#work").hidden = true;
+  $("#who").hidden = true;
+  $("#sign-in").hidden = false;
+  $("#api-key").value = "";
+  $("#api-key").focus();
+}
+
+// --- speakers --------------------------------------------------------------------------------
+
+async function listSpeakers() {
+  const status = $("#speakers-status");
+  const rows = [];
+  try {
+    for (let offset = 0; ; ) {
+      const page = await api(`speakers?offset=${offset}&limit=1000`);
+      rows.push(...page.speakers);
+      offset += page.speakers.length;
+      if (!page.speakers.length || offset >= page.total) break;
+    }
+  } catch (error) {
+    say(status, `Could not list speakers: ${error.message}`, "error");
+    return;
+  }
+  const body = $("#speaker-table tbody");
+  body.replaceChildren(...rows.map(speakerRow));
+  $("#speaker-count").textContent = `${rows.length} speaker${rows.length === 1 ? "" : "s"}`;
+  say(status, rows.length ? "" : "No speakers enrolled yet.");
+}
+
+function speakerRow(speaker) {
+  const row = node("tr", null, { "data-speaker": speaker.speakerId });
+  row.append(node("th", speaker.speakerId, { scope: "row" }));
+  row.append(node("td", speaker.status, { class: `state ${speaker.status}` }));
+  row.append(node("td", String(speaker.samples)));
+  row.append(node("td", `${fixed(speaker.speechSeconds, 1)} s`));
+  const progress = node("progress", null, {
+    max: "1", value: String(speaker.progress), "aria-label": `Enrollment progress of ${speaker.speakerId}`,
+  });
+  const cell = node("td");
+  cell.append(progress, node("span", ` ${Math.round(speaker.progress * 100)}%`));
+  row.append(cell);
+  row.append(node("td", speaker.missing.length ? speaker.missing.join(", ") : "nothing"));
+  const remove = node("button", "Delete", { type: "button", "aria-label": `Delete speaker ${speaker.speakerId}` });
+  remove.addEventListener("click", () => deleteSpeaker(speaker.speakerId));
+  const actions = node("td");
+  actions.append(remove);
+  row.append(actions);
+  return row;
+}
+
+async function deleteSpeaker(speakerId) {
+  if (!window.confirm(`Delete speaker "${speakerId}" and every sample of theirs? This cannot be undone.`)) return;
+  const status = $("#speakers-status");
+  try {
+    await api(`speakers/${encodeURIComponent(speakerId)}`, { method: "DELETE" });
+    await listSpeakers();
+    say(status, `Deleted ${speakerId}.`, "ok");
+  } catch (error) {
+    say(status, `Could not delete ${speakerId}: ${error.message}`, "error");
+  }
+  $("#refresh").focus();
+}
+
+// --- the audio forms -------------------------------------------------------------------------
+
+// Each form has a record button and a file button; `send(blob, name, form)` makes the request
+// and returns the nodes that show its answer.
+function audioForm(form, send) {
+  const result = $(".result", form);
+  const buttons = form.querySelectorAll("button");
+  async function run(getAudio) {
+    if (!form.reportValidity()) return;
+    buttons.forEach((b) => { b.disabled = true; });
+    form.setAttribute("aria-busy", "true");
+    try {
+      const [blob, name] = await getAudio();
+      say(result, "Sending...");
+      result.replaceChildren(...(await send(blob, name, form)));
+      result.dataset.kind = "ok";
+    } catch (error) {
+      say(result, error.status ? `Refused (${error.status} ${error.code}): ${error.message}` : error.message, "error");
+    } finally {
+      buttons.forEach((b) => { b.disabled = false; });
+      form.removeAttribute("aria-busy");
+    }
+  }
+  $('[data-action="record"]', form).addEventListener("click", () =>
+    run(async () => {
+      const seconds = Number(form.elements.seconds.value);
+      const blob = await record(seconds, (left) => say(result, `Recording... ${left} s left`));
+      return [blob, "microphone"];
+    }),
+  );
+  $('[data-action="file"]', form).addEventListener("click", () =>
+    run(async () => {
+      const file = form.elements.file.files[0];
+      if (!file) throw new Error("Choose an audio file first.");
+      return [file, file.name];
+    }),
+  );
+  form.addEventListener("submit", (event) => event.preventDefault());
+}
+
+async function audioJson(blob, name, extra) {
+  const encoding = encodingOf(blob, name);
+  if (!encoding) throw new Error(`Cannot tell the audio format of ${name}: use FLAC, WAV, MP3, OGG, WEBM, M4A or AMR.`);
+  return JSON.stringify({ content: await base64Of(blob), encoding, ...extra });
+}
+
+async function enroll(blob, name, form) {
+  const speakerId = form.elements.speaker.value.trim();
+  const encoding = encodingOf(blob, name);
+  const type = (blob.type || "").split(";")[0].trim().toLowerCase();
+  // The raw file as the body, with its audio/* type (MediaRecorder's audio/webm;codecs=opus is
+  // one), or as octet-stream with ?encoding= when the browser named it otherwise or not at all.
+  const typed = type.startsWith("audio/") && BY_TYPE[type];
+  if (!typed && !encoding) throw new Error(`Cannot tell the audio format of ${name}: use FLAC, WAV, MP3, OGG, WEBM, M4A or AMR.`);
+  const query = typed ? "" : `?encoding=${encodeURIComponent(encoding)}`;
+  const status = await api(`speakers/${encodeURIComponent(speakerId)}/enrollments${query}`, {
+    method: "POST", body: blob, type: typed ? blob.type : "application/octet-stream",
+  });
+  await listSpeakers();
+  const last = status.lastSample || {};
+  const summary = node("p", null, { class: "decision" });
+  summary.append(node("strong", status.status === "complete" ? "Complete" : "Sample accepted"),
+    ` - ${status.speakerId}: ${status.samples} sample(s), ${fixed(status.speechSeconds, 1)} s of speech, progress ${Math.round(status.progress * 100)}%.`);
+  const details = node("p", `This sample: ${fixed(last.speechSeconds, 1)} s of speech, SNR ${fixed(last.snrDb, 1)} dB.` +
+    (status.missing.length ? ` Still missing: ${status.missing.join(", ")}.` : ""));
+  const warnings = (status.warnings || []).map((w) => node("p", `Note: ${w}`));
+  return [summary, details, ...warnings];
+}
+
+function scoreLine(score, threshold) {
+  return node("p", `Score ${fixed(score)} against threshold ${fixed(threshold)} (${score >= threshold ? "at or above" : "below"}).`);
+}
+
+async function identify(blob, name, form) {
+  const topK = Math.max(1, Math.min(20, Number(form.elements.top.value) || 5));
+  const found = await api("identify", { method: "POST", type: "application/json", body: await audioJson(blob, name, { topK }) });
+  const decision = node("p", null, { class: "decision" });
+  decision.append(node("strong", found.speakerId ? `Identified: ${found.speakerId}` : "Unknown speaker"),
+    found.speakerId ? "" : " - no enrolled speaker passed the threshold.");
+  const table = node("table", null, { class: "candidates" });
+  table.append(node("caption", "Top candidates"));
+  const head = node("tr");
+  head.append(node("th", "Speaker", { scope: "col" }), node("th", "Score", { scope: "col" }), node("th", "Enrollment", { scope: "col" }));
+  table.append(head);
+  for (const c of found.candidates) {
+    const row = node("tr");
+    row.append(node("td", c.speakerId), node("td", fixed(c.score)), node("td", c.complete === false ? "incomplete" : "complete"));
+    table.append(row);
+  }
+  const speech = node("p", `${fixed(found.speechSeconds, 1)} s of speech in the clip.`);
+  return [decision, scoreLine(found.score, found.threshold), table, speech];
+}
+
+async function verify(blob, name, form) {
+  const speakerId = form.elements.speaker.value.trim();
+  const result = await api("verify", { method: "POST", type: "application/json", body: await audioJson(blob, name, { speakerId }) });
+  const decision = node("p", null, { class: "decision" });
+  decision.append(node("strong", result.match ? `Match: this is ${speakerId}` : `No match: not ${speakerId}`));
+  const notes = result.complete === false ? [node("p", `${speakerId}'s enrollment is not complete yet.`)] : [];
+  return [decision, scoreLine(result.score, result.threshold), ...notes];
+}
+
+// --- wiring ----------------------------------------------------------------------------------
+
+$("#sign-in-form").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const status = $("#sign-in-status");
+  say(status, "Signing in...");
+  try {
+    await signIn($("#api-key").value.trim());
+    say(status, "");
+  } catch (error) {
+    say(status, error.status === 401 ? "That key was not accepted." : `Could not sign in: ${error.message}`, "error");
+    $("#api-key").focus();
+  }
+});
+$("#sign-out").addEventListener("click", signOut);
+$("#refresh").addEventListener("click", listSpeakers);
+audioForm($("#enroll-form"), enroll);
+audioForm($("#identify-form"), identify);
+audioForm($("#verify-form"), verify);
+
+if (sessionStorage.getItem(KEY)) {
+  signIn(sessionStorage.getItem(KEY)).catch(() => signOut());
+}

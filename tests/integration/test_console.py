@@ -1,0 +1,190 @@
+"""The operator console in a real browser: headless Chromium (Debian's package, driven by Selenium)
+on a `speakerid serve` process, with Chromium's fake capture device playing real speech of one
+eval-speech speaker as the microphone. The operator signs in, enrolls the speaker to Complete from
+the microphone, identifies them, sees a refused sample's reason, and deletes a speaker.
+
+The screenshot of the signed-in console is kept in the test's tmp folder (docs/console.png is one).
+"""
+
+from __future__ import annotations
+
+import wave
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from selenium.common.exceptions import TimeoutException
+from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
+from selenium.webdriver.remote.webdriver import WebDriver
+from selenium.webdriver.support import expected_conditions
+from selenium.webdriver.support.ui import WebDriverWait
+
+from devtools.browser import chromium, chromium_paths, missing_reason
+from devtools.clips import load_clip, manifest, silence_flac
+from devtools.server import LocalServer, local_server
+from devtools.sets import EVAL_SPEECH
+from tests.conftest import needs_speech
+from tests.databases import in_ci
+
+pytestmark = [pytest.mark.slow, needs_speech]
+
+SPEAKER = "ls-3080"  # ten clips, 104 s: three 15 s recordings and an 8 s one never overlap
+ANSWER_S = 180.0  # a recording plus the model on two shared cores
+
+
+@pytest.fixture(scope="module")
+def microphone(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One speaker's clips end to end, with short pauses, as a 16 kHz 16-bit WAV."""
+    clips = [load_clip(c.path) for c in manifest() if c.speaker == SPEAKER]
+    rate = clips[0].sample_rate
+    pause = np.zeros(rate // 4, dtype=np.int16)
+    samples = np.concatenate([part for clip in clips for part in (clip.samples, pause)])
+    path = tmp_path_factory.mktemp("microphone") / f"{SPEAKER}.wav"
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(rate)
+        out.writeframes(samples.tobytes())
+    return path
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServer]:
+    if chromium_paths() is None:
+        if in_ci():
+            pytest.fail(f"{missing_reason()}; CI must run the browser test")
+        pytest.skip(missing_reason())
+    with local_server(tmp_path_factory.mktemp("console-server"), tenant="console", ready=True) as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def browser(
+    server: LocalServer, microphone: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[WebDriver]:
+    driver = chromium(microphone, log=tmp_path_factory.mktemp("chromedriver") / "chromedriver.log")
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def wait_for_text(driver: WebDriver, selector: str, *texts: str, within_s: float = ANSWER_S) -> str:
+    """The text of `selector` once it contains one of `texts`; on time out, the text it has."""
+    element = driver.find_element(By.CSS_SELECTOR, selector)
+    try:
+        WebDriverWait(driver, within_s, poll_frequency=0.25).until(
+            lambda _: any(t in element.text for t in texts)
+        )
+    except TimeoutException:
+        pytest.fail(f"{selector} never said any of {texts}: {element.text!r}")
+    return str(element.text)
+
+
+def sign_in(driver: WebDriver, server: LocalServer) -> None:
+    driver.get(f"{server.url}/console")  # redirected to /console/
+    key_field = driver.find_element(By.ID, "api-key")
+    key_field.send_keys("sk_not_a_key", Keys.ENTER)  # the keyboard alone signs in
+    assert "not accepted" in wait_for_text(driver, "#sign-in-status", "not accepted", within_s=30)
+    key_field.clear()
+    key_field.send_keys(server.key, Keys.ENTER)
+    WebDriverWait(driver, 30).until(expected_conditions.visibility_of_element_located((By.ID, "work")))
+    # Focus moves to what appeared (once the list is in), for keyboard and screen-reader users.
+    WebDriverWait(driver, 30).until(
+        lambda d: d.switch_to.active_element.get_attribute("id") == "speakers-title"
+    )
+    assert driver.execute_script("return sessionStorage.getItem('speakerid.apiKey')") == server.key
+
+
+def record(driver: WebDriver, form: str) -> None:
+    driver.find_element(By.CSS_SELECTOR, f"#{form}-form [data-action=record]").click()
+
+
+def test_enroll_from_the_microphone_to_complete_then_identify(
+    browser: WebDriver, server: LocalServer, tmp_path: Path
+) -> None:
+    sign_in(browser, server)
+    browser.find_element(By.ID, "enroll-speaker").send_keys("carol")
+    said = []
+    for _ in range(5):
+        record(browser, "enroll")
+        said.append(wait_for_text(browser, "#enroll-form .result", "Complete", "Sample accepted", "Refused"))
+        if said[-1].startswith("Complete"):
+            break
+    assert said[-1].startswith("Complete"), said
+    row = browser.find_element(By.CSS_SELECTOR, "#speaker-table tr[data-speaker=carol]")
+    assert "complete" in row.text and "100%" in row.text, row.text
+
+    record(browser, "identify")
+    result = wait_for_text(browser, "#identify-form .result", "Identified", "Unknown", "Refused")
+    assert result.startswith("Identified: carol"), result
+    assert "against threshold" in result
+    candidates = browser.find_elements(By.CSS_SELECTOR, "#identify-form .candidates td:first-child")
+    assert candidates and candidates[0].text == "carol"
+
+    browser.find_element(By.ID, "verify-speaker").send_keys("carol")
+    record(browser, "verify")
+    verdict = wait_for_text(browser, "#verify-form .result", "Match", "No match", "Refused")
+    assert verdict.startswith("Match: this is carol"), verdict
+
+    # The whole page in one picture: the window as tall as the page.
+    height = browser.execute_script("window.scrollTo(0, 0); return document.documentElement.scrollHeight")
+    browser.set_window_size(1280, int(height) + 120)
+    browser.save_screenshot(str(tmp_path / "console.png"))
+    browser.set_window_size(1280, 900)
+    assert (tmp_path / "console.png").stat().st_size > 10_000
+
+
+def test_a_refused_sample_shows_the_reason_and_a_delete_asks_first(
+    browser: WebDriver, server: LocalServer, tmp_path: Path
+) -> None:
+    if not browser.find_elements(By.CSS_SELECTOR, "#work:not([hidden])"):
+        sign_in(browser, server)
+    silent = tmp_path / "silence.flac"
+    silent.write_bytes(silence_flac(6.0))
+    speaker = browser.find_element(By.ID, "enroll-speaker")
+    speaker.clear()
+    speaker.send_keys("dave")
+    browser.find_element(By.ID, "enroll-file").send_keys(str(silent))
+    browser.find_element(By.CSS_SELECTOR, "#enroll-form [data-action=file]").click()
+    refused = wait_for_text(browser, "#enroll-form .result", "Refused", "accepted", "Complete")
+    assert refused.startswith("Refused (4"), refused
+    assert "speech" in refused.lower(), refused  # the service's reason, as it gave it
+    assert not browser.find_elements(By.CSS_SELECTOR, "#speaker-table tr[data-speaker=dave]")
+
+    # A file upload is accepted, then its speaker deleted, once the confirmation says yes.
+    erin = max((c for c in manifest() if c.speaker == "ls-2609"), key=lambda c: c.duration_s)
+    speaker.clear()
+    speaker.send_keys("erin")
+    browser.find_element(By.ID, "enroll-file").send_keys(str(EVAL_SPEECH / erin.path))
+    browser.find_element(By.CSS_SELECTOR, "#enroll-form [data-action=file]").click()
+    accepted = wait_for_text(browser, "#enroll-form .result", "Refused", "accepted", "Complete")
+    assert accepted.startswith("Sample accepted - erin: 1 sample(s)"), accepted
+    delete = "#speaker-table tr[data-speaker=erin] button"
+    browser.find_element(By.CSS_SELECTOR, delete).click()
+    browser.switch_to.alert.dismiss()  # "no": nothing is deleted
+    assert browser.find_elements(By.CSS_SELECTOR, delete)
+    browser.find_element(By.CSS_SELECTOR, delete).click()
+    browser.switch_to.alert.accept()
+    assert "Deleted erin" in wait_for_text(browser, "#speakers-status", "Deleted", "Could not", within_s=30)
+    assert not browser.find_elements(By.CSS_SELECTOR, "#speaker-table tr[data-speaker=erin]")
+
+
+def test_on_a_phone_screen_nothing_is_wider_than_the_screen(browser: WebDriver, server: LocalServer) -> None:
+    if not browser.find_elements(By.CSS_SELECTOR, "#work:not([hidden])"):
+        sign_in(browser, server)
+    # A phone's viewport (headless windows are never narrower than 500 px).
+    browser.execute_cdp_cmd(
+        "Emulation.setDeviceMetricsOverride",
+        {"width": 390, "height": 844, "deviceScaleFactor": 2, "mobile": True},
+    )
+    try:
+        widths = browser.execute_script(
+            "const d = document.documentElement; return [innerWidth, d.scrollWidth, d.clientWidth]"
+        )
+        assert widths[0] == 390, widths
+        assert widths[1] <= widths[2], f"the page is wider than a 390 px screen: {widths}"
+    finally:
+        browser.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})

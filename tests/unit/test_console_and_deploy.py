@@ -1,0 +1,70 @@
+"""The console's files as the service serves them, and the deployment files agreeing with each
+other and with the service's own limits (no model, server or browser: see
+tests/integration/test_console.py and test_scale_out.py for those)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import yaml
+from fastapi.testclient import TestClient
+
+from devtools.sets import REPO_ROOT
+from devtools.topology import COMPOSE_REPLICAS, DEPLOY, MAX_BODY_BYTES, compose_nginx
+from service.config import Settings
+from service.console import STATIC
+from service.main import create_app
+
+
+def served(tmp_path: Path) -> TestClient:
+    # Not entered as a context: the lifespan (model, database) is not needed for static files.
+    return TestClient(create_app(Settings(data_dir=tmp_path)), follow_redirects=False)
+
+
+def test_the_console_is_served_with_a_policy_that_allows_only_its_own_origin(tmp_path: Path) -> None:
+    http = served(tmp_path)
+    assert http.get("/console").headers["location"].endswith("/console/")
+    page = http.get("/console/")
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+    policy = page.headers["content-security-policy"]
+    assert "default-src 'none'" in policy and "script-src 'self'" in policy and "connect-src 'self'" in policy
+    assert page.headers["x-content-type-options"] == "nosniff"
+    assert page.headers["cache-control"] == "no-store"
+    assert page.headers["permissions-policy"] == "microphone=(self)"
+    # Everything the page loads is here, with a type the browser accepts under nosniff.
+    for name in re.findall(r'(?:src|href)="([^"#]+)"', page.text):
+        asset = http.get(f"/console/{name}")
+        assert asset.status_code == 200, name
+        expected = "javascript" if name.endswith(".js") else "css"
+        assert expected in asset.headers["content-type"], (name, asset.headers["content-type"])
+    # Nothing from elsewhere, and no inline script (the policy would block it).
+    for path in STATIC.iterdir():
+        assert "http://" not in path.read_text() and "https://" not in path.read_text(), path
+    assert "<script>" not in page.text and not re.search(r"\son[a-z]+=", page.text)
+
+
+def test_the_console_policy_stays_off_the_api(tmp_path: Path) -> None:
+    answer = served(tmp_path).get("/healthz")
+    assert "content-security-policy" not in answer.headers
+    assert answer.headers["cache-control"] == "no-store"
+
+
+def test_the_committed_nginx_conf_is_the_template_rendered_for_compose() -> None:
+    assert (DEPLOY / "nginx.conf").read_text() == compose_nginx()
+
+
+def test_compose_runs_postgres_two_health_checked_replicas_and_nginx_with_the_services_body_limit() -> None:
+    compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
+    services = compose["services"]
+    replicas = [name.split(":")[0] for name in COMPOSE_REPLICAS]
+    assert set(replicas) | {"postgres", "nginx"} <= set(services)
+    for name in replicas:
+        service = services[name]
+        assert "postgres" in service["environment"]["SPK_DATABASE_URL"]
+        assert "/readyz" in " ".join(service["healthcheck"]["test"])
+        assert int(service["environment"]["SPK_AUDIO__MAX_REQUEST_BYTES"]) == MAX_BODY_BYTES
+        assert services["nginx"]["depends_on"][name]["condition"] == "service_healthy"
+    assert f"client_max_body_size {MAX_BODY_BYTES};" in compose_nginx()
+    assert Settings().audio.max_request_bytes == MAX_BODY_BYTES
+    assert (REPO_ROOT / "Dockerfile.cuda").is_file()
