@@ -1,13 +1,15 @@
 """The operator console in a real browser: headless Chromium (Debian's package, driven by Selenium)
 on a `speakerid serve` process, with Chromium's fake capture device playing real speech of one
 eval-speech speaker as the microphone. The operator signs in, enrolls the speaker to Complete from
-the microphone, identifies them, sees a refused sample's reason, and deletes a speaker.
+the microphone, identifies them from a recording and live (over the WebSocket route), sees a refused
+sample's reason, and deletes a speaker.
 
 The screenshot of the signed-in console is kept in the test's tmp folder (docs/console.png is one).
 """
 
 from __future__ import annotations
 
+import re
 import wave
 from collections.abc import Iterator
 from pathlib import Path
@@ -128,6 +130,16 @@ def test_enroll_from_the_microphone_to_complete_then_identify(
     record(browser, "verify")
     verdict = wait_for_text(browser, "#verify-form .result", "Match", "No match", "Refused")
     assert verdict.startswith("Match: this is carol"), verdict
+
+    # Live: the microphone, as 16 kHz PCM frames on the WebSocket route, until an answer names carol.
+    browser.find_element(By.ID, "live-start").click()
+    wait_for_text(browser, "#live", "carol", "refused", "closed")
+    answers = browser.find_element(By.ID, "live-answers").text
+    assert re.search(r"\d+\.\d-\d+\.\d s: carol", answers), answers
+    assert "error" not in (browser.find_element(By.ID, "live-status").get_attribute("data-kind") or "")
+    browser.find_element(By.ID, "live-stop").click()
+    assert "Stopped" in wait_for_text(browser, "#live-status", "Stopped", within_s=10)
+    assert browser.find_element(By.ID, "live-start").is_enabled()
 
     # The whole page in one picture: the window as tall as the page.
     height = browser.execute_script("window.scrollTo(0, 0); return document.documentElement.scrollHeight")

@@ -33,7 +33,8 @@ def test_the_console_is_served_with_a_policy_that_allows_only_its_own_origin(tmp
     assert page.headers["cache-control"] == "no-store"
     assert page.headers["permissions-policy"] == "microphone=(self)"
     # Everything the page loads is here, with a type the browser accepts under nosniff.
-    for name in re.findall(r'(?:src|href)="([^"#]+)"', page.text):
+    # (downsampler.js: the AudioWorklet module the script loads for live identification.)
+    for name in [*re.findall(r'(?:src|href)="([^"#]+)"', page.text), "downsampler.js"]:
         asset = http.get(f"/console/{name}")
         assert asset.status_code == 200, name
         expected = "javascript" if name.endswith(".js") else "css"

@@ -120,6 +120,7 @@ async function signIn(key) {
 }
 
 function signOut() {
+  stopLive();
   sessionStorage.removeItem(KEY);
   $("#work").hidden = true;
   $("#who").hidden = true;
@@ -286,6 +287,126 @@ async function verify(blob, name, form) {
   return [decision, scoreLine(result.score, result.threshold), ...notes];
 }
 
+// --- live identification ---------------------------------------------------------------------
+
+// The microphone, downsampled in an AudioWorklet to the model's 16 kHz mono 16-bit PCM, goes to
+// /v1/identify/stream one frame per FRAME_S; each frame's answer (segments in stream time) is
+// listed as it comes. WebSockets cannot send headers, so the key travels in the `apikey` query.
+const LIVE_RATE = 16000;
+const FRAME_S = 2.5;
+const LIVE_KEEP = 50;
+let live = null;
+
+function liveUrl() {
+  const url = new URL("identify/stream", API);
+  url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
+  url.search = new URLSearchParams({
+    apikey: sessionStorage.getItem(KEY) || "", encoding: "LINEAR16", sampleRate: String(LIVE_RATE),
+  }).toString();
+  return url;
+}
+
+function liveAnswer(answer) {
+  const range = (a) => `${fixed(a.start, 1)}-${fixed(a.end, 1)} s`;
+  if (answer.error) return node("li", `${range(answer)}: refused (${answer.error.code}): ${answer.error.message}`, { "data-kind": "error" });
+  if (!answer.segments.length) return node("li", `${range(answer)}: no speech`);
+  const item = node("li");
+  answer.segments.forEach((segment, i) => {
+    if (i) item.append("; ");
+    item.append(`${range(segment)}: `, node("strong", segment.speakerId === "unknown" ? "unknown speaker" : segment.speakerId));
+  });
+  return item;
+}
+
+function liveButtons(running) {
+  $("#live-start").disabled = running;
+  $("#live-stop").disabled = !running;
+}
+
+async function startLive() {
+  const status = $("#live-status");
+  if (live) return;
+  if (!navigator.mediaDevices || !window.AudioWorkletNode) {
+    say(status, "This browser cannot stream audio (it needs AudioWorklet, and HTTPS or localhost).", "error");
+    return;
+  }
+  liveButtons(true);
+  say(status, "Starting...");
+  const session = { pending: [], buffered: 0 };
+  live = session;
+  try {
+    if (!microphone || microphone.getAudioTracks().every((t) => t.readyState === "ended")) {
+      microphone = await navigator.mediaDevices.getUserMedia({
+        audio: { echoCancellation: false, noiseSuppression: false, autoGainControl: false },
+      });
+    }
+    session.context = new AudioContext();
+    await session.context.audioWorklet.addModule(new URL("downsampler.js", document.baseURI));
+    if (live !== session) throw null; // Stop was pressed while starting: nothing to say
+    session.socket = new WebSocket(liveUrl());
+    session.socket.binaryType = "arraybuffer";
+    await new Promise((resolve, reject) => {
+      session.socket.onopen = resolve;
+      // Stop pressed while connecting also ends here: then there is nothing to say.
+      session.socket.onerror = () => reject(live === session ? new Error("The service refused the live stream's connection.") : null);
+    });
+  } catch (error) {
+    endLive(session);
+    if (error) say(status, error.message || String(error), "error");
+    return;
+  }
+  const { socket, context } = session;
+  socket.onmessage = (event) => {
+    const answer = JSON.parse(event.data);
+    if (answer.chunk === undefined && answer.error) {
+      say(status, `Refused: ${answer.error.message}`, "error");
+      return;
+    }
+    const list = $("#live-answers");
+    list.prepend(liveAnswer(answer));
+    while (list.children.length > LIVE_KEEP) list.lastElementChild.remove();
+  };
+  socket.onclose = (event) => {
+    if (live !== session) return;
+    endLive(session);
+    // A stream the service ends (bad key, idle, too many streams) said why in its last message.
+    if (status.dataset.kind !== "error") say(status, `The connection closed (${event.code}).`, "error");
+  };
+  session.source = context.createMediaStreamSource(microphone);
+  session.worklet = new AudioWorkletNode(context, "downsampler", { processorOptions: { rate: LIVE_RATE } });
+  session.worklet.port.onmessage = (event) => {
+    session.pending.push(event.data);
+    session.buffered += event.data.length;
+    if (session.buffered < FRAME_S * LIVE_RATE || socket.readyState !== WebSocket.OPEN) return;
+    const frame = new Int16Array(session.buffered);
+    let at = 0;
+    for (const block of session.pending) { frame.set(block, at); at += block.length; }
+    session.pending = [];
+    session.buffered = 0;
+    socket.send(frame.buffer);
+  };
+  session.source.connect(session.worklet);
+  say(status, "Listening: an answer comes every few seconds.", "ok");
+}
+
+// Releases what `session` holds; the buttons go back to Start if it is the running one.
+function endLive(session) {
+  if (live === session) {
+    live = null;
+    liveButtons(false);
+  }
+  if (session.source) session.source.disconnect();
+  if (session.worklet) session.worklet.port.onmessage = null;
+  if (session.context) session.context.close().catch(() => {});
+  if (session.socket && session.socket.readyState <= WebSocket.OPEN) session.socket.close(1000, "stopped");
+}
+
+function stopLive() {
+  if (!live) return;
+  endLive(live);
+  say($("#live-status"), "Stopped.");
+}
+
 // --- wiring ----------------------------------------------------------------------------------
 
 $("#sign-in-form").addEventListener("submit", async (event) => {
@@ -305,6 +426,8 @@ $("#refresh").addEventListener("click", listSpeakers);
 audioForm($("#enroll-form"), enroll);
 audioForm($("#identify-form"), identify);
 audioForm($("#verify-form"), verify);
+$("#live-start").addEventListener("click", startLive);
+$("#live-stop").addEventListener("click", stopLive);
 
 if (sessionStorage.getItem(KEY)) {
   signIn(sessionStorage.getItem(KEY)).catch(() => signOut());
