@@ -16,7 +16,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 PREFIX = "/console"
 STATIC = Path(__file__).parent / "static"
-# blob: for playing back what was just recorded; everything else from this origin only.
+# blob: for playing back what was just recorded; everything else from this origin only. connect-src
+# 'self' also covers the live view's ws:/wss: socket to this host (CSP Level 3), so no scheme is added.
 POLICY = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
     "media-src 'self' blob:; form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
