@@ -21,7 +21,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 \
 WORKDIR /app
 
 # Dependencies first, in their own layer, pinned by constraints.txt exactly as scripts/setup.sh
-# installs them (PyPI's torch wheel runs on the CPU; SPK_DEVICE=cuda uses a GPU where present).
+# installs them (PyPI's torch wheel is a CUDA build that also runs on the CPU; SPK_DEVICE=cuda
+# uses a GPU where present).
 COPY constraints.txt pyproject.toml ./
 RUN python -c "import tomllib; print(*tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies'], sep='\n')" \
       > requirements.txt \
