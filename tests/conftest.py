@@ -209,6 +209,24 @@ def client(live: LiveServer, key: str) -> Iterator[httpx.Client]:
         yield c
 
 
+@pytest.fixture
+def own_tenant(request: pytest.FixtureRequest) -> str:
+    """An account of the test's own on the module's server: a recording belongs to one speaker of
+    an account, and tests that enroll the same few clips under many ids each need a fresh one."""
+    return f"acme-{request.node.name}"
+
+
+@pytest.fixture
+def own_key(live: LiveServer, own_tenant: str) -> str:
+    return new_key(live.settings, own_tenant)
+
+
+@pytest.fixture
+def own_client(live: LiveServer, own_key: str) -> Iterator[httpx.Client]:
+    with live.client(own_key) as c:
+        yield c
+
+
 # --- the two lanes ---------------------------------------------------------------------------------
 # `pytest` alone runs the fast lane (-m "not slow" in pyproject's addopts); scripts/test.sh runs all.
 # Slow: whatever loads the real model, serves the app, needs PostgreSQL or reads the speech sets.

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import httpx
 import numpy as np
 import pytest
@@ -11,7 +9,7 @@ from sqlalchemy import select
 
 from devtools.clips import encode_recipe, load_clip
 from service.storage.tables import Sample, Speaker
-from tests.conftest import LiveServer, b64, flac_body, needs_speech, new_key
+from tests.conftest import LiveServer, b64, flac_body, needs_speech
 
 pytestmark = [needs_speech, pytest.mark.model]
 
@@ -27,24 +25,6 @@ ALICE = [
 ]
 OTHER_VOICE = "librispeech/test-other/2609/2609-156975-0004.flac"  # a man; ls-367 is a woman
 EIGHT_K = "librispeech/train-clean-100/32/32-21625-0000.flac"
-
-
-@pytest.fixture
-def tenant(request: pytest.FixtureRequest) -> str:
-    """Each test in an account of its own: a recording belongs to one speaker of an account, and
-    these tests enroll the same few clips under many ids."""
-    return f"acme-{request.node.name}"
-
-
-@pytest.fixture
-def key(live: LiveServer, tenant: str) -> str:
-    return new_key(live.settings, tenant)
-
-
-@pytest.fixture
-def client(live: LiveServer, key: str) -> Iterator[httpx.Client]:
-    with live.client(key) as c:
-        yield c
 
 
 def rows_of(live: LiveServer, speaker_id: str) -> tuple[int, int]:
@@ -63,62 +43,62 @@ def speaker_row_id(live: LiveServer, speaker_id: str) -> int:
         return int(conn.execute(select(Speaker.id).where(Speaker.external_id == speaker_id)).scalar_one())
 
 
-def test_three_utterances_reach_complete(client: httpx.Client, tenant: str) -> None:
-    answers = [client.post(ENROLL, json=flac_body(path, "alice")) for path in ALICE]
+def test_three_utterances_reach_complete(own_client: httpx.Client, own_tenant: str) -> None:
+    answers = [own_client.post(ENROLL, json=flac_body(path, "alice")) for path in ALICE]
     assert [a.status_code for a in answers] == [200, 200, 200], [a.text for a in answers]
     assert [a.json()["message"] for a in answers] == ["Success", "Success", "Complete"]
 
-    status = client.get("/v1/speakers/alice").json()
+    status = own_client.get("/v1/speakers/alice").json()
     assert status["status"] == "complete"
     assert status["samples"] == 3
     assert status["progress"] == 1.0 and status["missing"] == []
-    listed = client.get(LIST).json()
-    assert listed["developer_id"] == tenant
+    listed = own_client.get(LIST).json()
+    assert listed["developer_id"] == own_tenant
     assert {"speaker_id": "alice", "enrollment_complete": "True"} in listed["enrolled_speaker_ids"]
 
 
-def test_same_clip_twice_is_refused_as_duplicate(client: httpx.Client, live: LiveServer) -> None:
-    first = client.post(ENROLL, json=flac_body(ALICE[0], "dup"))
+def test_same_clip_twice_is_refused_as_duplicate(own_client: httpx.Client, live: LiveServer) -> None:
+    first = own_client.post(ENROLL, json=flac_body(ALICE[0], "dup"))
     assert first.json() == {"message": "Success"}
-    again = client.post(ENROLL, json=flac_body(ALICE[0], "dup"))
+    again = own_client.post(ENROLL, json=flac_body(ALICE[0], "dup"))
     assert again.status_code == 409
     assert again.json()["fault"]["detail"]["errorcode"] == "enrollment.DuplicateSample"
     assert rows_of(live, "dup") == (1, 1)
 
 
-def test_noisy_telephone_copy_of_a_sample_is_refused(client: httpx.Client, live: LiveServer) -> None:
+def test_noisy_telephone_copy_of_a_sample_is_refused(own_client: httpx.Client, live: LiveServer) -> None:
     clip = load_clip(ALICE[1])
     rng = np.random.default_rng(0)
     noise = rng.standard_normal(len(clip.samples)) * clip.samples.std() / 10  # 20 dB SNR
     copy = np.clip(clip.samples + noise, -32768, 32767).astype(np.int16)
-    assert client.post(ENROLL, json=flac_body(ALICE[1], "copycat")).status_code == 200
+    assert own_client.post(ENROLL, json=flac_body(ALICE[1], "copycat")).status_code == 200
     body = {"content": b64(encode_recipe(copy, clip.sample_rate, "flac8k")), "encoding": "FLAC"}
-    again = client.post(ENROLL, json={**body, "speakerId": "copycat"})
+    again = own_client.post(ENROLL, json={**body, "speakerId": "copycat"})
     assert again.status_code == 409, again.text
     assert again.json()["fault"]["detail"]["errorcode"] == "enrollment.DuplicateSample"
     assert rows_of(live, "copycat") == (1, 1)
 
 
-def test_another_voice_is_refused_as_mismatch(client: httpx.Client, live: LiveServer) -> None:
-    assert client.post(ENROLL, json=flac_body(ALICE[1], "mixed")).status_code == 200
-    other = client.post(ENROLL, json=flac_body(OTHER_VOICE, "mixed"))
+def test_another_voice_is_refused_as_mismatch(own_client: httpx.Client, live: LiveServer) -> None:
+    assert own_client.post(ENROLL, json=flac_body(ALICE[1], "mixed")).status_code == 200
+    other = own_client.post(ENROLL, json=flac_body(OTHER_VOICE, "mixed"))
     assert other.status_code == 409
     assert other.json()["fault"]["detail"]["errorcode"] == "enrollment.SpeakerMismatch"
     assert rows_of(live, "mixed") == (1, 1)
 
 
-def test_eight_khz_flac_enrolls(client: httpx.Client) -> None:
+def test_eight_khz_flac_enrolls(own_client: httpx.Client) -> None:
     clip = load_clip(EIGHT_K)
     body = {"content": b64(encode_recipe(clip.samples, clip.sample_rate, "flac8k")), "encoding": "FLAC"}
-    answer = client.post(ENROLL, json={**body, "sampleRate": 8000, "speakerId": "phone"})
+    answer = own_client.post(ENROLL, json={**body, "sampleRate": 8000, "speakerId": "phone"})
     assert answer.json() == {"message": "Success"}
-    status = client.get("/v1/speakers/phone").json()
+    status = own_client.get("/v1/speakers/phone").json()
     assert status["samples"] == 1
     assert status["lastSample"]["speechSeconds"] > 10
 
 
-def test_native_routes_enroll_list_and_delete_a_sample(client: httpx.Client, live: LiveServer) -> None:
-    raw = client.post(
+def test_native_routes_enroll_list_and_delete_a_sample(own_client: httpx.Client, live: LiveServer) -> None:
+    raw = own_client.post(
         "/v1/speakers/native.1/enrollments",
         content=load_clip(ALICE[0]).path.read_bytes(),
         headers={"Content-Type": "audio/flac"},
@@ -129,28 +109,28 @@ def test_native_routes_enroll_list_and_delete_a_sample(client: httpx.Client, liv
     assert first["lastSample"]["snrDb"] > 10 and "more samples" in first["missing"]
     assert 0 < first["progress"] < 1
 
-    second = client.post("/v1/speakers/native.1/enrollments", json=flac_body(ALICE[1]))
+    second = own_client.post("/v1/speakers/native.1/enrollments", json=flac_body(ALICE[1]))
     assert second.status_code == 201 and second.json()["samples"] == 2
-    page = client.get("/v1/speakers", params={"limit": 1000}).json()
+    page = own_client.get("/v1/speakers", params={"limit": 1000}).json()
     assert "native.1" in [s["speakerId"] for s in page["speakers"]]
 
     sample_id = second.json()["lastSample"]["sampleId"]
-    assert client.delete(f"/v1/speakers/native.1/enrollments/{sample_id}").status_code == 204
-    assert client.get("/v1/speakers/native.1").json()["samples"] == 1
+    assert own_client.delete(f"/v1/speakers/native.1/enrollments/{sample_id}").status_code == 204
+    assert own_client.get("/v1/speakers/native.1").json()["samples"] == 1
     assert rows_of(live, "native.1") == (1, 1)
-    assert client.delete(f"/v1/speakers/native.1/enrollments/{sample_id}").status_code == 404
-    assert client.delete("/v1/speakers/native.1").status_code == 204
+    assert own_client.delete(f"/v1/speakers/native.1/enrollments/{sample_id}").status_code == 404
+    assert own_client.delete("/v1/speakers/native.1").status_code == 204
     assert rows_of(live, "native.1") == (0, 0)
 
 
 def test_a_failed_index_refresh_does_not_fail_a_committed_enrollment(
-    client: httpx.Client, live: LiveServer, monkeypatch: pytest.MonkeyPatch
+    own_client: httpx.Client, live: LiveServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     def blip() -> None:
         raise ConnectionError("database went away for a moment")
 
     monkeypatch.setattr(live.services.enrollment, "after_commit", blip)
-    answer = client.post(ENROLL, json=flac_body(ALICE[2], "blip"))
+    answer = own_client.post(ENROLL, json=flac_body(ALICE[2], "blip"))
     assert answer.status_code == 200 and answer.json() == {"message": "Success"}
     assert rows_of(live, "blip") == (1, 1)
     row_id = speaker_row_id(live, "blip")
@@ -159,7 +139,7 @@ def test_a_failed_index_refresh_does_not_fail_a_committed_enrollment(
     assert row_id in live.index_ids()
 
 
-def test_metrics_count_requests_and_index(client: httpx.Client, live: LiveServer) -> None:
+def test_metrics_count_requests_and_index(own_client: httpx.Client, live: LiveServer) -> None:
     text = httpx.get(f"{live.url}/metrics").text
     assert (
         'speakerid_requests_total{method="POST",route="/audio/generic/api/v1/sync/diarization/enroll"' in text
