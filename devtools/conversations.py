@@ -174,17 +174,26 @@ class CallStream:
         self.cursor = 0.0
         self.loops = 0
 
+    def _speech(self, start: float, end: float) -> list[tuple[float, float]]:
+        return [(max(a, start), min(b, end)) for a, b in self.regions if b > start and a < end]
+
     def next_turn(self, seconds: float) -> np.ndarray:
         """The next `seconds` of the call, cut to the speech in them (shorter at the call's end)."""
-        for _ in range(2):
-            start, end = self.cursor, self.cursor + seconds
-            inside = [(max(a, start), min(b, end)) for a, b in self.regions if b > start and a < end]
-            if inside and inside[-1][1] - inside[0][0] >= 0.5:
-                self.cursor = inside[-1][1]
-                a, b = inside[0][0], inside[-1][1]
-                return self.wave[int(a * self.rate) : int(b * self.rate)]
+        inside = self._speech(self.cursor, self.cursor + seconds)
+        if not inside or inside[-1][1] - inside[0][0] < 0.5:
             self.cursor, self.loops = 0.0, self.loops + 1
-        raise ValueError("a call with under 0.5 s of speech")
+            inside = self._speech(0.0, seconds)
+        if not inside or inside[-1][1] - inside[0][0] < 0.5:
+            # A call whose first speech is short and followed by a long pause: from the top, the
+            # turn runs on to the first region that makes it 0.5 s long.
+            first = self.regions[0][0]
+            end = next((b for _, b in self.regions if b - first >= 0.5), None)
+            if end is None:
+                raise ValueError("a call with under 0.5 s of speech")
+            inside = self._speech(0.0, end)
+        self.cursor = inside[-1][1]
+        a, b = inside[0][0], inside[-1][1]
+        return self.wave[int(a * self.rate) : int(b * self.rate)]
 
 
 def _resample(wave: np.ndarray, rate: int, target: int) -> np.ndarray:

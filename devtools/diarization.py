@@ -26,8 +26,8 @@ from devtools.conversations import CONDITIONS, Conversation, build, conversation
 from service.audio.frontend import AudioFrontEnd, AudioInput
 from service.audio.pipeline import PreparedAudio, QualityLimits
 from service.concurrency import Cancellation
-from service.diarization.service import DiarizationResult, DiarizationService
-from service.diarization.turns import TurnOptions
+from service.diarization.service import DiarizationResult, DiarizationService, segments_of
+from service.diarization.turns import TurnOptions, Turns, stretches, voices_of
 from service.embedding import weights
 from service.embedding.bounded import BoundedEmbedding
 from service.embedding.ecapa import EcapaEmbedder
@@ -108,10 +108,19 @@ def score(
 ) -> dict[str, Any]:
     """DER, speaker-count accuracy and turn changes found, per condition and pooled."""
     service = harness.service(options)
+    results = [
+        service.diarize(0, prepared, speakers=len(c.speakers) if known_count else None, max_speakers=10)
+        for _, c, prepared in items
+    ]
+    return tally(items, results)
+
+
+def tally(
+    items: Sequence[tuple[str, Conversation, PreparedAudio]], results: Sequence[DiarizationResult]
+) -> dict[str, Any]:
+    """The figures of `score` for the answers `results` to `items`."""
     by: dict[str, dict[str, Any]] = {}
-    for condition, c, prepared in items:
-        speakers = len(c.speakers) if known_count else None
-        result = service.diarize(0, prepared, speakers=speakers, max_speakers=10)
+    for (condition, c, _), result in zip(items, results, strict=True):
         for key in (condition, "all"):
             entry = by.setdefault(
                 key,
@@ -147,21 +156,29 @@ def prepared_set(
 
 
 def tune(harness: Harness, per_condition: int) -> list[dict[str, Any]]:
-    """The settings grid on half 0: window groups' and voices' stop distances, a voice's least speech."""
+    """The voice rule's grid on half 0: the share of the clip's mean stretch vector removed, the stop
+    distance between voices, a voice's least speech. The turns and the stretches' vectors do not
+    depend on these (window groups at the calibrated stop distance), so they are found once per
+    conversation and each setting only re-clusters them."""
     items = prepared_set(harness, 0, per_condition)
+    found = [stretches(prepared, harness.embed, TurnOptions()) for _, _, prepared in items]
     rows = []
-    for window_stop, stop, min_voice in itertools.product(
-        [0.4, 0.5], [0.5, 0.55, 0.6, 0.65, 0.7, 0.75], [2.0, 4.0, 6.0]
+    for centring, stop, min_voice in itertools.product(
+        [0.0, 0.2, 0.3, 0.4, 0.5], [0.65, 0.75, 0.8, 0.85, 0.875, 0.9, 0.95], [1.5, 2.0, 3.0]
     ):
-        options = replace(
-            TurnOptions(), window_stop_distance=window_stop, stop_distance=stop, min_voice_s=min_voice
-        )
-        result = score(harness, items, options)
+        options = replace(TurnOptions(), centring=centring, stop_distance=stop, min_voice_s=min_voice)
+        results = [answer(voices_of(f, options, count=None, max_count=10)) for f in found]
         rows.append(
-            {"window_stop_distance": window_stop, "stop_distance": stop, "min_voice_s": min_voice, **result}
+            {"centring": centring, "stop_distance": stop, "min_voice_s": min_voice, **tally(items, results)}
         )
         print(json.dumps(rows[-1]), flush=True)
     return rows
+
+
+def answer(found: Turns) -> DiarizationResult:
+    """The use case's answer for `found` with no voice named (`DiarizationService.diarize`)."""
+    segments = segments_of(found, [f"speaker_{k + 1}" for k in range(found.count)], join_pauses=True)
+    return DiarizationResult(num_speakers=len({s.speaker_id for s in segments}), segments=segments)
 
 
 def long_call(half: int = 1, minutes: float = 10.0) -> Conversation:

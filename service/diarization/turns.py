@@ -12,8 +12,9 @@
    `min_turn_s` inside a region are the blur of a change and join their longer neighbour.
 4. Voices: each stretch (consecutive turns of one group, across pauses) of `rescore_min_s` of
    speech or more is embedded as a whole (a stretch of several seconds is a far surer sample of a
-   voice than any of its windows) and the stretches are clustered into voices, the count given or
-   found (`stop_distance`, `min_voice_s`); a shorter stretch follows its group.
+   voice than any of its windows) and the stretches, less part of the clip's mean (`centring`),
+   are clustered into voices, the count given or found (`stop_distance`, `min_voice_s`); a shorter
+   stretch follows its group.
 
 Pure numpy: the model is the `embed` port (``(waves, cancel) -> (n, dim)``, bounded model calls).
 """
@@ -43,6 +44,7 @@ class TurnOptions:
     min_turn_s: float = 0.5  # a run of frames shorter than this inside a region joins a neighbour
     window_stop_distance: float = cal.DIARIZATION_WINDOW_STOP_DISTANCE  # first grouping of windows
     stop_distance: float = cal.DIARIZATION_STOP_DISTANCE  # between voices, from whole stretches
+    centring: float = cal.DIARIZATION_CENTRING  # share of the clip's mean stretch vector removed
     min_voice_s: float = cal.DIARIZATION_MIN_VOICE_S  # a found voice holds at least this much speech
     rescore_min_s: float = 1.0  # stretches with this much speech are embedded whole and clustered
 
@@ -93,17 +95,42 @@ def find_turns(
     """The turns of `prepared`'s speech; `count` voices if given, else as many as found (at most
     `max_count`)."""
     o = options or TurnOptions()
+    found = stretches(prepared, embed, o, max_count=max_count, cancel=cancel)
+    return voices_of(found, o, count=count, max_count=max_count)
+
+
+@dataclass(frozen=True)
+class Stretches:
+    """What the voices are found from (steps 1-3 and the whole-stretch vectors of step 4)."""
+
+    turns: list[Turn]  # frame-level turns, `voice` = the window group
+    groups: np.ndarray  # (g, dim): unit vector of each window group
+    members: list[list[int]]  # each stretch: indices into `turns`
+    long: list[int]  # the stretches embedded whole
+    whole: np.ndarray  # (len(long), dim): their unit vectors
+    seconds: np.ndarray  # (len(long),): their speech
+
+
+def stretches(
+    prepared: PreparedAudio,
+    embed: EmbedWaves,
+    o: TurnOptions,
+    *,
+    max_count: int = 10,
+    cancel: Cancellation | None = None,
+) -> Stretches | None:
+    """Steps 1-3 and the model calls of step 4; None where there is no speech to embed."""
     spans = windows(prepared.speech, o)
     if not spans:
-        return Turns([], np.zeros((0, 0)))
+        return None
     # Views into the clip, not copies; the model sees them a bounded batch at a time.
     vectors = unit_rows(embed([prepared.segment(a, b) for _, a, b in spans], cancel))
     share = _own_seconds(spans)
     # A fine first grouping: enough to place the boundaries, seldom two voices in one group.
     labels = cluster(vectors, stop_distance=o.window_stop_distance, max_count=4 * max_count, weights=share)
-    voices = centroids(vectors, labels, share)
-    turns = _frame_turns(prepared.speech, spans, vectors @ voices.T, o)
-    return _voices_of_turns(prepared, turns, voices, embed, o, count, max_count, cancel)
+    groups = centroids(vectors, labels, share)
+    turns = _frame_turns(prepared.speech, spans, vectors @ groups.T, o)
+    return _whole_stretches(prepared, turns, groups, embed, o, cancel)
 
 
 def _own_seconds(spans: list[tuple[int, float, float]]) -> np.ndarray:
@@ -189,53 +216,66 @@ def _merge_runs(runs: list[tuple[int, int, int]]) -> list[tuple[int, int, int]]:
     return out
 
 
-def _voices_of_turns(
+def _whole_stretches(
     prepared: PreparedAudio,
     turns: list[Turn],
     groups: np.ndarray,
     embed: EmbedWaves,
     o: TurnOptions,
-    count: int | None,
-    max_count: int,
     cancel: Cancellation | None,
-) -> Turns:
-    """The voices, from stretches each embedded whole: a stretch of several seconds is a far surer
-    sample of a voice than a 1.5 s window (on 8 kHz calls, windows of one caller agree hardly more
-    than windows of two). A stretch is a run of consecutive turns of one first group, across the
-    pauses between them (read speech pauses every second or two). Stretches of at least
-    `rescore_min_s` of speech are clustered; a shorter one follows its first group's majority (or
-    the voice nearest that group). Voices are renumbered by first appearance, each with the unit
-    mean of its stretches' vectors (weighted by length)."""
-    stretches: list[list[int]] = []
+) -> Stretches:
+    """Stretches embedded whole: a stretch of several seconds is a far surer sample of a voice than
+    a 1.5 s window (on 8 kHz calls, windows of one caller agree hardly more than windows of two). A
+    stretch is a run of consecutive turns of one first group, across the pauses between them (read
+    speech pauses every second or two); those of at least `rescore_min_s` of speech are embedded."""
+    members: list[list[int]] = []
     for i, t in enumerate(turns):
-        if stretches and turns[stretches[-1][-1]].voice == t.voice:
-            stretches[-1].append(i)
+        if members and turns[members[-1][-1]].voice == t.voice:
+            members[-1].append(i)
         else:
-            stretches.append([i])
-    speech = np.array([sum(turns[i].end - turns[i].start for i in st) for st in stretches])
-    long = [k for k in range(len(stretches)) if speech[k] >= o.rescore_min_s] or list(range(len(stretches)))
+            members.append([i])
+    speech = np.array([sum(turns[i].end - turns[i].start for i in st) for st in members])
+    long = [k for k in range(len(members)) if speech[k] >= o.rescore_min_s] or list(range(len(members)))
     waves = [
-        np.concatenate([prepared.segment(turns[i].start, turns[i].end) for i in stretches[k]]) for k in long
+        np.concatenate([prepared.segment(turns[i].start, turns[i].end) for i in members[k]]) for k in long
     ]
     whole = unit_rows(embed(waves, cancel))
-    seconds = speech[long]
+    return Stretches(turns, groups, members, long, whole, speech[long])
+
+
+def voices_of(found: Stretches | None, o: TurnOptions, *, count: int | None, max_count: int) -> Turns:
+    """The stretches clustered into voices; a shorter stretch follows its first group's majority
+    (or the voice nearest that group). Before clustering, `centring` of the clip's own mean stretch
+    vector (weighted by speech) is taken from every stretch: what all of a clip's voices share (a
+    telephone line, a handset) makes them alike, and removing part of it spreads them apart (all of
+    it spreads one voice's own stretches too; see service/calibration.py). Voices are renumbered by
+    first appearance, each with the unit mean of its stretches' own vectors (weighted by length)."""
+    if found is None:
+        return Turns([], np.zeros((0, 0)))
+    mean = found.seconds @ found.whole / max(float(found.seconds.sum()), 1e-9)
     labels = cluster(
-        whole,
+        found.whole - o.centring * mean,
         stop_distance=o.stop_distance,
         count=count,
         max_count=max_count,
         min_weight=o.min_voice_s,
-        weights=seconds,
+        weights=found.seconds,
     )
-    voices = centroids(whole, labels, seconds)
+    return assign(found, labels)
+
+
+def assign(found: Stretches, labels: np.ndarray) -> Turns:
+    """Every turn's voice from the long stretches' `labels` (see `voices_of`)."""
+    turns, long, seconds = found.turns, found.long, found.seconds
+    voices = centroids(found.whole, labels, seconds)
     # Each first group's voice: where most of its long stretches' speech went.
-    votes = np.zeros((len(groups), len(voices)))
+    votes = np.zeros((len(found.groups), len(voices)))
     for k, v, s in zip(long, labels.tolist(), seconds, strict=True):
-        votes[turns[stretches[k][0]].voice, v] += s
-    group_voice = np.where(votes.any(axis=1), votes.argmax(axis=1), (groups @ voices.T).argmax(axis=1))
+        votes[turns[found.members[k][0]].voice, v] += s
+    group_voice = np.where(votes.any(axis=1), votes.argmax(axis=1), (found.groups @ voices.T).argmax(axis=1))
     voice_of = dict(zip(long, labels.tolist(), strict=True))
     moved = [0] * len(turns)
-    for k, members in enumerate(stretches):
+    for k, members in enumerate(found.members):
         for i in members:
             moved[i] = voice_of.get(k, int(group_voice[turns[i].voice]))
     order = {old: new for new, old in enumerate(dict.fromkeys(moved))}
