@@ -18,12 +18,14 @@ from service.audio.pipeline import PreparedAudio
 from service.concurrency import Cancellation
 from service.diarization.clustering import cluster
 from service.diarization.service import DiarizationService, max_speakers_for, segments_of
-from service.diarization.turns import Turn, TurnOptions, Turns, find_turns, windows
+from service.diarization.turns import Stretches, Turn, TurnOptions, Turns, find_turns, voices_of, windows
 
 RATE = 16_000
 DIM = 16
 rng = np.random.default_rng(0)
-VOICES = np.linalg.qr(rng.normal(size=(DIM, DIM)))[0][:5]  # orthonormal voice directions
+BASIS = np.linalg.qr(rng.normal(size=(DIM, DIM)))[0]
+VOICES = BASIS[:5]  # orthonormal voice directions
+LINE = BASIS[5]  # what every voice of one call shares (line, handset), apart from the voices
 
 
 def voice_vectors(labels: Sequence[int], noise: float = 0.3, seed: int = 1) -> np.ndarray:
@@ -50,6 +52,34 @@ def test_a_voice_with_too_little_speech_is_folded_into_another() -> None:
 def test_labels_follow_first_appearance() -> None:
     labels = cluster(voice_vectors([2] * 5 + [0] * 5 + [1] * 5), stop_distance=0.7)
     assert labels.tolist() == [0] * 5 + [1] * 5 + [2] * 5
+
+
+def stretches_of(vectors: np.ndarray) -> Stretches:
+    """Each vector one 1.5 s stretch of its own, in turn."""
+    n = len(vectors)
+    return Stretches(
+        turns=[Turn(i, 2.0 * i, 2.0 * i + 1.5) for i in range(n)],
+        groups=vectors / np.linalg.norm(vectors, axis=1, keepdims=True),
+        members=[[i] for i in range(n)],
+        long=list(range(n)),
+        whole=vectors / np.linalg.norm(vectors, axis=1, keepdims=True),
+        seconds=np.full(n, 1.5),
+    )
+
+
+def test_what_every_voice_of_a_clip_shares_is_taken_out_before_they_are_counted() -> None:
+    truth = [0, 1] * 6
+    # Cosine distance 0.2 between the two voices, under the stop distance, until part of the
+    # clip's mean is removed.
+    call = stretches_of(2 * LINE + voice_vectors(truth, noise=0.05))
+    plain = TurnOptions(stop_distance=0.3, centring=0.0, min_voice_s=1.0)
+    assert voices_of(call, plain, count=None, max_count=10).count == 1
+    centred = TurnOptions(stop_distance=0.3, centring=0.3, min_voice_s=1.0)
+    found = voices_of(call, centred, count=None, max_count=10)
+    assert found.count == 2 and [t.voice for t in found.turns] == truth
+    # One voice alone is not split by it.
+    alone = stretches_of(2 * LINE + voice_vectors([0] * 12, noise=0.05))
+    assert voices_of(alone, centred, count=None, max_count=10).count == 1
 
 
 class MixEmbedding:
