@@ -127,7 +127,8 @@ SCORE_UNIT = 0.1
 # eigengap of the stretches' pruned affinity, speechbrain's way, 23 (on the 10-30 stretches of a
 # conversation); the stop at the widest gap between merge heights within 0.55-0.85, 35 at 14.6 %;
 # a stop scaled by the stretches' nearest-neighbour distances, 22; stretches weighted by length in the
-# linkage, or centred on the model's training-speaker mean (norm 0.07), no change. Window groups
+# linkage, or centred on the model's training-speaker mean (norm 0.07), no change; a stop of its own for
+# wideband clips, 36-37 (one or two conversations more; not kept). Window groups
 # stopped at 0.5 instead of 0.4 (measured before, on 4 of each of five conditions): 14.5 / 13.0 %
 # against 10.2 / 9.3 %.
 DIARIZATION_WINDOW_S = 1.5
