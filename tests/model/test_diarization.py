@@ -88,3 +88,11 @@ def test_each_caller_speaks_from_one_call_of_theirs_in_order() -> None:
             backwards += offset < at
             at = offset
     assert backwards == c.loops
+
+
+def test_a_call_whose_first_speech_is_short_still_gives_whole_turns() -> None:
+    """A caller of the tuning half whose call, started again from the top, holds under 0.5 s of
+    speech in the next turn's length: that turn runs on to the call's next speech instead."""
+    c = build(telephone_source(1 - REPORT_HALF), seed=5, speakers=3, overlap=True, one_call=True)
+    assert c.loops >= 1
+    assert all(t.end - t.start >= 0.5 for t in c.turns), c.rttm()
