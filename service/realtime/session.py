@@ -7,8 +7,8 @@ with the last `context_seconds` of the stream's audio before it: a speaker turn 
 is one stretch of that window, scored as a whole by the same who-speaks-when use case as the
 compatible identify (`IdentificationService.segments`, its decision rule included). The answer is
 the stretches that reach into the chunk, in stream time, each with its decision score. The
-context's windows were embedded with the chunk before it and are kept (`SpanVectors`), so a chunk
-costs the model its own audio's windows and stretches only.
+vectors embedded with the chunk before are kept (`SpanVectors`): a window of the very same samples
+is not embedded again, nor a stretch wholly in the context (it was answered already).
 
 Blocking: call `open` and `chunk` from a worker thread (the model work goes through the process's
 compute thread like every HTTP request's).
