@@ -31,7 +31,7 @@ def main(argv: list[str]) -> int:
     )
     for response in responses:
         answer = {"id": response.id, "speaker_id": response.speaker_id, "start": response.start}
-        answer.update(end=response.end, error=response.Error)
+        answer.update(end=response.end, score=response.identification_score, error=response.Error)
         print(json.dumps(answer), flush=True)
     return 0
 

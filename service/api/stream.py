@@ -4,11 +4,11 @@ The API key as on the other native routes (`apikey` / `api_key` query, `X-API-Ke
 Bearer`); query `encoding` (default LINEAR16: 16-bit little-endian PCM), `sampleRate` (needed for raw
 PCM), `speakerIds` (comma-separated; all of the tenant's when absent). Each binary frame is one
 chunk: raw samples, or a whole audio file in any encoding the HTTP routes take. Each frame gets one
-JSON text message: ``{"chunk", "start", "end", "segments": [{"speakerId", "start", "end"}]}`` in
-stream time, or ``{"chunk", "start", "end", "error": {"code", "message"}}`` for a refused frame,
-and the stream goes on. A stream that cannot start (bad key, unknown speaker, too many streams)
-or goes idle is closed with code 4000 + the HTTP status of its error (4401, 4404, 4429, 4408)
-after an ``{"error": ...}`` message.
+JSON text message: ``{"chunk", "start", "end", "segments": [{"speakerId", "start", "end", "score"}]}``
+in stream time (`score`: the decision rule's, as `/v1/identify` reports it), or ``{"chunk",
+"start", "end", "error": {"code", "message"}}`` for a refused frame, and the stream goes on. A
+stream that cannot start (bad key, unknown speaker, too many streams) or goes idle is closed with
+code 4000 + the HTTP status of its error (4401, 4404, 4429, 4408) after an ``{"error": ...}`` message.
 """
 
 from __future__ import annotations
@@ -64,7 +64,8 @@ def answer_json(answer: ChunkAnswer) -> dict[str, Any]:
         out["error"] = _error(answer.error)
     else:
         out["segments"] = [
-            {"speakerId": s.speaker_id, "start": s.start, "end": s.end} for s in answer.segments
+            {"speakerId": s.speaker_id, "start": s.start, "end": s.end, "score": s.score}
+            for s in answer.segments
         ]
     return out
 

@@ -17,6 +17,8 @@
    stretch follows its group.
 
 Pure numpy: the model is the `embed` port (``(waves, cancel) -> (n, dim)``, bounded model calls).
+A caller scoring overlapping stretches of one stream (realtime) passes `SpanVectors`: a window or
+stretch whose exact samples an earlier call embedded is not embedded again.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from service import calibration as cal
+from service.audio import MODEL_RATE
 from service.audio.pipeline import PreparedAudio
 from service.concurrency import Cancellation
 from service.diarization.clustering import centroids, cluster
@@ -66,6 +69,47 @@ class Turns:
         return len(self.voices)
 
 
+class SpanVectors:
+    """Vectors of spans of one stream's audio, keyed by their sample bounds in the stream, so that
+    audio scored again (a realtime chunk's context) is not embedded again. `origin` is the stream
+    sample where the clip being scored starts, `answered` the one before which the stream's audio
+    was answered already; the owner moves them and forgets what has gone by."""
+
+    def __init__(self) -> None:
+        self.origin = 0
+        self.answered = 0
+        self.vectors: dict[tuple[int, int], np.ndarray] = {}
+
+    def settled(self, end_s: float) -> bool:
+        """Whether audio of the clip that ends at `end_s` was answered before."""
+        return self.origin + round(end_s * MODEL_RATE) <= self.answered
+
+    def key(self, start_s: float, end_s: float) -> tuple[int, int]:
+        # round as PreparedAudio.segment does, so a key names exactly the samples embedded.
+        return self.origin + round(start_s * MODEL_RATE), self.origin + round(end_s * MODEL_RATE)
+
+    def forget_before(self, sample: int) -> None:
+        """Drop the spans that start before stream sample `sample` (no longer in any clip)."""
+        self.vectors = {k: v for k, v in self.vectors.items() if k[0] >= sample}
+
+
+def _embed_spans(
+    prepared: PreparedAudio,
+    spans: Sequence[tuple[float, float]],
+    embed: EmbedWaves,
+    known: SpanVectors,
+    cancel: Cancellation | None,
+) -> np.ndarray:
+    """Raw vectors of the clip's `spans`, each embedded unless `known` has it (then kept there)."""
+    keys = [known.key(a, b) for a, b in spans]
+    new = list(dict.fromkeys(k for k in keys if k not in known.vectors))
+    if new:
+        first = {k: (a, b) for k, (a, b) in zip(keys, spans, strict=True)}
+        found = embed([prepared.segment(*first[k]) for k in new], cancel)
+        known.vectors.update(zip(new, found, strict=True))
+    return np.stack([known.vectors[k] for k in keys])
+
+
 def windows(speech: Sequence[tuple[float, float]], o: TurnOptions) -> list[tuple[int, float, float]]:
     """``(region number, start, end)`` of each window over the speech regions kept."""
     out = []
@@ -91,11 +135,12 @@ def find_turns(
     count: int | None = None,
     max_count: int = 10,
     cancel: Cancellation | None = None,
+    known: SpanVectors | None = None,
 ) -> Turns:
     """The turns of `prepared`'s speech; `count` voices if given, else as many as found (at most
-    `max_count`)."""
+    `max_count`). `known`: vectors of spans embedded before (read and added to)."""
     o = options or TurnOptions()
-    found = stretches(prepared, embed, o, max_count=max_count, cancel=cancel)
+    found = stretches(prepared, embed, o, max_count=max_count, cancel=cancel, known=known)
     return voices_of(found, o, count=count, max_count=max_count)
 
 
@@ -118,19 +163,23 @@ def stretches(
     *,
     max_count: int = 10,
     cancel: Cancellation | None = None,
+    known: SpanVectors | None = None,
 ) -> Stretches | None:
-    """Steps 1-3 and the model calls of step 4; None where there is no speech to embed."""
+    """Steps 1-3 and the model calls of step 4; None where there is no speech to embed. `known`:
+    vectors of spans embedded before (read and added to)."""
     spans = windows(prepared.speech, o)
     if not spans:
         return None
+    # Within one call too: a stretch that is exactly one window is not embedded twice.
+    known = known if known is not None else SpanVectors()
     # Views into the clip, not copies; the model sees them a bounded batch at a time.
-    vectors = unit_rows(embed([prepared.segment(a, b) for _, a, b in spans], cancel))
+    vectors = unit_rows(_embed_spans(prepared, [(a, b) for _, a, b in spans], embed, known, cancel))
     share = _own_seconds(spans)
     # A fine first grouping: enough to place the boundaries, seldom two voices in one group.
     labels = cluster(vectors, stop_distance=o.window_stop_distance, max_count=4 * max_count, weights=share)
     groups = centroids(vectors, labels, share)
     turns = _frame_turns(prepared.speech, spans, vectors @ groups.T, o)
-    return _whole_stretches(prepared, turns, groups, embed, o, cancel)
+    return _whole_stretches(prepared, turns, groups, embed, o, cancel, known)
 
 
 def _own_seconds(spans: list[tuple[int, float, float]]) -> np.ndarray:
@@ -223,6 +272,7 @@ def _whole_stretches(
     embed: EmbedWaves,
     o: TurnOptions,
     cancel: Cancellation | None,
+    known: SpanVectors,
 ) -> Stretches:
     """Stretches embedded whole: a stretch of several seconds is a far surer sample of a voice than
     a 1.5 s window (on 8 kHz calls, windows of one caller agree hardly more than windows of two). A
@@ -235,11 +285,13 @@ def _whole_stretches(
         else:
             members.append([i])
     speech = np.array([sum(turns[i].end - turns[i].start for i in st) for st in members])
-    long = [k for k in range(len(members)) if speech[k] >= o.rescore_min_s] or list(range(len(members)))
-    waves = [
-        np.concatenate([prepared.segment(turns[i].start, turns[i].end) for i in members[k]]) for k in long
-    ]
-    whole = unit_rows(embed(waves, cancel))
+    # A stretch wholly in audio answered before (a stream's context) is not embedded: its voice
+    # is not asked for again, and it follows its group as a short one does.
+    fresh = [k for k in range(len(members)) if not known.settled(turns[members[k][-1]].end)]
+    long = [k for k in fresh if speech[k] >= o.rescore_min_s] or fresh or list(range(len(members)))
+    whole = unit_rows(
+        _embed_stretches(prepared, [[turns[i] for i in members[k]] for k in long], embed, known, cancel)
+    )
     return Stretches(turns, groups, members, long, whole, speech[long])
 
 
@@ -281,6 +333,26 @@ def assign(found: Stretches, labels: np.ndarray) -> Turns:
     order = {old: new for new, old in enumerate(dict.fromkeys(moved))}
     out = [Turn(order[v], t.start, t.end) for t, v in zip(turns, moved, strict=True)]
     return Turns(_join(out), voices[list(order)])
+
+
+def _embed_stretches(
+    prepared: PreparedAudio,
+    stretches: list[list[Turn]],
+    embed: EmbedWaves,
+    known: SpanVectors,
+    cancel: Cancellation | None,
+) -> np.ndarray:
+    """Raw vectors of the stretches, each its turns' audio joined; one of a single turn whose span
+    was embedded before (a window) is not embedded again."""
+    vectors: list[np.ndarray | None] = [
+        known.vectors.get(known.key(st[0].start, st[0].end)) if len(st) == 1 else None for st in stretches
+    ]
+    todo = [k for k, v in enumerate(vectors) if v is None]
+    if todo:
+        waves = [np.concatenate([prepared.segment(t.start, t.end) for t in stretches[k]]) for k in todo]
+        for k, vector in zip(todo, embed(waves, cancel), strict=True):
+            vectors[k] = vector
+    return np.stack([v for v in vectors if v is not None])
 
 
 def _join(turns: list[Turn]) -> list[Turn]:

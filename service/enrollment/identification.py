@@ -19,7 +19,7 @@ from service.audio.band import Band, clip_band
 from service.audio.frontend import AudioFrontEnd, AudioInput
 from service.audio.pipeline import QualityLimits
 from service.concurrency import Cancellation
-from service.diarization.turns import TurnOptions, find_turns
+from service.diarization.turns import SpanVectors, TurnOptions, find_turns
 from service.enrollment.policy import normalise
 from service.enrollment.ports import EmbedWaves, IndexEntry, SpeakerIndex
 from service.enrollment.scoring import Scorer
@@ -69,6 +69,9 @@ class Segment:
     speaker_id: str | None  # None: speech of no enrolled speaker (among the candidates)
     start: float
     end: float
+    # The decision rule's score of the stretch's voice against `speaker_id`; for None, against the
+    # voice's best candidate (below the threshold, or taken by a voice that scored higher).
+    score: float
 
 
 class IdentificationService:
@@ -147,27 +150,32 @@ class IdentificationService:
         audio: AudioInput,
         speaker_ids: Sequence[str] | None = None,
         cancel: Cancellation | None = None,
+        known: SpanVectors | None = None,
     ) -> list[Segment]:
         """The clip's speech in time order, each stretch labelled with a speaker or None.
 
         The turns come from the diarization machinery (`service.diarization.turns`: voices found by
         clustering short windows, boundaries from frame-level likeness, each stretch re-scored whole);
         each voice, from all of its speech, is then labelled by the identify rule (`label`).
+        `known`: a stream's vectors of audio it scored before (`find_turns`).
         """
         only = self._restriction(tenant_id, speaker_ids)
         prepared = self.frontend.load(audio, self.limits, cancel)
-        found = find_turns(prepared, self.embed, self.turn_options, max_count=self.max_voices, cancel=cancel)
+        found = find_turns(
+            prepared, self.embed, self.turn_options, max_count=self.max_voices, cancel=cancel, known=known
+        )
         if not found.turns:
             return []
-        labels = self._voice_labels(found.voices, tenant_id, only, clip_band(prepared))
+        labels, scores = self._voice_decisions(found.voices, tenant_id, only, clip_band(prepared))
         out: list[Segment] = []
         for turn in found.turns:
-            label = labels[turn.voice]
+            label, score = labels[turn.voice], scores[turn.voice]
             if out and out[-1].speaker_id == label and turn.start - out[-1].end <= self.merge_gap_s:
-                out[-1] = Segment(label, out[-1].start, turn.end)
+                # Two voices share a segment only as None: the nearer to being someone speaks for it.
+                out[-1] = Segment(label, out[-1].start, turn.end, max(out[-1].score, score))
             else:
-                out.append(Segment(label, turn.start, turn.end))
-        return [Segment(s.speaker_id, round(s.start, 2), round(s.end, 2)) for s in out]
+                out.append(Segment(label, turn.start, turn.end, score))
+        return [Segment(s.speaker_id, round(s.start, 2), round(s.end, 2), round(s.score, 4)) for s in out]
 
     def check(self, tenant_id: int, speaker_ids: Sequence[str]) -> None:
         """Raise SpeakerNotFound unless every id names a speaker of the tenant with samples."""
@@ -184,7 +192,7 @@ class IdentificationService:
         heard in `band`) is accepted as by the identify rule, among `speaker_ids` (all the tenant's
         speakers if none); None for a voice no one is accepted for. An id goes to one voice at most,
         the best first."""
-        return self._voice_labels(voices, tenant_id, self._restriction(tenant_id, speaker_ids), band)
+        return self._voice_decisions(voices, tenant_id, self._restriction(tenant_id, speaker_ids), band)[0]
 
     # --- helpers ---------------------------------------------------------------------------------
 
@@ -256,9 +264,11 @@ class IdentificationService:
         scale = self.scorer.scale(tenant_id, *self.index.band(band).cohort(tenant_id))
         return self.scorer.scores(vectors, np.stack([c.centroid for c in candidates]), scale, gallery)
 
-    def _voice_labels(
+    def _voice_decisions(
         self, voices: np.ndarray, tenant_id: int, only: list[int] | None, band: Band
-    ) -> list[str | None]:
+    ) -> tuple[list[str | None], list[float]]:
+        """Each voice's label (as `label`) and its score against that speaker, or against its best
+        candidate when it has none."""
         candidates = self._candidates(voices, tenant_id, only, band)
         scores = self._score_matrix(voices, candidates, tenant_id, self._gallery(tenant_id, only), band)
         labels: list[str | None] = [None] * len(voices)
@@ -270,4 +280,8 @@ class IdentificationService:
             if labels[i] is None and j not in taken:
                 labels[i] = candidates[j].external_id
                 taken.add(j)
-        return labels
+        named = {c.external_id: j for j, c in enumerate(candidates)}
+        best = scores.max(axis=1)
+        return labels, [
+            float(best[i] if label is None else scores[i, named[label]]) for i, label in enumerate(labels)
+        ]

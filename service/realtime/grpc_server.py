@@ -81,7 +81,13 @@ def answer_messages(answer: ChunkAnswer) -> list[pb.SegmentSpeaker]:
             )
         ]
     return [
-        pb.SegmentSpeaker(id=answer.index, speaker_id=s.speaker_id, start=s.start, end=s.end)
+        pb.SegmentSpeaker(
+            id=answer.index,
+            speaker_id=s.speaker_id,
+            start=s.start,
+            end=s.end,
+            identification_score=s.score,
+        )
         for s in answer.segments
     ]
 

@@ -6,7 +6,9 @@ audio is an error for that chunk alone, and leaves the stream as it was), then s
 with the last `context_seconds` of the stream's audio before it: a speaker turn that spans chunks
 is one stretch of that window, scored as a whole by the same who-speaks-when use case as the
 compatible identify (`IdentificationService.segments`, its decision rule included). The answer is
-the stretches that reach into the chunk, in stream time.
+the stretches that reach into the chunk, in stream time, each with its decision score. The
+vectors embedded with the chunk before are kept (`SpanVectors`): a window of the very same samples
+is not embedded again, nor a stretch wholly in the context (it was answered already).
 
 Blocking: call `open` and `chunk` from a worker thread (the model work goes through the process's
 compute thread like every HTTP request's).
@@ -28,6 +30,7 @@ from service.audio.frontend import AudioInput
 from service.audio.pipeline import to_mono_16k
 from service.concurrency import Cancellation, compute
 from service.config import RealtimeSettings
+from service.diarization.turns import SpanVectors
 from service.enrollment.identification import IdentificationService
 from service.enrollment.service import EnrollmentService
 from service.enrollment.speaker_ids import is_speaker_id
@@ -49,6 +52,7 @@ class StreamSegment:
     speaker_id: str  # an enrolled speaker's id, or "unknown"
     start: float  # seconds of stream time
     end: float
+    score: float  # the decision rule's, of the stretch's voice against `speaker_id` (its best if unknown)
 
 
 @dataclass(frozen=True)
@@ -138,6 +142,8 @@ class StreamSession:
         self.clock = 0.0  # stream time where the next chunk starts unless it says otherwise
         self.count = 0
         self._context = np.zeros(0, dtype=np.float32)  # 16 kHz audio just before `clock`
+        self._heard = 0  # samples of audio scored so far: where the next chunk's audio starts
+        self._known = SpanVectors()  # vectors of the context's audio, keyed by those sample counts
 
     @staticmethod
     def check_speakers(enrollment: EnrollmentService, tenant_id: int, speaker_ids: Sequence[str]) -> None:
@@ -193,14 +199,21 @@ class StreamSession:
         window = np.concatenate([self._context, wave])
         lead = len(self._context) / MODEL_RATE  # window time of the chunk's start
         pcm = (np.clip(window, -1.0, 1.0) * 32767).astype("<i2").tobytes()
+        # Sample counts, not the client's offsets: the context is the audio heard just before.
+        self._known.origin, self._known.answered = self._heard - len(self._context), self._heard
         found = self.identification.segments(
-            self.tenant.tenant_id, AudioInput(pcm, "LINEAR16", MODEL_RATE), self.speaker_ids, cancel
+            self.tenant.tenant_id,
+            AudioInput(pcm, "LINEAR16", MODEL_RATE),
+            self.speaker_ids,
+            cancel,
+            known=self._known,
         )
         out = [
             StreamSegment(
                 s.speaker_id or UNKNOWN,
                 round(start + max(float(s.start) - lead, 0.0), 2),
                 round(start + float(s.end) - lead, 2),
+                s.score,
             )
             for s in found
             if s.end > lead
@@ -212,4 +225,6 @@ class StreamSession:
     def _advance(self, wave: np.ndarray, end: float) -> None:
         keep = int(self.settings.context_seconds * MODEL_RATE)
         self._context = np.concatenate([self._context, wave])[-keep:] if keep else self._context[:0]
+        self._heard += len(wave)
+        self._known.forget_before(self._heard - len(self._context))
         self.clock = end

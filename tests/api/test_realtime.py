@@ -3,6 +3,7 @@ WebSocket, served for real, with the real model on real speech."""
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import socket
@@ -16,12 +17,14 @@ from typing import Any
 
 import grpc
 import httpx
+import numpy as np
 import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 from devtools.realtime import (
     ENROLL,
+    RATE,
     Conversation,
     conversation,
     grpc_stream,
@@ -31,7 +34,9 @@ from devtools.realtime import (
     websocket_stream,
     websocket_url,
 )
+from service.audio.frontend import AudioInput
 from service.config import RealtimeSettings
+from service.diarization.turns import SpanVectors
 from service.realtime import deepaffects_realtime_pb2 as pb
 from tests.conftest import LiveServer, b64, flac_body, make_settings, needs_speech, new_key
 
@@ -79,6 +84,10 @@ def target(rt: LiveServer) -> str:
     return f"127.0.0.1:{rt.settings.realtime.grpc_port}"
 
 
+def threshold(rt: LiveServer) -> float:
+    return rt.services.identification.thresholds.identify
+
+
 def by_chunk(answers: list[dict[str, Any]]) -> dict[int, list[dict[str, Any]]]:
     out: dict[int, list[dict[str, Any]]] = {}
     for a in answers:
@@ -111,6 +120,8 @@ def test_official_client_example_names_each_chunks_speaker(
         assert all(3 * i - 0.01 <= s["start"] < s["end"] <= 3 * i + 3.01 for s in segments), segments
         found = main_speaker([(s["speaker_id"], s["start"], s["end"]) for s in segments])
         assert found == talk.speaker_at(3 * i + 1.5), (i, chunks)
+        # identification_score: the decision rule's, so a name comes with a score that passes it.
+        assert all(s["score"] >= threshold(rt) for s in segments if s["speaker_id"] != "unknown"), segments
 
 
 def test_websocket_names_each_frames_speaker(rt: LiveServer, key: str, talk: Conversation) -> None:
@@ -123,7 +134,50 @@ def test_websocket_names_each_frames_speaker(rt: LiveServer, key: str, talk: Con
         assert "segments" in answer, answer
         found = main_speaker([(s["speakerId"], s["start"], s["end"]) for s in answer["segments"]])
         assert found == talk.speaker_at(3 * i + 1.5), answer
+        assert all(s["score"] >= threshold(rt) for s in answer["segments"] if s["speakerId"] != "unknown")
         assert answer["start"] == pytest.approx(3 * i) and answer["end"] == pytest.approx(3 * i + 3)
+
+
+def test_a_streams_known_vectors_give_the_same_answers_for_less_model_work(
+    rt: LiveServer, key: str, talk: Conversation
+) -> None:
+    """Each 3 s chunk scored with the 1.5 s before it, as a stream does: with the stream's
+    SpanVectors, windows embedded before and stretches wholly in the answered context are not
+    embedded again; the chunk's speakers, their bounds and scores are those scored from scratch."""
+    tenant = rt.services.store.authenticate(key)
+    assert tenant is not None
+    embedded: list[int] = []  # waveforms given to the model, call by call
+    ident = copy.copy(rt.services.identification)
+
+    def counting(waves: Any, cancel: Any = None) -> np.ndarray:
+        embedded.append(len(waves))
+        return rt.services.identification.embed(waves, cancel)
+
+    ident.embed = counting
+    known = SpanVectors()
+    work = {"scratch": 0, "known": 0}
+    step, context = 3 * RATE, int(1.5 * RATE)
+    same_scores = 0
+    for start in range(0, len(talk.samples), step):
+        lo = max(start - context, 0)
+        clip = AudioInput(talk.samples[lo : start + step].astype("<i2").tobytes(), "LINEAR16", RATE)
+        known.origin, known.answered = lo, start
+        answers = {}
+        for way in work:
+            embedded.clear()
+            found = ident.segments(
+                tenant.tenant_id, clip, ["alice", "bob"], known=known if way == "known" else None
+            )
+            work[way] += sum(embedded)
+            answers[way] = [s for s in found if s.end > (start - lo) / RATE]
+        assert [s.speaker_id for s in answers["known"]] == [s.speaker_id for s in answers["scratch"]], answers
+        for a, b in zip(answers["known"], answers["scratch"], strict=True):
+            assert abs(a.start - b.start) <= 0.2 and abs(a.end - b.end) <= 0.2, answers
+            # A context stretch left out moves its voice's vector a little, not its decision.
+            assert abs(a.score - b.score) <= 0.5, answers
+            same_scores += a.score == b.score
+    assert work["known"] < work["scratch"], work
+    assert same_scores >= 4, same_scores  # where nothing was left out, the very same numbers
 
 
 def test_bad_chunks_get_an_error_each_and_the_stream_goes_on(

@@ -169,6 +169,18 @@ def test_who_speaks_when_labels_each_voice_and_leaves_a_stranger_unnamed(svc: Fa
         assert segment.end == pytest.approx(start + 6.0, abs=1.0)
 
 
+def test_a_stretch_carries_the_decision_rules_score_of_its_voice(svc: FakeServices) -> None:
+    """One voice's clip is one stretch, its voice that speech's vector: the segment's score is the
+    one identify gives the same clip (against the speaker named, or the best one for a stranger)."""
+    for voice, name in ((ALICE, "alice"), (STRANGER, None)):
+        clip = voice.clip(21)
+        [segment] = svc.identification.segments(ACME, clip)
+        found = svc.identification.identify(ACME, clip)
+        assert segment.speaker_id == found.speaker_id == name
+        assert segment.score == found.score != 0
+        assert (segment.score >= svc.identification.thresholds.identify) == (name is not None)
+
+
 def test_too_little_speech_to_identify_is_a_client_error(svc: FakeServices) -> None:
     with pytest.raises(InsufficientSpeech) as refused:
         svc.identification.identify(ACME, ALICE.clip(10, seconds=0.3))

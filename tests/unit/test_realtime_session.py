@@ -8,9 +8,11 @@ import numpy as np
 import pytest
 
 from devtools.fakes import FakeServices, SyntheticVoice, as_linear16, fake_services
+from service.api.stream import answer_json
 from service.audio.frontend import AudioInput
 from service.config import RealtimeSettings
 from service.errors import InvalidSpeakerId, SpeakerNotFound, TooManyStreams, Unauthorized
+from service.realtime.grpc_server import answer_messages
 from service.realtime.session import StreamLimiter, StreamSession, authenticate, parse_speaker_ids
 from service.storage.repository import TenantKey
 
@@ -48,6 +50,16 @@ def test_each_chunk_is_answered_in_stream_time_with_its_speaker(svc: FakeService
         assert all(a.start <= seg.start < seg.end <= a.end for seg in a.segments)
     named = [max(a.segments, key=lambda g: g.end - g.start).speaker_id for a in answers]
     assert named == ["alice", "alice", "bob", "bob"]
+
+
+def test_both_wires_carry_each_stretchs_decision_score(svc: FakeServices) -> None:
+    threshold = svc.identification.thresholds.identify
+    for voice, named in ((ALICE, True), (STRANGER, False)):
+        answer = session(svc).chunk(as_linear16(voice.wave(11, seconds=3.0)))
+        assert answer.segments and all((g.score >= threshold) == named for g in answer.segments)
+        messages = answer_messages(answer)
+        assert [m.identification_score for m in messages] == pytest.approx([g.score for g in answer.segments])
+        assert [g["score"] for g in answer_json(answer)["segments"]] == [g.score for g in answer.segments]
 
 
 def test_an_unknown_voice_is_unknown(svc: FakeServices) -> None:
@@ -98,6 +110,8 @@ def test_the_context_carries_a_turn_across_chunks_and_stays_bounded(svc: FakeSer
     assert (tail.start, tail.end) == (9.0, 10.0)
     assert [(g.speaker_id, g.start) for g in tail.segments] == [("alice", 9.0)]
     assert len(s._context) == 3 * RATE
+    # The vectors kept are of the context's audio alone: the stream's memory stays bounded too.
+    assert s._known.vectors and all(a >= 7 * RATE for a, _ in s._known.vectors)
 
 
 def test_restricted_candidates_and_unknown_ids(svc: FakeServices) -> None:
