@@ -62,7 +62,9 @@ class Trials:
 
 
 def _empty() -> Trials:
-    return Trials(*(np.zeros(0) for _ in range(4)), np.zeros(0), np.zeros(0, dtype=object))
+    return Trials(
+        np.zeros(0), np.zeros(0), np.zeros(0, bool), np.zeros(0, bool), np.zeros(0), np.zeros(0, dtype=object)
+    )
 
 
 def case_trials(
@@ -142,7 +144,7 @@ Adjust = Callable[[Trials], np.ndarray]
 
 
 def plain(t: Trials) -> np.ndarray:
-    return (t.cosine - t.level) / cal.SCORE_UNIT
+    return np.asarray((t.cosine - t.level) / cal.SCORE_UNIT)
 
 
 def shrink(b: float, ref: float) -> Adjust:
@@ -152,7 +154,7 @@ def shrink(b: float, ref: float) -> Adjust:
 
     def f(t: Trials) -> np.ndarray:
         r = np.clip(1 + b * np.log(np.maximum(t.seconds, 0.1) / ref), 0.2, 1.0)
-        return (t.cosine / r - t.level) / cal.SCORE_UNIT
+        return np.asarray((t.cosine / r - t.level) / cal.SCORE_UNIT)
 
     return f
 
@@ -161,7 +163,7 @@ def with_term(scorer: Scorer) -> Adjust:
     """The service's rule with its duration term (`Scorer.duration_term`)."""
 
     def f(t: Trials) -> np.ndarray:
-        return plain(t) + np.asarray(scorer.duration_term(t.seconds))
+        return np.asarray(plain(t) + scorer.duration_term(t.seconds))
 
     return f
 

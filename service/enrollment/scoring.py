@@ -205,4 +205,4 @@ class Scorer:
         else:
             cosines = np.atleast_2d(queries) @ np.atleast_2d(centroids).T
         term = np.reshape(self.duration_term(seconds), (-1, 1))
-        return (cosines - self.level(scale, gallery)) / self.rule.unit + term
+        return np.asarray((cosines - self.level(scale, gallery)) / self.rule.unit + term)

@@ -136,10 +136,10 @@ def test_short_clips_gain_the_duration_term_and_long_ones_none() -> None:
     assert np.array_equal(with_term.scores(clips, enrolled, scale, gallery=10), base)
     for seconds in (3.0, 12.0):
         assert np.array_equal(with_term.scores(clips, enrolled, scale, 10, seconds), base)
-    seconds = np.array([0.7, 1.0, 2.0, 5.0])
-    got = with_term.scores(clips, enrolled, scale, 10, seconds)
+    durations = np.array([0.7, 1.0, 2.0, 5.0])
+    got = with_term.scores(clips, enrolled, scale, 10, durations)
     gain = got - base
-    expected = 0.675 * np.log(3.0 / np.minimum(seconds, 3.0))
+    expected = 0.675 * np.log(3.0 / np.minimum(durations, 3.0))
     assert np.allclose(gain, expected[:, None], atol=1e-5)
     assert gain[0, 0] > gain[1, 0] > gain[2, 0] > gain[3, 0] == 0.0
     assert np.array_equal(got.argmax(axis=1), base.argmax(axis=1))
