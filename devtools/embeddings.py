@@ -82,7 +82,7 @@ class Embedding:
     def manifest(self, manifest: Path, cache_dir: Path, twin: bool = False) -> Embedded:
         """Every clip of `manifest` (`twin`: their narrowband twins, see `clip`), cached."""
         rows = read_manifest(manifest)
-        parts = [self.model.checksum, self.settings.precision, str(manifest.resolve())]
+        parts = [self.model.checksum, self.model.precision, str(manifest.resolve())]
         key = hashlib.sha256("\n".join(parts + (["twin"] if twin else [])).encode()).hexdigest()[:16]
         cache = cache_dir / f"{manifest.parent.name}{'-twin' if twin else ''}-{key}.npz"
         if cache.exists():
