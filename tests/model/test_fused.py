@@ -10,7 +10,7 @@ import torch
 from devtools.clips import load_clip
 from service.embedding import ecapa, weights
 from service.embedding.ecapa import EcapaEmbedder
-from service.embedding.fused import FusedEcapa, FusionUnsupported
+from service.embedding.fused import FusedEcapa, FusionUnsupported, Matmul
 from service.errors import StartupError
 from tests.conftest import needs_speech
 from tests.model.test_ecapa import cosine
@@ -84,12 +84,13 @@ def test_auto_falls_back_when_a_path_fails_its_self_check(monkeypatch: pytest.Mo
     not used; the next one is, and an explicit request for it is refused."""
     original = FusedEcapa.__init__
 
-    def drifted(self: FusedEcapa, model: object, dtype: torch.dtype = torch.float32, int8: bool = False) -> None:
+    def drifted(
+        self: FusedEcapa, model: object, dtype: torch.dtype = torch.float32, int8: bool = False
+    ) -> None:
         original(self, model, dtype, int8)
-        if int8:
-            for module in self.modules():
-                if getattr(module, "int8", False):
-                    module.scale = module.scale * torch.linspace(0.7, 1.3, len(module.scale))[:, None]
+        for module in self.modules():
+            if isinstance(module, Matmul) and module.int8:
+                module.scale = module.scale * torch.linspace(0.7, 1.3, len(module.scale))[:, None]
 
     monkeypatch.setattr(FusedEcapa, "__init__", drifted)
     monkeypatch.setattr(ecapa, "native_int8", lambda device: True)
@@ -100,7 +101,9 @@ def test_auto_falls_back_when_a_path_fails_its_self_check(monkeypatch: pytest.Mo
         EcapaEmbedder(weights.resolve(None), "cpu", "fused-int8")
 
 
-def test_a_model_the_rewrite_does_not_know_keeps_speechbrains_modules(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_model_the_rewrite_does_not_know_keeps_speechbrains_modules(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     def refuse(self: FusedEcapa, *args: object, **kwargs: object) -> None:
         raise FusionUnsupported("not speechbrain's ECAPA_TDNN: Other")
 
