@@ -239,6 +239,11 @@ class Settings(BaseSettings):
         description="auto = the fastest path the hardware runs natively that passes the start-up "
         "self-check (cosine to fp32 on a built-in signal); fused-* = the rewritten model",
     )
+    compile: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="run the fused model under torch.compile: auto = on a GPU only (on a CPU it "
+        "costs minutes at start-up)",
+    )
     torch_threads: int = Field(
         0, description="0 = one per core on a CPU box; 1 on a GPU box, where the cores prepare one clip each"
     )

@@ -11,6 +11,7 @@ import contextlib
 import copy
 import logging
 import os
+import shutil
 import threading
 import types
 from collections.abc import Iterator, Sequence
@@ -23,7 +24,7 @@ from hyperpyyaml import load_hyperpyyaml
 
 from service.audio import MODEL_RATE
 from service.concurrency import compute
-from service.embedding.fused import FusedEcapa, FusionUnsupported
+from service.embedding.fused import FusedEcapa
 from service.embedding.weights import ModelFiles
 from service.errors import StartupError
 
@@ -257,13 +258,19 @@ def _lean_pooling_forward(self: Any, x: torch.Tensor, lengths: torch.Tensor | No
     return torch.cat(means + stds, dim=1).unsqueeze(2)
 
 
-def gpu_compiler_available() -> bool:
-    """Whether torch.compile can generate GPU code here (inductor needs triton)."""
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
-    return True
+Compile = Literal["auto", "on", "off"]
+
+
+def compiler_available(device: torch.device) -> bool:
+    """Whether torch.compile can generate code for `device` here: triton for a GPU, a C++
+    compiler for a CPU."""
+    if device.type == "cuda":
+        try:
+            import triton  # noqa: F401
+        except ImportError:
+            return False
+        return True
+    return any(shutil.which(cc) for cc in ("g++", "c++", "clang++"))
 
 
 class EcapaEmbedder:
@@ -278,12 +285,18 @@ class EcapaEmbedder:
         device: str = "auto",
         precision: Precision | Literal["auto"] = "fp32",
         length_bucket: int = LENGTH_BUCKET,
+        compile: Compile = "auto",
     ) -> None:
+        """`compile`: run a fused path under torch.compile ("auto": on a GPU only; a CPU pays
+        minutes of compilation at start-up, see the README's Speed section)."""
         self.files = files
         self.length_bucket = max(1, length_bucket)
         self.checksum = files.sha256
         self.torch_device = pick_device(device)
         candidates = precision_candidates(precision, self.torch_device)
+        if compile not in ("auto", "on", "off"):
+            raise StartupError(f"unknown compile setting {compile!r}: use auto, on or off")
+        self._compile = compile == "on" or (compile == "auto" and self.torch_device.type == "cuda")
         # On a CPU the model shares the cores with speech detection: one torch call at a time, on
         # the one thread whose torch thread count is set. On a GPU the batcher's threads take turns.
         self._compute = compute if self.torch_device.type == "cpu" else None
@@ -309,7 +322,7 @@ class EcapaEmbedder:
         skip_identity_padding(self.embedding_model)
         lean_attentive_pooling(self.embedding_model)
         self.precision: Precision = "fp32"
-        self.compiled = False  # whether torch.compile runs the model (CUDA fused paths)
+        self.compiled = False  # whether torch.compile runs the model
         self._model: torch.nn.Module = self.embedding_model
         self.self_check_cosine = self._choose(candidates)
         self.dim = int(self.forward(torch.zeros(1, MODEL_RATE), torch.ones(1)).shape[1])
@@ -336,7 +349,7 @@ class EcapaEmbedder:
         attempts = [
             (candidate, compiled)
             for candidate in candidates
-            # On a GPU a fused path is tried compiled first, then as it is.
+            # With compilation on, a fused path is tried compiled first, then as it is.
             for compiled in ((True, False) if self._compilable(candidate) else (False,))
         ]
         for candidate, compiled in attempts:
@@ -346,7 +359,7 @@ class EcapaEmbedder:
             try:
                 self._use(candidate, compiled)
                 vectors = self.forward(batch, lens)
-            except (FusionUnsupported, RuntimeError) as exc:
+            except Exception as exc:  # a path that cannot be built or run here; compilers raise many kinds
                 problems.append(f"{candidate}{' compiled' if compiled else ''}: {exc}")
                 extra = {"precision": candidate, "compiled": compiled, "error": str(exc)}
                 log.warning("model path unusable", extra=extra)
@@ -363,8 +376,7 @@ class EcapaEmbedder:
         raise StartupError("no model path passed the start-up self-check: " + "; ".join(problems))
 
     def _compilable(self, precision: Precision) -> bool:
-        gpu = self.torch_device.type == "cuda"
-        return gpu and precision.startswith("fused-") and gpu_compiler_available()
+        return self._compile and precision.startswith("fused-") and compiler_available(self.torch_device)
 
     def _use(self, precision: Precision, compiled: bool = False) -> None:
         """Make `precision` the path `forward` runs (`compiled`: under torch.compile); speechbrain's

@@ -112,3 +112,17 @@ def test_a_model_the_rewrite_does_not_know_keeps_speechbrains_modules(
     assert not auto.precision.startswith("fused-")
     with pytest.raises(StartupError, match="ECAPA_TDNN"):
         EcapaEmbedder(weights.resolve(None), "cpu", "fused-bf16")
+
+
+@pytest.mark.skipif(
+    not ecapa.compiler_available(torch.device("cpu")), reason="no C++ compiler for torch.compile here"
+)
+def test_the_compiled_path_keeps_the_vectors(unbucketed: EcapaEmbedder, waves: list[np.ndarray]) -> None:
+    """SPK_COMPILE=on: the fused model under torch.compile (what a GPU runs by default), here on
+    the CPU: the self-check's batch of two, then single clips of other lengths (shapes symbolic).
+    Few calls: each new batch size compiles again, minutes on a small CPU."""
+    compiled = EcapaEmbedder(weights.resolve(None), "cpu", "fused-int8", compile="on")
+    assert compiled.compiled and compiled.precision == "fused-int8"
+    assert compiled.self_check_cosine >= ecapa.SELF_CHECK_COSINE
+    for k in (0, 3):
+        assert cosine(compiled.embed(waves[k]), unbucketed.embed(waves[k])) >= FLOORS["fused-int8"], CLIPS[k]

@@ -7,7 +7,7 @@ import torch
 
 from devtools.clips import load_clip
 from service.embedding import weights
-from service.embedding.ecapa import SELF_CHECK_COSINE, EcapaEmbedder, gpu_compiler_available
+from service.embedding.ecapa import SELF_CHECK_COSINE, EcapaEmbedder, compiler_available
 from tests.conftest import needs_speech
 from tests.model.test_ecapa import CLIPS, cosine, embed_concurrently
 
@@ -32,7 +32,7 @@ def test_gpu_auto_runs_the_fused_model_compiled_and_keeps_the_cpu_vectors(embedd
     torch.compile where triton is there, having passed its self-check; vectors as the CPU's fp32."""
     auto = EcapaEmbedder(weights.resolve(None), "cuda", "auto")
     assert auto.precision == ("fused-bf16" if torch.cuda.is_bf16_supported() else "fused-fp32")
-    assert auto.compiled == gpu_compiler_available(), "torch.compile failed; see the log's warning"
+    assert auto.compiled == compiler_available(auto.torch_device), "torch.compile failed: see the log"
     assert auto.self_check_cosine >= SELF_CHECK_COSINE
     waves = [load_clip(p).as_float() for p in CLIPS]
     # Batches of different sizes and lengths: the compiled graph's shapes are symbolic.
