@@ -15,7 +15,8 @@ Built from the loaded speechbrain modules (their weights, not a copy of their co
 - Kernel-1 convolutions are matrix products where that is faster (bf16 on a CPU, any GPU).
 - ``int8``: the large matrix products (the blocks' 1024x1024 and the aggregation's 3072x3072) run
   in int8 with per-output-channel weight scales and per-frame activation scales (VNNI / AMX on a
-  CPU), accumulating in int32.
+  CPU), accumulating in int32; each input channel is first weighted by how much its weights
+  amplify a rounding error (see `Matmul`). Written for the CPU: a GPU runs bf16.
 
 The rewrite refuses (`FusionUnsupported`) a model whose layout it does not know, and the caller
 keeps speechbrain's modules.
@@ -60,8 +61,8 @@ def _conv(module: Any) -> tuple[torch.Tensor, torch.Tensor, int]:
         raise FusionUnsupported(f"unexpected convolution {conv}")
     kernel = conv.kernel_size[0]
     padding = (getattr(module, "padding", None), getattr(module, "padding_mode", None))
-    if kernel > 1 and padding != ("same", "reflect"):
-        raise FusionUnsupported("only reflect 'same' padding is known")
+    if kernel > 1 and (padding != ("same", "reflect") or kernel % 2 == 0):
+        raise FusionUnsupported("only odd kernels with reflect 'same' padding are known")
     bias = conv.bias.detach().float() if conv.bias is not None else torch.zeros(conv.out_channels)
     return conv.weight.detach().float(), bias, conv.dilation[0]
 
