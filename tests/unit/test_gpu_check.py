@@ -47,14 +47,15 @@ def test_dry_run_plans_install_tests_and_bench_without_doing_them(tmp_path: Path
     )
     assert done.returncode == 0, done.stderr
     plan = done.stderr + done.stdout  # the tests and the bench print through tee
-    import torch
+    from importlib.metadata import version
 
-    assert f"torch {torch.__version__}" in plan
+    assert f"torch {version('torch')}, torchaudio {version('torchaudio')}" in plan
     assert "venv --system-site-packages .gpu-venv" in plan
+    assert "machine-python.pth" in plan  # the interpreter's own packages, when it is a virtualenv
     assert re.search(r"pip install -q -c \S+/constraints-gpu.txt -r \S+/requirements-gpu.txt", plan)
     assert f"-e . {model_wheel()}" in plan
     assert "pytest -m gpu" in plan and "tests/model/test_gpu.py" in plan
     assert "scripts.bench --only gpu,http --device cuda" in plan
     assert (out / "requirements-gpu.txt").read_text().split() == requirements()
-    assert f"torch=={torch.__version__}" in (out / "constraints-gpu.txt").read_text().split()
+    assert f"torch=={version('torch')}" in (out / "constraints-gpu.txt").read_text().split()
     assert not (REPO_ROOT / ".gpu-venv").exists()  # nothing installed
