@@ -87,7 +87,8 @@ class Embedding:
         return whole, short, speech_s, snr_db
 
     def _key(self, manifest: Path, *extra: str) -> str:
-        parts = [self.model.checksum, self.settings.precision, str(manifest.resolve()), *extra]
+        # The path actually chosen (`auto` picks by start-up check), not the setting.
+        parts = [self.model.checksum, self.model.precision, str(manifest.resolve()), *extra]
         return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
     def crops(self, manifest: Path, cache_dir: Path, seconds: tuple[float, ...] = CROP_S) -> np.ndarray:

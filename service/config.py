@@ -242,9 +242,15 @@ class Settings(BaseSettings):
         None, description="an operator's own speechbrain ECAPA folder instead of the bundled one"
     )
     model_sha256: str | None = Field(None, description="expected sha256 of SPK_MODEL_DIR's weights")
-    precision: Literal["auto", "fp32", "bf16"] = Field(
+    precision: Literal["auto", "fp32", "bf16", "fused-fp32", "fused-bf16", "fused-int8"] = Field(
         "auto",
-        description="auto = bf16 where the CPU (avx512_bf16/AMX) or GPU runs it natively, else fp32",
+        description="auto = the fastest path the hardware runs natively that passes the start-up "
+        "self-check (cosine to fp32 on a built-in signal); fused-* = the rewritten model",
+    )
+    compile: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="run the fused model under torch.compile: auto = on a GPU only (on a CPU it "
+        "costs minutes at start-up)",
     )
     torch_threads: int = Field(
         0, description="0 = one per core on a CPU box; 1 on a GPU box, where the cores prepare one clip each"

@@ -46,7 +46,7 @@ log = logging.getLogger(__name__)
 
 def load_embedder(settings: Settings) -> EcapaEmbedder:
     files = weights.resolve(settings.model_dir, settings.model_sha256)
-    return EcapaEmbedder(files, settings.device, settings.precision)
+    return EcapaEmbedder(files, settings.device, settings.precision, compile=settings.compile)
 
 
 def enrollment_policy(settings: Settings) -> EnrollmentPolicy:

@@ -36,6 +36,7 @@ def enroll_section(
 ) -> dict[str, Any]:
     import httpx
 
+    from service.audio.band import telephone_band
     from service.audio.frontend import AudioFrontEnd, AudioInput
 
     clips, flacs = ten_second_bodies(speech, args.clips)
@@ -46,8 +47,12 @@ def enroll_section(
         decode_timeout_s=audio.decode_timeout_s,
         vad_threshold=audio.vad_threshold,
     )
-    # What the service embeds for an enrollment: the clip's speech, found by its VAD.
+    # What the service embeds for an enrollment: the clip's speech, found by its VAD, and (with
+    # narrowband twins on, the default) that speech through a simulated telephone line, in the
+    # same model call: a batch of two of the same length.
     speech_waves = [frontend.load(AudioInput(f, "FLAC")).speech_wave() for f in flacs]
+    twins = Settings().enrollment.narrowband_twins
+    pairs = [[w, telephone_band(w)] if twins else [w] for w in speech_waves]
     ours = models.ours(server.device, server.precision)
     reference = models.reference(server.device)
     ids = itertools.count()
@@ -67,6 +72,7 @@ def enroll_section(
         calls: dict[str, Callable[[int], Any]] = {
             "http": enroll,
             "forward": lambda i: ours.embed_batch([speech_waves[i]])[0],
+            "enrollment_forward": lambda i: ours.embed_batch(pairs[i]),
             "speechbrain": lambda i: reference.embed(speech_waves[i]),
         }
         alternated(calls, 1, 1)  # the first request pays one-off costs
@@ -78,6 +84,8 @@ def enroll_section(
     labels = {
         "http": "enrollment over HTTP, end to end",
         "forward": f"bare forward (service core, {server.precision}, batch 1)",
+        "enrollment_forward": "bare forward of what an enrollment embeds: the speech"
+        + (" and its narrowband twin, one call (batch 2)" if twins else " (batch 1)"),
         "speechbrain": "speechbrain encode_batch",
     }
     rows = {
@@ -117,5 +125,8 @@ def enroll_section(
         "bare_forward": rows["forward"],
         "speechbrain": rows["speechbrain"],
         "enrollment_over_forward": rows["forward"]["enrollment_over_this"],
+        "narrowband_twins": twins,
+        "enrollment_forward": rows["enrollment_forward"],
+        "enrollment_over_enrollment_forward": rows["enrollment_forward"]["enrollment_over_this"],
         "speechbrain_over_enrollment": 1.0 / rows["speechbrain"]["enrollment_over_this"],
     }

@@ -8,12 +8,14 @@ from its checked weights file, so an operator's own speechbrain ECAPA folder wor
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import os
+import shutil
 import threading
 import types
 from collections.abc import Iterator, Sequence
-from typing import Any, Literal
+from typing import Any, Literal, cast, get_args
 
 import numpy as np
 import torch
@@ -22,12 +24,19 @@ from hyperpyyaml import load_hyperpyyaml
 
 from service.audio import MODEL_RATE
 from service.concurrency import compute
+from service.embedding.fused import FusedEcapa
 from service.embedding.weights import ModelFiles
 from service.errors import StartupError
 
 log = logging.getLogger(__name__)
 
-Precision = Literal["fp32", "bf16"]
+# How the model runs. fp32 / bf16: speechbrain's own modules (bf16 under autocast). fused-*: the
+# inference rewrite of `service.embedding.fused`, in fp32, bf16, or int8 for its large matrix
+# products (bf16 elsewhere where the hardware has it, else fp32).
+Precision = Literal["fp32", "bf16", "fused-fp32", "fused-bf16", "fused-int8"]
+# A path is used only if its vectors of the built-in test signal are this close to speechbrain's
+# fp32 ones (the lowest any path reached on real speech: fused-int8, 0.9993 on eval-telephone).
+SELF_CHECK_COSINE = 0.999
 # Batches are padded up to a multiple of this many samples (0.5 s). Backends cache one set of
 # kernels per input shape (oneDNN's primitive cache on a CPU): with free lengths that cache, and
 # the process, grew by about 2 MB per distinct length; with bucketed lengths it stays flat.
@@ -85,13 +94,56 @@ def native_bf16(device: torch.device) -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+def native_int8(device: torch.device) -> bool:
+    """Whether `device` has int8 dot-product instructions (VNNI, AMX) that the int8 path needs to pay."""
+    if device.type != "cpu":
+        return False  # the int8 path is written for the CPU; a GPU runs bf16
+    try:
+        with open("/proc/cpuinfo") as fh:
+            flags = fh.read()
+    except OSError:
+        return False
+    return any(flag in flags for flag in ("avx512_vnni", "avx_vnni", "amx_int8"))
+
+
+def precision_candidates(requested: str, device: torch.device) -> list[Precision]:
+    """The paths to try, fastest first: `requested` alone, or for ``auto`` every path the hardware
+    runs natively, in the order the bench measured them, down to fp32, which always passes."""
+    known: tuple[Precision, ...] = get_args(Precision)
+    if requested != "auto":
+        if requested not in known:
+            raise StartupError(f"unknown precision {requested!r}: use auto, {', '.join(known)}")
+        return [requested]
+    order: list[Precision] = []
+    if native_int8(device):
+        order.append("fused-int8")
+    if native_bf16(device):
+        order += ["fused-bf16", "bf16"]
+    return [*order, "fused-fp32", "fp32"]
+
+
 def pick_precision(requested: str, device: torch.device) -> Precision:
-    """``auto``: bf16 where the hardware has it (vectors within cosine 0.9999 of fp32), else fp32."""
-    if requested == "auto":
-        return "bf16" if native_bf16(device) else "fp32"
-    if requested not in ("fp32", "bf16"):
-        raise StartupError(f"unknown precision {requested!r}: use auto, fp32 or bf16")
-    return "bf16" if requested == "bf16" else "fp32"
+    """The path `requested` starts with (``auto``: the fastest the hardware has; the start-up
+    self-check may still fall back from it, see `EcapaEmbedder.precision`)."""
+    return precision_candidates(requested, device)[0]
+
+
+def self_check_signal() -> list[np.ndarray]:
+    """Two speech-like 16 kHz clips of different lengths (so a padded batch): a voice whose pitch
+    glides under syllable-rate loudness changes, through two formant-like resonances, with a
+    little noise. Deterministic, built in: the start-up check needs no files."""
+    rng = np.random.default_rng(20260101)
+    clips = []
+    for seconds, f0 in ((3.0, 120.0), (2.2, 190.0)):
+        t = np.arange(int(seconds * MODEL_RATE)) / MODEL_RATE
+        pitch = f0 * (1 + 0.15 * np.sin(2 * np.pi * 0.7 * t))
+        phase = 2 * np.pi * np.cumsum(pitch) / MODEL_RATE
+        formants = {4, 5, 6, 11, 12, 13, 14}
+        voice = sum(np.sin(k * phase) / k * (1.5 if k in formants else 1.0) for k in range(1, 30))
+        envelope = 0.55 + 0.45 * np.sin(2 * np.pi * 4.0 * t) ** 2
+        clip = 0.05 * voice * envelope + 0.003 * rng.standard_normal(len(t))
+        clips.append(clip.astype(np.float32))
+    return clips
 
 
 def pick_device(requested: str) -> torch.device:
@@ -206,6 +258,21 @@ def _lean_pooling_forward(self: Any, x: torch.Tensor, lengths: torch.Tensor | No
     return torch.cat(means + stds, dim=1).unsqueeze(2)
 
 
+Compile = Literal["auto", "on", "off"]
+
+
+def compiler_available(device: torch.device) -> bool:
+    """Whether torch.compile can generate code for `device` here: triton for a GPU, a C++
+    compiler for a CPU."""
+    if device.type == "cuda":
+        try:
+            import triton  # noqa: F401
+        except ImportError:
+            return False
+        return True
+    return any(shutil.which(cc) for cc in ("g++", "c++", "clang++"))
+
+
 class EcapaEmbedder:
     """Loads once; `embed_batch` is thread-safe (one forward at a time per process). On a CPU every
     torch call runs on the process's compute thread (`service.concurrency`)."""
@@ -218,12 +285,18 @@ class EcapaEmbedder:
         device: str = "auto",
         precision: Precision | Literal["auto"] = "fp32",
         length_bucket: int = LENGTH_BUCKET,
+        compile: Compile = "auto",
     ) -> None:
+        """`compile`: run a fused path under torch.compile ("auto": on a GPU only; a CPU pays
+        minutes of compilation at start-up, see the README's Speed section)."""
         self.files = files
         self.length_bucket = max(1, length_bucket)
         self.checksum = files.sha256
         self.torch_device = pick_device(device)
-        self.precision: Precision = pick_precision(precision, self.torch_device)
+        candidates = precision_candidates(precision, self.torch_device)
+        if compile not in ("auto", "on", "off"):
+            raise StartupError(f"unknown compile setting {compile!r}: use auto, on or off")
+        self._compile = compile == "on" or (compile == "auto" and self.torch_device.type == "cuda")
         # On a CPU the model shares the cores with speech detection: one torch call at a time, on
         # the one thread whose torch thread count is set. On a GPU the batcher's threads take turns.
         self._compute = compute if self.torch_device.type == "cpu" else None
@@ -248,17 +321,88 @@ class EcapaEmbedder:
             module.to(self.torch_device)
         skip_identity_padding(self.embedding_model)
         lean_attentive_pooling(self.embedding_model)
-        if self.precision == "bf16":
-            # Convolution weights are cast once here instead of by autocast on every call (20M
-            # parameters a forward); normalisation layers keep their fp32 statistics.
-            for module in self.embedding_model.modules():
-                if isinstance(module, torch.nn.Conv1d):
-                    module.to(torch.bfloat16)
+        self.precision: Precision = "fp32"
+        self.compiled = False  # whether torch.compile runs the model
+        self._model: torch.nn.Module = self.embedding_model
+        self.self_check_cosine = self._choose(candidates)
+        # From here on only the chosen path is kept (speechbrain's fp32 modules were its source).
+        self.embedding_model = self._model
         self.dim = int(self.forward(torch.zeros(1, MODEL_RATE), torch.ones(1)).shape[1])
         log.info(
             "model loaded",
-            extra={"device": str(self.torch_device), "precision": self.precision, "sha256": self.checksum},
+            extra={
+                "device": str(self.torch_device),
+                "precision": self.precision,
+                "compiled": self.compiled,
+                "self_check_cosine": self.self_check_cosine,
+                "sha256": self.checksum,
+            },
         )
+
+    def _choose(self, candidates: Sequence[Precision]) -> float:
+        """Set up the first of `candidates` whose vectors of `self_check_signal` are within
+        `SELF_CHECK_COSINE` of speechbrain's fp32 ones; returns its lowest cosine. A path that
+        cannot be built or fails the check is logged and the next one tried; when none is left,
+        start-up fails (an explicit precision that fails its check is refused, not replaced)."""
+        waves = self_check_signal()
+        batch, lens = self.preprocess(waves)
+        reference = self.forward(batch, lens)  # speechbrain's modules in fp32
+        problems: list[str] = []
+        attempts = [
+            (candidate, compiled)
+            for candidate in candidates
+            # With compilation on, a fused path is tried compiled first, then as it is.
+            for compiled in ((True, False) if self._compilable(candidate) else (False,))
+        ]
+        for candidate, compiled in attempts:
+            if candidate == "fp32":
+                self._use("fp32")
+                return 1.0
+            try:
+                self._use(candidate, compiled)
+                vectors = self.forward(batch, lens)
+            except Exception as exc:  # a path that cannot be built or run here; compilers raise many kinds
+                problems.append(f"{candidate}{' compiled' if compiled else ''}: {exc}")
+                extra = {"precision": candidate, "compiled": compiled, "error": str(exc)}
+                log.warning("model path unusable", extra=extra)
+                continue
+            lowest = float(F.cosine_similarity(vectors, reference).min())
+            if lowest >= SELF_CHECK_COSINE and bool(torch.isfinite(vectors).all()):
+                return lowest
+            problems.append(f"{candidate}: cosine {lowest:.5f} to fp32 on the self-check signal")
+            log.warning(
+                "model path failed its self-check",
+                extra={"precision": candidate, "compiled": compiled, "cosine": lowest},
+            )
+        self._use("fp32")
+        raise StartupError("no model path passed the start-up self-check: " + "; ".join(problems))
+
+    def _compilable(self, precision: Precision) -> bool:
+        return self._compile and precision.startswith("fused-") and compiler_available(self.torch_device)
+
+    def _use(self, precision: Precision, compiled: bool = False) -> None:
+        """Make `precision` the path `forward` runs (`compiled`: under torch.compile); speechbrain's
+        fp32 modules stay as they are."""
+        self.precision, self.compiled, self._model = "fp32", False, self.embedding_model
+        if precision == "bf16":
+            # A copy whose convolution weights are cast once here instead of by autocast on every
+            # call (20M parameters a forward); normalisation layers keep their fp32 statistics.
+            model = copy.deepcopy(self.embedding_model)
+            for module in model.modules():
+                if isinstance(module, torch.nn.Conv1d):
+                    module.to(torch.bfloat16)
+            self._model = model
+        elif precision != "fp32":
+            int8 = precision == "fused-int8"
+            bf16 = precision == "fused-bf16" or (int8 and native_bf16(self.torch_device))
+            fused = FusedEcapa(self.embedding_model, torch.bfloat16 if bf16 else torch.float32, int8=int8)
+            self._model = fused.to(self.torch_device).eval()
+            if compiled:
+                # Shapes symbolic: batches and lengths vary. Compilation happens on the first
+                # call (the self-check). CUDA graphs are not used: they are recorded per shape.
+                self._model = cast(torch.nn.Module, torch.compile(self._model, dynamic=True))
+                self.compiled = True
+        self.precision = precision
 
     @property
     def device(self) -> str:
@@ -323,7 +467,7 @@ class EcapaEmbedder:
 
     @contextlib.contextmanager
     def _autocast(self) -> Iterator[None]:
-        if self.precision == "bf16":
+        if self.precision == "bf16":  # the fused paths cast by themselves
             with torch.autocast(self.torch_device.type, dtype=torch.bfloat16):
                 yield
         else:
@@ -337,6 +481,6 @@ class EcapaEmbedder:
         feats = self.compute_features(batch)
         feats = self.mean_var_norm(feats, wav_lens)
         with self._autocast():
-            out = self.embedding_model(feats, wav_lens)
+            out = self._model(feats, wav_lens)  # = embedding_model once the path is chosen
         flat: torch.Tensor = out.reshape(out.shape[0], -1)
         return flat

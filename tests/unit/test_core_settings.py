@@ -5,17 +5,24 @@ from __future__ import annotations
 import pytest
 import torch
 
-from service.embedding.ecapa import native_bf16, pick_precision
+from service.embedding.ecapa import native_bf16, native_int8, pick_precision, precision_candidates
 from service.errors import StartupError
 
 
 def test_explicit_precisions_stand_and_auto_follows_the_hardware() -> None:
     cpu = torch.device("cpu")
-    assert pick_precision("fp32", cpu) == "fp32"
-    assert pick_precision("bf16", cpu) == "bf16"
-    assert pick_precision("auto", cpu) == ("bf16" if native_bf16(cpu) else "fp32")
+    for name in ("fp32", "bf16", "fused-fp32", "fused-bf16", "fused-int8"):
+        assert precision_candidates(name, cpu) == [name]
     with open("/proc/cpuinfo") as fh:
-        assert native_bf16(cpu) == ("avx512_bf16" in (flags := fh.read()) or "amx_bf16" in flags)
+        flags = fh.read()
+    assert native_bf16(cpu) == ("avx512_bf16" in flags or "amx_bf16" in flags)
+    assert native_int8(cpu) == any(f in flags for f in ("avx512_vnni", "avx_vnni", "amx_int8"))
+    auto = precision_candidates("auto", cpu)
+    # Fastest first, down to fp32, which needs no check; nothing the hardware lacks.
+    assert auto[-2:] == ["fused-fp32", "fp32"]
+    assert ("fused-int8" in auto) == native_int8(cpu)
+    assert ("fused-bf16" in auto) == ("bf16" in auto) == native_bf16(cpu)
+    assert pick_precision("auto", cpu) == auto[0]
     with pytest.raises(StartupError, match="precision"):
         pick_precision("fp8", cpu)
 
