@@ -133,7 +133,7 @@ SCORE_UNIT = 0.1
 # against 10.2 / 9.3 %.
 DIARIZATION_WINDOW_S = 1.5
 DIARIZATION_HOP_S = 0.75
-DIARIZATION_WINDOW_STOP_DISTANCE = 0.4  # cosine distance, average linkage, between window groups
+DIARIZATION_WINDOW_STOP_DISTANCE = 0.45  # cosine distance, average linkage, between window groups
 DIARIZATION_STOP_DISTANCE = 0.875  # between voices, from whole stretches less part of the clip's mean
 DIARIZATION_CENTRING = 0.3  # share of the clip's mean stretch vector taken from each before clustering
 DIARIZATION_MIN_VOICE_S = 2.0  # a voice found in the audio holds at least this much speech
