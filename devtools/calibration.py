@@ -86,6 +86,8 @@ def rule(study: Study, pair_mean: float, pair_sd: float) -> D.Service:
                 pair_sd=pair_sd,
                 strength=cal.PRIOR_STRENGTH,
                 unit=cal.SCORE_UNIT,
+                short_s=cal.SHORT_PROBE_S,
+                short_slope=cal.SHORT_PROBE_SLOPE,
             )
         )
     )
@@ -252,7 +254,7 @@ def _voice_trials(
     for i, row in enumerate(e1.rows):
         if D.half_of(row.speaker) == half:
             by.setdefault(row.speaker, []).append(i)
-    firsts = {s: e2.vectors[idx[0]] for s, idx in by.items() if np.isfinite(e2.vectors[idx[0]]).all()}
+    firsts = {s: idx[0] for s, idx in by.items() if np.isfinite(e2.vectors[idx[0]]).all()}
     genuine: list[float] = []
     impostor: list[float] = []
     for spk, idx in by.items():
@@ -265,9 +267,11 @@ def _voice_trials(
             earlier.append(new)
             if not np.isfinite(new).all():
                 continue
-            genuine.append(float(scorer.scores(new, voiceprint, scale, 1)[0, 0]))
-            others = np.stack([v for s, v in firsts.items() if s != spk])
-            impostor += scorer.scores(others, voiceprint, scale, 1)[:, 0].tolist()
+            # Each sample with its own speech seconds, as the service checks it (the duration term).
+            genuine.append(float(scorer.scores(new, voiceprint, scale, 1, float(e2.speech_s[idx[k]]))[0, 0]))
+            others = [i for s, i in firsts.items() if s != spk]
+            scores = scorer.scores(e2.vectors[others], voiceprint, scale, 1, e2.speech_s[others])
+            impostor += scores[:, 0].tolist()
     return np.array(genuine), np.array(impostor)
 
 

@@ -30,6 +30,8 @@ from service.tools.inputs import ManifestRow, read_manifest
 log = logging.getLogger(__name__)
 
 SHORT_S = 3.0
+# Speech seconds of the crops `Embedding.crops` embeds: how scores move with a probe's duration.
+CROP_S = (0.7, 1.0, 1.5, 2.0, 3.0, 5.0)
 
 
 @dataclass(frozen=True)
@@ -56,9 +58,9 @@ class Embedding:
         self.model: EcapaEmbedder = load_embedder(self.settings)
         self.detector = SpeechDetector(self.settings.audio.vad_threshold)
 
-    def clip(self, row: ManifestRow, twin: bool = False) -> tuple[np.ndarray, np.ndarray, float, float]:
-        """`twin`: the vectors of the clip's narrowband twin, as enrollment makes it (a wideband
-        clip's speech through `telephone_band`; a narrowband clip's own)."""
+    def speech(self, row: ManifestRow) -> tuple[np.ndarray, float, float, int]:
+        """The clip's speech at the model rate as the front end finds it, its speech seconds, SNR
+        and source rate."""
         audio = self.settings.audio
         decoded = decode(
             row.path.read_bytes(),
@@ -68,22 +70,55 @@ class Embedding:
             timeout_s=audio.decode_timeout_s,
         )
         prepared = prepare(decoded, self.detector)
-        speech = prepared.speech_wave()
-        if twin and band_of(prepared.source_rate, speech) == Band.WIDE:
+        return prepared.speech_wave(), prepared.speech_seconds, prepared.snr_db, prepared.source_rate
+
+    def clip(self, row: ManifestRow, twin: bool = False) -> tuple[np.ndarray, np.ndarray, float, float]:
+        """`twin`: the vectors of the clip's narrowband twin, as enrollment makes it (a wideband
+        clip's speech through `telephone_band`; a narrowband clip's own)."""
+        speech, speech_s, snr_db, source_rate = self.speech(row)
+        if twin and band_of(source_rate, speech) == Band.WIDE:
             speech = telephone_band(speech)
         if len(speech) < MODEL_RATE // 10:
             nan = np.full(self.model.dim, np.nan, dtype=np.float32)
-            return nan, nan, prepared.speech_seconds, prepared.snr_db
+            return nan, nan, speech_s, snr_db
         whole = unit_rows(self.model.embed(speech))
         short_len = int(SHORT_S * MODEL_RATE)
         short = whole if len(speech) <= short_len else unit_rows(self.model.embed(speech[:short_len]))
-        return whole, short, prepared.speech_seconds, prepared.snr_db
+        return whole, short, speech_s, snr_db
+
+    def _key(self, manifest: Path, *extra: str) -> str:
+        parts = [self.model.checksum, self.settings.precision, str(manifest.resolve()), *extra]
+        return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+
+    def crops(self, manifest: Path, cache_dir: Path, seconds: tuple[float, ...] = CROP_S) -> np.ndarray:
+        """``(n, len(seconds), dim)``: the vector of each clip's first `seconds` of speech, one model
+        pass per crop; NaN where the clip holds less speech than the crop. Cached."""
+        rows = read_manifest(manifest)
+        key = self._key(manifest, "crops", *(f"{s:g}" for s in seconds))
+        cache = cache_dir / f"{manifest.parent.name}-crops-{key}.npy"
+        if cache.exists():
+            cached = np.load(cache)
+            if len(cached) == len(rows):
+                return np.asarray(cached)
+        started = time.monotonic()
+        out = np.full((len(rows), len(seconds), self.model.dim), np.nan, dtype=np.float32)
+        for i, row in enumerate(rows):
+            speech = self.speech(row)[0]
+            for j, s in enumerate(seconds):
+                n = int(s * MODEL_RATE)
+                if len(speech) >= n:
+                    out[i, j] = unit_rows(self.model.embed(speech[:n]))
+        log.info(
+            "%s: crops of %d clips in %.0f s", manifest.parent.name, len(rows), time.monotonic() - started
+        )
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        np.save(cache, out)
+        return out
 
     def manifest(self, manifest: Path, cache_dir: Path, twin: bool = False) -> Embedded:
         """Every clip of `manifest` (`twin`: their narrowband twins, see `clip`), cached."""
         rows = read_manifest(manifest)
-        parts = [self.model.checksum, self.settings.precision, str(manifest.resolve())]
-        key = hashlib.sha256("\n".join(parts + (["twin"] if twin else [])).encode()).hexdigest()[:16]
+        key = self._key(manifest, *(["twin"] if twin else []))
         cache = cache_dir / f"{manifest.parent.name}{'-twin' if twin else ''}-{key}.npz"
         if cache.exists():
             data = np.load(cache)

@@ -7,6 +7,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import numpy as np
+
 from devtools import channels
 from devtools.embeddings import Embedded, Embedding
 from devtools.sets import EVAL_SPEECH, EVAL_TELEPHONE, REPO_ROOT, manifest_rows
@@ -42,6 +44,26 @@ def embed_all(work: Path = WORK) -> dict[str, Embedded]:
     return out
 
 
+# The conditions whose clips are also embedded as crops of several durations (`crop_all`).
+CROPPED = ("telephone", "mulaw", "amrnb", "opus", "clean")
+
+
+def crop_all(work: Path = WORK, names: tuple[str, ...] = CROPPED) -> dict[str, np.ndarray]:
+    """The crops (`Embedding.crops`) of every clip of the conditions `names` (channel names of
+    `embed_all`, "telephone": eval-telephone), in the order of their manifests."""
+    embedding = Embedding()
+    out = {}
+    for name in names:
+        manifest = (
+            EVAL_TELEPHONE / "manifest.csv"
+            if name == "telephone"
+            else work / "speech" / name / "manifest.csv"
+        )
+        out[name] = embedding.crops(manifest, work / "cache")
+    return out
+
+
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     embed_all()
+    crop_all()

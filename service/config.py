@@ -96,6 +96,14 @@ class IdentifySettings(BaseModel):
         cal.PRIOR_STRENGTH, ge=0, description="speakers the impostor prior counts as in a tenant's level"
     )
     score_unit: float = Field(cal.SCORE_UNIT, gt=0, description="cosine per normalised score unit")
+    short_probe_s: float = Field(
+        cal.SHORT_PROBE_S,
+        ge=0,
+        description="clips with less speech than this gain the duration term (0: off)",
+    )
+    short_probe_slope: float = Field(
+        cal.SHORT_PROBE_SLOPE, ge=0, description="units the duration term adds per ln step of speech below it"
+    )
     min_speech_seconds: float = Field(
         cal.MIN_IDENTIFY_SPEECH_SECONDS, description="net speech a clip to identify must hold"
     )

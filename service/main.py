@@ -120,6 +120,8 @@ def use_cases(
             strength=ident.prior_strength,
             unit=ident.score_unit,
             centring=ident.domain_centring,
+            short_s=ident.short_probe_s,
+            short_slope=ident.short_probe_slope,
         )
     )
     audio = settings.audio

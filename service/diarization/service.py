@@ -37,10 +37,15 @@ class VoiceLabels(Protocol):
         """Raise SpeakerNotFound for an id the tenant has no speaker (with samples) for."""
 
     def label(
-        self, tenant_id: int, voices: np.ndarray, speaker_ids: Sequence[str] | None, band: Band
+        self,
+        tenant_id: int,
+        voices: np.ndarray,
+        speaker_ids: Sequence[str] | None,
+        band: Band,
+        seconds: np.ndarray | None = None,
     ) -> list[str | None]:
-        """For each voice vector ``(k, dim)`` heard in `band`: the id it is accepted as, or None; an
-        id at most once."""
+        """For each voice vector ``(k, dim)`` heard in `band` (with `seconds` ``(k,)`` of speech): the
+        id it is accepted as, or None; an id at most once."""
 
 
 @dataclass(frozen=True)
@@ -102,7 +107,7 @@ class DiarizationService:
     ) -> list[str]:
         known: list[str | None] = [None] * found.count
         if speaker_ids and self.labels is not None and found.count:
-            known = self.labels.label(tenant_id, found.voices, speaker_ids, band)
+            known = self.labels.label(tenant_id, found.voices, speaker_ids, band, found.seconds)
         names, n = [], 0
         for k in known:
             if k is None:

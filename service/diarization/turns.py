@@ -69,6 +69,14 @@ class Turns:
     def count(self) -> int:
         return len(self.voices)
 
+    @property
+    def seconds(self) -> np.ndarray:
+        """``(k,)``: each voice's speech in seconds (what the decision rule's duration term reads)."""
+        out = np.zeros(self.count)
+        for turn in self.turns:
+            out[turn.voice] += turn.end - turn.start
+        return out
+
 
 class SpanVectors:
     """Vectors of spans of one stream's audio, keyed by their sample bounds in the stream, so that

@@ -112,7 +112,15 @@ class IdentificationService:
         prepared = self.frontend.load(audio, self.limits, cancel)
         vector = self._vector(prepared.speech_wave(), cancel)
         band = clip_band(prepared)
-        ranked = self._rank(vector, tenant_id, only, max(top_k, 1), self._gallery(tenant_id, only), band)
+        ranked = self._rank(
+            vector,
+            tenant_id,
+            only,
+            max(top_k, 1),
+            self._gallery(tenant_id, only),
+            band,
+            prepared.speech_seconds,
+        )
         best = ranked[0]
         accepted = best.score >= self.thresholds.identify
         return Identification(
@@ -133,7 +141,9 @@ class IdentificationService:
         band = clip_band(prepared)
         entry = self.index.band(band).lookup(tenant_id, speaker_id) or entry
         cosine = float(entry.centroid @ vector)
-        score = float(self._score_matrix(vector[None], [entry], tenant_id, gallery=1, band=band)[0, 0])
+        score = float(
+            self._score_matrix(vector[None], [entry], tenant_id, 1, band, prepared.speech_seconds)[0, 0]
+        )
         return Verification(
             match=score >= self.thresholds.verify,
             score=round(score, 4),
@@ -166,7 +176,8 @@ class IdentificationService:
         )
         if not found.turns:
             return []
-        labels, scores = self._voice_decisions(found.voices, tenant_id, only, clip_band(prepared))
+        band = clip_band(prepared)
+        labels, scores = self._voice_decisions(found.voices, tenant_id, only, band, found.seconds)
         out: list[Segment] = []
         for turn in found.turns:
             label, score = labels[turn.voice], scores[turn.voice]
@@ -187,12 +198,14 @@ class IdentificationService:
         voices: np.ndarray,
         speaker_ids: Sequence[str] | None,
         band: Band = Band.WIDE,
+        seconds: np.ndarray | None = None,
     ) -> list[str | None]:
         """The enrolled id each voice ``(k, dim)`` (unit vectors, each from all of one voice's speech,
-        heard in `band`) is accepted as by the identify rule, among `speaker_ids` (all the tenant's
-        speakers if none); None for a voice no one is accepted for. An id goes to one voice at most,
-        the best first."""
-        return self._voice_decisions(voices, tenant_id, self._restriction(tenant_id, speaker_ids), band)[0]
+        heard in `band`; `seconds` ``(k,)``: each voice's speech, if known) is accepted as by the
+        identify rule, among `speaker_ids` (all the tenant's speakers if none); None for a voice no
+        one is accepted for. An id goes to one voice at most, the best first."""
+        only = self._restriction(tenant_id, speaker_ids)
+        return self._voice_decisions(voices, tenant_id, only, band, seconds)[0]
 
     # --- helpers ---------------------------------------------------------------------------------
 
@@ -228,11 +241,12 @@ class IdentificationService:
         top_k: int,
         gallery: int,
         band: Band = Band.WIDE,
+        seconds: float | None = None,
     ) -> list[Candidate]:
         hits = self.index.band(band).search(vector, tenant_id, max(top_k, SHORTLIST), only)
         if not hits:
             raise NoEnrolledSpeakers("No enrolled speakers to identify against")
-        scores = self._score_matrix(vector[None], [e for e, _ in hits], tenant_id, gallery, band)[0]
+        scores = self._score_matrix(vector[None], [e for e, _ in hits], tenant_id, gallery, band, seconds)[0]
         ranked = [
             Candidate(e.external_id, round(float(score), 4), round(c, 4), e.complete)
             for (e, c), score in zip(hits, scores, strict=True)
@@ -257,20 +271,28 @@ class IdentificationService:
         tenant_id: int,
         gallery: int,
         band: Band = Band.WIDE,
+        seconds: float | np.ndarray | None = None,
     ) -> np.ndarray:
         """``(n, dim)`` clip vectors x candidates (their voiceprints in `band`) -> ``(n,
         len(candidates))`` normalised scores, for clips compared against `gallery` speakers in all,
-        on the tenant's cohort of `band`."""
+        on the tenant's cohort of `band`; `seconds`: the clips' speech (the duration term)."""
         scale = self.scorer.scale(tenant_id, *self.index.band(band).cohort(tenant_id))
-        return self.scorer.scores(vectors, np.stack([c.centroid for c in candidates]), scale, gallery)
+        centroids = np.stack([c.centroid for c in candidates])
+        return self.scorer.scores(vectors, centroids, scale, gallery, seconds)
 
     def _voice_decisions(
-        self, voices: np.ndarray, tenant_id: int, only: list[int] | None, band: Band
+        self,
+        voices: np.ndarray,
+        tenant_id: int,
+        only: list[int] | None,
+        band: Band,
+        seconds: np.ndarray | None = None,
     ) -> tuple[list[str | None], list[float]]:
         """Each voice's label (as `label`) and its score against that speaker, or against its best
         candidate when it has none."""
         candidates = self._candidates(voices, tenant_id, only, band)
-        scores = self._score_matrix(voices, candidates, tenant_id, self._gallery(tenant_id, only), band)
+        gallery = self._gallery(tenant_id, only)
+        scores = self._score_matrix(voices, candidates, tenant_id, gallery, band, seconds)
         labels: list[str | None] = [None] * len(voices)
         taken: set[int] = set()
         for flat in np.argsort(-scores, axis=None):

@@ -15,6 +15,14 @@ same on every channel.
    compared against (identify against all, a `speakerIds` list, verify against one).
 3. Normalised score = (centred cosine - level) / unit; one threshold in these units holds across
    channels. The plain cosine is always reported beside it.
+4. Duration: a clip with less speech than `DecisionRule.short_s` gains ``short_slope * log(short_s
+   / seconds)`` units. The vector of a short clip carries more noise, which pulls its cosines
+   towards 0 against every speaker: unknown voices' best scores fall (their upper tail 1.0 unit
+   lower at 0.7 s of speech than for the whole clip) and the threshold alone would reject short
+   genuine clips it need not. The term puts the unknown voices' tail back where it lies for long
+   clips, so one threshold keeps the same false-accept rate at every duration. It is the same for
+   every candidate of a clip, so it never changes the ranking; voiceprints and clips of unknown
+   duration get none.
 
 Measured in `scripts/calibrate_decisions.py` (see `service/calibration.py` for the numbers): the
 tenant's level tracks where unknown voices score on each channel (16 kHz, G.711, AMR-NB, Opus, MP3,
@@ -39,6 +47,8 @@ MAX_PROBES = 256
 # centroids reached at most 0.69 on every studio channel and 0.78 on real telephone calls (two labels
 # that are probably one caller); copies of one recording score about 1.0.
 SAME_VOICE = 0.85
+# The duration term is measured down to 0.7 s of speech; identification refuses clips under 0.5 s.
+MIN_TERM_SECONDS = 0.5
 
 
 def expected_maximum(m: int) -> float:
@@ -109,6 +119,8 @@ class DecisionRule:
     strength: float  # those priors counted as this many speakers
     unit: float  # cosine per normalised unit
     centring: bool = True  # off: plain cosine, for comparison only
+    short_s: float = 0.0  # clips with less speech than this gain the duration term (0: none)
+    short_slope: float = 0.0  # units per natural-log step of speech below `short_s`
 
 
 @dataclass(frozen=True)
@@ -169,13 +181,28 @@ class Scorer:
         """Where the best of `gallery` unknown-voice scores is expected to lie (cosine units)."""
         return scale.pair_mean + scale.pair_sd * expected_maximum(gallery)
 
+    def duration_term(self, seconds: float | np.ndarray | None) -> float | np.ndarray:
+        """Units a clip with `seconds` of speech gains (see the module docstring); 0 for None."""
+        r = self.rule
+        if seconds is None or r.short_s <= 0:
+            return 0.0
+        held = np.clip(seconds, MIN_TERM_SECONDS, r.short_s)
+        return r.short_slope * np.log(r.short_s / held)
+
     def scores(
-        self, queries: np.ndarray, centroids: np.ndarray, scale: TenantScale, gallery: int
+        self,
+        queries: np.ndarray,
+        centroids: np.ndarray,
+        scale: TenantScale,
+        gallery: int,
+        seconds: float | np.ndarray | None = None,
     ) -> np.ndarray:
         """Normalised scores of clips ``(n, dim)`` against speakers ``(m, dim)`` -> ``(n, m)``, for a
-        clip compared against `gallery` speakers in all."""
+        clip compared against `gallery` speakers in all; `seconds`: each clip's speech (a number for
+        all, or ``(n,)``), None where unknown."""
         if self.rule.centring:
             cosines = centred(queries, centroids, scale.mean)
         else:
             cosines = np.atleast_2d(queries) @ np.atleast_2d(centroids).T
-        return (cosines - self.level(scale, gallery)) / self.rule.unit
+        term = np.reshape(self.duration_term(seconds), (-1, 1))
+        return np.asarray((cosines - self.level(scale, gallery)) / self.rule.unit + term)

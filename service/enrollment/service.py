@@ -120,7 +120,12 @@ class EnrollmentService:
             assert speaker is not None
             earlier = [s for s in tx.samples(speaker.id) if s.model_sha256 == self.model_sha256]
             rules.check_new_sample(
-                vector, earlier, self.policy, sample.fingerprint, self._voice(tenant_id, speaker, band), band
+                vector,
+                earlier,
+                self.policy,
+                sample.fingerprint,
+                self._voice(tenant_id, speaker, band, prepared.speech_seconds),
+                band,
             )
             self._check_other_speakers(tx, tenant_id, speaker.id, vector, sample.fingerprint)
             tx.add_sample(speaker.id, sample)
@@ -183,18 +188,18 @@ class EnrollmentService:
         return rules.normalise(vectors[0]), rules.normalise(vectors[1])
 
     def _voice(
-        self, tenant_id: int, speaker: SpeakerRecord, band: Band = Band.WIDE
+        self, tenant_id: int, speaker: SpeakerRecord, band: Band = Band.WIDE, seconds: float | None = None
     ) -> tuple[rules.VoiceScore, float] | None:
-        """The voice check for a new sample of `speaker` heard through `band`: the decision rule in
-        its tenant and band, at the enrollment threshold, or at the verify threshold once the
-        speaker is complete."""
+        """The voice check for a new sample of `speaker` heard through `band` (holding `seconds` of
+        speech): the decision rule in its tenant and band, at the enrollment threshold, or at the
+        verify threshold once the speaker is complete."""
         if self.voices is None:
             return None
         voices = self.voices
         least = (
             self.complete_threshold if speaker.status == SpeakerStatus.COMPLETE else self.policy.voice_check
         )
-        return (lambda vector, voiceprint: voices.score(tenant_id, vector, voiceprint, band)), least
+        return (lambda vector, voiceprint: voices.score(tenant_id, vector, voiceprint, band, seconds)), least
 
     def _check_one_voice(
         self, tenant_id: int, prepared: PreparedAudio, band: Band, cancel: Cancellation | None = None

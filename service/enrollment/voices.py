@@ -20,12 +20,18 @@ class TenantVoices:
         self.index = index
 
     def score(
-        self, tenant_id: int, vector: np.ndarray, voiceprint: np.ndarray, band: Band = Band.WIDE
+        self,
+        tenant_id: int,
+        vector: np.ndarray,
+        voiceprint: np.ndarray,
+        band: Band = Band.WIDE,
+        seconds: float | None = None,
     ) -> float:
         """The decision rule's score of one voice against one other (as verify scores a clip), on
-        the tenant's cohort of `band` (the band `vector` was heard through)."""
+        the tenant's cohort of `band` (the band `vector` was heard through); `seconds`: the speech
+        behind `vector`, if known (the duration term)."""
         scale = self.scorer.scale(tenant_id, *self.index.band(band).cohort(tenant_id))
-        return float(self.scorer.scores(vector, voiceprint, scale, gallery=1)[0, 0])
+        return float(self.scorer.scores(vector, voiceprint, scale, gallery=1, seconds=seconds)[0, 0])
 
     def nearest(self, tenant_id: int, vector: np.ndarray, k: int) -> list[tuple[IndexEntry, float]]:
         """The tenant's `k` speakers whose voiceprints have the highest cosine to `vector`."""

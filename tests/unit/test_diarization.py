@@ -162,7 +162,12 @@ class KnowsFirstVoice:
         pass
 
     def label(
-        self, tenant_id: int, voices: np.ndarray, speaker_ids: Sequence[str] | None, band: Band
+        self,
+        tenant_id: int,
+        voices: np.ndarray,
+        speaker_ids: Sequence[str] | None,
+        band: Band,
+        seconds: np.ndarray | None = None,
     ) -> list[str | None]:
         return ["alice" if v @ VOICES[1] > 0.9 else None for v in voices]
 

@@ -185,3 +185,24 @@ def test_too_little_speech_to_identify_is_a_client_error(svc: FakeServices) -> N
     with pytest.raises(InsufficientSpeech) as refused:
         svc.identification.identify(ACME, ALICE.clip(10, seconds=0.3))
     assert isinstance(refused.value, ServiceError) and refused.value.status == 422
+
+
+def test_a_short_clip_is_scored_with_the_duration_term_in_identify_and_verify(svc: FakeServices) -> None:
+    """The clip's own speech seconds reach the rule: a short clip scores its plain rule score plus
+    the duration term, in identify and verify alike; a long one gets none."""
+    scorer = svc.identification.scorer
+    assert scorer.rule.short_s > 1.5
+    entry = svc.index.lookup(ACME, "alice")
+    assert entry is not None
+    scale = scorer.scale(ACME, *svc.index.cohort(ACME))
+    for seconds in (1.5, 7.0):
+        clip = ALICE.clip(11, seconds=seconds)
+        found = svc.identification.identify(ACME, clip, speaker_ids=["alice"])
+        verified = svc.identification.verify(ACME, clip, "alice")
+        prepared = svc.identification.frontend.load(clip, svc.identification.limits)
+        query = svc.embedder.embed(prepared.speech_wave())
+        plain = float(scorer.scores(query, entry.centroid, scale, gallery=1)[0, 0])
+        term = float(scorer.duration_term(found.speech_seconds))
+        assert (term > 0.3) == (seconds < 3.0)
+        assert found.score == pytest.approx(plain + term, abs=2e-3)
+        assert verified.score == found.score

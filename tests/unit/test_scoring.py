@@ -120,3 +120,29 @@ def test_a_tenants_scale_is_cached_until_its_cohort_arrays_change() -> None:
     ids2, cohort2 = np.arange(6), voices(6, rng)
     assert scorer.scale(7, ids2, cohort2) is not first
     assert scorer.scale(7, ids2, cohort2).speakers == 6
+
+
+def test_short_clips_gain_the_duration_term_and_long_ones_none() -> None:
+    """Below `short_s` of speech a clip gains ``short_slope * ln(short_s / seconds)`` units, the same
+    against every candidate (the ranking never changes); from `short_s` on, or with the duration
+    unknown, nothing; under the floor of the measurement the term stops growing."""
+    rule = DecisionRule(**{**RULE.__dict__, "short_s": 3.0, "short_slope": 0.675})
+    with_term, without = Scorer(rule), Scorer(RULE)
+    rng = np.random.default_rng(6)
+    enrolled = voices(10, rng)
+    clips = voices(4, rng)
+    scale = with_term.build_scale(enrolled)
+    base = without.scores(clips, enrolled, scale, gallery=10)
+    assert np.array_equal(with_term.scores(clips, enrolled, scale, gallery=10), base)
+    for seconds in (3.0, 12.0):
+        assert np.array_equal(with_term.scores(clips, enrolled, scale, 10, seconds), base)
+    durations = np.array([0.7, 1.0, 2.0, 5.0])
+    got = with_term.scores(clips, enrolled, scale, 10, durations)
+    gain = got - base
+    expected = 0.675 * np.log(3.0 / np.minimum(durations, 3.0))
+    assert np.allclose(gain, expected[:, None], atol=1e-5)
+    assert gain[0, 0] > gain[1, 0] > gain[2, 0] > gain[3, 0] == 0.0
+    assert np.array_equal(got.argmax(axis=1), base.argmax(axis=1))
+    floor = scoring.MIN_TERM_SECONDS
+    assert with_term.duration_term(0.1) == pytest.approx(with_term.duration_term(floor))
+    assert without.duration_term(0.7) == 0.0  # short_s 0: the term is off
