@@ -148,6 +148,15 @@ def test_windows_cover_each_region_to_its_end() -> None:
     assert all(r != 1 for r, _, _ in spans)  # 0.1 s is too short to be heard
 
 
+def test_a_region_a_little_longer_than_a_window_is_one_window() -> None:
+    """Under a window and half a hop, a second window would be nearly the first again."""
+    o = TurnOptions(window_s=1.5, hop_s=0.75)
+    assert windows([(0.0, 1.66)], o) == [(0, 0.0, 1.66)]
+    # From a window and half a hop on, windows every hop and one ending with the region, as before.
+    assert windows([(0.0, 1.9)], o) == [(0, 0.0, 1.5), (0, pytest.approx(0.4), 1.9)]
+    assert windows([(0.0, 3.0)], o) == [(0, 0.0, 1.5), (0, 0.75, 2.25), (0, 1.5, 3.0)]
+
+
 def test_segments_join_pauses_only_when_asked() -> None:
     turns = [Turn(0, 0.0, 2.0), Turn(0, 2.5, 4.0), Turn(1, 4.5, 6.0)]
     found = Turns(turns, VOICES[:2])
