@@ -33,6 +33,7 @@ from service.diarization.turns import TurnOptions, Turns, stretches, voices_of
 from service.embedding import weights
 from service.embedding.bounded import BoundedEmbedding
 from service.embedding.ecapa import EcapaEmbedder
+from service.enrollment.ports import EmbedWaves
 
 COLLAR_S = 0.25
 CHANGE_TOLERANCE_S = 0.5
@@ -66,7 +67,7 @@ def changes_found(
 class CachedEmbedding:
     """The model's vectors memoised by waveform content: settings sweeps re-embed nothing twice."""
 
-    def __init__(self, embed: BoundedEmbedding) -> None:
+    def __init__(self, embed: EmbedWaves) -> None:
         self.embed = embed
         self.cache: dict[bytes, np.ndarray] = {}
 

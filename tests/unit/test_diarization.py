@@ -7,6 +7,7 @@ mix of the voices in it); the real model on real conversations is in tests/model
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import pytest
@@ -208,3 +209,26 @@ def test_diarize_requests_name_their_audio_once() -> None:
     assert CompatDiarizeRequest(**base, url="https://example.org/a.flac").content is None
     with pytest.raises(ValidationError):
         CompatDiarizeRequest(**base, content="AAAA", speakers=0)
+
+
+def test_the_tuning_memo_survives_a_run_and_counts_the_audio_asked(tmp_path: Any) -> None:
+    """`--tune-windows --cache`: vectors memoised in one run are not asked of the model in the next,
+    and the seconds counted are those the service would embed, memoised or not."""
+    from devtools.diarization import CachedEmbedding, CountedEmbedding
+
+    asked: list[int] = []
+
+    def model(waves: Sequence[np.ndarray], cancel: Cancellation | None = None) -> np.ndarray:
+        asked.append(len(waves))
+        return np.stack([np.full(DIM, float(len(w))) for w in waves])
+
+    waves = [np.ones(RATE, dtype=np.float32), np.ones(RATE // 2, dtype=np.float32)]
+    first = CachedEmbedding(model)
+    vectors = first(waves)
+    first.save(str(tmp_path / "vectors.pkl"))
+    second = CachedEmbedding(model)
+    second.load(str(tmp_path / "vectors.pkl"))
+    counted = CountedEmbedding(second)
+    assert np.array_equal(counted(waves), vectors) and asked == [2]
+    assert counted.seconds == pytest.approx(1.5)
+    CachedEmbedding(model).load(str(tmp_path / "absent.pkl"))  # a first run starts empty
