@@ -13,6 +13,7 @@ import argparse
 import hashlib
 import itertools
 import json
+import pickle
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -23,6 +24,7 @@ from pyannote.core import Annotation, Segment
 from pyannote.metrics.diarization import DiarizationErrorRate
 
 from devtools.conversations import CONDITIONS, Conversation, build, conversations, telephone_source
+from service.audio import MODEL_RATE
 from service.audio.frontend import AudioFrontEnd, AudioInput
 from service.audio.pipeline import PreparedAudio, QualityLimits
 from service.concurrency import Cancellation
@@ -31,6 +33,7 @@ from service.diarization.turns import TurnOptions, Turns, stretches, voices_of
 from service.embedding import weights
 from service.embedding.bounded import BoundedEmbedding
 from service.embedding.ecapa import EcapaEmbedder
+from service.enrollment.ports import EmbedWaves
 
 COLLAR_S = 0.25
 CHANGE_TOLERANCE_S = 0.5
@@ -64,7 +67,7 @@ def changes_found(
 class CachedEmbedding:
     """The model's vectors memoised by waveform content: settings sweeps re-embed nothing twice."""
 
-    def __init__(self, embed: BoundedEmbedding) -> None:
+    def __init__(self, embed: EmbedWaves) -> None:
         self.embed = embed
         self.cache: dict[bytes, np.ndarray] = {}
 
@@ -75,6 +78,30 @@ class CachedEmbedding:
             for i, v in zip(todo, self.embed([waves[i] for i in todo], cancel), strict=True):
                 self.cache[keys[i]] = v
         return np.stack([self.cache[k] for k in keys])
+
+    def load(self, path: str) -> None:
+        """Vectors memoised by an earlier run (same model and front end), if `path` exists."""
+        try:
+            with open(path, "rb") as fh:
+                self.cache.update(pickle.load(fh))
+        except FileNotFoundError:
+            pass
+
+    def save(self, path: str) -> None:
+        with open(path, "wb") as fh:
+            pickle.dump(self.cache, fh)
+
+
+class CountedEmbedding:
+    """Seconds of audio asked of the model (as the service would embed them, memoised or not)."""
+
+    def __init__(self, embed: Any) -> None:
+        self.embed = embed
+        self.seconds = 0.0
+
+    def __call__(self, waves: Sequence[np.ndarray], cancel: Cancellation | None = None) -> np.ndarray:
+        self.seconds += sum(len(w) for w in waves) / MODEL_RATE
+        return np.asarray(self.embed(waves, cancel))
 
 
 @dataclass
@@ -175,6 +202,28 @@ def tune(harness: Harness, per_condition: int) -> list[dict[str, Any]]:
     return rows
 
 
+def tune_windows(harness: Harness, per_condition: int, cache: str | None = None) -> list[dict[str, Any]]:
+    """The first grouping's stop distance on half 0, the voice rule as calibrated. Every setting
+    re-runs steps 1-4 (the stretches follow the window groups); the model's vectors are memoised (and
+    kept in `cache` between runs), so a setting only embeds the stretches no setting before it had.
+    Each row also gives the seconds of audio the model is asked for, as the service embeds them."""
+    items = prepared_set(harness, 0, per_condition)
+    counted = CountedEmbedding(harness.embed)
+    rows = []
+    for stop in (0.3, 0.35, 0.4, 0.45, 0.5, 0.55):
+        options = replace(TurnOptions(), window_stop_distance=stop)
+        counted.seconds = 0.0
+        found = [stretches(prepared, counted, options) for _, _, prepared in items]
+        results = [answer(voices_of(f, options, count=None, max_count=10)) for f in found]
+        rows.append(
+            {"window_stop_distance": stop, "model_s": round(counted.seconds, 1), **tally(items, results)}
+        )
+        print(json.dumps(rows[-1]), flush=True)
+        if cache and isinstance(harness.embed, CachedEmbedding):
+            harness.embed.save(cache)
+    return rows
+
+
 def answer(found: Turns) -> DiarizationResult:
     """The use case's answer for `found` with no voice named (`DiarizationService.diarize`)."""
     segments = segments_of(found, [f"speaker_{k + 1}" for k in range(found.count)], join_pauses=True)
@@ -217,12 +266,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--per-condition", type=int, default=8, help="conversations per condition")
     parser.add_argument("--tune", action="store_true", help="sweep the settings on half 0 instead")
+    parser.add_argument("--tune-windows", action="store_true", help="sweep the first grouping on half 0")
+    parser.add_argument("--cache", help="keep the model's vectors in this file between runs")
     parser.add_argument("--half", type=int, default=1, choices=(0, 1))
     parser.add_argument("--json", help="write the figures here too")
     parser.add_argument("--time-call", type=float, metavar="MINUTES", help="only time one call this long")
     args = parser.parse_args(argv)
     if args.time_call:
         print(json.dumps(time_call(Harness.load(), args.time_call), indent=2))
+        return 0
+    if args.tune_windows:
+        harness = Harness.load(cached=True)
+        if args.cache:
+            harness.embed.load(args.cache)
+        tune_windows(harness, args.per_condition, args.cache)
         return 0
     if args.tune:
         harness = Harness.load(cached=True)

@@ -1,6 +1,7 @@
 """Speaker turns of a clip from its audio alone: who speaks when, voices numbered, not named.
 
-1. Windows of `window_s` every `hop_s` over each speech region (a shorter region is one window),
+1. Windows of `window_s` every `hop_s` over each speech region (a region shorter than a window
+   and half a hop is one window),
    each embedded (bounded model calls, cancellable between them).
 2. The windows' vectors are grouped finely (`service.diarization.clustering`, a short stop
    distance): enough to tell where turns change, seldom two voices in one group.
@@ -119,12 +120,14 @@ def _embed_spans(
 
 
 def windows(speech: Sequence[tuple[float, float]], o: TurnOptions) -> list[tuple[int, float, float]]:
-    """``(region number, start, end)`` of each window over the speech regions kept."""
+    """``(region number, start, end)`` of each window over the speech regions kept. A region shorter
+    than a window and half a hop is one window, all of it: a second window would be nearly the first
+    again (the model's time for nothing, and one voice's sample counted twice)."""
     out = []
     for r, (start, end) in enumerate(speech):
         if end - start < o.min_region_s:
             continue
-        if end - start <= o.window_s:
+        if end - start < o.window_s + o.hop_s / 2:
             out.append((r, start, end))
             continue
         t = start

@@ -7,6 +7,7 @@ mix of the voices in it); the real model on real conversations is in tests/model
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import pytest
@@ -148,6 +149,15 @@ def test_windows_cover_each_region_to_its_end() -> None:
     assert all(r != 1 for r, _, _ in spans)  # 0.1 s is too short to be heard
 
 
+def test_a_region_a_little_longer_than_a_window_is_one_window() -> None:
+    """Under a window and half a hop, a second window would be nearly the first again."""
+    o = TurnOptions(window_s=1.5, hop_s=0.75)
+    assert windows([(0.0, 1.66)], o) == [(0, 0.0, 1.66)]
+    # From a window and half a hop on, windows every hop and one ending with the region, as before.
+    assert windows([(0.0, 1.9)], o) == [(0, 0.0, 1.5), (0, pytest.approx(0.4), 1.9)]
+    assert windows([(0.0, 3.0)], o) == [(0, 0.0, 1.5), (0, 0.75, 2.25), (0, 1.5, 3.0)]
+
+
 def test_segments_join_pauses_only_when_asked() -> None:
     turns = [Turn(0, 0.0, 2.0), Turn(0, 2.5, 4.0), Turn(1, 4.5, 6.0)]
     found = Turns(turns, VOICES[:2])
@@ -199,3 +209,26 @@ def test_diarize_requests_name_their_audio_once() -> None:
     assert CompatDiarizeRequest(**base, url="https://example.org/a.flac").content is None
     with pytest.raises(ValidationError):
         CompatDiarizeRequest(**base, content="AAAA", speakers=0)
+
+
+def test_the_tuning_memo_survives_a_run_and_counts_the_audio_asked(tmp_path: Any) -> None:
+    """`--tune-windows --cache`: vectors memoised in one run are not asked of the model in the next,
+    and the seconds counted are those the service would embed, memoised or not."""
+    from devtools.diarization import CachedEmbedding, CountedEmbedding
+
+    asked: list[int] = []
+
+    def model(waves: Sequence[np.ndarray], cancel: Cancellation | None = None) -> np.ndarray:
+        asked.append(len(waves))
+        return np.stack([np.full(DIM, float(len(w))) for w in waves])
+
+    waves = [np.ones(RATE, dtype=np.float32), np.ones(RATE // 2, dtype=np.float32)]
+    first = CachedEmbedding(model)
+    vectors = first(waves)
+    first.save(str(tmp_path / "vectors.pkl"))
+    second = CachedEmbedding(model)
+    second.load(str(tmp_path / "vectors.pkl"))
+    counted = CountedEmbedding(second)
+    assert np.array_equal(counted(waves), vectors) and asked == [2]
+    assert counted.seconds == pytest.approx(1.5)
+    CachedEmbedding(model).load(str(tmp_path / "absent.pkl"))  # a first run starts empty
