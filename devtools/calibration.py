@@ -77,20 +77,7 @@ def pair_prior(study: Study, cases: dict[str, list[D.Case]]) -> tuple[float, flo
 
 
 def rule(study: Study, pair_mean: float, pair_sd: float) -> D.Service:
-    return D.Service(
-        Scorer(
-            DecisionRule(
-                prior_mean=study.prior,
-                prior_weight=cal.PRIOR_WEIGHT,
-                pair_mean=pair_mean,
-                pair_sd=pair_sd,
-                strength=cal.PRIOR_STRENGTH,
-                unit=cal.SCORE_UNIT,
-                short_s=cal.SHORT_PROBE_S,
-                short_slope=cal.SHORT_PROBE_SLOPE,
-            )
-        )
-    )
+    return D.Service(Scorer(DecisionRule.calibrated(study.prior, pair_mean=pair_mean, pair_sd=pair_sd)))
 
 
 def rates(outcome: D.Outcome) -> dict[str, Any]:

@@ -37,7 +37,6 @@ from typing import Any
 
 import numpy as np
 
-from service import calibration as cal
 from service.config import IndexSettings
 from service.enrollment.ports import IndexEntry
 from service.enrollment.scoring import DecisionRule, Scorer
@@ -214,16 +213,7 @@ def _bench_size(n: int, queries: int, nprobe: int, ivf_threshold: int) -> Row:
 def _scoring(index: FaissSpeakerIndex, qs: np.ndarray, gallery: int) -> tuple[float, list[float]]:
     """The decision rule on top of search, as identify runs it: the tenant's scale (built once per
     cohort change: its time is returned apart), then the normalised scores of the shortlist."""
-    scorer = Scorer(
-        DecisionRule(
-            prior_mean=np.zeros(DIM, np.float32),
-            prior_weight=cal.PRIOR_WEIGHT,
-            pair_mean=cal.PAIR_MEAN,
-            pair_sd=cal.PAIR_SD,
-            strength=cal.PRIOR_STRENGTH,
-            unit=cal.SCORE_UNIT,
-        )
-    )
+    scorer = Scorer(DecisionRule.calibrated(np.zeros(DIM, np.float32)))
     t0 = time.perf_counter()
     scorer.scale(1, *index.cohort(1))
     build = 1000 * (time.perf_counter() - t0)

@@ -34,10 +34,13 @@ less well than centring alone: with tens of speakers its per-candidate statistic
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from statistics import NormalDist
+from typing import Any
 
 import numpy as np
+
+from service import calibration as cal
 
 # Cohorts of up to this many speakers get exact leave-one-out statistics; larger ones are scored
 # on the whole cohort's mean (its leave-one-out change is below 1/64) with a bounded set of probes.
@@ -121,6 +124,24 @@ class DecisionRule:
     centring: bool = True  # off: plain cosine, for comparison only
     short_s: float = 0.0  # clips with less speech than this gain the duration term (0: none)
     short_slope: float = 0.0  # units per natural-log step of speech below `short_s`
+
+    @classmethod
+    def calibrated(cls, prior_mean: np.ndarray, **changes: Any) -> DecisionRule:
+        """The rule with `service.calibration`'s defaults (what a server runs unless its settings
+        say otherwise), `changes` applied."""
+        return replace(
+            cls(
+                prior_mean=prior_mean,
+                prior_weight=cal.PRIOR_WEIGHT,
+                pair_mean=cal.PAIR_MEAN,
+                pair_sd=cal.PAIR_SD,
+                strength=cal.PRIOR_STRENGTH,
+                unit=cal.SCORE_UNIT,
+                short_s=cal.SHORT_PROBE_S,
+                short_slope=cal.SHORT_PROBE_SLOPE,
+            ),
+            **changes,
+        )
 
 
 @dataclass(frozen=True)

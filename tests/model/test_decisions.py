@@ -36,16 +36,7 @@ def _clips() -> tuple[dict[str, list[str]], list[str]]:
 def scorer(embedder: EcapaEmbedder) -> Scorer:
     prototypes = load_cohort(weights.resolve(None))
     assert prototypes is not None
-    return Scorer(
-        DecisionRule(
-            prior_mean=prototypes.mean(axis=0),
-            prior_weight=cal.PRIOR_WEIGHT,
-            pair_mean=cal.PAIR_MEAN,
-            pair_sd=cal.PAIR_SD,
-            strength=cal.PRIOR_STRENGTH,
-            unit=cal.SCORE_UNIT,
-        )
-    )
+    return Scorer(DecisionRule.calibrated(prototypes.mean(axis=0)))
 
 
 def _vectors(embedder: EcapaEmbedder, paths: list[str], channel: str) -> np.ndarray:

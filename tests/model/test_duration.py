@@ -30,18 +30,7 @@ SHORT_S = 1.0
 def scorer() -> Scorer:
     prototypes = load_cohort(weights.resolve(None))
     assert prototypes is not None
-    return Scorer(
-        DecisionRule(
-            prior_mean=prototypes.mean(axis=0),
-            prior_weight=cal.PRIOR_WEIGHT,
-            pair_mean=cal.PAIR_MEAN,
-            pair_sd=cal.PAIR_SD,
-            strength=cal.PRIOR_STRENGTH,
-            unit=cal.SCORE_UNIT,
-            short_s=cal.SHORT_PROBE_S,
-            short_slope=cal.SHORT_PROBE_SLOPE,
-        )
-    )
+    return Scorer(DecisionRule.calibrated(prototypes.mean(axis=0)))
 
 
 def _speech(clip: SetClip) -> np.ndarray:

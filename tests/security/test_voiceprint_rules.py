@@ -97,14 +97,7 @@ def test_one_voice_under_many_incomplete_ids_counts_as_one_voice_in_the_tenants_
     """The tenant's scale (domain mean and impostor level) counts each voice once: twenty one-sample
     ids of one voice weigh as one speaker, exactly as if it had enrolled once."""
     rng = np.random.default_rng(2)
-    rule = DecisionRule(
-        prior_mean=unit_rows(rng.standard_normal(DIM)),
-        prior_weight=cal.PRIOR_WEIGHT,
-        pair_mean=cal.PAIR_MEAN,
-        pair_sd=cal.PAIR_SD,
-        strength=cal.PRIOR_STRENGTH,
-        unit=cal.SCORE_UNIT,
-    )
+    rule = DecisionRule.calibrated(unit_rows(rng.standard_normal(DIM)))
     scorer = Scorer(rule)
     index = FaissSpeakerIndex(DIM)
     tenant = 1
