@@ -21,6 +21,7 @@ import httpx
 import pytest
 
 from devtools.topology import (
+    MAX_BODY_BYTES,
     Outcome,
     Topology,
     client,
@@ -46,6 +47,16 @@ def topology(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Topolog
         pytest.skip(missing_reason())
     url = fresh_url(request.param, tmp_path)
     with scale_out(url, replicas=2, folder=tmp_path / "topology") as running:
+        yield running
+
+
+@pytest.fixture()
+def one_replica(tmp_path: Path) -> Iterator[Topology]:
+    if nginx_binary() is None:
+        if in_ci():
+            pytest.fail(f"{missing_reason()}; CI must run the scale-out test")
+        pytest.skip(missing_reason())
+    with scale_out(fresh_url("sqlite", tmp_path), replicas=1, folder=tmp_path / "topology") as running:
         yield running
 
 
@@ -165,3 +176,21 @@ def test_a_replica_killed_mid_load_fails_only_what_it_held_and_loses_no_write(to
     assert listed(topology, topology.url) == acknowledged
     assert listed(topology, survivor.url) == acknowledged
     assert seconds_until_indexed([survivor.url], len(acknowledged), time.monotonic()) < CONVERGENCE_S
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/audio/generic/api/v1/sync/diarization/enroll", "/v1/speakers/alice/enrollments", "/v1/identify"],
+)
+def test_a_body_over_the_limit_is_refused_by_nginx_in_the_services_own_error_shape(
+    one_replica: Topology, path: str
+) -> None:
+    """nginx refuses it before a replica sees it, and answers exactly as the replica would."""
+    body = b'{"content": "' + b"A" * MAX_BODY_BYTES + b'"}'
+    headers = {"x-api-key": one_replica.key, "content-type": "application/json"}
+    with httpx.Client(timeout=60) as http:
+        through = http.post(one_replica.url + path, content=body, headers=headers)
+        direct = http.post(one_replica.replicas[0].url + path, content=body, headers=headers)
+    assert through.status_code == direct.status_code == 413
+    assert through.headers["content-type"].startswith("application/json")
+    assert through.json() == direct.json(), (through.text, direct.text)
