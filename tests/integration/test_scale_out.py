@@ -194,3 +194,13 @@ def test_a_body_over_the_limit_is_refused_by_nginx_in_the_services_own_error_sha
     assert through.status_code == direct.status_code == 413
     assert through.headers["content-type"].startswith("application/json")
     assert through.json() == direct.json(), (through.text, direct.text)
+
+
+def test_the_access_log_keeps_no_key_from_a_query(one_replica: Topology) -> None:
+    path = "/audio/generic/api/v2/sync/diarization/get_enrolled_speakers"
+    answer = httpx.get(one_replica.url + path, params={"apikey": one_replica.key}, timeout=30)
+    assert answer.status_code == 200, answer.text
+    one_replica.nginx.stop()  # its log is complete once it has stopped
+    log = one_replica.nginx.access_log.read_text()
+    assert f"GET {path} HTTP/1.1" in log
+    assert one_replica.key not in log
