@@ -218,15 +218,7 @@ def fit_log(ratios: dict[float, float], ref: float) -> float:
 
 
 def outcome(scores: np.ndarray, t: Trials, threshold: float) -> D.Outcome:
-    accepted = scores >= threshold
-    g, u = t.genuine.astype(bool), ~t.genuine.astype(bool)
-    return D.Outcome(
-        genuine=int(g.sum()),
-        unknown=int(u.sum()),
-        false_accepts=int((accepted & u).sum()),
-        misidentified=int((accepted & g & ~t.right.astype(bool)).sum()),
-        false_rejects=int((~accepted & g).sum()),
-    )
+    return D.Scored(scores, t.right.astype(bool), t.genuine.astype(bool)).outcome(threshold)
 
 
 def fr_at_fa(scores: np.ndarray, t: Trials, fa: float) -> tuple[float, float]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import logging
 import os
 import shutil
@@ -82,28 +83,28 @@ def load_cohort(files: ModelFiles) -> np.ndarray | None:
     return cohort.numpy().astype(np.float32)
 
 
+@functools.cache
+def cpu_flags() -> str:
+    """The CPU's feature flags as /proc/cpuinfo lists them ("" where it cannot be read)."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            return fh.read()
+    except OSError:
+        return ""
+
+
 def native_bf16(device: torch.device) -> bool:
     """Whether `device` runs bf16 matrix work natively (else autocast would emulate it, slowly)."""
     if device.type == "cuda":
         return bool(torch.cuda.is_bf16_supported())
-    try:
-        with open("/proc/cpuinfo") as fh:
-            flags = fh.read()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    return any(flag in cpu_flags() for flag in ("avx512_bf16", "amx_bf16"))
 
 
 def native_int8(device: torch.device) -> bool:
     """Whether `device` has int8 dot-product instructions (VNNI, AMX) that the int8 path needs to pay."""
     if device.type != "cpu":
         return False  # the int8 path is written for the CPU; a GPU runs bf16
-    try:
-        with open("/proc/cpuinfo") as fh:
-            flags = fh.read()
-    except OSError:
-        return False
-    return any(flag in flags for flag in ("avx512_vnni", "avx_vnni", "amx_int8"))
+    return any(flag in cpu_flags() for flag in ("avx512_vnni", "avx_vnni", "amx_int8"))
 
 
 def precision_candidates(requested: str, device: torch.device) -> list[Precision]:
