@@ -10,7 +10,7 @@ labels whose clips all agree on one voice). Telephone conversations are built tw
 caller's turns cut in order from one call of theirs (their longest; one line and handset per
 speaker, as in a real call; the call loops when the conversation needs more of it than it holds),
 or, the harder condition, with every turn drawn from any of the caller's calls. The reference is
-an RTTM text or a pyannote Annotation.
+an RTTM text or a pyannote Annotation; beside it, the turns cut to the speech heard in each piece.
 """
 
 from __future__ import annotations
@@ -47,6 +47,9 @@ class Conversation:
     rate: int
     turns: list[RefTurn]
     loops: int = 0  # times a speaker's one call started again from the top (`build(one_call=True)`)
+    # The turns cut to the speech silero-vad hears in each piece alone: a turn of a real call holds
+    # pauses of several seconds (the caller listening), which `turns` counts as speech.
+    speech: list[RefTurn] = field(default_factory=list)
 
     @property
     def duration_s(self) -> float:
@@ -138,9 +141,12 @@ def _utterance(path: Path) -> tuple[np.ndarray, int, tuple[tuple[float, float], 
     return wave, int(rate), tuple(regions)
 
 
-def _speech_piece(path: Path, rate: int, seconds: float, rng: random.Random) -> np.ndarray:
+def _speech_piece(
+    path: Path, rate: int, seconds: float, rng: random.Random
+) -> tuple[np.ndarray, list[tuple[float, float]]]:
     """About `seconds` of the utterance at `rate`, from a random point, cut to the speech in it (the
-    reference's turn edges are where the speaker is heard, not where the recording starts)."""
+    reference's turn edges are where the speaker is heard, not where the recording starts), and
+    the speech regions in it (seconds from its start)."""
     wave, source_rate, regions = _utterance(path)
     duration = len(wave) / source_rate
     start = rng.uniform(0.0, max(0.0, duration - seconds))
@@ -150,7 +156,8 @@ def _speech_piece(path: Path, rate: int, seconds: float, rng: random.Random) -> 
     if not inside or inside[-1][1] - inside[0][0] < 0.5:
         inside = list(regions) or [(0.0, duration)]
     a, b = inside[0][0], inside[-1][1]
-    return _resample(wave[int(a * source_rate) : int(b * source_rate)], source_rate, rate)
+    piece = _resample(wave[int(a * source_rate) : int(b * source_rate)], source_rate, rate)
+    return piece, [(ra - a, rb - a) for ra, rb in inside]
 
 
 class CallStream:
@@ -177,8 +184,9 @@ class CallStream:
     def _speech(self, start: float, end: float) -> list[tuple[float, float]]:
         return [(max(a, start), min(b, end)) for a, b in self.regions if b > start and a < end]
 
-    def next_turn(self, seconds: float) -> np.ndarray:
-        """The next `seconds` of the call, cut to the speech in them (shorter at the call's end)."""
+    def next_turn(self, seconds: float) -> tuple[np.ndarray, list[tuple[float, float]]]:
+        """The next `seconds` of the call, cut to the speech in them (shorter at the call's end), and
+        the speech regions in it (seconds from its start)."""
         inside = self._speech(self.cursor, self.cursor + seconds)
         if not inside or inside[-1][1] - inside[0][0] < 0.5:
             self.cursor, self.loops = 0.0, self.loops + 1
@@ -193,7 +201,7 @@ class CallStream:
             inside = self._speech(0.0, end)
         self.cursor = inside[-1][1]
         a, b = inside[0][0], inside[-1][1]
-        return self.wave[int(a * self.rate) : int(b * self.rate)]
+        return self.wave[int(a * self.rate) : int(b * self.rate)], [(ra - a, rb - a) for ra, rb in inside]
 
 
 def _resample(wave: np.ndarray, rate: int, target: int) -> np.ndarray:
@@ -226,13 +234,17 @@ def build(
         order.append(rng.choice([s for s in chosen if s != order[-1]]))
     calls = {s: CallStream(source.calls[s], rate) for s in chosen} if one_call else {}
     pieces: list[tuple[str, np.ndarray]] = []
+    regions: list[list[tuple[float, float]]] = []
     for speaker in order:
         if one_call:
-            piece = calls[speaker].next_turn(rng.uniform(1.0, 15.0))
+            piece, heard = calls[speaker].next_turn(rng.uniform(1.0, 15.0))
         else:
-            piece = _speech_piece(rng.choice(source.speakers[speaker]), rate, rng.uniform(1.0, 15.0), rng)
+            piece, heard = _speech_piece(
+                rng.choice(source.speakers[speaker]), rate, rng.uniform(1.0, 15.0), rng
+            )
         rms = float(np.sqrt(np.mean(piece**2))) or 1.0
         pieces.append((speaker, piece * (LEVEL_RMS / rms)))
+        regions.append(heard)
     placed: list[tuple[str, int, np.ndarray]] = []
     t = int(rng.uniform(0.3, 1.0) * rate)
     for i, (speaker, piece) in enumerate(pieces):
@@ -249,9 +261,14 @@ def build(
         mix[s : s + len(p)] += p
     samples = (np.clip(mix, -1.0, 32767 / 32768) * 32768).astype(np.int16)
     ref = [RefTurn(spk, s / rate, (s + len(p)) / rate) for spk, s, p in placed]
+    speech = [
+        RefTurn(spk, s / rate + a, min(s / rate + b, (s + len(p)) / rate))
+        for (spk, s, p), heard in zip(placed, regions, strict=True)
+        for a, b in heard
+    ]
     kind = f"{'1call-' if one_call else ''}{'ov' if overlap else 'no'}"
     name = f"{source.name}{rate // 1000}k-{kind}-{speakers}spk-{seed}"
-    return Conversation(name, samples, rate, ref, sum(c.loops for c in calls.values()))
+    return Conversation(name, samples, rate, ref, sum(c.loops for c in calls.values()), speech)
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,12 @@
 """Diarization quality on built conversations (`devtools.conversations`), scored with pyannote.metrics.
 
-DER with a 0.25 s collar (overlapped speech counted: a second voice missed is missed speech), the
-share of conversations whose speaker count is right, and the share of turn changes (without overlap)
-found within 0.5 s: a hypothesis change between two different voices whose end and start are both
-within 0.5 s of the reference's. Runs the service's own front end, model and use case in process.
+DER with a 0.25 s collar (overlapped speech counted: a second voice missed is missed speech) and its
+three parts (missed speech, false alarm, confusion); beside it the DER of the answer with every pause
+left out (`doVad`) against the speech heard in each turn (a turn of a real call holds pauses of
+several seconds that the reference counts as speech); the share of conversations whose speaker
+count is right, and the share of turn changes (without overlap) found within 0.5 s: a hypothesis
+change between two different voices whose end and start are both within 0.5 s of the reference's.
+Runs the service's own front end, model and use case in process.
 `--tune` sweeps the settings on half 0; the report is on half 1.
 """
 
@@ -39,9 +42,10 @@ COLLAR_S = 0.25
 CHANGE_TOLERANCE_S = 0.5
 
 
-def reference(c: Conversation) -> Annotation:
+def reference(c: Conversation, speech_only: bool = False) -> Annotation:
+    """Who speaks when in `c`: its turns, or with `speech_only` the speech heard in them."""
     ref = Annotation(uri=c.name)
-    for i, t in enumerate(c.turns):
+    for i, t in enumerate(c.speech if speech_only else c.turns):
         ref[Segment(t.start, t.end), i] = t.speaker
     return ref
 
@@ -135,24 +139,29 @@ def score(
 ) -> dict[str, Any]:
     """DER, speaker-count accuracy and turn changes found, per condition and pooled."""
     service = harness.service(options)
-    results = [
-        service.diarize(0, prepared, speakers=len(c.speakers) if known_count else None, max_speakers=10)
-        for _, c, prepared in items
-    ]
-    return tally(items, results)
+    results, heard = [], []
+    for _, c, prepared in items:
+        count = len(c.speakers) if known_count else None
+        results.append(service.diarize(0, prepared, speakers=count, max_speakers=10))
+        heard.append(service.diarize(0, prepared, speakers=count, max_speakers=10, do_vad=True))
+    return tally(items, results, heard)
 
 
 def tally(
-    items: Sequence[tuple[str, Conversation, PreparedAudio]], results: Sequence[DiarizationResult]
+    items: Sequence[tuple[str, Conversation, PreparedAudio]],
+    results: Sequence[DiarizationResult],
+    heard: Sequence[DiarizationResult] | None = None,
 ) -> dict[str, Any]:
-    """The figures of `score` for the answers `results` to `items`."""
+    """The figures of `score` for the answers `results` to `items`; with `heard` (the same answers
+    with every pause left out, `doVad`) also their DER against the speech heard in each turn."""
     by: dict[str, dict[str, Any]] = {}
-    for (condition, c, _), result in zip(items, results, strict=True):
+    for k, ((condition, c, _), result) in enumerate(zip(items, results, strict=True)):
         for key in (condition, "all"):
             entry = by.setdefault(
                 key,
                 {
                     "der": DiarizationErrorRate(collar=COLLAR_S),
+                    "der_speech": DiarizationErrorRate(collar=COLLAR_S),
                     "n": 0,
                     "count_ok": 0,
                     "changes": 0,
@@ -160,6 +169,8 @@ def tally(
                 },
             )
             entry["der"](reference(c), hypothesis(c.name, result))
+            if heard is not None:
+                entry["der_speech"](reference(c, speech_only=True), hypothesis(c.name, heard[k]))
             entry["n"] += 1
             entry["count_ok"] += int(result.num_speakers == len(c.speakers))
             found, total = changes_found(c, result)
@@ -169,10 +180,26 @@ def tally(
         k: {
             "conversations": e["n"],
             "der": round(100 * abs(e["der"]), 2),
+            **_components(e["der"]),
+            **({"der_speech": round(100 * abs(e["der_speech"]), 2)} if heard is not None else {}),
             "count_right": round(100 * e["count_ok"] / e["n"], 1),
             "changes_within_0.5s": round(100 * e["found"] / max(1, e["changes"]), 1),
         }
         for k, e in by.items()
+    }
+
+
+def _components(der: DiarizationErrorRate) -> dict[str, float]:
+    """DER's three parts, each in % of the reference speech: speech missed (a second voice in overlap
+    included), speech where there is none, and speech given to the wrong voice."""
+    total = max(float(der.accumulated_["total"]), 1e-9)
+    return {
+        name: round(100 * float(der.accumulated_[part]) / total, 2)
+        for name, part in (
+            ("missed", "missed detection"),
+            ("false_alarm", "false alarm"),
+            ("confusion", "confusion"),
+        )
     }
 
 
@@ -194,9 +221,16 @@ def tune(harness: Harness, per_condition: int) -> list[dict[str, Any]]:
         [0.0, 0.2, 0.3, 0.4, 0.5], [0.65, 0.75, 0.8, 0.85, 0.875, 0.9, 0.95], [1.5, 2.0, 3.0]
     ):
         options = replace(TurnOptions(), centring=centring, stop_distance=stop, min_voice_s=min_voice)
-        results = [answer(voices_of(f, options, count=None, max_count=10)) for f in found]
+        voices = [voices_of(f, options, count=None, max_count=10) for f in found]
+        results = [answer(v) for v in voices]
+        heard = [answer(v, join_pauses=False) for v in voices]
         rows.append(
-            {"centring": centring, "stop_distance": stop, "min_voice_s": min_voice, **tally(items, results)}
+            {
+                "centring": centring,
+                "stop_distance": stop,
+                "min_voice_s": min_voice,
+                **tally(items, results, heard),
+            }
         )
         print(json.dumps(rows[-1]), flush=True)
     return rows
@@ -214,9 +248,15 @@ def tune_windows(harness: Harness, per_condition: int, cache: str | None = None)
         options = replace(TurnOptions(), window_stop_distance=stop)
         counted.seconds = 0.0
         found = [stretches(prepared, counted, options) for _, _, prepared in items]
-        results = [answer(voices_of(f, options, count=None, max_count=10)) for f in found]
+        voices = [voices_of(f, options, count=None, max_count=10) for f in found]
+        results = [answer(v) for v in voices]
+        heard = [answer(v, join_pauses=False) for v in voices]
         rows.append(
-            {"window_stop_distance": stop, "model_s": round(counted.seconds, 1), **tally(items, results)}
+            {
+                "window_stop_distance": stop,
+                "model_s": round(counted.seconds, 1),
+                **tally(items, results, heard),
+            }
         )
         print(json.dumps(rows[-1]), flush=True)
         if cache and isinstance(harness.embed, CachedEmbedding):
@@ -224,9 +264,11 @@ def tune_windows(harness: Harness, per_condition: int, cache: str | None = None)
     return rows
 
 
-def answer(found: Turns) -> DiarizationResult:
-    """The use case's answer for `found` with no voice named (`DiarizationService.diarize`)."""
-    segments = segments_of(found, [f"speaker_{k + 1}" for k in range(found.count)], join_pauses=True)
+def answer(found: Turns, join_pauses: bool = True) -> DiarizationResult:
+    """The use case's answer for `found` with no voice named (`DiarizationService.diarize`; every
+    pause left out unless `join_pauses`, as `doVad` does)."""
+    names = [f"speaker_{k + 1}" for k in range(found.count)]
+    segments = segments_of(found, names, join_pauses=join_pauses)
     return DiarizationResult(num_speakers=len({s.speaker_id for s in segments}), segments=segments)
 
 

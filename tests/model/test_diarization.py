@@ -10,7 +10,7 @@ from pyannote.metrics.diarization import DiarizationErrorRate
 from scipy.signal import correlate
 
 from devtools.conversations import CallStream, build, speech_source, telephone_source
-from devtools.diarization import COLLAR_S, Harness, changes_found, hypothesis, reference
+from devtools.diarization import COLLAR_S, Harness, changes_found, hypothesis, reference, tally
 from service.diarization.turns import TurnOptions
 from service.embedding.ecapa import EcapaEmbedder
 from tests.conftest import needs_speech
@@ -96,3 +96,34 @@ def test_a_call_whose_first_speech_is_short_still_gives_whole_turns() -> None:
     c = build(telephone_source(1 - REPORT_HALF), seed=5, speakers=3, overlap=True, one_call=True)
     assert c.loops >= 1
     assert all(t.end - t.start >= 0.5 for t in c.turns), c.rttm()
+
+
+def test_the_speech_heard_lies_inside_the_turns_without_their_pauses() -> None:
+    """The second reference: each turn cut to the speech heard in its piece alone. A real call's
+    turns hold pauses the first reference counts as speech; this one leaves them out."""
+    for c in (
+        build(telephone_source(REPORT_HALF), seed=3, speakers=3, overlap=False, one_call=True),
+        build(speech_source(REPORT_HALF), seed=3, speakers=2, overlap=True),
+    ):
+        for s in c.speech:
+            assert any(t.speaker == s.speaker and t.start <= s.start < s.end <= t.end for t in c.turns), s
+        for t in c.turns:
+            heard = [s for s in c.speech if s.speaker == t.speaker and t.start <= s.start < t.end]
+            assert heard and heard[0].start == pytest.approx(t.start, abs=0.01)
+            assert heard[-1].end == pytest.approx(t.end, abs=0.01)
+        assert sum(s.end - s.start for s in c.speech) < sum(t.end - t.start for t in c.turns)
+
+
+def test_the_der_splits_into_its_three_parts(harness: Harness) -> None:
+    c = build(telephone_source(REPORT_HALF), seed=12, speakers=2, overlap=True, one_call=True)
+    prepared = harness.prepare(c)
+    service = harness.service(TurnOptions())
+    figures = tally(
+        [("call", c, prepared)],
+        [service.diarize(0, prepared)],
+        [service.diarize(0, prepared, do_vad=True)],
+    )["call"]
+    parts = figures["missed"] + figures["false_alarm"] + figures["confusion"]
+    assert figures["missed"] > 0  # the overlapped turns' second voice at least
+    assert parts == pytest.approx(figures["der"], abs=0.03)
+    assert 0 < figures["der_speech"] < 100
