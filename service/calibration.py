@@ -181,7 +181,7 @@ SHORT_PROBE_SLOPE = 0.675
 # (6 to 4 of 16): the two halves of one caller lie 0.58 apart (median; 0.39 for a reader), those of
 # two callers 0.79. Overlap, a second voice 0.1-0.5 s each side of a change inside a speech region
 # (where the overlaps are; at the 1.5 s voice below): 12.0-12.2 % against 11.9 %, what it recovers
-# of the second voice (overlap conditions' missed speech 0.1-0.5 points less) it adds as false alarm.
+# of the second voice (overlap conditions' missed speech 0.1-0.7 points less) it adds as false alarm.
 # The grid above on the 112 (centring 0.2-0.4, stop 0.8-0.95, a voice 1.5-3 s):
 # a voice at least 1.5 s (centring 0.3, stop 0.875) 11.9 % and 68, against 12.1 % and 66 at 2 s (on
 # the 56 of the first round one conversation more too; 0.4 and 0.9 with 1.5 s: 11.8 % and 67, but on
