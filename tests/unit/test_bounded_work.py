@@ -63,6 +63,29 @@ def test_calls_stay_within_the_budget_and_short_waves_are_untouched() -> None:
     np.testing.assert_array_equal(vectors, model(waves))  # one piece each: the model's own vectors
 
 
+def test_two_pieces_of_one_length_share_a_call_past_the_budget() -> None:
+    model = FakeModel()
+    embed = BoundedEmbedding(model, EmbedBudget(max_batch=8, max_seconds=16.0, chunk_seconds=16.0))
+    rng = np.random.default_rng(1)
+    speech = rng.standard_normal(MODEL_RATE * 10).astype(np.float32)
+    twin = rng.standard_normal(MODEL_RATE * 10).astype(np.float32)
+    vectors = embed([speech, twin])  # an enrollment's speech and its twin: 20 s, no padding
+    assert model.calls == [[len(speech)] * 2]
+    np.testing.assert_array_equal(vectors, model([speech, twin]))
+    model.calls.clear()
+    embed([speech] * 3)  # only a pair goes past the budget
+    assert model.calls == [[len(speech)] * 2, [len(speech)]]
+    model.calls.clear()
+    embed([speech[: MODEL_RATE * 4]] * 6)  # short pieces of one length keep the budget: 4 per call
+    assert model.calls == [[MODEL_RATE * 4] * 4, [MODEL_RATE * 4] * 2]
+    model.calls.clear()
+    embed([speech, speech[:-1]])  # one sample apart: the shorter would be padded, so the budget holds
+    assert model.calls == [[len(speech) - 1], [len(speech)]]
+    model.calls.clear()
+    embed([np.zeros(MODEL_RATE * 32, dtype=np.float32)])  # long audio is still cut in 16 s pieces
+    assert model.calls == [[MODEL_RATE * 16] * 2]
+
+
 def test_a_long_wave_is_the_length_weighted_mean_of_its_pieces() -> None:
     model = FakeModel()
     embed = BoundedEmbedding(model, EmbedBudget(max_batch=8, max_seconds=10.0, chunk_seconds=10.0))
