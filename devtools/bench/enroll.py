@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import base64
 import itertools
+import json
+import tempfile
+import time
 from collections import Counter
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -14,7 +19,7 @@ from devtools.clips import SetClip
 from service.config import Settings
 
 if TYPE_CHECKING:
-    pass
+    from service.embedding.ecapa import EcapaEmbedder
 from devtools.bench.common import (
     COMPAT_ENROLL,
     Models,
@@ -78,6 +83,7 @@ def enroll_section(
         alternated(calls, 1, 1)  # the first request pays one-off costs
         statuses.clear()
         seconds, _ = alternated(calls, len(clips), 1)
+    steps = enroll_steps([b.with_speaker("steps") for b in bodies], ours, rounds=2)
 
     errors = sum(s >= 300 for s in statuses)
     e2e = float(np.median(seconds["http"]))
@@ -114,6 +120,16 @@ def enroll_section(
     )
     if errors:
         print(f"errors: {errors} of {len(statuses)} enrollments were not accepted ({Counter(statuses)})")
+    print(
+        "\nthe same enrollments step by step in this process (medians over the clips, two rounds; "
+        "CPU: the whole process's CPU time, the model's thread included)"
+    )
+    print(
+        table(
+            ["step", "wall ms", "CPU ms"],
+            [[STEP_LABELS[n], fmt(t["wall_ms"], ".2f"), fmt(t["cpu_ms"], ".2f")] for n, t in steps.items()],
+        )
+    )
     return {
         "route": COMPAT_ENROLL,
         "server": server.describe(),
@@ -129,4 +145,79 @@ def enroll_section(
         "enrollment_forward": rows["enrollment_forward"],
         "enrollment_over_enrollment_forward": rows["enrollment_forward"]["enrollment_over_this"],
         "speechbrain_over_enrollment": 1.0 / rows["speechbrain"]["enrollment_over_this"],
+        "steps": steps,
+    }
+
+
+STEP_LABELS = {
+    "body": "request body: JSON and base64",
+    "frontend": "front end: decode, 16 kHz, speech detection",
+    "band": "band of the speech",
+    "telephone": "the twin's telephone line",
+    "fingerprint": "content fingerprint",
+    "model": "model: the speech and its twin, one bounded embedding",
+    "enroll": "the whole enrollment use case (the steps above but the body, and the rest)",
+    "rest": "the rest: checks, database transaction, index",
+}
+
+
+def enroll_steps(
+    bodies: Sequence[bytes], embedder: EcapaEmbedder, rounds: int
+) -> dict[str, dict[str, float]]:
+    """The steps of an enrollment as the service runs them, each on its own, and the whole
+    enrollment use case on a fresh SQLite database, for each compatible enroll body in turn:
+    medians of wall time and of the process's CPU time (which a busy machine inflates less), in ms.
+    "rest" is what the use case spends beyond the steps timed here, enrollment by enrollment."""
+    from service.audio.band import band_of, telephone_band
+    from service.audio.fingerprint import fingerprint
+    from service.audio.frontend import AudioInput
+    from service.main import build_services
+    from service.storage.database import migrate
+
+    steps: dict[str, tuple[float, float]] = {}
+
+    def timed(name: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        wall, cpu = time.perf_counter(), time.process_time()
+        out = fn(*args, **kwargs)
+        steps[name] = (time.perf_counter() - wall, time.process_time() - cpu)
+        return out
+
+    walls: dict[str, list[float]] = {name: [] for name in STEP_LABELS}
+    cpus: dict[str, list[float]] = {name: [] for name in STEP_LABELS}
+    with tempfile.TemporaryDirectory(prefix="bench-steps-") as folder:
+        settings = Settings(data_dir=Path(folder), database_url=f"sqlite:///{folder}/steps.db")
+        migrate(settings.resolved_database_url())
+        services = build_services(settings, embedder)
+        try:
+            store, enrollment = services.store, services.enrollment
+            tenant = store.authenticate(store.create_key("bench")[1])
+            assert tenant is not None
+            for r in range(rounds + 1):  # the first round pays one-off costs and is not counted
+                for i, body in enumerate(bodies):
+                    fields = timed("body", json.loads, body)
+                    data = base64.b64decode(fields["content"])
+                    audio = AudioInput(data, fields["encoding"], fields["sampleRate"])
+                    prepared = timed(
+                        "frontend", enrollment.frontend.load, audio, enrollment.limits, channels=True
+                    )
+                    speech = prepared.speech_wave()
+                    timed("band", band_of, prepared.source_rate, speech)
+                    twin = timed("telephone", telephone_band, speech)
+                    timed("fingerprint", fingerprint, prepared.wave)
+                    timed("model", enrollment.embed, [speech, twin])
+                    timed("enroll", enrollment.enroll, tenant.tenant_id, f"steps-{r}-{i}", audio)
+                    inner = [steps[n] for n in ("frontend", "band", "telephone", "fingerprint", "model")]
+                    steps["rest"] = (
+                        steps["enroll"][0] - sum(w for w, _ in inner),
+                        steps["enroll"][1] - sum(c for _, c in inner),
+                    )
+                    if r > 0:
+                        for name, (wall, cpu) in steps.items():
+                            walls[name].append(wall * 1000)
+                            cpus[name].append(cpu * 1000)
+        finally:
+            services.runtime.engine.dispose()
+    return {
+        name: {"wall_ms": float(np.median(walls[name])), "cpu_ms": float(np.median(cpus[name]))}
+        for name in STEP_LABELS
     }
