@@ -13,7 +13,7 @@ import pytest
 from service.audio import MODEL_RATE
 from service.audio.decode import DecodedAudio
 from service.audio.pipeline import to_mono_16k
-from service.concurrency import Cancellation, ComputeThread
+from service.concurrency import Cancellation, ComputeThread, beside
 from service.embedding.bounded import BoundedEmbedding, EmbedBudget, pieces
 from service.errors import RequestCancelled
 
@@ -142,3 +142,19 @@ def test_a_cancelled_call_still_waiting_for_its_turn_is_dropped() -> None:
     blocker.join(10)
     compute.run(ran.append, "next")
     assert ran == ["next"]
+
+
+def test_work_beside_runs_on_another_thread_and_passes_errors_back() -> None:
+    started, release = threading.Event(), threading.Event()
+
+    def light() -> int:
+        started.set()
+        release.wait(10)
+        return threading.get_ident()
+
+    running = beside(light)
+    assert started.wait(10)  # it runs while this thread goes on
+    release.set()
+    assert running.result(10) != threading.get_ident()
+    with pytest.raises(ZeroDivisionError):
+        beside(lambda: 1 / 0).result(10)
