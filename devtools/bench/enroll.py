@@ -98,7 +98,7 @@ def enroll_section(
         for times in cpu.values():
             times.clear()
         seconds, _ = alternated(calls, len(clips), 1)
-    steps = enroll_steps([b.with_speaker("steps") for b in bodies], ours, rounds=2)
+    steps = enroll_steps([b.with_speaker("steps") for b in bodies], ours, server.threads, rounds=2)
 
     errors = sum(s >= 300 for s in statuses)
     e2e = float(np.median(seconds["http"]))
@@ -199,10 +199,11 @@ STEP_LABELS = {
 
 
 def enroll_steps(
-    bodies: Sequence[bytes], embedder: EcapaEmbedder, rounds: int
+    bodies: Sequence[bytes], embedder: EcapaEmbedder, threads: int, rounds: int
 ) -> dict[str, dict[str, float]]:
     """The steps of an enrollment as the service runs them, each on its own, and the whole
-    enrollment use case on a fresh SQLite database, for each compatible enroll body in turn:
+    enrollment use case on a fresh SQLite database, for each compatible enroll body in turn, with
+    `threads` torch threads as the server has:
     medians of wall time and of the process's CPU time (which a busy machine inflates less), in ms.
     "rest" is what the use case spends beyond the steps timed here, enrollment by enrollment."""
     from service.audio.band import band_of, telephone_band
@@ -232,6 +233,7 @@ def enroll_steps(
             data_dir=Path(folder),
             database_url=f"sqlite:///{folder}/steps.db",
             enrollment={"one_speaker_per_recording": False},
+            torch_threads=threads,
         )
         migrate(settings.resolved_database_url())
         services = build_services(settings, embedder)
