@@ -105,10 +105,11 @@ def band_pass(samples: np.ndarray, rate: int) -> np.ndarray:
     wave = np.asarray(samples, dtype=np.float64)
     peak = float(np.max(np.abs(wave))) if wave.size else 0.0
     if peak * _peak_gain(rate) <= 1.0:
-        return signal.sosfilt(_sections(rate), wave).astype(np.float32)
-    for section in _sections(rate):
-        wave = signal.sosfilt(section[np.newaxis], wave)
-        np.clip(wave, -1.0, 1.0, out=wave)
+        wave = np.asarray(signal.sosfilt(_sections(rate), wave))
+    else:
+        for section in _sections(rate):
+            wave = np.asarray(signal.sosfilt(section[np.newaxis], wave))
+            np.clip(wave, -1.0, 1.0, out=wave)
     return wave.astype(np.float32)
 
 
