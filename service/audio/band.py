@@ -99,9 +99,9 @@ def _peak_gain(rate: int) -> float:
 
 def band_pass(samples: np.ndarray, rate: int) -> np.ndarray:
     """`TELEPHONE_BAND_HZ` band-pass of 1-D float `samples` at `rate` (two biquads on each side),
-    float32. Each biquad's output is clipped to [-1, 1] as torchaudio's `lfilter` does, which ran
-    these filters before; a wave too quiet for any biquad to reach that goes through all four in
-    one call."""
+    float32. Each biquad's output is clipped to [-1, 1], as torchaudio's `lfilter` does (the twins
+    already stored were made with it); a wave too quiet for any biquad to reach that goes through
+    all four in one call."""
     wave = np.asarray(samples, dtype=np.float64)
     peak = float(np.max(np.abs(wave))) if wave.size else 0.0
     if peak * _peak_gain(rate) <= 1.0:

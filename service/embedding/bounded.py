@@ -31,9 +31,7 @@ from service.concurrency import Cancellation, check
 @dataclass(frozen=True)
 class EmbedBudget:
     max_batch: int = 32  # waveforms per model call
-    max_seconds: float = (
-        16.0  # audio per model call (the longest piece times the count), or a pair of one length
-    )
+    max_seconds: float = 16.0  # audio per model call (the longest piece times the count); see `_fits`
     chunk_seconds: float = 16.0  # longer waveforms are embedded in pieces of at most this length
 
     def __post_init__(self) -> None:
