@@ -62,7 +62,8 @@ def enroll_section(
     ids = itertools.count()
     statuses: list[int] = []
     # CPU seconds per call: the server process's (every thread) for a request, this process's for
-    # the others. A machine shared with other work moves wall times by 10 % and more; these less.
+    # the others. A machine shared with other work moves wall times by 10 % and more; CPU times
+    # less, though they too grow with the load (shared caches and memory bandwidth).
     cpu: dict[str, list[float]] = {"http": [], "forward": [], "enrollment_forward": [], "speechbrain": []}
 
     with httpx.Client(base_url=server.url, headers={"X-API-Key": server.key}, timeout=args.timeout) as client:
