@@ -12,7 +12,9 @@ at a time, in the order the calls came:
 - in arrival order: a long request comes back once per batch and queues behind whoever came
   meanwhile, so a short request waits for at most one batch of each request ahead of it.
 
-Decoding, database and index work run freely in the request threads.
+Decoding, database and index work run freely in the request threads; `beside` runs a request's
+light numpy work that the model call does not need on another thread while that request waits for
+the model.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from __future__ import annotations
 import queue
 import threading
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -31,6 +33,8 @@ T = TypeVar("T")
 
 # How often a caller waiting for its turn looks at its cancellation.
 CANCEL_POLL_S = 0.1
+# Threads for `beside`: its jobs take milliseconds, so a few serve many requests at once.
+BESIDE_WORKERS = 4
 
 
 class Cancellation:
@@ -118,3 +122,13 @@ class ComputeThread:
 
 
 compute = ComputeThread()
+
+
+_beside = ThreadPoolExecutor(max_workers=BESIDE_WORKERS, thread_name_prefix="beside")
+
+
+def beside(fn: Callable[..., T], *args: Any) -> Future[T]:
+    """`fn(*args)` started on another thread, for pure work (no torch, no writes) that can run while
+    the caller waits for the model; the caller takes `.result()` when it needs it, which raises what
+    `fn` raised. A caller that stops first just drops the future: the work has no effects."""
+    return _beside.submit(fn, *args)

@@ -135,8 +135,9 @@ class EmbeddingSettings(BaseModel):
     max_batch_seconds: float = Field(
         16.0,
         gt=0,
-        description="audio of one request per model call on a CPU (at least chunk_seconds); a call "
-        "takes about 11 MB of memory per second of audio at its peak",
+        description="audio of one request per model call on a CPU (at least chunk_seconds; two pieces of "
+        "one length, which pad nothing, share a call past it); a call takes about 11 MB of memory per "
+        "second of audio at its peak",
     )
 
 

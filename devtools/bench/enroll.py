@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import json
+import tempfile
+import time
 from collections import Counter
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -14,7 +18,7 @@ from devtools.clips import SetClip
 from service.config import Settings
 
 if TYPE_CHECKING:
-    pass
+    from service.embedding.ecapa import EcapaEmbedder
 from devtools.bench.common import (
     COMPAT_ENROLL,
     Models,
@@ -57,30 +61,49 @@ def enroll_section(
     reference = models.reference(server.device)
     ids = itertools.count()
     statuses: list[int] = []
+    # CPU seconds per call: the server process's (every thread) for a request, this process's for
+    # the others. A machine shared with other work moves wall times by 10 % and more; CPU times
+    # less, though they too grow with the load (shared caches and memory bandwidth).
+    cpu: dict[str, list[float]] = {"http": [], "forward": [], "enrollment_forward": [], "speechbrain": []}
 
     with httpx.Client(base_url=server.url, headers={"X-API-Key": server.key}, timeout=args.timeout) as client:
 
         def enroll(i: int) -> int:
+            before = process_cpu_seconds(server.local.process.pid)
             answer = client.post(
                 COMPAT_ENROLL,
                 content=bodies[i].with_speaker(f"enroll-{next(ids)}"),
                 headers={"Content-Type": "application/json"},
             )
+            cpu["http"].append(process_cpu_seconds(server.local.process.pid) - before)
             statuses.append(answer.status_code)
             return answer.status_code
 
+        def on_cpu(name: str, fn: Callable[[int], Any]) -> Callable[[int], Any]:
+            def call(i: int) -> Any:
+                before = time.process_time()
+                out = fn(i)
+                cpu[name].append(time.process_time() - before)
+                return out
+
+            return call
+
         calls: dict[str, Callable[[int], Any]] = {
             "http": enroll,
-            "forward": lambda i: ours.embed_batch([speech_waves[i]])[0],
-            "enrollment_forward": lambda i: ours.embed_batch(pairs[i]),
-            "speechbrain": lambda i: reference.embed(speech_waves[i]),
+            "forward": on_cpu("forward", lambda i: ours.embed_batch([speech_waves[i]])[0]),
+            "enrollment_forward": on_cpu("enrollment_forward", lambda i: ours.embed_batch(pairs[i])),
+            "speechbrain": on_cpu("speechbrain", lambda i: reference.embed(speech_waves[i])),
         }
         alternated(calls, 1, 1)  # the first request pays one-off costs
         statuses.clear()
+        for times in cpu.values():
+            times.clear()
         seconds, _ = alternated(calls, len(clips), 1)
+    steps = enroll_steps([b.with_speaker("steps") for b in bodies], ours, server.threads, rounds=2)
 
     errors = sum(s >= 300 for s in statuses)
     e2e = float(np.median(seconds["http"]))
+    e2e_cpu = float(np.median(cpu["http"]))
     labels = {
         "http": "enrollment over HTTP, end to end",
         "forward": f"bare forward (service core, {server.precision}, batch 1)",
@@ -93,6 +116,8 @@ def enroll_section(
             "ms_p50": ms(times, 50),
             "ms_p90": ms(times, 90),
             "enrollment_over_this": e2e / float(np.median(times)),
+            "cpu_ms_p50": ms(cpu[name], 50),
+            "enrollment_cpu_over_this": e2e_cpu / float(np.median(cpu[name])),
         }
         for name, times in seconds.items()
     }
@@ -105,15 +130,32 @@ def enroll_section(
     )
     print(
         table(
-            ["", "p50 ms", "p90 ms", "enrollment/this"],
+            ["", "p50 ms", "p90 ms", "enrollment/this", "CPU p50 ms", "enrollment/this in CPU"],
             [
-                [labels[n], fmt(r["ms_p50"]), fmt(r["ms_p90"]), fmt(r["enrollment_over_this"], ".2f", "x")]
+                [
+                    labels[n],
+                    fmt(r["ms_p50"]),
+                    fmt(r["ms_p90"]),
+                    fmt(r["enrollment_over_this"], ".2f", "x"),
+                    fmt(r["cpu_ms_p50"]),
+                    fmt(r["enrollment_cpu_over_this"], ".2f", "x"),
+                ]
                 for n, r in rows.items()
             ],
         )
     )
     if errors:
         print(f"errors: {errors} of {len(statuses)} enrollments were not accepted ({Counter(statuses)})")
+    print(
+        "\nthe same enrollments step by step in this process (medians over the clips, two rounds; "
+        "CPU: the whole process's CPU time, the model's thread included)"
+    )
+    print(
+        table(
+            ["step", "wall ms", "CPU ms"],
+            [[STEP_LABELS[n], fmt(t["wall_ms"], ".2f"), fmt(t["cpu_ms"], ".2f")] for n, t in steps.items()],
+        )
+    )
     return {
         "route": COMPAT_ENROLL,
         "server": server.describe(),
@@ -129,4 +171,101 @@ def enroll_section(
         "enrollment_forward": rows["enrollment_forward"],
         "enrollment_over_enrollment_forward": rows["enrollment_forward"]["enrollment_over_this"],
         "speechbrain_over_enrollment": 1.0 / rows["speechbrain"]["enrollment_over_this"],
+        "steps": steps,
+    }
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """CPU time process `pid` has had, every thread's (Linux's per-thread scheduler statistics, in
+    nanoseconds: finer than the clock ticks of /proc/PID/stat)."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            total += int((task / "schedstat").read_text().split()[0])
+        except (OSError, IndexError, ValueError):
+            continue  # a thread that ended meanwhile
+    return total / 1e9
+
+
+STEP_LABELS = {
+    "body": "request body: JSON and base64",
+    "frontend": "front end: decode, 16 kHz, speech detection",
+    "band": "band of the speech",
+    "telephone": "the twin's telephone line",
+    "fingerprint": "content fingerprint",
+    "model": "model: the speech and its twin, one bounded embedding",
+    "enroll": "the whole enrollment use case (the steps above but the body, and the rest)",
+    "rest": "the rest: checks, database transaction, index",
+}
+
+
+def enroll_steps(
+    bodies: Sequence[bytes], embedder: EcapaEmbedder, threads: int, rounds: int
+) -> dict[str, dict[str, float]]:
+    """The steps of an enrollment as the service runs them, each on its own, and the whole
+    enrollment use case on a fresh SQLite database, for each compatible enroll body in turn, with
+    `threads` torch threads as the server has:
+    medians of wall time and of the process's CPU time (which a busy machine inflates less), in ms.
+    "rest" is what the use case spends beyond the steps timed here, enrollment by enrollment."""
+    from service.audio.band import band_of, telephone_band
+    from service.audio.decode import b64decode
+    from service.audio.fingerprint import fingerprint
+    from service.audio.frontend import AudioInput
+    from service.main import build_services
+    from service.storage.database import migrate
+
+    steps: dict[str, tuple[float, float]] = {}
+
+    def read_body(body: bytes) -> AudioInput:
+        fields = json.loads(body)
+        return AudioInput(b64decode(fields["content"]), fields["encoding"], fields["sampleRate"])
+
+    def timed(name: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        wall, cpu = time.perf_counter(), time.process_time()
+        out = fn(*args, **kwargs)
+        steps[name] = (time.perf_counter() - wall, time.process_time() - cpu)
+        return out
+
+    walls: dict[str, list[float]] = {name: [] for name in STEP_LABELS}
+    cpus: dict[str, list[float]] = {name: [] for name in STEP_LABELS}
+    with tempfile.TemporaryDirectory(prefix="bench-steps-") as folder:
+        # As in the bench's server: the clips come back under new ids, so that check is off.
+        settings = Settings(
+            data_dir=Path(folder),
+            database_url=f"sqlite:///{folder}/steps.db",
+            enrollment={"one_speaker_per_recording": False},
+            torch_threads=threads,
+        )
+        migrate(settings.resolved_database_url())
+        services = build_services(settings, embedder)
+        try:
+            store, enrollment = services.store, services.enrollment
+            tenant = store.authenticate(store.create_key("bench")[1])
+            assert tenant is not None
+            for r in range(rounds + 1):  # the first round pays one-off costs and is not counted
+                for i, body in enumerate(bodies):
+                    audio = timed("body", read_body, body)
+                    prepared = timed(
+                        "frontend", enrollment.frontend.load, audio, enrollment.limits, channels=True
+                    )
+                    speech = prepared.speech_wave()
+                    timed("band", band_of, prepared.source_rate, speech)
+                    twin = timed("telephone", telephone_band, speech)
+                    timed("fingerprint", fingerprint, prepared.wave)
+                    timed("model", enrollment.embed, [speech, twin])
+                    timed("enroll", enrollment.enroll, tenant.tenant_id, f"steps-{r}-{i}", audio)
+                    inner = [steps[n] for n in ("frontend", "band", "telephone", "fingerprint", "model")]
+                    steps["rest"] = (
+                        steps["enroll"][0] - sum(w for w, _ in inner),
+                        steps["enroll"][1] - sum(c for _, c in inner),
+                    )
+                    if r > 0:
+                        for name, (wall, cpu) in steps.items():
+                            walls[name].append(wall * 1000)
+                            cpus[name].append(cpu * 1000)
+        finally:
+            services.runtime.engine.dispose()
+    return {
+        name: {"wall_ms": float(np.median(walls[name])), "cpu_ms": float(np.median(cpus[name]))}
+        for name in STEP_LABELS
     }

@@ -13,11 +13,14 @@ power above 3.8 kHz (8 kHz audio resampled to 16 kHz or more before it was sent)
 
 from __future__ import annotations
 
+import math
 from enum import StrEnum
+from functools import cache
 
 import numpy as np
 import torch
 import torchaudio.functional as AF
+from scipy import signal
 
 from service.audio import MODEL_RATE
 from service.audio.pipeline import PreparedAudio, torch_threads
@@ -64,14 +67,50 @@ def band_of(source_rate: int, speech: np.ndarray) -> Band:
     return Band.WIDE if high_band_share(speech) >= WIDEBAND_SHARE else Band.NARROW
 
 
+@cache
+def _sections(rate: int) -> np.ndarray:
+    """Second-order sections of the band-pass: torchaudio's (RBJ cookbook) high-pass and low-pass
+    biquads at Q 0.707 on `TELEPHONE_BAND_HZ`, in float64, twice over."""
+    q = 0.707
+    sections = []
+    for cutoff, sign in ((TELEPHONE_BAND_HZ[0], -1.0), (TELEPHONE_BAND_HZ[1], 1.0)):
+        w0 = 2.0 * math.pi * cutoff / rate
+        cos, alpha = math.cos(w0), math.sin(w0) / (2.0 * q)
+        edge = (1.0 - sign * cos) / 2.0  # the high-pass's b0 (sign -1) or the low-pass's
+        a0 = 1.0 + alpha
+        sections.append(
+            [edge / a0, sign * 2.0 * edge / a0, edge / a0, 1.0, -2.0 * cos / a0, (1.0 - alpha) / a0]
+        )
+    return np.array(sections * 2, dtype=np.float64)
+
+
+@cache
+def _peak_gain(rate: int) -> float:
+    """How far any of the band-pass's biquads can raise a wave's peak: the largest sum of
+    absolute values of the impulse responses of its first one, two, three and four sections."""
+    response = np.zeros(rate, dtype=np.float64)  # a second: the responses have died out long before
+    response[0] = 1.0
+    gains = []
+    for section in _sections(rate):
+        response = signal.sosfilt(section[np.newaxis], response)
+        gains.append(float(np.abs(response).sum()))
+    return max(gains)
+
+
 def band_pass(samples: np.ndarray, rate: int) -> np.ndarray:
-    """`TELEPHONE_BAND_HZ` band-pass of 1-D float `samples` at `rate` (two biquads on each side)."""
-    low, high = TELEPHONE_BAND_HZ
-    wave = torch.from_numpy(np.ascontiguousarray(samples, dtype=np.float32))
-    for _ in range(2):
-        wave = AF.highpass_biquad(wave, rate, low)
-        wave = AF.lowpass_biquad(wave, rate, high)
-    return wave.numpy()
+    """`TELEPHONE_BAND_HZ` band-pass of 1-D float `samples` at `rate` (two biquads on each side),
+    float32. Each biquad's output is clipped to [-1, 1], as torchaudio's `lfilter` does (the twins
+    already stored were made with it); a wave too quiet for any biquad to reach that goes through
+    all four in one call."""
+    wave = np.asarray(samples, dtype=np.float64)
+    peak = float(np.max(np.abs(wave))) if wave.size else 0.0
+    if peak * _peak_gain(rate) <= 1.0:
+        wave = np.asarray(signal.sosfilt(_sections(rate), wave))
+    else:
+        for section in _sections(rate):
+            wave = np.asarray(signal.sosfilt(section[np.newaxis], wave))
+            np.clip(wave, -1.0, 1.0, out=wave)
+    return wave.astype(np.float32)
 
 
 def telephone_band(wave: np.ndarray) -> np.ndarray:

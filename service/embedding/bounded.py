@@ -8,7 +8,9 @@ per second of audio at its peak (3.3 GB for one 5-minute wave; 13 GB for the 590
   vector is the length-weighted mean of the pieces' vectors (cosine 0.994-0.999 to the whole wave's
   vector on 65-90 s of one reader's speech with 16 s pieces);
 - the pieces go to the model at most `max_batch` at a time and with at most `max_seconds` of audio
-  per call, the shortest together (little padding), the cancellation looked at before each call.
+  per call, the shortest together (little padding), the cancellation looked at before each call;
+  two pieces of one length pad nothing and share a call even past `max_seconds`, so a call's audio
+  stays within twice the budget whatever the request.
 
 Pure numpy: the model call is the `embed_batch` it is given (the model, or the GPU batcher).
 """
@@ -29,7 +31,7 @@ from service.concurrency import Cancellation, check
 @dataclass(frozen=True)
 class EmbedBudget:
     max_batch: int = 32  # waveforms per model call
-    max_seconds: float = 16.0  # audio per model call (the longest piece times the count)
+    max_seconds: float = 16.0  # audio per model call (the longest piece times the count); see `_fits`
     chunk_seconds: float = 16.0  # longer waveforms are embedded in pieces of at most this length
 
     def __post_init__(self) -> None:
@@ -83,13 +85,25 @@ class BoundedEmbedding:
         call: list[int] = []
         for j in order:
             # Sorted by length: `j` is the longest so far, so the call pads every piece to its length.
-            if call and (len(call) >= self.budget.max_batch or (len(call) + 1) * len(parts[j]) > limit):
+            if call and (len(call) >= self.budget.max_batch or not self._fits(parts, call, j, limit)):
                 self._run(parts, call, results, cancel)
                 call = []
             call.append(j)
         if call:
             self._run(parts, call, results, cancel)
         return np.stack([results[j] for j in range(len(parts))]).astype(np.float32, copy=False)
+
+    @staticmethod
+    def _fits(parts: list[np.ndarray], call: list[int], j: int, limit: float) -> bool:
+        """Whether piece `j`, the longest yet, joins `call` (sorted by length) within `limit` samples
+        of padded audio; or as the second of two pieces of one length, whatever their length (at
+        most `chunk_seconds` each): such a pair pads nothing, so it costs what its pieces cost one by
+        one, and an enrollment's speech and its narrowband twin (over 8 s each at the CPU's 16 s)
+        go through in one call, not two of one. Only pairs: many short windows of one length (the
+        compatible identify's) keep the budget."""
+        if (len(call) + 1) * len(parts[j]) <= limit:
+            return True
+        return len(call) == 1 and len(parts[call[0]]) == len(parts[j])
 
     def _run(
         self,

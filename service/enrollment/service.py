@@ -19,7 +19,7 @@ from service.audio.band import Band, band_of, telephone_band
 from service.audio.fingerprint import fingerprint
 from service.audio.frontend import AudioFrontEnd, AudioInput
 from service.audio.pipeline import PreparedAudio, QualityLimits
-from service.concurrency import Cancellation, check
+from service.concurrency import Cancellation, beside, check
 from service.enrollment import policy as rules
 from service.enrollment.policy import EnrollmentPolicy
 from service.enrollment.ports import (
@@ -98,6 +98,8 @@ class EnrollmentService:
     ) -> EnrollmentStatus:
         prepared = self.frontend.load(audio, self.limits, cancel, channels=True)
         speech = prepared.speech_wave()
+        # Only the database transaction needs the fingerprint: it is made while the model runs.
+        fingerprinted = beside(fingerprint, prepared.wave)
         band = band_of(prepared.source_rate, speech)
         self._check_one_voice(tenant_id, prepared, band, cancel)
         vector, twin = self._vectors(speech, band, cancel)
@@ -112,7 +114,7 @@ class EnrollmentService:
             clipped_fraction=prepared.clipped_fraction,
             source_rate=prepared.source_rate,
             audio=prepared.wave.astype("<f4").tobytes() if self.store_audio else None,
-            fingerprint=fingerprint(prepared.wave),
+            fingerprint=fingerprinted.result(),
             narrow_vector=twin,
         )
         with self.store.transaction() as tx:

@@ -87,8 +87,15 @@ def test_enrollment_is_timed_against_the_bare_forward(report: Report) -> None:
     for row in ("end_to_end", "bare_forward", "enrollment_forward", "speechbrain"):
         assert positive(enroll[row]["ms_p50"], enroll[row]["enrollment_over_this"])
         assert enroll[row]["ms_p50"] <= enroll[row]["ms_p90"]
+        assert positive(enroll[row]["cpu_ms_p50"], enroll[row]["enrollment_cpu_over_this"])
     assert enroll["end_to_end"]["enrollment_over_this"] == pytest.approx(1.0)
+    assert enroll["end_to_end"]["enrollment_cpu_over_this"] == pytest.approx(1.0)
     assert positive(enroll["enrollment_over_forward"], enroll["speechbrain_over_enrollment"])
+    # Every step of the same enrollments in the bench process; "rest" is a difference of timings.
+    steps = enroll["steps"]
+    measured = ("body", "frontend", "band", "telephone", "fingerprint", "model", "enroll")
+    assert set(steps) == {*measured, "rest"}
+    assert all(positive(steps[name]["wall_ms"], steps[name]["cpu_ms"]) for name in measured)
 
 
 def test_http_levels_count_every_request(report: Report) -> None:

@@ -6,16 +6,29 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
+import torchaudio.functional as AF
 
+from devtools.clips import MEDIUM_CLIP, load_clip
 from devtools.fakes import FakeServices, MemoryStore, SyntheticVoice, as_linear16, fake_services
 from service.audio import MODEL_RATE
-from service.audio.band import WIDEBAND_SHARE, Band, band_of, high_band_share, telephone_band
+from service.audio.band import (
+    TELEPHONE_BAND_HZ,
+    TELEPHONE_RATE,
+    WIDEBAND_SHARE,
+    Band,
+    band_of,
+    band_pass,
+    high_band_share,
+    telephone_band,
+)
 from service.audio.frontend import AudioInput
 from service.config import EnrollmentSettings, Settings
 from service.enrollment.maintenance import Twins, recompute_all
 from service.enrollment.ports import IndexEntry
 from service.enrollment.scoring import DecisionRule, Scorer, TenantScale
 from service.storage.index import BandedIndex
+from tests.conftest import needs_speech
 
 ALICE, BOB, CAROL = (SyntheticVoice(seed) for seed in (1, 2, 3))
 ACME = 1
@@ -42,6 +55,23 @@ def test_the_band_follows_the_source_rate_and_the_power_above_the_telephone_band
     assert high_band_share(phone) < WIDEBAND_SHARE
     assert band_of(MODEL_RATE, phone) == Band.NARROW
     assert high_band_share(np.zeros(100, dtype=np.float32)) == 0.0
+
+
+@needs_speech
+@pytest.mark.parametrize("gain", [0.1, 4.0])  # too quiet for any biquad to clip; loud enough for each
+def test_the_band_pass_is_torchaudios_biquads_with_their_clipping(gain: float) -> None:
+    wave = load_clip(MEDIUM_CLIP).as_float()[::2] * gain  # real speech, taken as 8 kHz
+    reference = torch.from_numpy(wave)
+    for _ in range(2):
+        reference = AF.highpass_biquad(reference, TELEPHONE_RATE, TELEPHONE_BAND_HZ[0])
+        reference = AF.lowpass_biquad(reference, TELEPHONE_RATE, TELEPHONE_BAND_HZ[1])
+    ours = band_pass(wave, TELEPHONE_RATE)
+    assert ours.dtype == np.float32 and ours.shape == wave.shape
+    # The loud wave is where the clipping shows: the filters are linear below full scale.
+    unclipped = band_pass(wave / gain, TELEPHONE_RATE) * gain
+    assert (np.abs(unclipped - reference.numpy()).max() > 0.01) == (gain > 1.0)
+    # torchaudio runs the filters in float32, scipy in float64
+    np.testing.assert_allclose(ours, reference.numpy(), atol=1e-4)
 
 
 @pytest.fixture(scope="module")

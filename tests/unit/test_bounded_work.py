@@ -13,7 +13,7 @@ import pytest
 from service.audio import MODEL_RATE
 from service.audio.decode import DecodedAudio
 from service.audio.pipeline import to_mono_16k
-from service.concurrency import Cancellation, ComputeThread
+from service.concurrency import Cancellation, ComputeThread, beside
 from service.embedding.bounded import BoundedEmbedding, EmbedBudget, pieces
 from service.errors import RequestCancelled
 
@@ -61,6 +61,29 @@ def test_calls_stay_within_the_budget_and_short_waves_are_untouched() -> None:
         assert len(call) <= budget.max_batch
         assert len(call) * max(call) <= budget.max_seconds * MODEL_RATE
     np.testing.assert_array_equal(vectors, model(waves))  # one piece each: the model's own vectors
+
+
+def test_two_pieces_of_one_length_share_a_call_past_the_budget() -> None:
+    model = FakeModel()
+    embed = BoundedEmbedding(model, EmbedBudget(max_batch=8, max_seconds=16.0, chunk_seconds=16.0))
+    rng = np.random.default_rng(1)
+    speech = rng.standard_normal(MODEL_RATE * 10).astype(np.float32)
+    twin = rng.standard_normal(MODEL_RATE * 10).astype(np.float32)
+    vectors = embed([speech, twin])  # an enrollment's speech and its twin: 20 s, no padding
+    assert model.calls == [[len(speech)] * 2]
+    np.testing.assert_array_equal(vectors, model([speech, twin]))
+    model.calls.clear()
+    embed([speech] * 3)  # only a pair goes past the budget
+    assert model.calls == [[len(speech)] * 2, [len(speech)]]
+    model.calls.clear()
+    embed([speech[: MODEL_RATE * 4]] * 6)  # short pieces of one length keep the budget: 4 per call
+    assert model.calls == [[MODEL_RATE * 4] * 4, [MODEL_RATE * 4] * 2]
+    model.calls.clear()
+    embed([speech, speech[:-1]])  # one sample apart: the shorter would be padded, so the budget holds
+    assert model.calls == [[len(speech) - 1], [len(speech)]]
+    model.calls.clear()
+    embed([np.zeros(MODEL_RATE * 32, dtype=np.float32)])  # long audio is still cut in 16 s pieces
+    assert model.calls == [[MODEL_RATE * 16] * 2]
 
 
 def test_a_long_wave_is_the_length_weighted_mean_of_its_pieces() -> None:
@@ -119,3 +142,19 @@ def test_a_cancelled_call_still_waiting_for_its_turn_is_dropped() -> None:
     blocker.join(10)
     compute.run(ran.append, "next")
     assert ran == ["next"]
+
+
+def test_work_beside_runs_on_another_thread_and_passes_errors_back() -> None:
+    started, release = threading.Event(), threading.Event()
+
+    def light() -> int:
+        started.set()
+        release.wait(10)
+        return threading.get_ident()
+
+    running = beside(light)
+    assert started.wait(10)  # it runs while this thread goes on
+    release.set()
+    assert running.result(10) != threading.get_ident()
+    with pytest.raises(ZeroDivisionError):
+        beside(lambda: 1 / 0).result(10)
