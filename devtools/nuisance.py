@@ -14,17 +14,23 @@ voice. The directions are the top principal ones of a scatter of nuisance deviat
 - tenant: the tenant's own enrolled samples less their speaker's mean (its own channel), combined
   with the generic channel scatter, counted as `tau` deviations.
 
+Two softer relatives are measured beside it: whitening by the channel-and-speaker scatter
+(WCCN-like, regularised; `Whitened`) and normalising each probe by its scores against the model's
+training-speaker prototypes (`ProbeNormed`).
+
 Every direction set is learnt on half 0 of eval-speech only. For each, the pair prior and the
 threshold are set on half 0 as `devtools.calibration` sets them (all conditions pooled, and each
 condition left out), and half 1 per condition and eval-telephone (which sets nothing) are reported:
 the decisions at the threshold and false rejects at 1 % false accepts.
 
-Usage: python -m scripts.nuisance_study [--ks 0,2,4,8,16,32] [--taus 10,30,100]
+Usage: python -m scripts.nuisance_study [--ks 0,2,4,8,16,32] [--taus 10,100] [--lams 0.1,0.5,2]
+    [--tops 100,400,2000]
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -123,7 +129,7 @@ class Projected(D.Rule):
         return self.basis if self.basis is not None else np.zeros((0, len(self.study.prior)), np.float32)
 
     def with_prior(self, pair_mean: float, pair_sd: float) -> Projected:
-        out = Projected(self.study, self.basis, self.name, self.tenant_basis)
+        out = copy.copy(self)
         out.scorer = Scorer(replace(self.scorer.rule, pair_mean=pair_mean, pair_sd=pair_sd))
         return out
 
@@ -143,6 +149,26 @@ class Projected(D.Rule):
         return impostor_scores(c, scorer.rule.prior_mean, cal.PRIOR_WEIGHT)
 
 
+class Whitened(Projected):
+    """WCCN-like: every vector through ``(S + lam * mean eigenvalue * I) ** -1/2`` of a nuisance
+    scatter `S`, then renormalised; a soft version of the projection (lam large: no change)."""
+
+    def __init__(self, study: C.Study, s: np.ndarray, lam: float, name: str) -> None:
+        super().__init__(study, None, name)
+        values, vectors = np.linalg.eigh(s + lam * float(np.trace(s)) / len(s) * np.eye(len(s)))
+        self.transform = np.asarray(vectors @ np.diag(values**-0.5) @ vectors.T, dtype=np.float32)
+
+    def parts(self, tenant: D.Tenant) -> tuple[np.ndarray, np.ndarray, Scorer]:
+        scorer = Scorer(replace(self.scorer.rule, prior_mean=self.study.prior @ self.transform))
+        return self.transform, unit_rows(tenant.centroids @ self.transform), scorer
+
+    def scores(self, tenant: D.Tenant, queries: np.ndarray) -> np.ndarray:
+        _, c, scorer = self.parts(tenant)
+        return scorer.scores(
+            unit_rows(np.atleast_2d(queries) @ self.transform), c, scorer.build_scale(c), len(c)
+        )
+
+
 class ProbeNormed(Projected):
     """Centred cosines normalised per probe by its own scores against the model's training-speaker
     prototypes (the `top` highest, centred on their mean): a probe whose cosines all sit low or high
@@ -156,8 +182,7 @@ class ProbeNormed(Projected):
         self.pair_prior = (0.0, 1.0)
 
     def with_prior(self, pair_mean: float, pair_sd: float) -> Projected:
-        out = ProbeNormed(self.study, self.prototypes, self.top, self.name)
-        out.prototypes = self.prototypes
+        out = copy.copy(self)
         out.pair_prior = (pair_mean, pair_sd)
         return out
 
@@ -265,11 +290,16 @@ def all_cases(study: C.Study) -> dict[str, dict[str, list[D.Case]]]:
 
 
 def rules(
-    study: C.Study, ks: Sequence[int], taus: Sequence[float], tops: Sequence[int] = ()
+    study: C.Study,
+    ks: Sequence[int],
+    taus: Sequence[float],
+    tops: Sequence[int] = (),
+    lams: Sequence[float] = (),
 ) -> list[Projected]:
     chan, spk = scatter(channel_deviations(study)), scatter(speaker_deviations(study))
     both = (chan + spk) / 2
     out = [Projected(study, None, "none")]
+    out += [Whitened(study, both, lam, f"whitened lam={lam:g}") for lam in lams]
     if tops:
         prototypes = load_cohort(weights.resolve(None))
         assert prototypes is not None
@@ -326,6 +356,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--ks", default="0,2,4,8,16,32")
     parser.add_argument("--taus", default="")
+    parser.add_argument("--lams", default="", help="whitening: regularisation, in mean eigenvalues")
     parser.add_argument("--tops", default="", help="probe normalisation: prototypes kept per probe")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -334,6 +365,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ks = [int(k) for k in args.ks.split(",") if k]
     taus = [float(t) for t in args.taus.split(",") if t]
     tops = [int(t) for t in args.tops.split(",") if t]
-    for rule in rules(study, ks, taus, tops):
+    lams = [float(x) for x in args.lams.split(",") if x]
+    for rule in rules(study, ks, taus, tops, lams):
         print("\n".join(lines(measure(study, rule, cases))), flush=True)
     return 0

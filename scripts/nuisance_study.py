@@ -1,7 +1,8 @@
 """Measure nuisance attribute projection (channel and session compensation) in the decision rule:
 learnt on half 0 of eval-speech, reported on half 1 per condition and on real telephone calls.
 
-Usage: python -m scripts.nuisance_study [--ks 0,2,4,8,16,32] [--taus 10,30,100]
+Usage: python -m scripts.nuisance_study [--ks 0,2,4,8,16,32] [--taus 10,100] [--lams 0.1,0.5,2]
+    [--tops 100,400,2000]
 """
 
 from devtools.nuisance import main
