@@ -172,6 +172,19 @@ def pooled(scored: Sequence[Scored], threshold: float) -> Outcome:
     return total
 
 
+def fr_at_fa(scored: Sequence[Scored], fa: float) -> tuple[float, float]:
+    """(threshold, false-reject rate) of the pooled trials at the lowest threshold whose false
+    accepts are <= `fa`; a misidentified genuine trial counts as rejected."""
+    best = np.concatenate([s.best for s in scored])
+    right = np.concatenate([s.right for s in scored])
+    g = np.concatenate([s.genuine for s in scored])
+    ok = np.where(right[g], best[g], -np.inf)
+    imp = np.sort(best[~g])[::-1]
+    k = int(np.floor(fa * len(imp)))
+    threshold = float(imp[k]) + 1e-6 if k < len(imp) else float(imp[-1])
+    return threshold, float((ok < threshold).mean())
+
+
 def threshold_for(scored: Sequence[Scored], fa_target: float, fr_target: float) -> float:
     """The threshold that meets `fr_target` on the pooled genuine trials of `scored` with the
     fewest false accepts, nudged up towards `fa_target` where the false-reject budget allows: the

@@ -224,12 +224,7 @@ def outcome(scores: np.ndarray, t: Trials, threshold: float) -> D.Outcome:
 def fr_at_fa(scores: np.ndarray, t: Trials, fa: float) -> tuple[float, float]:
     """(threshold, false-reject rate) at the lowest threshold whose false accepts are <= `fa`; a
     misidentified genuine trial counts as rejected."""
-    g = t.genuine.astype(bool)
-    ok = scores[g] * t.right[g].astype(bool) + np.where(t.right[g].astype(bool), 0, -np.inf)
-    imp = np.sort(scores[~g])[::-1]
-    k = int(np.floor(fa * len(imp)))
-    threshold = float(imp[k]) + 1e-6 if k < len(imp) else float(imp[-1])
-    return threshold, float((ok < threshold).mean())
+    return D.fr_at_fa([D.Scored(scores, t.right.astype(bool), t.genuine.astype(bool))], fa)
 
 
 def cell(o: D.Outcome) -> str:
