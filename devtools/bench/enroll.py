@@ -98,7 +98,13 @@ def enroll_section(
         statuses.clear()
         for times in cpu.values():
             times.clear()
+        model_before = server_model_seconds(client)
         seconds, _ = alternated(calls, len(clips), 1)
+        # The server's own model time for these requests, from its /metrics: the ratio of a request
+        # to the model call it made, both in the one server process. A model's speed differs from
+        # process to process by up to 10 % here (where its memory lands), which the ratio to the
+        # bench process's forward carries and this one does not.
+        server_model_s = (server_model_seconds(client) - model_before) / max(len(statuses), 1)
     steps = enroll_steps([b.with_speaker("steps") for b in bodies], ours, server.threads, rounds=2)
 
     errors = sum(s >= 300 for s in statuses)
@@ -144,6 +150,11 @@ def enroll_section(
             ],
         )
     )
+    print(
+        f"in the server itself: the model {server_model_s * 1e3:.1f} ms per enrollment (mean, from its "
+        f"/metrics); the request {float(np.mean(seconds['http'])) * 1e3:.1f} ms (mean), "
+        f"{float(np.mean(seconds['http'])) / server_model_s:.2f}x its own model call"
+    )
     if errors:
         print(f"errors: {errors} of {len(statuses)} enrollments were not accepted ({Counter(statuses)})")
     print(
@@ -171,8 +182,19 @@ def enroll_section(
         "enrollment_forward": rows["enrollment_forward"],
         "enrollment_over_enrollment_forward": rows["enrollment_forward"]["enrollment_over_this"],
         "speechbrain_over_enrollment": 1.0 / rows["speechbrain"]["enrollment_over_this"],
+        "server_model_ms_mean": server_model_s * 1e3,
+        "enrollment_over_server_model": float(np.mean(seconds["http"])) / server_model_s,
         "steps": steps,
     }
+
+
+def server_model_seconds(client: Any) -> float:
+    """Seconds the server has spent in model calls (`speakerid_embedding_seconds_sum` of its
+    /metrics, which answers loopback without a token)."""
+    for line in client.get("/metrics").text.splitlines():
+        if line.startswith("speakerid_embedding_seconds_sum"):
+            return float(line.split()[-1])
+    raise RuntimeError("the server's /metrics has no speakerid_embedding_seconds_sum")
 
 
 def process_cpu_seconds(pid: int) -> float:
