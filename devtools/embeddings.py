@@ -87,8 +87,21 @@ class Embedding:
         return whole, short, speech_s, snr_db
 
     def _key(self, manifest: Path, *extra: str) -> str:
-        # The path actually chosen (`auto` picks by start-up check), not the setting.
-        parts = [self.model.checksum, self.model.precision, str(manifest.resolve()), *extra]
+        # The model path actually chosen (`auto` picks by start-up check), not the setting; the
+        # manifest by its folder's name, its text and its clips' sizes, not by where it lies, so a
+        # cache made in one checkout serves another that renders the same clips.
+        clips = [
+            f"{row.name}:{row.path.stat().st_size if row.path.exists() else -1}"
+            for row in read_manifest(manifest)
+        ]
+        parts = [
+            self.model.checksum,
+            self.model.precision,
+            manifest.parent.name,
+            manifest.read_text(),
+            *clips,
+            *extra,
+        ]
         return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
     def crops(self, manifest: Path, cache_dir: Path, seconds: tuple[float, ...] = CROP_S) -> np.ndarray:
