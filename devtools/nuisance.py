@@ -51,6 +51,7 @@ from service.enrollment.scoring import (
     domain_mean,
     expected_maximum,
     impostor_scores,
+    shrunk_pair_stats,
     unit_rows,
 )
 
@@ -208,12 +209,10 @@ class ProbeNormed(Projected):
     def scores(self, tenant: D.Tenant, queries: np.ndarray) -> np.ndarray:
         c = tenant.centroids
         r = self.scorer.rule
-        mean = domain_mean(distinct_voices(c), r.prior_mean, r.prior_weight)
-        pairs = self.pairs(tenant)
-        n, k = len(distinct_voices(c)), r.strength
+        voices = distinct_voices(c)
+        mean = domain_mean(voices, r.prior_mean, r.prior_weight)
         p_mean, p_sd = self.pair_prior
-        level_mean = (n * pairs.mean() + k * p_mean) / (n + k) if len(pairs) else p_mean
-        level_sd = np.sqrt((n * pairs.var() + k * p_sd**2) / (n + k)) if len(pairs) else p_sd
+        level_mean, level_sd = shrunk_pair_stats(self.pairs(tenant), len(voices), p_mean, p_sd, r.strength)
         level = level_mean + level_sd * expected_maximum(len(c))
         return np.asarray((self.normed(queries, c, mean) - level) / p_sd)
 

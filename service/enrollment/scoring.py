@@ -115,6 +115,17 @@ def impostor_scores(centroids: np.ndarray, prior: np.ndarray, prior_weight: floa
     return np.concatenate(out).astype(np.float32)
 
 
+def shrunk_pair_stats(
+    pairs: np.ndarray, speakers: int, prior_mean: float, prior_sd: float, strength: float
+) -> tuple[float, float]:
+    """Mean and sd of the impostor pair scores `pairs` of `speakers` voices, shrunk towards the prior
+    (`prior_mean`, `prior_sd`) counted as `strength` speakers; the prior alone without pairs."""
+    mean = float(pairs.mean()) if len(pairs) else prior_mean
+    var = float(pairs.var()) if len(pairs) else prior_sd**2
+    n, k = (speakers if len(pairs) else 0), strength
+    return (n * mean + k * prior_mean) / (n + k), float(np.sqrt((n * var + k * prior_sd**2) / (n + k)))
+
+
 @dataclass(frozen=True)
 class DecisionRule:
     """The rule's constants (calibrated in `service.calibration`)."""
@@ -192,13 +203,11 @@ class Scorer:
         if not r.centring:
             return TenantScale(np.zeros_like(r.prior_mean), r.pair_mean, r.pair_sd, c)
         pairs = impostor_scores(cohort, r.prior_mean, r.prior_weight)
-        mean = float(pairs.mean()) if len(pairs) else r.pair_mean
-        var = float(pairs.var()) if len(pairs) else r.pair_sd**2
-        n, k = (c if len(pairs) else 0), r.strength
+        pair_mean, pair_sd = shrunk_pair_stats(pairs, c, r.pair_mean, r.pair_sd, r.strength)
         return TenantScale(
             mean=domain_mean(cohort, r.prior_mean, r.prior_weight),
-            pair_mean=(n * mean + k * r.pair_mean) / (n + k),
-            pair_sd=float(np.sqrt((n * var + k * r.pair_sd**2) / (n + k))),
+            pair_mean=pair_mean,
+            pair_sd=pair_sd,
             speakers=c,
         )
 
