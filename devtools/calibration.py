@@ -40,6 +40,9 @@ VOICE_MARGIN = 1.5
 # The conditions that set the defaults; the others are reported beside them.
 SPEECH = [c.name for c in CONDITIONS if c.calibrates]
 REPORTED = [c.name for c in CONDITIONS]
+# Rules also reported at their default threshold: the service's at today's, its level's first form
+# (`decisions.MeanOfMaxLevel`) at the default it had.
+AT_DEFAULT = {"service": cal.IDENTIFY_THRESHOLD, "mean-of-max level": 2.9}
 
 
 @dataclass(frozen=True)
@@ -100,6 +103,10 @@ def identification(study: Study) -> dict[str, Any]:
     calib, report = study.speech(0), study.speech(1)
     pair_mean, pair_sd = pair_prior(study, calib)
     service = rule(study, pair_mean, pair_sd)
+    first_form = D.Service(
+        D.MeanOfMaxLevel(DecisionRule.calibrated(study.prior, pair_mean=pair_mean, pair_sd=pair_sd)),
+        "mean-of-max level",
+    )
     baseline = D.Centred(study.prior, cal.PRIOR_WEIGHT)
     out: dict[str, Any] = {"pairPrior": {"mean": pair_mean, "sd": pair_sd}}
     extra = {
@@ -109,7 +116,10 @@ def identification(study: Study) -> dict[str, Any]:
         "telephone-consistent-3s": study.telephone(True, short=True),
     }
     short = {f"{k}-3s": v for k, v in study.speech(1, short=True).items()}
-    for label, r in (("service", service), ("previous", baseline)):
+    # The service's rule, its level's first form, and the rule before either (centred cosine against
+    # a fixed threshold), each with its threshold set on half 0.
+    rules = (("service", service), ("mean-of-max level", first_form), ("previous", baseline))
+    for label, r in rules:
         s_cal, s_rep = scored(r, calib), scored(r, report)
         s_extra, s_short = scored(r, extra), scored(r, short)
         threshold = D.threshold_for([s for k in SPEECH for s in s_cal[k]], FA_TARGET, FR_TARGET)
@@ -126,8 +136,16 @@ def identification(study: Study) -> dict[str, Any]:
             "telephone": {k: rates(D.pooled(v, threshold)) for k, v in s_extra.items()},
             "calibrationHalf": rates(D.pooled([s for k in SPEECH for s in s_cal[k]], threshold)),
         }
-    out["service"]["gallery"] = gallery(study, service, out["service"]["threshold"])
-    out["previous"]["gallery"] = gallery(study, baseline, out["previous"]["threshold"])
+        out[label]["gallery"] = gallery(study, r, threshold)
+        if label in AT_DEFAULT:
+            t = AT_DEFAULT[label]
+            out[label]["atDefault"] = {
+                "threshold": t,
+                "reportHalf": {k: rates(D.pooled(v, t)) for k, v in s_rep.items()},
+                "shortClips": {k: rates(D.pooled(v, t)) for k, v in s_short.items()},
+                "telephone": {k: rates(D.pooled(v, t)) for k, v in s_extra.items()},
+                "gallery": gallery(study, r, t),
+            }
     return out
 
 
@@ -164,12 +182,7 @@ def _restrict(case: D.Case, speakers: set[str]) -> D.Case:
     return D.Case(
         case.condition,
         case.tenant,
-        D.Trials(
-            t.vectors[keep],
-            [t.truth[i] for i in keep],
-            [t.group[i] for i in keep],
-            [t.clips[i] for i in keep],
-        ),
+        t.subset(keep),
     )
 
 
@@ -188,12 +201,7 @@ def _with_fillers(case: D.Case, e: Embedded, report_half: set[str]) -> D.Case:
     return D.Case(
         case.condition,
         D.Tenant(names, samples),
-        D.Trials(
-            t.vectors[keep],
-            [t.truth[i] for i in keep],
-            [t.group[i] for i in keep],
-            [t.clips[i] for i in keep],
-        ),
+        t.subset(keep),
     )
 
 
@@ -273,7 +281,9 @@ def summary_lines(results: dict[str, Any]) -> list[str]:
     ident = results["identification"]
     p = ident["pairPrior"]
     lines.append(f"pair prior: mean {p['mean']:.4f}, sd {p['sd']:.4f}")
-    for label in ("service", "previous"):
+    for label in ident:
+        if label == "pairPrior":
+            continue
         r = ident[label]
         lines.append(f"\n## {label}: threshold {r['threshold']:.3f} (set on half 0, every channel)")
         c = r["calibrationHalf"]
@@ -294,6 +304,17 @@ def summary_lines(results: dict[str, Any]) -> list[str]:
                     f"| {group}: {name}{size} | {cell(a['falseAccepts'])} | {cell(a['falseRejects'])} "
                     f"| {cell(a['misidentified'])} | | | |"
                 )
+        if "atDefault" in r:
+            d = r["atDefault"]
+            lines.append(f"\n### {label} at its default threshold {d['threshold']:.2f}")
+            lines.append("| condition | FA | FR | misidentified |")
+            lines.append("| --- | --- | --- | --- |")
+            for group in ("reportHalf", "shortClips", "telephone", "gallery"):
+                for name, a in d[group].items():
+                    lines.append(
+                        f"| {group}: {name} | {cell(a['falseAccepts'])} | {cell(a['falseRejects'])} "
+                        f"| {cell(a['misidentified'])} |"
+                    )
     v = results["voiceCheck"]
     lines.append(f"\n## enrollment voice check: threshold {v['threshold']:.2f} units (gallery 1)")
     for name, a in v["reportHalf"].items():

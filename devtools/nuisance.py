@@ -49,7 +49,7 @@ from service.enrollment.scoring import (
     centred,
     distinct_voices,
     domain_mean,
-    expected_maximum,
+    gallery_offset,
     impostor_scores,
     shrunk_pair_stats,
     unit_rows,
@@ -140,10 +140,10 @@ class Projected(D.Rule):
         scorer = Scorer(replace(self.scorer.rule, prior_mean=prior))
         return basis, project(tenant.centroids, basis), scorer
 
-    def scores(self, tenant: D.Tenant, queries: np.ndarray) -> np.ndarray:
+    def scores(self, tenant: D.Tenant, queries: np.ndarray, seconds: np.ndarray | None = None) -> np.ndarray:
         basis, c, scorer = self.parts(tenant)
         scale = scorer.build_scale(c)
-        return scorer.scores(project(queries, basis), c, scale, len(c))
+        return scorer.scores(project(queries, basis), c, scale, len(c), seconds)
 
     def pairs(self, tenant: D.Tenant) -> np.ndarray:
         _, c, scorer = self.parts(tenant)
@@ -163,10 +163,10 @@ class Whitened(Projected):
         scorer = Scorer(replace(self.scorer.rule, prior_mean=self.study.prior @ self.transform))
         return self.transform, unit_rows(tenant.centroids @ self.transform), scorer
 
-    def scores(self, tenant: D.Tenant, queries: np.ndarray) -> np.ndarray:
+    def scores(self, tenant: D.Tenant, queries: np.ndarray, seconds: np.ndarray | None = None) -> np.ndarray:
         _, c, scorer = self.parts(tenant)
         return scorer.scores(
-            unit_rows(np.atleast_2d(queries) @ self.transform), c, scorer.build_scale(c), len(c)
+            unit_rows(np.atleast_2d(queries) @ self.transform), c, scorer.build_scale(c), len(c), seconds
         )
 
 
@@ -206,15 +206,16 @@ class ProbeNormed(Projected):
             out.append(self.normed(c[i], np.delete(c, i, axis=0), mean).reshape(-1))
         return np.concatenate(out) if out else np.zeros(0)
 
-    def scores(self, tenant: D.Tenant, queries: np.ndarray) -> np.ndarray:
+    def scores(self, tenant: D.Tenant, queries: np.ndarray, seconds: np.ndarray | None = None) -> np.ndarray:
         c = tenant.centroids
         r = self.scorer.rule
         voices = distinct_voices(c)
         mean = domain_mean(voices, r.prior_mean, r.prior_weight)
         p_mean, p_sd = self.pair_prior
         level_mean, level_sd = shrunk_pair_stats(self.pairs(tenant), len(voices), p_mean, p_sd, r.strength)
-        level = level_mean + level_sd * expected_maximum(len(c))
-        return np.asarray((self.normed(queries, c, mean) - level) / p_sd)
+        level = level_mean + level_sd * gallery_offset(len(c), r.gallery_tail)
+        term = np.reshape(self.scorer.duration_term(seconds), (-1, 1))
+        return np.asarray((self.normed(queries, c, mean) - level) / p_sd + term)
 
 
 def tenant_adaptive(generic: np.ndarray, k: int, tau: float) -> Callable[[D.Tenant], np.ndarray]:

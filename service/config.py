@@ -96,6 +96,12 @@ class IdentifySettings(BaseModel):
         cal.PRIOR_STRENGTH, ge=0, description="speakers the impostor prior counts as in a tenant's level"
     )
     score_unit: float = Field(cal.SCORE_UNIT, gt=0, description="cosine per normalised score unit")
+    gallery_tail: float = Field(
+        cal.GALLERY_TAIL,
+        gt=0,
+        lt=1,
+        description="tail probability the level keeps as the number of speakers compared against grows",
+    )
     short_probe_s: float = Field(
         cal.SHORT_PROBE_S,
         ge=0,

@@ -122,6 +122,7 @@ def use_cases(
             centring=ident.domain_centring,
             short_s=ident.short_probe_s,
             short_slope=ident.short_probe_slope,
+            gallery_tail=ident.gallery_tail,
         )
     )
     audio = settings.audio
