@@ -155,7 +155,7 @@ def gallery(study: Study, r: D.Rule, threshold: float) -> dict[str, Any]:
     enrolled as well (about 100: then only left-out enrolled speakers are unknown voices); the
     telephone labels all enrolled but one at a time (32)."""
     out: dict[str, Any] = {}
-    for channel in ("clean", "mulaw"):
+    for channel in ("clean", "mulaw", "amrnb", "opus"):
         e = study.embedded[channel]
         small = D.speech_cases(channel, e, e, 1)
         full = D.speech_cases(channel, e, e, None)
@@ -315,6 +315,11 @@ def summary_lines(results: dict[str, Any]) -> list[str]:
                         f"| {group}: {name} | {cell(a['falseAccepts'])} | {cell(a['falseRejects'])} "
                         f"| {cell(a['misidentified'])} |"
                     )
+    ver = results["verification"]
+    lines.append(f"\n## verify: threshold {ver['threshold']:.2f} units (gallery 1, every condition pooled)")
+    for half in ("half0", "half1"):
+        a = ver[half]
+        lines.append(f"| {half} | FA {cell(a['falseAccepts'])} | FR {cell(a['falseRejects'])} |")
     v = results["voiceCheck"]
     lines.append(f"\n## enrollment voice check: threshold {v['threshold']:.2f} units (gallery 1)")
     for name, a in v["reportHalf"].items():
@@ -325,12 +330,38 @@ def summary_lines(results: dict[str, Any]) -> list[str]:
     return lines
 
 
+def verification(study: Study, r: D.Service, threshold: float = cal.VERIFY_THRESHOLD) -> dict[str, Any]:
+    """Verify (a clip against the one speaker it claims, gallery 1) on each half, every condition
+    pooled: each enrolled speaker's test clips against it (genuine), and every other test clip of the
+    condition's tenant, enrolled speakers' and one-clip speakers' alike, against it (impostor)."""
+    scorer = r.scorer
+    out: dict[str, Any] = {"threshold": threshold}
+    for half in (0, 1):
+        genuine, impostor = 0, 0
+        refused, accepted = 0, 0
+        for group in study.speech(half).values():
+            case = group[0]  # the whole tenant (leave_one_out's cases come after it)
+            c = case.tenant.centroids
+            scores = scorer.scores(case.trials.vectors, c, scorer.build_scale(c), 1, case.trials.seconds)
+            claimed = np.array([[t == n for n in case.tenant.names] for t in case.trials.truth])
+            genuine += int(claimed.sum())
+            refused += int((scores[claimed] < threshold).sum())
+            impostor += int((~claimed).sum())
+            accepted += int((scores[~claimed] >= threshold).sum())
+        out[f"half{half}"] = {
+            "falseAccepts": _entry(accepted, impostor),
+            "falseRejects": _entry(refused, genuine),
+        }
+    return out
+
+
 def run() -> dict[str, Any]:
     study = load()
     ident = identification(study)
     p = ident["pairPrior"]
-    voice = voice_check(study, rule(study, p["mean"], p["sd"]))
-    return {"identification": ident, "voiceCheck": voice}
+    service = rule(study, p["mean"], p["sd"])
+    voice = voice_check(study, service)
+    return {"identification": ident, "voiceCheck": voice, "verification": verification(study, service)}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

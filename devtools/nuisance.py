@@ -264,7 +264,7 @@ def measure(study: C.Study, rule: Projected, cases: dict[str, dict[str, list[D.C
     for name, scored in s_tel.items():
         telephone[name] = {
             "at threshold": D.pooled(scored, threshold),
-            "at 2.9": D.pooled(scored, cal.IDENTIFY_THRESHOLD),
+            "at the default": D.pooled(scored, cal.IDENTIFY_THRESHOLD),
             "fr at 1% fa": D.fr_at_fa(scored, FA)[1],
         }
     return Measured(
@@ -341,7 +341,7 @@ def lines(m: Measured) -> list[str]:
             f"FR@1%FA {pct(m.report_fr_at_fa[name])}"
         )
     for name, a in tel.items():
-        for at in ("at threshold", "at 2.9"):
+        for at in ("at threshold", "at the default"):
             o = a[at]
             out.append(
                 f"  calls {name:10s} {at:12s}: FA {o.false_accepts}/{o.unknown} {pct(o.fa)} "
