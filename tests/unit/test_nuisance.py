@@ -1,5 +1,5 @@
-"""The compensation study's arithmetic: nuisance directions found from deviations and projected out,
-and false rejects at a false-accept rate over decision-study scores."""
+"""The studies' arithmetic: nuisance directions found from deviations and projected out, the
+decision study's trials scored with their speech seconds, and false rejects at a false-accept rate."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 
 from devtools import decisions as D
 from devtools.nuisance import directions, project, scatter
-from service.enrollment.scoring import unit_rows
+from service.enrollment.scoring import DecisionRule, Scorer, unit_rows
 
 DIM = 192
 
@@ -52,3 +52,35 @@ def test_false_rejects_at_a_false_accept_rate_count_misidentified_clips_as_rejec
     assert threshold == pytest.approx(98.0, abs=1e-3)
     assert D.pooled([scored], threshold).false_accepts == 1
     assert fr == pytest.approx(1 / 4)  # 98.5, 99.5 and 120 pass; the misidentified one does not
+
+
+def test_the_decision_study_scores_each_clip_with_its_speech_seconds_as_the_service_does() -> None:
+    """A short clip gains the duration term in the study exactly as `Scorer.scores` gives it, and the
+    seconds follow the trials through `Trials.subset` (the leave-one-out cases)."""
+    rng = np.random.default_rng(2)
+    samples = [unit_rows(rng.standard_normal((3, DIM))) for _ in range(4)]
+    tenant = D.Tenant(["a", "b", "c", "d"], samples)
+    queries = unit_rows(rng.standard_normal((3, DIM)))
+    seconds = np.array([1.0, 3.0, 8.0])
+    trials = D.Trials(queries, ["a", None, "c"], ["a", "x", "c"], [0, 1, 2], seconds)
+    rule = DecisionRule(
+        prior_mean=np.zeros(DIM, np.float32),
+        prior_weight=5.0,
+        pair_mean=0.0,
+        pair_sd=0.1,
+        strength=3.0,
+        unit=0.1,
+        short_s=3.0,
+        short_slope=0.675,
+    )
+    scorer = Scorer(rule)
+    service = D.Service(scorer)
+    with_seconds = service.scores(tenant, queries, seconds)
+    scale = scorer.build_scale(tenant.centroids)
+    assert np.allclose(with_seconds, scorer.scores(queries, tenant.centroids, scale, 4, seconds))
+    gained = with_seconds - service.scores(tenant, queries)
+    assert np.allclose(gained[0], 0.675 * np.log(3.0)) and np.allclose(gained[1:], 0.0)
+    kept = trials.subset([2, 0], unknown=True)
+    assert kept.seconds is not None and list(kept.seconds) == [8.0, 1.0] and kept.truth == [None, None]
+    best = D.score_case(service, D.Case("c", tenant, trials)).best
+    assert np.allclose(best, with_seconds.max(axis=1))
