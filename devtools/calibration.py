@@ -320,6 +320,14 @@ def summary_lines(results: dict[str, Any]) -> list[str]:
     for half in ("half0", "half1"):
         a = ver[half]
         lines.append(f"| {half} | FA {cell(a['falseAccepts'])} | FR {cell(a['falseRejects'])} |")
+    lines.append(
+        f"\n## similar-voice warning (at {cal.SIMILAR_VOICE:.2f}): one voice under two ids / two voices"
+    )
+    for name, a in results["similarVoice"].items():
+        lines.append(
+            f"| {name} ({a['speakers']} speakers) | two ids: lowest {a['twoIdsLowest']:.2f}, "
+            f"median {a['twoIdsMedian']:.2f} | nearest other person: highest {a['otherPersonHighest']:.2f} |"
+        )
     v = results["voiceCheck"]
     lines.append(f"\n## enrollment voice check: threshold {v['threshold']:.2f} units (gallery 1)")
     for name, a in v["reportHalf"].items():
@@ -355,13 +363,57 @@ def verification(study: Study, r: D.Service, threshold: float = cal.VERIFY_THRES
     return out
 
 
+def similar_voice(study: Study, r: D.Service) -> dict[str, Any]:
+    """The status warning's scores (`EnrollmentService._warnings`: a voiceprint against the tenant's
+    other speakers, gallery the whole tenant). Per condition, every speaker with 6 clips or more
+    enrolled on its first 3; each in turn enrolled again under a second id on its next 3: that id's
+    score against the first (one voice, two ids), and every speaker's best score against another
+    speaker (two voices). eval-telephone: its consistent labels only."""
+    scorer = r.scorer
+    sets = {
+        name: study.embedded[name] for name in ("clean", "mulaw", "amrnb", "opus", "mp3", "noise", "reverb")
+    }
+    sets["telephone"] = study.embedded["telephone"]
+    out: dict[str, Any] = {}
+    for name, e in sets.items():
+        by: dict[str, list[int]] = {}
+        for i, row in enumerate(e.rows):
+            if np.isfinite(e.vectors[i]).all():
+                by.setdefault(row.speaker, []).append(i)
+        keep = {
+            s: idx
+            for s, idx in by.items()
+            if len(idx) >= 6 and (name != "telephone" or e.rows[idx[0]].extra.get("consistent") == "1")
+        }
+        centroids = unit_rows(np.stack([e.vectors[idx[:3]].mean(axis=0) for idx in keep.values()]))
+        twice = []
+        for k, idx in enumerate(keep.values()):
+            again = unit_rows(e.vectors[idx[3:6]].mean(axis=0))
+            both = np.vstack([centroids, again[None]])
+            twice.append(float(scorer.scores(again, centroids[k], scorer.build_scale(both), len(both))[0, 0]))
+        m = scorer.scores(centroids, centroids, scorer.build_scale(centroids), len(centroids))
+        np.fill_diagonal(m, -np.inf)
+        out[name] = {
+            "speakers": len(keep),
+            "twoIdsLowest": min(twice),
+            "twoIdsMedian": float(np.median(twice)),
+            "otherPersonHighest": float(m.max()),
+        }
+    return out
+
+
 def run() -> dict[str, Any]:
     study = load()
     ident = identification(study)
     p = ident["pairPrior"]
     service = rule(study, p["mean"], p["sd"])
     voice = voice_check(study, service)
-    return {"identification": ident, "voiceCheck": voice, "verification": verification(study, service)}
+    return {
+        "identification": ident,
+        "voiceCheck": voice,
+        "verification": verification(study, service),
+        "similarVoice": similar_voice(study, service),
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -101,13 +101,14 @@ IDENTIFY_THRESHOLD = 4.0
 VERIFY_THRESHOLD = 4.0
 # A speaker's status warns when its voiceprint scores at least this against another speaker's of the
 # tenant, scored as identify scores a clip against the whole tenant: identify would take the one for
-# the other. Measured on eval-speech's 22 readers with 6 clips or more, each enrolled on 3 clips
-# (16 kHz, G.711 mu-law, AMR-NB, Opus, MP3, noise, rooms), each in turn enrolled a second time
-# under another id on 3 other clips: the two ids score at least 4.43 (lowest per condition
-# 4.43-5.46, medians 6.8-7.5), while each speaker's nearest other person scores at most 3.63
-# (G.711; 1.85 at 16 kHz). On eval-telephone's 9 consistent callers with 6 clips or more the two
-# ids of a caller reach 1.38 at the lowest (median 5.55; other calls, other handsets) and the
-# nearest other caller 2.14: a caller enrolled twice from different calls is not always flagged.
+# the other. Measured by scripts/calibrate_decisions.py on eval-speech's 22 readers with 6 clips or
+# more, each enrolled on 3 clips (16 kHz, G.711 mu-law, AMR-NB, Opus, MP3, noise, rooms), each in
+# turn enrolled a second time under another id on 3 other clips: the two ids score at least 4.43
+# (lowest per condition 4.43-5.45, medians 6.8-7.5), while each speaker's nearest other person
+# scores at most 3.62 (G.711; 1.85 at 16 kHz). On eval-telephone's 9 consistent callers with 6 clips
+# or more the two ids of a caller reach -0.06 at the lowest (median 5.53; other calls, other
+# handsets) and the nearest other caller 2.08: a caller enrolled twice from different calls is not
+# always flagged.
 SIMILAR_VOICE = IDENTIFY_THRESHOLD
 # The domain mean counts the prior (the model prototypes' mean) as this many speakers, so a tenant
 # with few speakers is not centred on those few voices.
