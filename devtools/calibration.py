@@ -99,8 +99,11 @@ def scored(r: D.Rule, cases: dict[str, list[D.Case]]) -> dict[str, list[D.Scored
     return {name: [D.score_case(r, c) for c in group] for name, group in cases.items()}
 
 
-def identification(study: Study) -> dict[str, Any]:
-    calib, report = study.speech(0), study.speech(1)
+Halves = tuple[dict[str, list[D.Case]], dict[str, list[D.Case]]]  # each half's cases per condition
+
+
+def identification(study: Study, halves: Halves) -> dict[str, Any]:
+    calib, report = halves
     pair_mean, pair_sd = pair_prior(study, calib)
     service = rule(study, pair_mean, pair_sd)
     first_form = D.Service(
@@ -338,7 +341,7 @@ def summary_lines(results: dict[str, Any]) -> list[str]:
     return lines
 
 
-def verification(study: Study, r: D.Service, threshold: float = cal.VERIFY_THRESHOLD) -> dict[str, Any]:
+def verification(halves: Halves, r: D.Service, threshold: float = cal.VERIFY_THRESHOLD) -> dict[str, Any]:
     """Verify (a clip against the one speaker it claims, gallery 1) on each half, every condition
     pooled: each enrolled speaker's test clips against it (genuine), and every other test clip of the
     condition's tenant, enrolled speakers' and one-clip speakers' alike, against it (impostor)."""
@@ -347,7 +350,7 @@ def verification(study: Study, r: D.Service, threshold: float = cal.VERIFY_THRES
     for half in (0, 1):
         genuine, impostor = 0, 0
         refused, accepted = 0, 0
-        for group in study.speech(half).values():
+        for group in halves[half].values():
             case = group[0]  # the whole tenant (leave_one_out's cases come after it)
             c = case.tenant.centroids
             scores = scorer.scores(case.trials.vectors, c, scorer.build_scale(c), 1, case.trials.seconds)
@@ -404,14 +407,15 @@ def similar_voice(study: Study, r: D.Service) -> dict[str, Any]:
 
 def run() -> dict[str, Any]:
     study = load()
-    ident = identification(study)
+    halves = (study.speech(0), study.speech(1))
+    ident = identification(study, halves)
     p = ident["pairPrior"]
     service = rule(study, p["mean"], p["sd"])
     voice = voice_check(study, service)
     return {
         "identification": ident,
         "voiceCheck": voice,
-        "verification": verification(study, service),
+        "verification": verification(halves, service),
         "similarVoice": similar_voice(study, service),
     }
 

@@ -228,6 +228,14 @@ def _valid(e: Embedded, i: int, short: bool = False) -> bool:
     return bool(np.isfinite((e.short if short else e.vectors)[i]).all())
 
 
+def _probes(e: Embedded, short: bool) -> tuple[np.ndarray, np.ndarray]:
+    """The vectors trials are scored with and their speech seconds: each clip whole, or its first
+    `SHORT_S` seconds of speech."""
+    if short:
+        return e.short, np.minimum(e.speech_s, SHORT_S)
+    return e.vectors, e.speech_s
+
+
 def speech_cases(
     name: str, enroll: Embedded, test: Embedded, half: int | None, short: bool = False
 ) -> list[Case]:
@@ -245,8 +253,7 @@ def speech_cases(
     truth: list[str | None] = []
     group: list[str] = []
     clips: list[int] = []
-    tests = test.short if short else test.vectors
-    spoken = np.minimum(test.speech_s, SHORT_S) if short else test.speech_s
+    tests, spoken = _probes(test, short)
     for spk, idx in by.items():
         if len(idx) >= 6:
             picked = [i for i in idx[:ENROLL_CLIPS] if _valid(enroll, i)]
@@ -274,8 +281,7 @@ def telephone_cases(
     by: dict[str, dict[str, list[int]]] = {}
     for i, row in enumerate(e.rows):
         by.setdefault(row.speaker, {}).setdefault(row.extra["session"], []).append(i)
-    tests = e.short if short else e.vectors
-    spoken = np.minimum(e.speech_s, SHORT_S) if short else e.speech_s
+    tests, spoken = _probes(e, short)
     cases = []
     for fold in range(max(folds, 1)):
         names: list[str] = []

@@ -46,10 +46,10 @@ from service.embedding.ecapa import load_cohort
 from service.enrollment.scoring import (
     DecisionRule,
     Scorer,
+    TenantScale,
     centred,
     distinct_voices,
     domain_mean,
-    gallery_offset,
     impostor_scores,
     shrunk_pair_stats,
     unit_rows,
@@ -213,7 +213,7 @@ class ProbeNormed(Projected):
         mean = domain_mean(voices, r.prior_mean, r.prior_weight)
         p_mean, p_sd = self.pair_prior
         level_mean, level_sd = shrunk_pair_stats(self.pairs(tenant), len(voices), p_mean, p_sd, r.strength)
-        level = level_mean + level_sd * gallery_offset(len(c), r.gallery_tail)
+        level = self.scorer.level(TenantScale(mean, level_mean, level_sd, len(voices)), len(c))
         term = np.reshape(self.scorer.duration_term(seconds), (-1, 1))
         return np.asarray((self.normed(queries, c, mean) - level) / p_sd + term)
 

@@ -164,7 +164,6 @@ class DecisionRule:
                 unit=cal.SCORE_UNIT,
                 short_s=cal.SHORT_PROBE_S,
                 short_slope=cal.SHORT_PROBE_SLOPE,
-                gallery_tail=cal.GALLERY_TAIL,
             ),
             **changes,
         )
