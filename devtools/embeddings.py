@@ -19,7 +19,7 @@ import numpy as np
 from service.audio import MODEL_RATE
 from service.audio.band import Band, band_of, telephone_band
 from service.audio.decode import decode
-from service.audio.pipeline import SpeechDetector, prepare
+from service.audio.pipeline import PreparedAudio, SpeechDetector, prepare
 from service.config import Settings
 from service.embedding.ecapa import EcapaEmbedder
 from service.enrollment.scoring import unit_rows
@@ -58,9 +58,8 @@ class Embedding:
         self.model: EcapaEmbedder = load_embedder(self.settings)
         self.detector = SpeechDetector(self.settings.audio.vad_threshold)
 
-    def speech(self, row: ManifestRow) -> tuple[np.ndarray, float, float, int]:
-        """The clip's speech at the model rate as the front end finds it, its speech seconds, SNR
-        and source rate."""
+    def prepared(self, row: ManifestRow) -> PreparedAudio:
+        """The clip as the front end prepares it: 16 kHz, its speech regions, SNR."""
         audio = self.settings.audio
         decoded = decode(
             row.path.read_bytes(),
@@ -69,7 +68,12 @@ class Embedding:
             max_seconds=audio.max_seconds,
             timeout_s=audio.decode_timeout_s,
         )
-        prepared = prepare(decoded, self.detector)
+        return prepare(decoded, self.detector)
+
+    def speech(self, row: ManifestRow) -> tuple[np.ndarray, float, float, int]:
+        """The clip's speech at the model rate as the front end finds it, its speech seconds, SNR
+        and source rate."""
+        prepared = self.prepared(row)
         return prepared.speech_wave(), prepared.speech_seconds, prepared.snr_db, prepared.source_rate
 
     def clip(self, row: ManifestRow, twin: bool = False) -> tuple[np.ndarray, np.ndarray, float, float]:
