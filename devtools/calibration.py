@@ -61,11 +61,11 @@ class Study:
         return D.leave_one_out(D.telephone_cases(self.embedded["telephone"], consistent, short))
 
 
-def load() -> Study:
+def load(context_s: float = 0.0) -> Study:
     prior = load_cohort(weights.resolve(None))
     if prior is None:
         raise SystemExit("the bundled model has no classifier prototypes")
-    return Study(embed_all(), prior.mean(axis=0))
+    return Study(embed_all(context_s=context_s), prior.mean(axis=0))
 
 
 def pair_prior(study: Study, cases: dict[str, list[D.Case]]) -> tuple[float, float]:
@@ -405,8 +405,8 @@ def similar_voice(study: Study, r: D.Service) -> dict[str, Any]:
     return out
 
 
-def run() -> dict[str, Any]:
-    study = load()
+def run(context_s: float = 0.0) -> dict[str, Any]:
+    study = load(context_s)
     halves = (study.speech(0), study.speech(1))
     ident = identification(study, halves)
     p = ident["pairPrior"]
@@ -426,9 +426,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("json", nargs="?", help="write every figure here")
+    parser.add_argument(
+        "--context",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="give the model each speech region widened by S seconds (a study; the service gives none)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    results = run()
+    results = run(args.context)
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(results, fh, indent=1)

@@ -50,13 +50,36 @@ class Embedded:
         return np.array([r.speaker for r in self.rows])
 
 
-class Embedding:
-    """The service's front end and model, loaded once."""
+def widened(prepared: PreparedAudio, context_s: float, speech_limit_s: float | None = None) -> np.ndarray:
+    """The speech regions, each widened by `context_s` on both sides within the clip (regions that
+    then meet become one), joined end to end; `speech_limit_s`: only the regions' first that many
+    seconds of speech, each still with its context. ``context_s = 0`` is the service's input."""
+    spans: list[list[float]] = []
+    left = np.inf if speech_limit_s is None else speech_limit_s
+    for start, end in prepared.speech:
+        if left <= 0:
+            break
+        end = min(end, start + left)
+        left -= end - start
+        lo, hi = max(0.0, start - context_s), min(prepared.duration_s, end + context_s)
+        if spans and lo <= spans[-1][1]:
+            spans[-1][1] = max(spans[-1][1], hi)
+        else:
+            spans.append([lo, hi])
+    parts = [prepared.segment(lo, hi) for lo, hi in spans]
+    return np.concatenate(parts) if parts else prepared.wave[:0]
 
-    def __init__(self, settings: Settings | None = None) -> None:
+
+class Embedding:
+    """The service's front end and model, loaded once. `context_s` > 0 (a study of the model's
+    input, not the service's): the model is given the speech regions widened by that much context
+    (`widened`), and the first `SHORT_S` seconds and the crops are of speech, each with its context."""
+
+    def __init__(self, settings: Settings | None = None, context_s: float = 0.0) -> None:
         self.settings = settings or Settings()
         self.model: EcapaEmbedder = load_embedder(self.settings)
         self.detector = SpeechDetector(self.settings.audio.vad_threshold)
+        self.context_s = context_s
 
     def prepared(self, row: ManifestRow) -> PreparedAudio:
         """The clip as the front end prepares it: 16 kHz, its speech regions, SNR."""
@@ -70,21 +93,26 @@ class Embedding:
         )
         return prepare(decoded, self.detector)
 
-    def speech(self, row: ManifestRow) -> tuple[np.ndarray, float, float, int]:
-        """The clip's speech at the model rate as the front end finds it, its speech seconds, SNR
-        and source rate."""
-        prepared = self.prepared(row)
-        return prepared.speech_wave(), prepared.speech_seconds, prepared.snr_db, prepared.source_rate
-
     def clip(self, row: ManifestRow, twin: bool = False) -> tuple[np.ndarray, np.ndarray, float, float]:
-        """`twin`: the vectors of the clip's narrowband twin, as enrollment makes it (a wideband
-        clip's speech through `telephone_band`; a narrowband clip's own)."""
-        speech, speech_s, snr_db, source_rate = self.speech(row)
-        if twin and band_of(source_rate, speech) == Band.WIDE:
-            speech = telephone_band(speech)
+        """The vectors of the clip whole and of its first `SHORT_S` seconds of speech, its speech
+        seconds and SNR. `twin`: the vectors of the clip's narrowband twin, as enrollment makes it
+        (a wideband clip's speech through `telephone_band`; a narrowband clip's own)."""
+        prepared = self.prepared(row)
+        speech = prepared.speech_wave()
+        speech_s, snr_db = prepared.speech_seconds, prepared.snr_db
         if len(speech) < MODEL_RATE // 10:
             nan = np.full(self.model.dim, np.nan, dtype=np.float32)
             return nan, nan, speech_s, snr_db
+        narrow = twin and band_of(prepared.source_rate, speech) == Band.WIDE
+        if self.context_s > 0:
+            line = telephone_band if narrow else np.asarray
+            whole = unit_rows(self.model.embed(line(widened(prepared, self.context_s))))
+            if speech_s <= SHORT_S:
+                return whole, whole, speech_s, snr_db
+            first = widened(prepared, self.context_s, SHORT_S)
+            return whole, unit_rows(self.model.embed(line(first))), speech_s, snr_db
+        if narrow:
+            speech = telephone_band(speech)
         whole = unit_rows(self.model.embed(speech))
         short_len = int(SHORT_S * MODEL_RATE)
         short = whole if len(speech) <= short_len else unit_rows(self.model.embed(speech[:short_len]))
@@ -105,6 +133,7 @@ class Embedding:
             manifest.read_text(),
             *clips,
             *extra,
+            *([f"context={self.context_s:g}"] if self.context_s > 0 else []),
         ]
         return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
@@ -121,11 +150,14 @@ class Embedding:
         started = time.monotonic()
         out = np.full((len(rows), len(seconds), self.model.dim), np.nan, dtype=np.float32)
         for i, row in enumerate(rows):
-            speech = self.speech(row)[0]
+            prepared = self.prepared(row)
+            speech = prepared.speech_wave()
             for j, s in enumerate(seconds):
                 n = int(s * MODEL_RATE)
-                if len(speech) >= n:
-                    out[i, j] = unit_rows(self.model.embed(speech[:n]))
+                if len(speech) < n:
+                    continue
+                crop = widened(prepared, self.context_s, s) if self.context_s > 0 else speech[:n]
+                out[i, j] = unit_rows(self.model.embed(crop))
         log.info(
             "%s: crops of %d clips in %.0f s", manifest.parent.name, len(rows), time.monotonic() - started
         )

@@ -23,7 +23,7 @@ import numpy as np
 from scipy import signal
 
 from devtools.decisions import half_of
-from devtools.embeddings import Embedding
+from devtools.embeddings import Embedding, widened
 from devtools.sets import EVAL_TELEPHONE
 from devtools.study import WORK
 from service.audio import MODEL_RATE
@@ -39,20 +39,6 @@ NARROWBAND = {"mulaw", "amrnb", "opus", "telephone"}
 
 _ABOVE_BAND = signal.butter(8, 4100, "highpass", fs=MODEL_RATE, output="sos")
 _TELEPHONE = signal.butter(6, [300, 3400], "bandpass", fs=MODEL_RATE, output="sos")
-
-
-def widened(prepared: PreparedAudio, context_s: float) -> np.ndarray:
-    """The speech regions, each widened by `context_s` on both sides within the clip (regions that
-    then meet become one), joined end to end."""
-    spans: list[list[float]] = []
-    for start, end in prepared.speech:
-        lo, hi = max(0.0, start - context_s), min(prepared.duration_s, end + context_s)
-        if spans and lo <= spans[-1][1]:
-            spans[-1][1] = max(spans[-1][1], hi)
-        else:
-            spans.append([lo, hi])
-    parts = [prepared.segment(lo, hi) for lo, hi in spans]
-    return np.concatenate(parts) if parts else prepared.wave[:0]
 
 
 def noise_above_band(wave: np.ndarray, level_db: float, seed: int = 0) -> np.ndarray:

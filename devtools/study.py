@@ -32,11 +32,11 @@ def render_all(work: Path = WORK) -> dict[str, Path]:
     return out
 
 
-def embed_all(work: Path = WORK) -> dict[str, Embedded]:
+def embed_all(work: Path = WORK, context_s: float = 0.0) -> dict[str, Embedded]:
     """Every channel of eval-speech (key: channel name), the narrowband twins of its 16 kHz clips
-    (key: "twin") and eval-telephone (key: "telephone")."""
+    (key: "twin") and eval-telephone (key: "telephone"). `context_s`: see `Embedding`."""
     manifests = render_all(work)
-    embedding = Embedding()
+    embedding = Embedding(context_s=context_s)
     out = {name: embedding.manifest(path, work / "cache") for name, path in manifests.items()}
     # What enrollment stores beside each 16 kHz clip's vector: its narrowband twin.
     out["twin"] = embedding.manifest(manifests["clean"], work / "cache", twin=True)

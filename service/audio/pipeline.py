@@ -74,7 +74,9 @@ class PreparedAudio:
         return float(sum(end - start for start, end in self.speech))
 
     def speech_wave(self) -> np.ndarray:
-        """The speech regions joined end to end (float32, 16 kHz)."""
+        """The speech regions joined end to end (float32, 16 kHz): what the model is given. Context
+        around the regions, the whole clip and narrowband band fills were measured against it
+        (`python -m scripts.model_input_study`, README "What the model is given") and not adopted."""
         if self._speech_wave is None:
             parts = [self.segment(start, end) for start, end in self.speech]
             self._speech_wave = np.concatenate(parts) if parts else self.wave[:0]

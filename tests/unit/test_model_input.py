@@ -7,7 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from devtools.model_input import noise_above_band, session_of, telephone_cut, widened
+from devtools.embeddings import widened
+from devtools.model_input import noise_above_band, session_of, telephone_cut
 from service.audio import MODEL_RATE
 from service.audio.pipeline import PreparedAudio
 from service.tools.inputs import ManifestRow
@@ -28,6 +29,15 @@ def test_widened_regions_stay_in_the_clip_and_merge_where_they_meet() -> None:
     assert out[0] == 0 and out[round(2.3 * MODEL_RATE)] == round(3.2 * MODEL_RATE)
     assert np.array_equal(widened(p, 0.0), p.speech_wave())
     assert len(widened(_prepared([]), 0.3)) == 0
+
+
+def test_a_speech_limit_keeps_the_first_seconds_of_speech_each_with_its_context() -> None:
+    p = _prepared([(0.5, 1.5), (2.5, 3.5)])
+    # 1.5 s of speech: the first region whole and half of the second, each widened by 0.2 s.
+    out = widened(p, 0.2, speech_limit_s=1.5)
+    assert len(out) == round(1.4 * MODEL_RATE) + round(0.9 * MODEL_RATE)
+    assert out[round(1.4 * MODEL_RATE)] == round(2.3 * MODEL_RATE)
+    assert len(widened(p, 0.2, speech_limit_s=5.0)) == len(widened(p, 0.2))
 
 
 def test_sessions_are_calls_chapters_or_the_speaker() -> None:

@@ -12,6 +12,7 @@ from devtools.embeddings import Embedding
 def _embedding(precision: str = "bf16") -> Embedding:
     embedding = Embedding.__new__(Embedding)  # the key needs the model's identity, not its weights
     cast(Any, embedding).model = SimpleNamespace(checksum="0575cb64", precision=precision)
+    cast(Any, embedding).context_s = 0.0
     return embedding
 
 
