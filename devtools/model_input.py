@@ -8,7 +8,8 @@ rendered clips: run `python -m scripts.calibrate_decisions` first) and for eval-
 variant's pairwise cosine EER over every same-speaker pair and over those from different sessions
 only (a LibriSpeech chapter, a call; a VCTK speaker is one session), and its false accepts at 5 %
 false rejects (all pairs). Vectors are centred on the set's mean first, as the tenant's domain mean
-centres them. `--half`: eval-speech speakers of that half of the decision study only.
+centres them. `--half`: eval-speech speakers of that half of the decision study only. The decision
+study itself runs on vectors with context with `python -m scripts.calibrate_decisions --context S`.
 """
 
 from __future__ import annotations
