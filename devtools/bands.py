@@ -84,7 +84,8 @@ def main(argv: list[str] | None = None) -> int:
             print(out.stdout.strip().splitlines()[-1])
         return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    detector = SpeechDetector(Settings().audio.vad_threshold)
+    audio = Settings().audio
+    detector = SpeechDetector(audio.vad_threshold, audio.vad_narrowband_threshold)
     sets = {
         "eval-speech 16 kHz": (manifest_rows(WORK / "speech" / "clean"), False),
         "eval-speech MP3 24 kbit/s": (manifest_rows(WORK / "speech" / "mp3"), False),

@@ -78,7 +78,8 @@ class Embedding:
     def __init__(self, settings: Settings | None = None, context_s: float = 0.0) -> None:
         self.settings = settings or Settings()
         self.model: EcapaEmbedder = load_embedder(self.settings)
-        self.detector = SpeechDetector(self.settings.audio.vad_threshold)
+        audio = self.settings.audio
+        self.detector = SpeechDetector(audio.vad_threshold, audio.vad_narrowband_threshold)
         self.context_s = context_s
 
     def prepared(self, row: ManifestRow) -> PreparedAudio:

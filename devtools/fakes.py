@@ -170,10 +170,13 @@ class EnergySpeechDetector(SpeechDetector):
     RANGE_DB = 40.0
     MIN_GAP_S = 0.2  # shorter pauses are kept inside a region
 
-    def __init__(self, threshold: float = 0.5) -> None:  # no model to load
+    def __init__(self, threshold: float = 0.5, narrowband_threshold: float = 0.5) -> None:  # no model
         self.threshold = threshold
+        self.narrowband_threshold = narrowband_threshold
 
-    def regions(self, wave: np.ndarray, run: Runner | None = None) -> list[tuple[float, float]]:
+    def regions(
+        self, wave: np.ndarray, run: Runner | None = None, source_rate: int = MODEL_RATE
+    ) -> list[tuple[float, float]]:
         frames = len(wave) // FRAME
         if frames == 0:
             return []
@@ -434,6 +437,7 @@ def fake_services(settings: Settings | None = None, store: MemoryStore | None = 
         max_seconds=settings.audio.max_seconds,
         decode_timeout_s=settings.audio.decode_timeout_s,
         vad_threshold=settings.audio.vad_threshold,
+        vad_narrowband_threshold=settings.audio.vad_narrowband_threshold,
         detector=EnergySpeechDetector,
     )
     enrollment, identification, _ = use_cases(

@@ -231,7 +231,7 @@ class Measurer:
     def __init__(self, root: Path, cache_dir: Path) -> None:
         self.root = root
         self.settings = AudioSettings()
-        self.detector = SpeechDetector(self.settings.vad_threshold)
+        self.detector = SpeechDetector(self.settings.vad_threshold, self.settings.vad_narrowband_threshold)
         files = resolve(None)
         self.model_sha256 = files.sha256
         self.embedder = EcapaEmbedder(files, "cpu", "fp32")

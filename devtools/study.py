@@ -23,7 +23,8 @@ WORK = REPO_ROOT / "data" / "study"
 def render_all(work: Path = WORK) -> dict[str, Path]:
     """Render eval-speech through every channel; returns channel -> manifest path."""
     clips = manifest_rows(EVAL_SPEECH)
-    detector = SpeechDetector(Settings().audio.vad_threshold)
+    audio = Settings().audio
+    detector = SpeechDetector(audio.vad_threshold, audio.vad_narrowband_threshold)
     noise = channels.real_noise(manifest_rows(EVAL_TELEPHONE), detector.regions)
     out = {}
     for name, apply in channels.channels(noise).items():

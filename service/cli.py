@@ -123,6 +123,7 @@ def _twins(settings: Settings) -> Twins:
         max_seconds=audio.max_seconds,
         decode_timeout_s=audio.decode_timeout_s,
         vad_threshold=audio.vad_threshold,
+        vad_narrowband_threshold=audio.vad_narrowband_threshold,
     )
     return Twins(frontend, BoundedEmbedding(embedder.embed_batch))
 

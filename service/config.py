@@ -30,6 +30,10 @@ class AudioSettings(BaseModel):
     )
     min_snr_db: float = Field(cal.MIN_SNR_DB, description="speech-to-non-speech energy, dB")
     vad_threshold: float = Field(0.5, description="silero-vad speech probability threshold")
+    vad_narrowband_threshold: float = Field(
+        cal.VAD_NARROWBAND_THRESHOLD,
+        description="the same, for silero's 8 kHz network, which hears sources of 8 kHz or less",
+    )
 
 
 class EnrollmentSettings(BaseModel):

@@ -171,6 +171,7 @@ def build_services(settings: Settings, embedder: Embedder | None = None) -> Serv
         max_seconds=audio.max_seconds,
         decode_timeout_s=audio.decode_timeout_s,
         vad_threshold=audio.vad_threshold,
+        vad_narrowband_threshold=audio.vad_narrowband_threshold,
         parallel=max(1, usable_cores() // threads) if on_gpu else 1,
         workers=settings.frontend.workers,
         work_timeout_s=settings.frontend.work_timeout_s,

@@ -50,6 +50,7 @@ def enroll_section(
         max_seconds=audio.max_seconds,
         decode_timeout_s=audio.decode_timeout_s,
         vad_threshold=audio.vad_threshold,
+        vad_narrowband_threshold=audio.vad_narrowband_threshold,
     )
     # What the service embeds for an enrollment: the clip's speech, found by its VAD, and (with
     # narrowband twins on, the default) that speech through a simulated telephone line, in the

@@ -37,6 +37,7 @@ def alone(flacs: Sequence[bytes], workers: int, rounds: int) -> dict[str, Any]:
         max_seconds=audio.max_seconds,
         decode_timeout_s=audio.decode_timeout_s,
         vad_threshold=audio.vad_threshold,
+        vad_narrowband_threshold=audio.vad_narrowband_threshold,
         workers=workers,
     )
     try:

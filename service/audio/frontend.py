@@ -7,6 +7,7 @@ import queue
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+from service import calibration as cal
 from service.audio.decode import decode
 from service.audio.pipeline import PreparedAudio, QualityLimits, SpeechDetector, prepare
 from service.audio.workers import FrontEndPool, Job
@@ -39,12 +40,13 @@ class AudioFrontEnd:
         max_seconds: float,
         decode_timeout_s: float,
         vad_threshold: float,
+        vad_narrowband_threshold: float = cal.VAD_NARROWBAND_THRESHOLD,
         parallel: int = 1,
-        detector: Callable[[float], SpeechDetector] = SpeechDetector,
+        detector: Callable[[float, float], SpeechDetector] = SpeechDetector,
         workers: int = 0,
         work_timeout_s: float = 120.0,
     ) -> None:
-        """`detector`: makes a speech detector from `vad_threshold` (another detector for tests).
+        """`detector`: makes a speech detector from the two thresholds (another detector for tests).
         `workers` > 0: decoding and preparation run in that many worker processes instead
         (`service.audio.workers`)."""
         self.max_seconds = max_seconds
@@ -56,6 +58,7 @@ class AudioFrontEnd:
                 max_seconds=max_seconds,
                 decode_timeout_s=decode_timeout_s,
                 vad_threshold=vad_threshold,
+                vad_narrowband_threshold=vad_narrowband_threshold,
                 work_timeout_s=work_timeout_s,
             )
             if workers > 0
@@ -64,7 +67,7 @@ class AudioFrontEnd:
         self._detectors: queue.Queue[SpeechDetector] = queue.Queue()
         in_process = self.parallel if self.parallel > 1 else self.SHARED_DETECTORS
         for _ in range(0 if self.pool is not None else in_process):
-            self._detectors.put(detector(vad_threshold))
+            self._detectors.put(detector(vad_threshold, vad_narrowband_threshold))
 
     @contextlib.contextmanager
     def _detector(self) -> Iterator[SpeechDetector]:

@@ -23,6 +23,7 @@ import torch
 import torchaudio.functional as AF
 from silero_vad import get_speech_timestamps_from_probs, load_silero_vad
 
+from service import calibration as cal
 from service.audio import MODEL_RATE
 from service.audio.decode import DecodedAudio
 from service.concurrency import Cancellation, ComputeThread, compute
@@ -35,8 +36,9 @@ SPEECH_PAD_S = 0.03
 # channel, joint-stereo codecs, a near-coincident microphone pair): they are only mixed.
 SAME_SIGNAL_CORRELATION = 0.9
 BLOCK_SAMPLES = 1 << 19  # input samples filtered at once (whole seconds, at least one)
-VAD_WINDOW = 512  # samples per speech probability at 16 kHz (silero's)
-VAD_CONTEXT = 64  # samples of the previous window silero hears with each one
+VAD_WINDOW = 512  # samples per speech probability at 16 kHz (silero's; half that at 8 kHz)
+VAD_CONTEXT = 64  # samples of the previous window silero hears with each one (at 16 kHz)
+NARROWBAND_RATE = 8000  # sources at this rate or below go to silero's 8 kHz network
 VAD_ENCODER_STRIDES = (1, 2, 2, 1)  # silero's four encoder convolutions: 4 spectrum frames -> 1
 VAD_HIDDEN = 128  # silero's LSTM width
 VAD_STEP_WINDOWS = 1000  # windows per turn on the compute thread: 32 s of audio, about 30 ms
@@ -114,29 +116,24 @@ def _here(fn: Callable[..., T], *args: Any) -> T:
     return fn(*args)
 
 
-class SpeechDetector:
-    """silero-vad (its model ships in the wheel), run over a whole clip at once.
+class _Network:
+    """One of silero's two networks as batched work over a clip's windows: the 16 kHz one
+    (`_model.`) or the 8 kHz one (`_model_8k.`), the same layers at half the scale (128-point
+    spectrum, 256-sample windows, 32 samples of context)."""
 
-    silero's own loop calls its TorchScript model once per 512-sample window, carrying a context of
-    the previous window's last 64 samples and an LSTM state: 313 calls per 10 s, about 80 ms of
-    Python and per-call overhead. Only the LSTM depends on earlier windows, so the same weights run
-    here as batched work over every window (spectrum and encoder) and one LSTM call over the
-    sequence: the same probabilities to float rounding (about 2e-6), at a tenth of the time or less.
-    Holds no state between clips; one clip at a time per detector all the same (the front end pools
-    them).
-    """
-
-    def __init__(self, threshold: float = 0.5) -> None:
-        self.threshold = threshold
+    def __init__(self, state: dict[str, torch.Tensor], prefix: str, rate: int) -> None:
         weights = {
-            name.removeprefix("_model."): tensor.detach().clone()
-            for name, tensor in load_silero_vad(onnx=False).state_dict().items()
-            if name.startswith("_model.")  # the 16 kHz network (`_model_8k` is the 8 kHz one)
+            name.removeprefix(prefix): tensor.detach().clone()
+            for name, tensor in state.items()
+            if name.startswith(prefix)
         }
-        # silero's spectrum is a convolution with 258 rows, cos and sin of the 129 bins of a 256-point
-        # DFT times a periodic Hann window; its first row (bin 0's cos) is the window itself. An FFT
+        self.rate = rate
+        self.window_samples = VAD_WINDOW * rate // MODEL_RATE
+        self.context_samples = VAD_CONTEXT * rate // MODEL_RATE
+        # silero's spectrum is a convolution with 2 * (n_fft / 2 + 1) rows, cos and sin of a DFT's
+        # bins times a periodic Hann window; its first row (bin 0's cos) is the window itself. An FFT
         # of the windowed frames gives the same magnitudes for a tenth of the multiplications.
-        self._window = weights["stft.forward_basis_buffer"][0, 0].clone()  # (256,)
+        self._window = weights["stft.forward_basis_buffer"][0, 0].clone()  # (n_fft,)
         self._encoder = [
             (weights[f"encoder.{i}.reparam_conv.weight"], weights[f"encoder.{i}.reparam_conv.bias"], stride)
             for i, stride in enumerate(VAD_ENCODER_STRIDES)
@@ -151,42 +148,18 @@ class SpeechDetector:
         self._out_weight = weights["decoder.decoder.2.weight"]  # (1, 128, 1)
         self._out_bias = weights["decoder.decoder.2.bias"]
 
-    def regions(self, wave: np.ndarray, run: Runner = _here) -> list[tuple[float, float]]:
-        """Speech regions of 16 kHz `wave`, in seconds: silero's `get_speech_timestamps` (its
-        defaults, our threshold and padding), the probabilities computed through `run` a few seconds
-        of windows at a time (other work can run between them)."""
-        windows = -(-len(wave) // VAD_WINDOW)
-        # Each window is heard with the 64 samples before it (zeros before the clip), and the
-        # last one is zero-padded, as silero's loop does.
-        padded = np.zeros(VAD_CONTEXT + windows * VAD_WINDOW, dtype=np.float32)
-        padded[VAD_CONTEXT : VAD_CONTEXT + len(wave)] = wave
-        probabilities: list[float] = []
-        state: tuple[torch.Tensor, torch.Tensor] | None = None
-        for first in range(0, windows, VAD_STEP_WINDOWS):
-            last = min(windows, first + VAD_STEP_WINDOWS)
-            part = padded[first * VAD_WINDOW : last * VAD_WINDOW + VAD_CONTEXT]
-            step, state = run(self._probabilities, part, state)
-            probabilities += step
-        stamps = get_speech_timestamps_from_probs(
-            probabilities,
-            sampling_rate=MODEL_RATE,
-            threshold=self.threshold,
-            speech_pad_ms=int(SPEECH_PAD_S * 1000),
-            audio_length_samples=len(wave),
-        )
-        return [(s["start"] / MODEL_RATE, s["end"] / MODEL_RATE) for s in stamps]
-
-    def _probabilities(
+    def probabilities(
         self, part: np.ndarray, state: tuple[torch.Tensor, torch.Tensor] | None
     ) -> tuple[list[float], tuple[torch.Tensor, torch.Tensor]]:
-        """Speech probability of each window of `part` ``(64 + k * 512,)``: its windows with their
-        contexts), and the LSTM state to carry on to the next part."""
+        """Speech probability of each window of `part` ``(context + k * window,)``: its windows
+        with their contexts), and the LSTM state to carry on to the next part."""
         F = torch.nn.functional
+        context, window = self.context_samples, self.window_samples
         # One thread: the matrices are small (a few MFLOP each), and a thread team's fork and join
         # on busy cores costs more than it gains; other clips run on the other cores.
         with torch.inference_mode(), torch_threads(1):
-            frames = torch.from_numpy(part).unfold(0, VAD_CONTEXT + VAD_WINDOW, VAD_WINDOW)  # (k, 576)
-            x = F.pad(frames.unsqueeze(1), (0, VAD_CONTEXT), mode="reflect")[:, 0]  # (k, 640)
+            frames = torch.from_numpy(part).unfold(0, context + window, window)  # (k, 576 at 16 kHz)
+            x = F.pad(frames.unsqueeze(1), (0, context), mode="reflect")[:, 0]  # (k, 640)
             n_fft = len(self._window)
             x = x.unfold(1, n_fft, n_fft // 2) * self._window  # (k, 4, 256): 4 spectrum frames
             x = torch.fft.rfft(x).abs().transpose(1, 2)  # magnitude spectrum (k, 129, 4)
@@ -195,6 +168,74 @@ class SpeechDetector:
             hidden, (h, c) = self._lstm(x.squeeze(-1).unsqueeze(0), state)  # (1, k, 128)
             logits = F.conv1d(F.relu(hidden[0]).unsqueeze(-1), self._out_weight, self._out_bias)
             return torch.sigmoid(logits).reshape(-1).tolist(), (h, c)
+
+
+def vad_input(wave: np.ndarray, source_rate: int) -> tuple[np.ndarray, int]:
+    """What the speech detector hears of 16 kHz `wave` whose source was at `source_rate`: the wave
+    itself, or for a narrowband source (8 kHz or less) the 8 kHz signal for silero's 8 kHz network.
+    The resampler left nothing above 4 kHz in such a wave, so every other sample is that signal."""
+    if source_rate <= NARROWBAND_RATE:
+        return wave[::2], NARROWBAND_RATE
+    return wave, MODEL_RATE
+
+
+class SpeechDetector:
+    """silero-vad (its model ships in the wheel), run over a whole clip at once.
+
+    silero's own loop calls its TorchScript model once per window (512 samples at 16 kHz),
+    carrying a context of the previous window's last samples and an LSTM state: 313 calls per 10 s,
+    about 80 ms of Python and per-call overhead. Only the LSTM depends on earlier windows, so the
+    same weights run here as batched work over every window (spectrum and encoder) and one LSTM call
+    over the sequence: the same probabilities to float rounding (about 2e-6), at a tenth of the time
+    or less.
+
+    Audio whose source was narrowband (telephone, 8 kHz) goes to silero's 8 kHz network at its own
+    threshold (`service.calibration.VAD_NARROWBAND_THRESHOLD`): the 16 kHz network, given such audio
+    upsampled, missed whole short turns of real calls, and what it found moved with where the clip
+    was cut. Holds no state between clips; one clip at a time per detector all the same (the front
+    end pools them).
+    """
+
+    def __init__(
+        self, threshold: float = 0.5, narrowband_threshold: float = cal.VAD_NARROWBAND_THRESHOLD
+    ) -> None:
+        self.threshold = threshold
+        self.narrowband_threshold = narrowband_threshold
+        state = load_silero_vad(onnx=False).state_dict()
+        self._networks = {
+            MODEL_RATE: _Network(state, "_model.", MODEL_RATE),
+            NARROWBAND_RATE: _Network(state, "_model_8k.", NARROWBAND_RATE),
+        }
+
+    def regions(
+        self, wave: np.ndarray, run: Runner = _here, source_rate: int = MODEL_RATE
+    ) -> list[tuple[float, float]]:
+        """Speech regions of 16 kHz `wave` (from a source at `source_rate`), in seconds: silero's
+        `get_speech_timestamps` (its defaults, our thresholds and padding), the probabilities
+        computed through `run` a few seconds of windows at a time (other work can run between them)."""
+        heard, rate = vad_input(wave, source_rate)
+        network = self._networks[rate]
+        window, context = network.window_samples, network.context_samples
+        windows = -(-len(heard) // window)
+        # Each window is heard with the samples before it (zeros before the clip), and the last one
+        # is zero-padded, as silero's loop does.
+        padded = np.zeros(context + windows * window, dtype=np.float32)
+        padded[context : context + len(heard)] = heard
+        probabilities: list[float] = []
+        state: tuple[torch.Tensor, torch.Tensor] | None = None
+        for first in range(0, windows, VAD_STEP_WINDOWS):
+            last = min(windows, first + VAD_STEP_WINDOWS)
+            part = padded[first * window : last * window + context]
+            step, state = run(network.probabilities, part, state)
+            probabilities += step
+        stamps = get_speech_timestamps_from_probs(
+            probabilities,
+            sampling_rate=rate,
+            threshold=self.threshold if rate == MODEL_RATE else self.narrowband_threshold,
+            speech_pad_ms=int(SPEECH_PAD_S * 1000),
+            audio_length_samples=len(heard),
+        )
+        return [(s["start"] / rate, s["end"] / rate) for s in stamps]
 
 
 @contextlib.contextmanager
@@ -297,7 +338,7 @@ def channel_speech(audio: DecodedAudio, detector: SpeechDetector, run: Runner = 
     out = []
     for ch in channels:
         wave = to_16k(audio.samples[ch], audio.sample_rate, run)
-        regions = detector.regions(wave, run)
+        regions = detector.regions(wave, run, audio.sample_rate)
         parts = [wave[round(a * MODEL_RATE) : round(b * MODEL_RATE)] for a, b in regions]
         out.append(np.concatenate(parts) if parts else wave[:0])
     return out
@@ -340,7 +381,7 @@ def prepare(
     (RequestCancelled)."""
     run: Runner = _here if exclusive is None else functools.partial(exclusive.run, cancel=cancel)
     wave, clipped = to_mono_16k(audio, run=run)
-    speech = detector.regions(wave, run)
+    speech = detector.regions(wave, run, audio.sample_rate)
     per_channel = channel_speech(audio, detector, run) if channels else []
     return PreparedAudio(
         wave=wave,

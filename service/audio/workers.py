@@ -59,7 +59,13 @@ class Prepared:
     channel_speech: list[np.ndarray]
 
 
-def _serve(conn: Connection, max_seconds: float, decode_timeout_s: float, vad_threshold: float) -> None:
+def _serve(
+    conn: Connection,
+    max_seconds: float,
+    decode_timeout_s: float,
+    vad_threshold: float,
+    vad_narrowband_threshold: float,
+) -> None:
     """A worker's life: one clip at a time until the pipe closes."""
     import torch
 
@@ -67,7 +73,7 @@ def _serve(conn: Connection, max_seconds: float, decode_timeout_s: float, vad_th
     from service.audio.pipeline import SpeechDetector, prepare
 
     torch.set_num_threads(1)  # one worker per core
-    detector = SpeechDetector(vad_threshold)
+    detector = SpeechDetector(vad_threshold, vad_narrowband_threshold)
     while True:
         try:
             job: Job | None = conn.recv()
@@ -126,9 +132,10 @@ class FrontEndPool:
         max_seconds: float,
         decode_timeout_s: float,
         vad_threshold: float,
+        vad_narrowband_threshold: float,
         work_timeout_s: float,
     ) -> None:
-        self._args = (max_seconds, decode_timeout_s, vad_threshold)
+        self._args = (max_seconds, decode_timeout_s, vad_threshold, vad_narrowband_threshold)
         self.work_timeout_s = work_timeout_s
         self._context = multiprocessing.get_context("forkserver")
         self._context.set_forkserver_preload(_PRELOAD)

@@ -42,7 +42,7 @@ def _speech(clip: SetClip) -> np.ndarray:
         max_seconds=audio.max_seconds,
         timeout_s=audio.decode_timeout_s,
     )
-    return prepare(decoded, SpeechDetector(audio.vad_threshold)).speech_wave()
+    return prepare(decoded, SpeechDetector(audio.vad_threshold, audio.vad_narrowband_threshold)).speech_wave()
 
 
 def _vectors(embedder: EcapaEmbedder, clips: list[SetClip], seconds: float) -> np.ndarray:
