@@ -31,6 +31,7 @@ from service.audio import MODEL_RATE
 from service.audio.frontend import AudioFrontEnd, AudioInput
 from service.audio.pipeline import PreparedAudio, QualityLimits
 from service.concurrency import Cancellation
+from service.config import Settings
 from service.diarization.service import DiarizationResult, DiarizationService, segments_of
 from service.diarization.turns import TurnOptions, Turns, stretches, voices_of
 from service.embedding import weights
@@ -121,7 +122,13 @@ class Harness:
             embedder = EcapaEmbedder(weights.resolve(None), "cpu", "auto")
             embedder.warmup()
         embed: Any = BoundedEmbedding(embedder.embed_batch)
-        frontend = AudioFrontEnd(max_seconds=3600, decode_timeout_s=120, vad_threshold=0.5)
+        audio = Settings().audio  # the speech detector as the service's settings have it
+        frontend = AudioFrontEnd(
+            max_seconds=3600,
+            decode_timeout_s=120,
+            vad_threshold=audio.vad_threshold,
+            vad_narrowband_threshold=audio.vad_narrowband_threshold,
+        )
         return cls(frontend, CachedEmbedding(embed) if cached else embed)
 
     def service(self, options: TurnOptions) -> DiarizationService:

@@ -122,7 +122,8 @@ class Embedding:
     def _key(self, manifest: Path, *extra: str) -> str:
         # The model path actually chosen (`auto` picks by start-up check), not the setting; the
         # manifest by its folder's name, its text and its clips' sizes, not by where it lies, so a
-        # cache made in one checkout serves another that renders the same clips.
+        # cache made in one checkout serves another that renders the same clips; the speech
+        # detector's thresholds, which choose what the model hears.
         clips = [
             f"{row.name}:{row.path.stat().st_size if row.path.exists() else -1}"
             for row in read_manifest(manifest)
@@ -130,6 +131,7 @@ class Embedding:
         parts = [
             self.model.checksum,
             self.model.precision,
+            f"vad={self.detector.threshold:g},{self.detector.narrowband_threshold}",
             manifest.parent.name,
             manifest.read_text(),
             *clips,

@@ -170,7 +170,7 @@ class EnergySpeechDetector(SpeechDetector):
     RANGE_DB = 40.0
     MIN_GAP_S = 0.2  # shorter pauses are kept inside a region
 
-    def __init__(self, threshold: float = 0.5, narrowband_threshold: float = 0.5) -> None:  # no model
+    def __init__(self, threshold: float = 0.5, narrowband_threshold: float | None = None) -> None:  # no model
         self.threshold = threshold
         self.narrowband_threshold = narrowband_threshold
 

@@ -1,12 +1,12 @@
 """The speech detector against silero's own per-window loop, on every clip of the shared sets.
 
-Each clip goes through the service's decoder and 16 kHz conversion, then through both detectors
-one after the other (one torch thread each): silero's reference `get_speech_timestamps` on its
+Each clip goes through the service's decoder and 16 kHz conversion, then through both detectors one
+after the other (one torch thread each): silero's reference `get_speech_timestamps` on its
 TorchScript model (what the service ran before, a model call per 32 ms window; for an 8 kHz clip
-its 8 kHz network) and the service's `SpeechDetector`. The report gives the CPU time of each per
-10 s of audio, the largest difference between their region boundaries, and whether any enrollment
-or identify quality check (speech seconds, SNR, clipping: the service's defaults) decides
-differently.
+its 8 kHz network where one is set) and the service's `SpeechDetector`. The report gives the CPU
+time of each per 10 s of audio, the largest difference between their region boundaries, and whether
+any enrollment or identify quality check (speech seconds, SNR, clipping: the service's defaults)
+decides differently.
 
     python -m scripts.vad_check [--limit N] [--json OUT]
 """
@@ -48,20 +48,21 @@ Regions = list[tuple[float, float]]
 
 class ReferenceDetector:
     """silero-vad as its authors run it: `get_speech_timestamps`, one model call per window, on
-    what the service's detector hears (`vad_input`: a narrowband source at 8 kHz)."""
+    what the service's detector hears (`vad_input`: with a narrowband threshold, a narrowband
+    source at 8 kHz)."""
 
-    def __init__(self, threshold: float, narrowband_threshold: float) -> None:
+    def __init__(self, threshold: float, narrowband_threshold: float | None) -> None:
         self.threshold = threshold
         self.narrowband_threshold = narrowband_threshold
         self._model = load_silero_vad(onnx=False)
 
     def regions(self, wave: np.ndarray, source_rate: int = MODEL_RATE) -> Regions:
-        heard, rate = vad_input(wave, source_rate)
+        heard, rate = vad_input(wave, source_rate, self.narrowband_threshold)
         with torch.inference_mode(), torch_threads(1):
             stamps = get_speech_timestamps(
                 torch.from_numpy(np.ascontiguousarray(heard)),
                 self._model,
-                threshold=self.threshold if rate == MODEL_RATE else self.narrowband_threshold,
+                threshold=self.narrowband_threshold if rate != MODEL_RATE else self.threshold,
                 sampling_rate=rate,
                 speech_pad_ms=int(SPEECH_PAD_S * 1000),
             )

@@ -22,25 +22,27 @@ MAX_CLIPPED_FRACTION = 0.01
 # Lowest estimated SNR of a real clip: 12.3 dB (16 kHz), 10.5 dB over all conditions. White noise
 # at -5 dB SNR measures about 1-1.5 dB and is refused.
 MIN_SNR_DB = 3.0
-# Speech probability threshold of silero's 8 kHz network, which hears every clip whose source was 8
-# kHz or less (16 kHz and wider sources: silero's 16 kHz network at its own 0.5). Before, the 16 kHz
-# network heard such clips upsampled: on eval-telephone's 206 calls it found 1113 s of speech, the 8
-# kHz network 1156 s at 0.5 and 1291 s at 0.25 (calls under 0.5 s of speech: 13 / 11 / 6; under 2 s:
-# 32 / 28 / 22; 58 calls gain more than 1 s at 0.25, one loses as much), and what it found moved
-# with where the clip was cut (0.32 s against 0.22 s on average for 0.08 s cut off the start; on one
-# caller's clip both networks lose most of the speech at some cuts). Chosen on diarization half 0
-# (16 conversations per condition, 112, the same vectors and clustering, only the speech regions of
-# the 8 kHz conversations changed), pooled DER and speaker count right: 16 kHz network 11.95 % and
-# 68; 8 kHz network at 0.5 11.37 % and 64, at 0.4 10.49 % and 67, 0.35 9.43 % and 70, 0.3 8.47 % and
-# 75, 0.25 7.62 % and 74 (the calls' missed speech 6.2-17.2 % -> 4.6-11.4 %; false alarm 0.65 ->
-# 0.45 %). What it does to the voiceprint, every eval-telephone clip scored against every other (194
-# clips with speech under each; EER, EER across calls, false accepts at 5 % false rejects; in
-# brackets the 110 clips of consistent labels): 16 kHz network 11.91 / 12.83 / 31.1 % (3.70 / 3.55 /
-# 2.3 %), 1106 s of speech; 8 kHz network at 0.5 11.13 / 12.57 / 30.4 % (3.70 / 3.05 / 2.7 %), 1149
-# s; at 0.3 11.99 / 12.69 / 33.3 % (3.33 / 2.79 / 2.8 %); at 0.25 11.52 / 12.72 / 31.2 % (4.05 /
-# 2.54 / 1.9 %), 1278 s: no change beyond the noise of 194 clips. Reported on diarization half 1 and
-# by the decision study (README).
-VAD_NARROWBAND_THRESHOLD = 0.25
+# Clips recorded at 8 kHz or less can go to silero's 8 kHz network (the same layers at half scale)
+# at a threshold of their own, instead of its 16 kHz network hearing them upsampled. Measured and
+# not adopted: unset, the 16 kHz network hears every clip. On eval-telephone's 206 calls the 16 kHz
+# network finds 1113 s of speech, the 8 kHz network 1156 s at 0.5 and 1291 s at 0.25 (calls under
+# 0.5 s of speech: 13 / 11 / 6; under 2 s: 32 / 28 / 22; at 0.25, 58 calls gain more than 1 s, one
+# loses as much). The threshold was chosen on diarization half 0 (16 conversations per condition,
+# 112; only the 8 kHz conversations' speech regions change), pooled DER and speaker count right:
+# 16 kHz network 11.95 % and 68; 8 kHz network at 0.5 11.37 % and 64, 0.4 10.49 % and 67, 0.35
+# 9.43 % and 70, 0.3 8.47 % and 75, 0.25 7.62 % and 74 (the service itself at 0.25: 7.44 % and 80).
+# It did not hold on half 1 (16 per condition): 10.96 % and 79 with the 16 kHz network, 11.16 % and
+# 66 at 0.25 (pooled, missed speech 4.2 -> 3.2 % but confusion 6.3 -> 7.6 %, all of it on calls);
+# with 8 per condition, the README's table, 12.6 % and 39/56 against 12.6 % and 33/56.
+# Identification (`scripts/calibrate_decisions.py`, report half at the default threshold, eleven
+# conditions pooled): 16 kHz network 6/1,067 false accepts and 42/627 false rejects; 8 kHz network
+# at 0.25 9 and 45, at 0.5 7 and 45. Real calls, consistent labels, false rejects: 11/46 (23.9 %);
+# 13/48 (27.1 %) at 0.25; 11/47 (23.4 %) at 0.5 (more calls hold enough speech to be tried); their
+# first 3 s of speech 17/46 (37.0 %), 22/48 (45.8 %), 20/47 (42.6 %), likely because the first 3 s
+# the 8 kHz network calls speech hold less of the voice. Pairwise EER over the 194 calls with speech
+# under each (EER / across calls / false accepts at 5 % false rejects): 16 kHz network 11.91 / 12.83
+# / 31.1 %, 8 kHz network at 0.5 11.13 / 12.57 / 30.4 %, at 0.25 11.52 / 12.72 / 31.2 %.
+VAD_NARROWBAND_THRESHOLD: float | None = None
 
 # --- enrollment ----------------------------------------------------------------------------------
 MIN_SAMPLES = 3

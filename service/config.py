@@ -30,9 +30,11 @@ class AudioSettings(BaseModel):
     )
     min_snr_db: float = Field(cal.MIN_SNR_DB, description="speech-to-non-speech energy, dB")
     vad_threshold: float = Field(0.5, description="silero-vad speech probability threshold")
-    vad_narrowband_threshold: float = Field(
+    vad_narrowband_threshold: float | None = Field(
         cal.VAD_NARROWBAND_THRESHOLD,
-        description="the same, for silero's 8 kHz network, which hears sources of 8 kHz or less",
+        description="when set, clips recorded at 8 kHz or less go to silero's 8 kHz network at this "
+        "threshold; unset, its 16 kHz network hears every clip (measured, not adopted: see "
+        "service/calibration.py)",
     )
 
 

@@ -40,9 +40,9 @@ class AudioFrontEnd:
         max_seconds: float,
         decode_timeout_s: float,
         vad_threshold: float,
-        vad_narrowband_threshold: float = cal.VAD_NARROWBAND_THRESHOLD,
+        vad_narrowband_threshold: float | None = cal.VAD_NARROWBAND_THRESHOLD,
         parallel: int = 1,
-        detector: Callable[[float, float], SpeechDetector] = SpeechDetector,
+        detector: Callable[[float, float | None], SpeechDetector] = SpeechDetector,
         workers: int = 0,
         work_timeout_s: float = 120.0,
     ) -> None:

@@ -38,7 +38,7 @@ SAME_SIGNAL_CORRELATION = 0.9
 BLOCK_SAMPLES = 1 << 19  # input samples filtered at once (whole seconds, at least one)
 VAD_WINDOW = 512  # samples per speech probability at 16 kHz (silero's; half that at 8 kHz)
 VAD_CONTEXT = 64  # samples of the previous window silero hears with each one (at 16 kHz)
-NARROWBAND_RATE = 8000  # sources at this rate or below go to silero's 8 kHz network
+NARROWBAND_RATE = 8000  # sources at this rate or below can go to silero's 8 kHz network
 VAD_ENCODER_STRIDES = (1, 2, 2, 1)  # silero's four encoder convolutions: 4 spectrum frames -> 1
 VAD_HIDDEN = 128  # silero's LSTM width
 VAD_STEP_WINDOWS = 1000  # windows per turn on the compute thread: 32 s of audio, about 30 ms
@@ -170,11 +170,14 @@ class _Network:
             return torch.sigmoid(logits).reshape(-1).tolist(), (h, c)
 
 
-def vad_input(wave: np.ndarray, source_rate: int) -> tuple[np.ndarray, int]:
+def vad_input(
+    wave: np.ndarray, source_rate: int, narrowband_threshold: float | None
+) -> tuple[np.ndarray, int]:
     """What the speech detector hears of 16 kHz `wave` whose source was at `source_rate`: the wave
-    itself, or for a narrowband source (8 kHz or less) the 8 kHz signal for silero's 8 kHz network.
-    The resampler left nothing above 4 kHz in such a wave, so every other sample is that signal."""
-    if source_rate <= NARROWBAND_RATE:
+    itself, or, with a `narrowband_threshold`, for a narrowband source (8 kHz or less) the 8 kHz
+    signal for silero's 8 kHz network. The resampler left nothing above 4 kHz in such a wave, so
+    every other sample is that signal."""
+    if narrowband_threshold is not None and source_rate <= NARROWBAND_RATE:
         return wave[::2], NARROWBAND_RATE
     return wave, MODEL_RATE
 
@@ -189,15 +192,15 @@ class SpeechDetector:
     over the sequence: the same probabilities to float rounding (about 2e-6), at a tenth of the time
     or less.
 
-    Audio whose source was narrowband (telephone, 8 kHz) goes to silero's 8 kHz network at its own
-    threshold (`service.calibration.VAD_NARROWBAND_THRESHOLD`): the 16 kHz network, given such audio
-    upsampled, missed whole short turns of real calls, and what it found moved with where the clip
-    was cut. Holds no state between clips; one clip at a time per detector all the same (the front
-    end pools them).
+    With a `narrowband_threshold`, audio whose source was narrowband (telephone, 8 kHz) goes to
+    silero's 8 kHz network at that threshold instead; it hears more of real callers, but neither
+    identification nor diarization came out better for it on held-out speech, so it is off by
+    default (`service.calibration.VAD_NARROWBAND_THRESHOLD`). Holds no state between clips; one
+    clip at a time per detector all the same (the front end pools them).
     """
 
     def __init__(
-        self, threshold: float = 0.5, narrowband_threshold: float = cal.VAD_NARROWBAND_THRESHOLD
+        self, threshold: float = 0.5, narrowband_threshold: float | None = cal.VAD_NARROWBAND_THRESHOLD
     ) -> None:
         self.threshold = threshold
         self.narrowband_threshold = narrowband_threshold
@@ -213,7 +216,7 @@ class SpeechDetector:
         """Speech regions of 16 kHz `wave` (from a source at `source_rate`), in seconds: silero's
         `get_speech_timestamps` (its defaults, our thresholds and padding), the probabilities
         computed through `run` a few seconds of windows at a time (other work can run between them)."""
-        heard, rate = vad_input(wave, source_rate)
+        heard, rate = vad_input(wave, source_rate, self.narrowband_threshold)
         network = self._networks[rate]
         window, context = network.window_samples, network.context_samples
         windows = -(-len(heard) // window)
@@ -231,7 +234,7 @@ class SpeechDetector:
         stamps = get_speech_timestamps_from_probs(
             probabilities,
             sampling_rate=rate,
-            threshold=self.threshold if rate == MODEL_RATE else self.narrowband_threshold,
+            threshold=self.narrowband_threshold if rate != MODEL_RATE else self.threshold,
             speech_pad_ms=int(SPEECH_PAD_S * 1000),
             audio_length_samples=len(heard),
         )

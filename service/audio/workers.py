@@ -64,7 +64,7 @@ def _serve(
     max_seconds: float,
     decode_timeout_s: float,
     vad_threshold: float,
-    vad_narrowband_threshold: float,
+    vad_narrowband_threshold: float | None,
 ) -> None:
     """A worker's life: one clip at a time until the pipe closes."""
     import torch
@@ -132,7 +132,7 @@ class FrontEndPool:
         max_seconds: float,
         decode_timeout_s: float,
         vad_threshold: float,
-        vad_narrowband_threshold: float,
+        vad_narrowband_threshold: float | None,
         work_timeout_s: float,
     ) -> None:
         self._args = (max_seconds, decode_timeout_s, vad_threshold, vad_narrowband_threshold)

@@ -9,9 +9,10 @@ from typing import Any, cast
 from devtools.embeddings import Embedding
 
 
-def _embedding(precision: str = "bf16") -> Embedding:
+def _embedding(precision: str = "bf16", narrowband: float | None = None) -> Embedding:
     embedding = Embedding.__new__(Embedding)  # the key needs the model's identity, not its weights
     cast(Any, embedding).model = SimpleNamespace(checksum="0575cb64", precision=precision)
+    cast(Any, embedding).detector = SimpleNamespace(threshold=0.5, narrowband_threshold=narrowband)
     cast(Any, embedding).context_s = 0.0
     return embedding
 
@@ -36,4 +37,5 @@ def test_what_was_embedded_changes_the_key(tmp_path: Path) -> None:
     assert _embedding()._key(_manifest(tmp_path / "b", "mulaw", b"x" * 101)) != key  # re-rendered clip
     assert _embedding()._key(_manifest(tmp_path / "c", "alaw", b"x" * 100)) != key  # another condition
     assert _embedding("fused-int8")._key(base) != key  # another model path
+    assert _embedding(narrowband=0.25)._key(base) != key  # calls heard by another speech detector
     assert _embedding()._key(base, "twin") != key
