@@ -25,8 +25,8 @@ MIN_SNR_DB = 3.0
 # Clips recorded at 8 kHz or less can go to silero's 8 kHz network (the same layers at half scale)
 # at a threshold of their own, instead of its 16 kHz network hearing them upsampled. Measured and
 # not adopted: unset, the 16 kHz network hears every clip. On eval-telephone's 206 calls the 16 kHz
-# network finds 1113 s of speech, the 8 kHz network 1156 s at 0.5 and 1291 s at 0.25 (calls under
-# 0.5 s of speech: 13 / 11 / 6; under 2 s: 32 / 28 / 22; at 0.25, 58 calls gain more than 1 s, one
+# network finds 1113 s of speech, the 8 kHz network 1158 s at 0.5 and 1290 s at 0.25 (calls under
+# 0.5 s of speech: 13 / 11 / 6; under 2 s: 32 / 28 / 22; at 0.25, 60 calls gain more than 1 s, one
 # loses as much). The threshold was chosen on diarization half 0 (16 conversations per condition,
 # 112; only the 8 kHz conversations' speech regions change), pooled DER and speaker count right:
 # 16 kHz network 11.95 % and 68; 8 kHz network at 0.5 11.37 % and 64, 0.4 10.49 % and 67, 0.35
@@ -40,8 +40,9 @@ MIN_SNR_DB = 3.0
 # 13/48 (27.1 %) at 0.25; 11/47 (23.4 %) at 0.5 (more calls hold enough speech to be tried); their
 # first 3 s of speech 17/46 (37.0 %), 22/48 (45.8 %), 20/47 (42.6 %), likely because the first 3 s
 # the 8 kHz network calls speech hold less of the voice. Pairwise EER over the 194 calls with speech
-# under each (EER / across calls / false accepts at 5 % false rejects): 16 kHz network 11.91 / 12.83
-# / 31.1 %, 8 kHz network at 0.5 11.13 / 12.57 / 30.4 %, at 0.25 11.52 / 12.72 / 31.2 %.
+# under each (the 8 kHz network as silero's own loop on the raw call; EER / across calls / false
+# accepts at 5 % false rejects): 16 kHz network 11.91 / 12.83 / 31.1 %, 8 kHz network at 0.5 11.13 /
+# 12.57 / 30.4 %, at 0.25 11.52 / 12.72 / 31.2 %.
 VAD_NARROWBAND_THRESHOLD: float | None = None
 
 # --- enrollment ----------------------------------------------------------------------------------

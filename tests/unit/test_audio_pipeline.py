@@ -447,7 +447,7 @@ def test_narrowband_calls_go_to_the_8_khz_network_when_asked(
 ) -> None:
     """With a narrowband threshold, `prepare` gives a real 8 kHz call's speech as silero's 8 kHz
     network hears it, which hears more of the callers than the 16 kHz network given the call
-    upsampled (on all 206 calls, 1291 s against 1113 s; 6 calls under 0.5 s of speech against 13).
+    upsampled (on all 206 calls, 1290 s against 1113 s; 6 calls under 0.5 s of speech against 13).
     By default the 16 kHz network hears every clip, whatever its source rate."""
     assert VAD_NARROWBAND_THRESHOLD is None and detector.narrowband_threshold is None
     heard = {"8 kHz network": 0.0, "16 kHz network": 0.0}
