@@ -6,15 +6,24 @@ name, so virtual hosts and certificates still work), so a DNS answer that change
 and the connect cannot reach an address the rule refuses. Every redirect is checked again. Loopback,
 link-local (cloud metadata lives there), private and other non-global addresses are reached only
 when listed by name or range.
+
+Each call holds one deadline from start to end, name resolution, every redirect and a server that
+sends its headers or body a byte at a time included (the HTTP exchange runs under `asyncio.timeout`,
+which a per-read timeout is not). Bodies are asked for and read uncompressed, so the size limit
+counts what is held in memory.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import ipaddress
 import socket
-import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
+from typing import TypeVar
 from urllib.parse import urljoin
 
 import httpx
@@ -22,12 +31,22 @@ import httpx
 from service.config import EgressSettings
 from service.errors import EgressRefused, FetchFailed, PayloadTooLarge, shown
 
+T = TypeVar("T")
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
-# Cloud metadata services outside link-local space (AWS IPv6, Alibaba); refused unless listed.
-METADATA = (ipaddress.ip_network("fd00:ec2::254/128"), ipaddress.ip_network("100.100.100.200/32"))
+# Cloud metadata and host services at global addresses (AWS IPv6, Alibaba, Azure's WireServer);
+# refused unless listed.
+METADATA = (
+    ipaddress.ip_network("fd00:ec2::254/128"),
+    ipaddress.ip_network("100.100.100.200/32"),
+    ipaddress.ip_network("168.63.129.16/32"),
+)
 REDIRECTS = (301, 302, 303, 307, 308)
+# A check made when a job is submitted (no fetch yet) waits this long for name resolution.
+RESOLVE_TIMEOUT_S = 10.0
+# getaddrinfo cannot be interrupted: it runs here, and a call waits for it only until its deadline.
+_RESOLVER = ThreadPoolExecutor(max_workers=4, thread_name_prefix="egress-resolve")
 
 
 def _plain(address: IPAddress) -> IPAddress:
@@ -41,7 +60,20 @@ def is_public(address: IPAddress) -> bool:
     a = _plain(address)
     if any(a in net for net in METADATA):
         return False
+    if isinstance(a, ipaddress.IPv6Address):
+        # 6to4 and Teredo carry an IPv4 address inside: it must be public too.
+        if a.is_site_local or (a.sixtofour is not None and not is_public(a.sixtofour)):
+            return False
+        if a.teredo is not None and not all(is_public(v4) for v4 in a.teredo):
+            return False
     return a.is_global and not (a.is_multicast or a.is_reserved or a.is_loopback or a.is_link_local)
+
+
+def _ascii_host(host: str) -> str:
+    """A host name as it goes on the wire (IDNA 2008, as httpx encodes it), lower case, no final dot."""
+    with contextlib.suppress(httpx.InvalidURL, UnicodeError):
+        host = httpx.URL(f"http://{host}/").raw_host.decode("ascii")
+    return host.lower().rstrip(".")
 
 
 @dataclass(frozen=True)
@@ -65,7 +97,7 @@ class EgressRule:
             try:
                 networks.append(ipaddress.ip_network(entry, strict=False))
             except ValueError:
-                hosts.add(entry.lower().rstrip("."))
+                hosts.add(_ascii_host(entry))
         return cls(frozenset(hosts), tuple(networks), any_public)
 
     @property
@@ -73,7 +105,7 @@ class EgressRule:
         return bool(self.hosts or self.networks or self.any_public)
 
     def allows(self, host: str, address: IPAddress) -> bool:
-        if host.lower().rstrip(".") in self.hosts:
+        if _ascii_host(host) in self.hosts:
             return True
         a = _plain(address)
         if any(a.version == net.version and a in net for net in self.networks):
@@ -81,13 +113,17 @@ class EgressRule:
         return self.any_public and is_public(a)
 
 
-def resolve(host: str, port: int) -> list[IPAddress]:
+def resolve(host: str, port: int, timeout_s: float = RESOLVE_TIMEOUT_S) -> list[IPAddress]:
+    """The addresses of `host` (an ASCII name or an address literal), within `timeout_s`."""
     try:
         return [ipaddress.ip_address(host.strip("[]"))]
     except ValueError:
         pass
+    pending = _RESOLVER.submit(socket.getaddrinfo, host, port, type=socket.SOCK_STREAM)
     try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        infos = pending.result(timeout=max(timeout_s, 0.001))
+    except FutureTimeout as exc:
+        raise FetchFailed(f"Resolving {shown(host)!r} took too long") from exc
     except (socket.gaierror, UnicodeError) as exc:
         raise FetchFailed(f"The host {shown(host)!r} could not be resolved") from exc
     found: list[IPAddress] = []
@@ -108,8 +144,11 @@ class Target:
     sni: str
 
 
-def check(url: str, rule: EgressRule) -> Target:
-    """Parse, resolve once and check `url`; raise EgressRefused (or FetchFailed) if it may not be reached."""
+def check(url: str, rule: EgressRule, timeout_s: float = RESOLVE_TIMEOUT_S) -> Target:
+    """Parse, resolve once and check `url`; raise EgressRefused (or FetchFailed) if it may not be reached.
+
+    The name is taken as it goes on the wire (an international name in its IDNA form), for the
+    resolution, the rule, the Host header and TLS SNI alike."""
     try:
         parsed = httpx.URL(url)
     except (httpx.InvalidURL, TypeError) as exc:
@@ -120,40 +159,59 @@ def check(url: str, rule: EgressRule) -> Target:
         raise EgressRefused(
             "Fetching audio from a url is off: the operator has not set SPK_EGRESS__ALLOWED_HOSTS"
         )
+    try:
+        host = parsed.raw_host.decode("ascii")
+        host_header = parsed.netloc.decode("ascii")
+    except UnicodeError as exc:
+        raise EgressRefused(f"Not a valid host name: {shown(parsed.host)!r}") from exc
     port = parsed.port or (443 if parsed.scheme == "https" else 80)
-    allowed = [a for a in resolve(parsed.host, port) if rule.allows(parsed.host, a)]
+    allowed = [a for a in resolve(host, port, timeout_s) if rule.allows(host, a)]
     if not allowed:
         raise EgressRefused(
             f"Connections to {shown(parsed.host)!r} are not allowed (SPK_EGRESS__ALLOWED_HOSTS)"
         )
-    address = allowed[0]
-    netloc = f"[{address}]" if address.version == 6 else str(address)
-    host_header = parsed.host if parsed.port is None else f"{parsed.host}:{parsed.port}"
-    return Target(parsed.copy_with(host=netloc.strip("[]")), host_header, parsed.host)
+    return Target(parsed.copy_with(host=str(allowed[0])), host_header, host)
 
 
-def _send(
-    client: httpx.Client,
+def _client() -> httpx.AsyncClient:
+    # One client per hop: a pooled connection whose certificate was checked for one name must not
+    # carry a request for another. No proxies from the environment: the check is about where the
+    # connection really goes.
+    return httpx.AsyncClient(trust_env=False, follow_redirects=False, timeout=None)
+
+
+def _request(
+    client: httpx.AsyncClient,
     method: str,
     target: Target,
-    timeout_s: float,
     content: bytes | None = None,
     headers: Mapping[str, str] | None = None,
-) -> httpx.Response:
-    request = client.build_request(
+) -> httpx.Request:
+    return client.build_request(
         method,
         target.url,
         content=content,
-        headers={**(headers or {}), "Host": target.host_header},
-        timeout=httpx.Timeout(max(timeout_s, 0.001)),
+        headers={**(headers or {}), "Host": target.host_header, "Accept-Encoding": "identity"},
         extensions={"sni_hostname": target.sni},
     )
-    return client.send(request, stream=True)
+
+
+def _bounded(work: Awaitable[T], timeout_s: float, message: str) -> T:
+    """Run `work` on an event loop of its own (callers are worker threads), all of it within
+    `timeout_s`: a server that answers a byte at a time is cut off at the deadline."""
+
+    async def run() -> T:
+        try:
+            async with asyncio.timeout(max(timeout_s, 0.001)):
+                return await work
+        except TimeoutError as exc:
+            raise FetchFailed(message) from exc
+
+    return asyncio.run(run())
 
 
 class Egress:
-    """Outbound HTTP under one rule. Proxies from the environment are ignored: the check is about
-    where the connection really goes."""
+    """Outbound HTTP under one rule."""
 
     def __init__(self, rule: EgressRule, *, max_redirects: int = 5) -> None:
         self.rule = rule
@@ -162,50 +220,59 @@ class Egress:
     def fetch(self, url: str, *, max_bytes: int, timeout_s: float) -> bytes:
         """GET `url` (redirects followed, each checked): the body, at most `max_bytes`, all within
         `timeout_s`."""
-        deadline = time.monotonic() + timeout_s
-        with httpx.Client(trust_env=False, follow_redirects=False) as client:
-            for _ in range(self.max_redirects + 1):
-                target = check(url, self.rule)
-                try:
-                    response = _send(client, "GET", target, deadline - time.monotonic())
+        return _bounded(self._fetch(url, max_bytes, timeout_s), timeout_s, "Fetching url took too long")
+
+    async def _fetch(self, url: str, max_bytes: int, timeout_s: float) -> bytes:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        for _ in range(self.max_redirects + 1):
+            target = check(url, self.rule, deadline - loop.time())
+            try:
+                async with _client() as client:
+                    response = await client.send(_request(client, "GET", target), stream=True)
                     try:
                         if response.status_code in REDIRECTS and "location" in response.headers:
                             url = urljoin(url, response.headers["location"])
                             continue
                         if response.status_code != 200:
                             raise FetchFailed(f"Fetching url answered HTTP {response.status_code}")
-                        return _read(response, max_bytes, deadline)
+                        return await _read(response, max_bytes)
                     finally:
-                        response.close()
-                except httpx.HTTPError as exc:
-                    raise FetchFailed(f"Fetching url failed: {type(exc).__name__}") from exc
+                        await response.aclose()
+            except httpx.HTTPError as exc:
+                raise FetchFailed(f"Fetching url failed: {type(exc).__name__}") from exc
         raise FetchFailed(f"Fetching url took more than {self.max_redirects} redirects")
 
     def post(self, url: str, body: bytes, headers: Mapping[str, str], *, timeout_s: float) -> int:
         """POST `body` to `url` (no redirects followed: a webhook answers where it was told to);
-        the answer's status code. Raises EgressRefused, or FetchFailed when no answer came."""
-        target = check(url, self.rule)
-        with httpx.Client(trust_env=False, follow_redirects=False) as client:
-            try:
-                response = _send(client, "POST", target, timeout_s, body, headers)
-                response.close()
-            except httpx.HTTPError as exc:
-                raise FetchFailed(f"{type(exc).__name__}") from exc
+        the answer's status code, all within `timeout_s`. Raises EgressRefused, or FetchFailed when
+        no answer came."""
+        return _bounded(self._post(url, body, headers, timeout_s), timeout_s, "No answer in time")
+
+    async def _post(self, url: str, body: bytes, headers: Mapping[str, str], timeout_s: float) -> int:
+        target = check(url, self.rule, timeout_s)
+        try:
+            async with _client() as client:
+                response = await client.send(_request(client, "POST", target, body, headers), stream=True)
+                await response.aclose()
+        except httpx.HTTPError as exc:
+            raise FetchFailed(f"{type(exc).__name__}") from exc
         return response.status_code
 
 
-def _read(response: httpx.Response, max_bytes: int, deadline: float) -> bytes:
+async def _read(response: httpx.Response, max_bytes: int) -> bytes:
     declared = response.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > max_bytes:
         raise PayloadTooLarge(f"The audio at url is larger than {max_bytes} bytes")
+    encoding = response.headers.get("content-encoding", "identity").strip().lower()
+    if encoding not in ("", "identity"):
+        raise FetchFailed(f"The audio at url came compressed ({shown(encoding)!r}); it must come as is")
     chunks: list[bytes] = []
     total = 0
-    for chunk in response.iter_bytes():
+    async for chunk in response.aiter_raw():
         total += len(chunk)
         if total > max_bytes:
             raise PayloadTooLarge(f"The audio at url is larger than {max_bytes} bytes")
-        if time.monotonic() > deadline:
-            raise FetchFailed("Fetching url took too long")
         chunks.append(chunk)
     return b"".join(chunks)
 

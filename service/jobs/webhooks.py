@@ -60,4 +60,6 @@ def deliver(egress: Egress, url: str, request_id: str, body: bytes, secret: str,
         error = None if status is not None and 200 <= status < 300 else f"HTTP {status}"
     except ServiceError as exc:
         status, error = None, exc.message
+    except Exception as exc:  # any other failure is one failed attempt too, recorded, then retried
+        status, error = None, f"{type(exc).__name__}: {exc}"
     return Attempt(status, error, time.monotonic() - started)

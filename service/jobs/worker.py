@@ -191,7 +191,8 @@ class JobWorker:
     def next_attempt(self, job: JobRecord, now: datetime) -> datetime | None:
         """Exponential backoff with jitter (half to all of the doubled wait), for a bounded time."""
         s = self.settings
-        wait = min(s.webhook_max_backoff_s, s.webhook_backoff_s * 2.0**job.delivery_attempts)
+        doublings = min(job.delivery_attempts, 60)  # past that the cap holds anyway; 2.0**1024 overflows
+        wait = min(s.webhook_max_backoff_s, s.webhook_backoff_s * 2.0**doublings)
         at = now + timedelta(seconds=wait * random.uniform(0.5, 1.0))
         first = job.first_delivery_at or now
         return at if at <= first + timedelta(seconds=s.webhook_retry_seconds) else None

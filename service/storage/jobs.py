@@ -175,11 +175,14 @@ class SqlJobStore:
                     delivered=attempt.delivered,
                 )
             )
-            if attempt.delivered:
+            # A worker whose lease ran out while it waited on the receiver records its attempt but
+            # leaves the schedule to the one that holds the delivery now (or has finished it).
+            holds = row.worker == worker and row.delivery == "pending"
+            if attempt.delivered and row.delivery == "pending":
                 row.delivery = "delivered"
-            elif retry_at is None:
+            elif holds and retry_at is None:
                 row.delivery = "failed"
-            else:
+            elif holds:
                 row.next_delivery_at = retry_at
             if row.worker == worker:
                 row.worker = None

@@ -135,7 +135,7 @@ def test_webhook_backoff_grows_with_jitter_and_stops_in_time(engine: Engine, ten
         audio=None, webhook="http://x", result={}, progress=1.0, runs=1, delivery="pending",
         first_delivery_at=first, created_at=first, finished_at=first,
     )  # fmt: skip
-    for attempts, lo, hi in [(0, 1, 2), (1, 2, 4), (2, 4, 8), (5, 30, 60), (9, 30, 60)]:
+    for attempts, lo, hi in [(0, 1, 2), (1, 2, 4), (2, 4, 8), (5, 30, 60), (9, 30, 60), (2000, 30, 60)]:
         at = w.next_attempt(JobRecord(**base, delivery_attempts=attempts), first)  # type: ignore[arg-type]
         assert at is not None and lo <= (at - first).total_seconds() <= hi
     late = first + timedelta(seconds=290)
@@ -157,6 +157,39 @@ def test_deliveries_are_claimed_once_and_attempts_recorded(engine: Engine, tenan
     store.record_attempt(job.id, "b", Attempt(204, None, 0.01), None)
     assert store.claim_delivery("c", 30) is None
     assert [(a.status_code, a.error) for a in store.attempts(job.id)] == [(None, "ConnectError"), (204, None)]
+    final = store.get(tenant, "r1")
+    assert final is not None and final.delivery == "delivered"
+
+
+def test_a_worker_that_lost_its_delivery_lease_does_not_undo_the_delivery(
+    engine: Engine, tenant: int
+) -> None:
+    store = SqlJobStore(engine)
+    store.create(new_job(tenant, "r1", webhook="http://127.0.0.1:9/hook"))
+    job = store.claim("w", 5)
+    assert job is not None and store.finish(job.id, "w", "completed", {"request_id": "r1"})
+    assert store.claim_delivery("a", 0.0) is not None  # a's lease is over at once: a receiver hung
+    assert store.claim_delivery("b", 30) is not None
+    store.record_attempt(job.id, "b", Attempt(204, None, 0.01), None)
+    store.record_attempt(job.id, "a", Attempt(None, "ReadTimeout", 40.0), None)  # a gives up late
+    final = store.get(tenant, "r1")
+    assert final is not None and final.delivery == "delivered" and final.delivery_attempts == 2
+    assert [a.error for a in store.attempts(job.id)] == [None, "ReadTimeout"]
+
+
+def test_a_failure_of_a_worker_without_the_lease_leaves_the_schedule_to_the_holder(
+    engine: Engine, tenant: int
+) -> None:
+    store = SqlJobStore(engine)
+    store.create(new_job(tenant, "r1", webhook="http://127.0.0.1:9/hook"))
+    job = store.claim("w", 5)
+    assert job is not None and store.finish(job.id, "w", "completed", {"request_id": "r1"})
+    assert store.claim_delivery("a", 0.0) is not None
+    assert store.claim_delivery("b", 30) is not None
+    store.record_attempt(job.id, "a", Attempt(None, "ReadTimeout", 40.0), None)  # would be "failed"
+    held = store.get(tenant, "r1")
+    assert held is not None and held.delivery == "pending"
+    store.record_attempt(job.id, "b", Attempt(204, None, 0.01), None)
     final = store.get(tenant, "r1")
     assert final is not None and final.delivery == "delivered"
 

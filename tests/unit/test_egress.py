@@ -3,7 +3,9 @@ checked hop by hop, size limits, and the webhook signature a receiver verifies."
 
 from __future__ import annotations
 
+import gzip
 import ipaddress
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -13,7 +15,7 @@ from typing import ClassVar
 import pytest
 
 from service.config import EgressSettings
-from service.egress import Egress, EgressRule, is_public, url_egress, webhook_egress
+from service.egress import Egress, EgressRule, check, is_public, url_egress, webhook_egress
 from service.errors import EgressRefused, FetchFailed, PayloadTooLarge
 from service.jobs import webhooks
 
@@ -50,6 +52,13 @@ class Handler(BaseHTTPRequestHandler):
             self._answer(200, AUDIO)
         elif self.path == "/big":
             self._answer(200, b"\0" * 200_000)
+        elif self.path == "/gzip":
+            body = gzip.compress(b"\0" * 10_000_000)  # 10 kB on the wire, 10 MB unpacked
+            self.send_response(200)
+            self.send_header("Content-Encoding", "gzip")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
         else:
             self._answer(404)
 
@@ -156,6 +165,11 @@ def test_webhooks_go_to_public_addresses_by_default_and_to_loopback_only_when_li
         ("::ffff:8.8.8.8", True),
         ("fe80::1", False),
         ("224.0.0.1", False),
+        ("168.63.129.16", False),  # Azure's WireServer
+        ("fec0::1", False),  # site-local
+        ("2002:a9fe:a9fe::1", False),  # 6to4 around 169.254.169.254
+        ("2002:0808:0808::1", True),  # 6to4 around 8.8.8.8
+        ("2001:0:4136:e378:8000:63bf:3fff:fdd2", False),  # Teredo to 192.0.2.45
     ],
 )
 def test_what_counts_as_public(address: str, public: bool) -> None:
@@ -177,3 +191,96 @@ def test_the_signature_a_receiver_checks() -> None:
     assert not webhooks.verify("whsec_a", header, body + b" ")
     assert not webhooks.verify("whsec_a", webhooks.signature("whsec_a", now - 3600, body), body)
     assert not webhooks.verify("whsec_a", "v1=deadbeef", body)
+
+
+SLOW_ANSWER = b"HTTP/1.1 200 OK\r\nX-Slow: " + b"x" * 200
+
+
+@pytest.fixture
+def drip() -> Iterator[tuple[str, list[int]]]:
+    """A server that sends its answer a byte every 0.2 s, headers first, so that no single read
+    waits long; it notes how many bytes of each answer went out before the client hung up."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    sent: list[int] = []
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            with conn:
+                conn.recv(65536)
+                count = 0
+                try:
+                    for byte in SLOW_ANSWER:
+                        conn.sendall(bytes([byte]))
+                        count += 1
+                        time.sleep(0.2)
+                except OSError:
+                    pass
+                sent.append(count)
+
+    threading.Thread(target=serve, daemon=True).start()
+    yield f"http://127.0.0.1:{listener.getsockname()[1]}/audio", sent
+    listener.close()
+
+
+def test_one_deadline_holds_the_whole_fetch_and_post_against_a_slow_server(
+    drip: tuple[str, list[int]],
+) -> None:
+    url, sent = drip
+    listed = Egress(EgressRule.parse("127.0.0.1"))
+    for call in (
+        lambda: listed.fetch(url, max_bytes=10**6, timeout_s=1.0),
+        lambda: listed.post(url, b"{}", {}, timeout_s=1.0),
+    ):
+        with pytest.raises(FetchFailed, match=r"in time|too long"):
+            call()
+    for _ in range(100):  # the server notices the hang-up at its next byte
+        if len(sent) == 2:
+            break
+        time.sleep(0.1)
+    # Cut off after about a second's worth of bytes; a timeout per read would take the whole answer.
+    assert len(sent) == 2 and max(sent) < len(SLOW_ANSWER) // 2
+
+
+def test_a_compressed_answer_is_refused_before_it_is_unpacked(server: str) -> None:
+    with pytest.raises(FetchFailed, match="compressed"):
+        fetch("127.0.0.1", f"{server}/gzip")
+
+
+def test_international_names_are_checked_resolved_and_sent_in_their_idna_form(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    asked: list[str] = []
+
+    def getaddrinfo(host: str, port: int, **kw: object) -> list[tuple[object, ...]]:
+        asked.append(host)
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("93.184.215.14", port))]
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    for listed in ("faß.de", "xn--fa-hia.de", "FASS.de"):
+        rule = EgressRule.parse(listed)
+        if listed == "FASS.de":  # IDNA 2008 keeps the sharp s: fass.de is another domain
+            with pytest.raises(EgressRefused):
+                check("https://faß.de/hook", rule)
+            continue
+        target = check("https://faß.de/hook", rule)
+        assert (target.host_header, target.sni) == ("xn--fa-hia.de", "xn--fa-hia.de")
+    assert set(asked) == {"xn--fa-hia.de"}
+
+
+def test_an_ipv6_literal_keeps_its_brackets_in_the_host_header() -> None:
+    rule = EgressRule.parse("*")
+    assert check("http://[2606:4700::1111]:8080/x", rule).host_header == "[2606:4700::1111]:8080"
+    assert check("http://[2606:4700::1111]/x", rule).host_header == "[2606:4700::1111]"
+
+
+def test_a_delivery_that_fails_unexpectedly_is_one_recorded_failed_attempt() -> None:
+    class Broken(Egress):
+        def post(self, url: str, body: bytes, headers: object, *, timeout_s: float) -> int:
+            raise UnicodeEncodeError("ascii", "ß", 0, 1, "no")
+
+    attempt = webhooks.deliver(Broken(EgressRule()), "https://x/hook", "r1", b"{}", "whsec_a", 1.0)
+    assert not attempt.delivered and attempt.error is not None and "UnicodeEncodeError" in attempt.error
