@@ -151,6 +151,11 @@ class UndecodableAudio(AudioError):
     default_message = "Audio could not be decoded with the stated encoding"
 
 
+class TooManyChannels(AudioError):
+    code = "audio.TooManyChannels"
+    default_message = "Audio has more channels than are accepted"
+
+
 class AudioTooLong(AudioError):
     code = "audio.TooLong"
     status = 413

@@ -69,8 +69,26 @@ MEDIA_TYPES = {
     "audio/basic": "MULAW",
     "audio/pcmu": "MULAW",
     "audio/pcma": "ALAW",
+    "audio/l16": "PCM_S16BE",  # RFC 2586 / 3551: big-endian, `rate=` and `channels=` parameters
 }
 
 
+def media_type(content_type: str) -> tuple[str, dict[str, str]]:
+    """`audio/L16; rate=8000` -> ("audio/l16", {"rate": "8000"})."""
+    kind, *rest = content_type.split(";")
+    params = {}
+    for part in rest:
+        key, _, value = part.partition("=")
+        params[key.strip().lower()] = value.strip().strip('"')
+    return kind.strip().lower(), params
+
+
 def encoding_for(content_type: str) -> str | None:
-    return MEDIA_TYPES.get(content_type.split(";", 1)[0].strip().lower())
+    """The encoding a raw body's Content-Type names; "" (recognised from the bytes) for
+    application/octet-stream and audio types without a name of their own; None for non-audio."""
+    kind, _ = media_type(content_type)
+    if kind in MEDIA_TYPES:
+        return MEDIA_TYPES[kind]
+    if kind.startswith("audio/") or kind == "application/octet-stream":
+        return ""
+    return None

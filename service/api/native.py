@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query, Request, Response
 from pydantic import ValidationError
 
-from service.api.convert import audio_input, encoding_for, status_out
+from service.api.convert import audio_input, encoding_for, media_type, status_out
 from service.api.deps import ServicesDep, TenantDep, run_blocking, run_for_client
 from service.api.errors import validation_summary
 from service.api.schemas import (
@@ -54,13 +54,18 @@ async def read_audio(request: Request, sample_rate: int | None, encoding: str | 
         except ValidationError as exc:
             raise BadRequest(f"Invalid JSON audio body: {validation_summary(exc.errors())}") from exc
         except (ValueError, RecursionError) as exc:  # RecursionError: absurd nesting
-            raise BadRequest("Invalid JSON audio body: not a JSON object") from exc
+            raise BadRequest("Invalid JSON audio body: not valid JSON") from exc
     name = encoding or encoding_for(content_type)
     if name is None:
         raise UnsupportedMediaType(
             f"Content-Type {shown(content_type) or '(none)'} is not audio: send application/json, an "
-            "audio/* type, or ?encoding= with application/octet-stream"
+            "audio/* type, or application/octet-stream (?encoding= names a raw format)"
         )
+    _, params = media_type(content_type)
+    if params.get("channels", "1") != "1":
+        raise BadRequest("Raw audio must be one channel (channels=1)")
+    if sample_rate is None and params.get("rate", "").isdigit():
+        sample_rate = int(params["rate"])  # audio/L16; rate=8000
     if not body:
         raise EmptyAudio()
     return AudioInput(data=body, encoding=name, sample_rate=sample_rate)

@@ -4,11 +4,21 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
 
 from service.audio.band import Band
+from service.audio.decode import RAW, normalise_encoding
 from service.enrollment import speaker_ids
 from service.enrollment.ports import SpeakerStatus
+from service.errors import UnsupportedEncoding
 
 # Keyword arguments of pydantic's Field and FastAPI's Path: bodies and URLs check one rule.
 SPEAKER_ID_RULE: dict[str, Any] = {
@@ -33,20 +43,53 @@ def _lenient_rate(value: Any) -> Any:
     return value
 
 
+def _names_raw_audio(encoding: Any) -> bool:
+    try:
+        return isinstance(encoding, str) and normalise_encoding(encoding) in RAW
+    except UnsupportedEncoding:
+        return False
+
+
+def _or_default(default: str) -> Any:
+    return BeforeValidator(lambda value: default if value is None else value)
+
+
 class AudioFields(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     content: str = Field(description="base64 of the audio file (or raw samples)")
-    encoding: str = Field(
-        description="FLAC, WAV, MP3, OGG_OPUS, OGG_VORBIS, WEBM, M4A, AAC, AMR, LINEAR16, MULAW, ALAW"
+    encoding: Annotated[str, _or_default("")] = Field(
+        "",
+        description="FLAC, WAV, MP3, OGG_OPUS, OGG_VORBIS, WEBM, M4A, AAC, AMR, LINEAR16, MULAW, ALAW "
+        "(any case, MediaInfo's names too); a container is recognised from its bytes when the name is "
+        "missing, vague or wrong",
     )
-    sampleRate: Annotated[int | None, BeforeValidator(_lenient_rate)] = Field(
+    sampleRate: Annotated[
+        int | None,
+        BeforeValidator(_lenient_rate),
+        WithJsonSchema({"anyOf": [{"type": "integer"}, {"type": "string"}, {"type": "null"}]}),
+    ] = Field(
         None,
         ge=1,
         le=10_000_000,
         description="Hz (a number or a string of one); required for raw encodings, a container's header wins",
     )
-    languageCode: str = "en-US"
+    languageCode: Annotated[str, _or_default("en-US")] = "en-US"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _a_containers_rate_is_only_a_hint(cls, data: Any) -> Any:
+        """A container's own header gives its rate, so a sampleRate that is no rate (0, "16 kHz")
+        is dropped for it rather than refused; raw encodings need a real one."""
+        if (
+            isinstance(data, dict)
+            and data.get("sampleRate") is not None
+            and not _names_raw_audio(data.get("encoding"))
+        ):
+            rate = _lenient_rate(data["sampleRate"])
+            if not (type(rate) is int and 1 <= rate <= 10_000_000):
+                return {**data, "sampleRate": None}
+        return data
 
 
 class RemoteAudioFields(AudioFields):

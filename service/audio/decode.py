@@ -16,6 +16,7 @@ import binascii
 import io
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import av
@@ -26,6 +27,7 @@ from service.errors import (
     EmptyAudio,
     InvalidBase64,
     MissingSampleRate,
+    TooManyChannels,
     UndecodableAudio,
     UnsupportedEncoding,
     shown,
@@ -35,6 +37,9 @@ log = logging.getLogger(__name__)
 
 MIN_RATE = 4_000
 MAX_RATE = 384_000
+# Above this a file is brought down to it while decoding (the model hears 16 kHz).
+MAX_DECODED_RATE = 48_000
+MAX_CHANNELS = 8
 
 # Stated encoding -> FFmpeg demuxers to try, in order.
 CONTAINERS: dict[str, tuple[str, ...]] = {
@@ -58,7 +63,7 @@ CONTAINERS: dict[str, tuple[str, ...]] = {
     "AMR_NB": ("amr",),
     "AMR_WB": ("amr",),
 }
-RAW = ("LINEAR16", "PCM_S16LE", "MULAW", "ULAW", "ALAW")
+RAW = ("LINEAR16", "PCM_S16LE", "PCM_S16BE", "MULAW", "ULAW", "ALAW")
 SUPPORTED = tuple(sorted({*CONTAINERS, *RAW}))
 # Other names clients send for the same things: MediaInfo's formats and codecs, spellings of G.711.
 ALIASES = {
@@ -113,6 +118,12 @@ class DecodedAudio:
 
 
 def normalise_encoding(encoding: str) -> str:
+    if not encoding.strip():
+        # Raised only where the bytes do not say what they are either (see `decode`).
+        raise UnsupportedEncoding(
+            f"No encoding given, and the audio's first bytes name no container; give one of: "
+            f"{', '.join(SUPPORTED)}"
+        )
     name = encoding.strip().upper().replace("/", "_").replace("-", "_").replace(" ", "_")
     name = ALIASES.get(name, name)
     if name not in CONTAINERS and name not in RAW:
@@ -160,6 +171,12 @@ def decode(
     demuxers = [] if name in RAW else list(CONTAINERS[name])
     if found is not None and found not in demuxers:
         demuxers.append(found)
+    if name not in RAW:
+        # A known but wrong name on bare MP3 or ADTS frames (no signature): their frame header, as
+        # for an unknown name, tried last. Not for raw names, whose samples can mimic it.
+        weak = sniff(data, weak=True)
+        if weak is not None and weak not in demuxers:
+            demuxers.append(weak)
     return _decode_any(data, name, demuxers, max_seconds, timeout_s)
 
 
@@ -188,14 +205,36 @@ def _decode_any(
     raise UndecodableAudio(f"Audio could not be decoded as {name}")
 
 
-def _decode_raw(data: bytes, name: str, sample_rate: int | None, max_seconds: float) -> DecodedAudio:
+def precheck(data: bytes, encoding: str, sample_rate: int | None) -> None:
+    """Raise what `decode` would for what the bytes' first few tell without decoding them: no audio,
+    a name nothing supports on bytes that name no container, raw audio without a usable rate. For
+    work queued now and decoded later (async jobs), so that such input is a 4xx at once."""
+    if not data:
+        raise EmptyAudio()
+    try:
+        name = normalise_encoding(encoding)
+    except UnsupportedEncoding:
+        if sniff(data, weak=True) is None:
+            raise
+        return
+    if name in RAW and sniff(data) is None:
+        _raw_rate(name, sample_rate)
+
+
+def _raw_rate(name: str, sample_rate: int | None) -> int:
     if sample_rate is None:
         raise MissingSampleRate(f"sampleRate is required for encoding {name}")
     _check_rate(sample_rate)
-    if name in ("LINEAR16", "PCM_S16LE"):
+    return sample_rate
+
+
+def _decode_raw(data: bytes, name: str, sample_rate: int | None, max_seconds: float) -> DecodedAudio:
+    sample_rate = _raw_rate(name, sample_rate)
+    if name in ("LINEAR16", "PCM_S16LE", "PCM_S16BE"):
         if len(data) % 2:
-            raise UndecodableAudio("LINEAR16 audio must have an even number of bytes")
-        samples = np.frombuffer(data, dtype="<i2").astype(np.float32) / 32768.0
+            raise UndecodableAudio(f"{name} audio must have an even number of bytes")
+        order = ">i2" if name == "PCM_S16BE" else "<i2"  # big-endian: RTP's and audio/L16's order
+        samples = np.frombuffer(data, dtype=order).astype(np.float32) / 32768.0
     elif name in ("MULAW", "ULAW"):
         samples = _ULAW[np.frombuffer(data, dtype=np.uint8)]
     else:
@@ -210,6 +249,23 @@ def _check_rate(rate: int) -> None:
         raise UndecodableAudio(f"Sample rate {rate} Hz is outside {MIN_RATE}-{MAX_RATE} Hz")
 
 
+def _frames(
+    container: av.container.InputContainer, stream: av.AudioStream, *, cut_short_ok: bool
+) -> Iterator[av.AudioFrame]:
+    """The stream's frames. A file whose own signature names this demuxer and that breaks off after
+    some frames (an upload cut short, a damaged last frame) gives the frames before the break, as
+    FFmpeg's MP3, WAV and Ogg readers do by themselves; any other decoding error is raised."""
+    decoded = False
+    try:
+        for frame in container.decode(stream):
+            decoded = True
+            yield frame
+    except av.FFmpegError as exc:
+        if not (cut_short_ok and decoded):
+            raise
+        log.info("audio cut short: kept the frames before the break", extra={"detail": str(exc)[:200]})
+
+
 def _decode_container(data: bytes, demuxer: str, max_seconds: float, timeout_s: float) -> DecodedAudio:
     deadline = time.monotonic() + timeout_s
     chunks: list[np.ndarray] = []
@@ -222,14 +278,21 @@ def _decode_container(data: bytes, demuxer: str, max_seconds: float, timeout_s: 
         stream = streams[0]
         resampler: av.AudioResampler | None = None
         channels = 0
-        for frame in container.decode(stream):
+        for frame in _frames(container, stream, cut_short_ok=sniff(data, weak=True) == demuxer):
             if resampler is None:
-                rate = int(frame.sample_rate)
-                _check_rate(rate)
-                channels = max(1, min(frame.layout.nb_channels, 8))
-                # Packed float at the file's own rate and layout; mixing and resampling come later.
-                # Not planar: PyAV's AudioFrame.planes reads past AVFrame.data[] for 8+ planes
-                # and segfaults, so an 8-channel upload would kill the process.
+                _check_rate(int(frame.sample_rate))
+                if frame.layout.nb_channels > MAX_CHANNELS:
+                    # Refused rather than cut: a dropped channel's voice would go unheard by the
+                    # checks (two voices, speech) while the rest is enrolled.
+                    raise TooManyChannels(
+                        f"Audio has {frame.layout.nb_channels} channels; at most {MAX_CHANNELS} are accepted"
+                    )
+                channels = max(1, frame.layout.nb_channels)
+                # Packed float in the file's layout, at its rate up to MAX_DECODED_RATE: a few bytes of
+                # 8-channel 384 kHz silence would otherwise decode to gigabytes. Mixing and the
+                # 16 kHz conversion come later. Not planar: PyAV's AudioFrame.planes reads past
+                # AVFrame.data[] for 8+ planes and segfaults, so an 8-channel upload would kill the process.
+                rate = min(int(frame.sample_rate), MAX_DECODED_RATE)
                 resampler = av.AudioResampler(format="flt", layout=frame.layout.name, rate=rate)
             for out in resampler.resample(frame):
                 block = out.to_ndarray().reshape(out.samples, -1).T[:channels]

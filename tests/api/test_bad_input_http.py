@@ -45,7 +45,8 @@ CASES: list[tuple[str, dict[str, Any], int, str]] = [
     ("unknown encoding", body(b"RIFF....", encoding="SPEEX_MAGIC"), 400, "audio.UnsupportedEncoding"),
     ("empty content", {**body(b"x"), "content": ""}, 400, "audio.Empty"),
     ("random bytes as WAV", body(os.urandom(64_000), encoding="WAV"), 400, "audio.Undecodable"),
-    ("missing encoding", {"content": b64(b"abc"), "speakerId": "victim"}, 400, "request.Invalid"),
+    # No encoding: the bytes are asked, and these name nothing.
+    ("missing encoding", {"content": b64(b"abc"), "speakerId": "victim"}, 400, "audio.UnsupportedEncoding"),
     ("bad speakerId", body(b"abc", speakerId="no spaces/allowed"), 400, "request.InvalidSpeakerId"),
     ("too long speakerId", body(b"abc", speakerId="x" * 129), 400, "request.InvalidSpeakerId"),
     (

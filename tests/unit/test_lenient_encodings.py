@@ -8,6 +8,7 @@ import pytest
 from pydantic import ValidationError
 
 from devtools.clips import SHORT_CLIP, encode_recipe, linear16_bytes, load_clip
+from service.api.convert import encoding_for, media_type
 from service.api.schemas import CompatDiarizeRequest, CompatEnrollRequest, CompatIdentifyRequest
 from service.audio import decode as D
 from service.errors import UndecodableAudio, UnsupportedEncoding
@@ -98,12 +99,68 @@ def test_sample_rate_may_be_a_string(sent: object, read: int) -> None:
     assert body.sampleRate == read
 
 
-@pytest.mark.parametrize("sent", ["8 kHz", "8000.5", "-8000", ""])
-def test_a_sample_rate_that_is_no_rate_is_refused(sent: str) -> None:
-    with pytest.raises(ValidationError):
-        CompatEnrollRequest.model_validate(
-            {"content": "AAAA", "encoding": "FLAC", "sampleRate": sent, "speakerId": "a"}
-        )
+@pytest.mark.parametrize("sent", ["8 kHz", "8000.5", "-8000", "", 0])
+def test_a_sample_rate_that_is_no_rate_is_ignored_for_a_container_and_refused_for_raw(sent: object) -> None:
+    body = {"content": "AAAA", "sampleRate": sent, "speakerId": "a"}
+    for container in ("FLAC", "Wave", "audio", ""):
+        assert CompatEnrollRequest.model_validate({**body, "encoding": container}).sampleRate is None
+    for raw in ("MULAW", "linear16", "PCM"):
+        with pytest.raises(ValidationError):
+            CompatEnrollRequest.model_validate({**body, "encoding": raw})
+
+
+def test_missing_encoding_and_language_mean_recognise_the_bytes_and_en_us() -> None:
+    for absent in ({}, {"encoding": None, "languageCode": None}):
+        body = CompatEnrollRequest.model_validate({"content": "AAAA", "speakerId": "a", **absent})
+        assert (body.encoding, body.languageCode) == ("", "en-US")
+
+
+def _without_id3(data: bytes) -> bytes:
+    assert data[:3] == b"ID3"
+    size = (data[6] << 21) | (data[7] << 14) | (data[8] << 7) | data[9]  # syncsafe
+    return data[10 + size :]
+
+
+@needs_speech
+@pytest.mark.parametrize(
+    ("stated", "recipe"),
+    [("WAV", "mp3"), ("FLAC", "mp3"), ("MP3", "adts_aac"), ("WAV", "adts_aac"), ("M4A", "adts_aac")],
+)
+def test_a_wrong_known_name_on_bare_frames_falls_back_to_their_header(stated: str, recipe: str) -> None:
+    data = recipe_bytes(recipe)
+    if data[:3] == b"ID3":
+        data = _without_id3(data)
+    assert D.sniff(data) is None and D.sniff(data, weak=True) is not None
+    out, ref = decoded(data, stated), decoded(data, "")
+    np.testing.assert_array_equal(out.samples, ref.samples)
+
+
+@needs_speech
+def test_big_endian_pcm_as_audio_l16_sends_it() -> None:
+    clip = load_clip(SHORT_CLIP)
+    big = np.asarray(clip.samples, dtype=">i2").tobytes()
+    out = decoded(big, "PCM_S16BE", 16_000)
+    np.testing.assert_array_equal(out.samples[0], clip.as_float())
+
+
+@pytest.mark.parametrize(
+    ("content_type", "name"),
+    [
+        ("audio/flac", "FLAC"),
+        ("audio/L16; rate=8000; channels=1", "PCM_S16BE"),
+        ("application/octet-stream", ""),
+        ("audio/x-caf", ""),
+        ("text/plain", None),
+        ("multipart/form-data; boundary=x", None),
+    ],
+)
+def test_a_raw_bodys_content_type_names_its_encoding(content_type: str, name: str | None) -> None:
+    assert encoding_for(content_type) == name
+
+
+def test_content_type_parameters() -> None:
+    parsed = media_type('Audio/L16; rate="8000" ;channels=1')
+    assert parsed == ("audio/l16", {"rate": "8000", "channels": "1"})
 
 
 @pytest.mark.parametrize("model", [CompatIdentifyRequest, CompatDiarizeRequest])
