@@ -227,12 +227,6 @@ class SpeakerMismatch(ServiceError):
     default_message = "This sample does not sound like the speaker's earlier samples"
 
 
-class NoEnrolledSpeakers(ServiceError):
-    code = "identify.NoEnrolledSpeakers"
-    status = 404
-    default_message = "No enrolled speakers to identify against"
-
-
 # --- async jobs and outbound connections --------------------------------------------------------
 
 

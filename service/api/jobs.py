@@ -3,6 +3,7 @@ webhook later, and the job status. The job is in the database before the 202 (se
 
 from __future__ import annotations
 
+import contextlib
 import re
 import uuid
 from typing import Annotated, Any
@@ -20,9 +21,9 @@ from service.api.schemas import (
     JobStatus,
     RemoteAudioFields,
 )
-from service.audio.decode import b64decode
+from service.audio.decode import b64decode, precheck
 from service.egress import check, url_egress, webhook_egress
-from service.errors import BadRequest, JobNotFound, NotReady
+from service.errors import BadRequest, FetchFailed, JobNotFound, NotReady
 from service.jobs.ports import NewJob
 from service.jobs.worker import JobWorker
 
@@ -62,10 +63,16 @@ async def submit(
         raise BadRequest("request_id must be 1 to 128 characters of [A-Za-z0-9_.:-]")
     egress = services.settings.egress
     if webhook is not None:
-        await run_blocking(check, webhook, webhook_egress(egress).rule)
+        # A name that does not resolve now may later: delivery is retried, and every attempt recorded.
+        with contextlib.suppress(FetchFailed):
+            await run_blocking(check, webhook, webhook_egress(egress).rule)
+    if params.get("speakerIds"):  # as sync identify and diarize: an id the tenant lacks is a 404
+        await run_blocking(services.identification.check, tenant.tenant_id, params["speakerIds"])
     if body.url is not None:
         await run_blocking(check, body.url, url_egress(egress).rule)
     audio = b64decode(body.content) if body.content is not None else None
+    if audio is not None:
+        precheck(audio, body.encoding, body.sampleRate)
     job = NewJob(
         tenant_id=tenant.tenant_id,
         request_id=rid,

@@ -211,8 +211,10 @@ class CandidateOut(BaseModel):
 
 
 class IdentifyResponse(BaseModel):
-    speakerId: str | None
-    score: float
+    speakerId: str | None = Field(description="null when no enrolled speaker passes the threshold")
+    score: float | None = Field(
+        description="the best candidate's score; null when the tenant has no enrolled speaker to compare with"
+    )
     threshold: float
     candidates: list[CandidateOut]
     speechSeconds: float

@@ -23,7 +23,7 @@ from service.diarization.turns import SpanVectors, TurnOptions, find_turns
 from service.enrollment.policy import normalise
 from service.enrollment.ports import EmbedWaves, IndexEntry, SpeakerIndex
 from service.enrollment.scoring import Scorer
-from service.errors import NoEnrolledSpeakers, SpeakerNotFound
+from service.errors import SpeakerNotFound
 
 # The index is searched for this many nearest speakers by cosine before they are re-scored.
 SHORTLIST = 64
@@ -46,7 +46,7 @@ class Candidate:
 @dataclass(frozen=True)
 class Identification:
     speaker_id: str | None
-    score: float
+    score: float | None  # None: the tenant has no enrolled speaker to compare the clip with
     threshold: float
     candidates: list[Candidate]
     speech_seconds: float
@@ -70,8 +70,9 @@ class Segment:
     start: float
     end: float
     # The decision rule's score of the stretch's voice against `speaker_id`; for None, against the
-    # voice's best candidate (below the threshold, or taken by a voice that scored higher).
-    score: float
+    # voice's best candidate (below the threshold, or taken by a voice that scored higher), or
+    # None when there was no candidate at all (a tenant with no enrolled speaker).
+    score: float | None
 
 
 class IdentificationService:
@@ -110,8 +111,12 @@ class IdentificationService:
     ) -> Identification:
         only = self._restriction(tenant_id, speaker_ids)
         prepared = self.frontend.load(audio, self.limits, cancel)
-        vector = self._vector(prepared.speech_wave(), cancel)
         band = clip_band(prepared)
+        if only == []:  # no one enrolled: every voice is unknown, and the model is not needed
+            return Identification(
+                None, None, self.thresholds.identify, [], round(prepared.speech_seconds, 2), band
+            )
+        vector = self._vector(prepared.speech_wave(), cancel)
         ranked = self._rank(
             vector,
             tenant_id,
@@ -121,11 +126,11 @@ class IdentificationService:
             band,
             prepared.speech_seconds,
         )
-        best = ranked[0]
-        accepted = best.score >= self.thresholds.identify
+        best = ranked[0] if ranked else None
+        accepted = best is not None and best.score >= self.thresholds.identify
         return Identification(
-            speaker_id=best.speaker_id if accepted else None,
-            score=round(best.score, 4),
+            speaker_id=best.speaker_id if best is not None and accepted else None,
+            score=round(best.score, 4) if best is not None else None,
             threshold=self.thresholds.identify,
             candidates=ranked[:top_k],
             speech_seconds=round(prepared.speech_seconds, 2),
@@ -183,10 +188,19 @@ class IdentificationService:
             label, score = labels[turn.voice], scores[turn.voice]
             if out and out[-1].speaker_id == label and turn.start - out[-1].end <= self.merge_gap_s:
                 # Two voices share a segment only as None: the nearer to being someone speaks for it.
-                out[-1] = Segment(label, out[-1].start, turn.end, max(out[-1].score, score))
+                merged = [x for x in (out[-1].score, score) if x is not None]
+                out[-1] = Segment(label, out[-1].start, turn.end, max(merged) if merged else None)
             else:
                 out.append(Segment(label, turn.start, turn.end, score))
-        return [Segment(s.speaker_id, round(s.start, 2), round(s.end, 2), round(s.score, 4)) for s in out]
+        return [
+            Segment(
+                s.speaker_id,
+                round(s.start, 2),
+                round(s.end, 2),
+                None if s.score is None else round(s.score, 4),
+            )
+            for s in out
+        ]
 
     def check(self, tenant_id: int, speaker_ids: Sequence[str]) -> None:
         """Raise SpeakerNotFound unless every id names a speaker of the tenant with samples."""
@@ -210,10 +224,10 @@ class IdentificationService:
     # --- helpers ---------------------------------------------------------------------------------
 
     def _restriction(self, tenant_id: int, speaker_ids: Sequence[str] | None) -> list[int] | None:
+        """The speakers a clip is compared with: those of `speaker_ids` (SpeakerNotFound for an id
+        the tenant lacks), or None for all the tenant's; [] when it has none (every voice unknown)."""
         if not speaker_ids:
-            if self.index.tenant_size(tenant_id) == 0:
-                raise NoEnrolledSpeakers("This account has no enrolled speakers to identify against")
-            return None
+            return [] if self.index.tenant_size(tenant_id) == 0 else None
         return [self._entry(tenant_id, s).speaker_id for s in dict.fromkeys(speaker_ids)]
 
     def _entry(self, tenant_id: int, speaker_id: str) -> IndexEntry:
@@ -244,8 +258,8 @@ class IdentificationService:
         seconds: float | None = None,
     ) -> list[Candidate]:
         hits = self.index.band(band).search(vector, tenant_id, max(top_k, SHORTLIST), only)
-        if not hits:
-            raise NoEnrolledSpeakers("No enrolled speakers to identify against")
+        if not hits:  # the tenant's last speaker deleted meanwhile
+            return []
         scores = self._score_matrix(vector[None], [e for e, _ in hits], tenant_id, gallery, band, seconds)[0]
         ranked = [
             Candidate(e.external_id, round(float(score), 4), round(c, 4), e.complete)
@@ -260,8 +274,6 @@ class IdentificationService:
         for vector in vectors:
             for entry, _ in self.index.band(band).search(vector, tenant_id, 8, only):
                 found[entry.speaker_id] = entry
-        if not found:
-            raise NoEnrolledSpeakers("No enrolled speakers to identify against")
         return list(found.values())
 
     def _score_matrix(
@@ -287,10 +299,12 @@ class IdentificationService:
         only: list[int] | None,
         band: Band,
         seconds: np.ndarray | None = None,
-    ) -> tuple[list[str | None], list[float]]:
+    ) -> tuple[list[str | None], list[float | None]]:
         """Each voice's label (as `label`) and its score against that speaker, or against its best
-        candidate when it has none."""
-        candidates = self._candidates(voices, tenant_id, only, band)
+        candidate when it has none (None when there is no candidate)."""
+        candidates = self._candidates(voices, tenant_id, only, band) if only != [] else []
+        if not candidates:
+            return [None] * len(voices), [None] * len(voices)
         gallery = self._gallery(tenant_id, only)
         scores = self._score_matrix(voices, candidates, tenant_id, gallery, band, seconds)
         labels: list[str | None] = [None] * len(voices)

@@ -28,7 +28,6 @@ from service.audio.frontend import AudioInput
 from service.concurrency import Cancellation
 from service.errors import (
     BadRequest,
-    NoEnrolledSpeakers,
     NotReady,
     RateLimited,
     ServiceError,
@@ -57,7 +56,6 @@ def status_code(exc: ServiceError) -> grpc.StatusCode:
     for kind, code in (
         (Unauthorized, grpc.StatusCode.UNAUTHENTICATED),
         (SpeakerNotFound, grpc.StatusCode.NOT_FOUND),
-        (NoEnrolledSpeakers, grpc.StatusCode.NOT_FOUND),
         (TooManyStreams, grpc.StatusCode.RESOURCE_EXHAUSTED),
         (RateLimited, grpc.StatusCode.RESOURCE_EXHAUSTED),
         (StreamIdle, grpc.StatusCode.DEADLINE_EXCEEDED),
@@ -86,7 +84,7 @@ def answer_messages(answer: ChunkAnswer) -> list[pb.SegmentSpeaker]:
             speaker_id=s.speaker_id,
             start=s.start,
             end=s.end,
-            identification_score=s.score,
+            identification_score=s.score if s.score is not None else 0.0,  # proto3: no null
         )
         for s in answer.segments
     ]

@@ -52,7 +52,9 @@ class StreamSegment:
     speaker_id: str  # an enrolled speaker's id, or "unknown"
     start: float  # seconds of stream time
     end: float
-    score: float  # the decision rule's, of the stretch's voice against `speaker_id` (its best if unknown)
+    # The decision rule's, of the stretch's voice against `speaker_id` (its best if unknown); None
+    # when the tenant has no enrolled speaker.
+    score: float | None
 
 
 @dataclass(frozen=True)

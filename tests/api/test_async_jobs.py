@@ -218,6 +218,26 @@ def test_a_failing_receiver_is_retried_with_every_attempt_recorded(
     assert all(a.error == "HTTP 500" for a in attempts[:2])
 
 
+def test_a_webhook_host_that_does_not_resolve_yet_is_accepted_and_its_attempts_recorded(
+    live: LiveServer, client: httpx.Client, conversation: bytes
+) -> None:
+    answer = client.post(
+        ASYNC_IDENTIFY.format(version="v1"),
+        params={"webhook": "http://receiver.invalid/hook", "request_id": "unresolved"},
+        json=body_of(conversation),
+    )
+    assert answer.status_code == 202, answer.text
+    assert finished(client, "unresolved")["status"] == "Completed"
+    store = SqlJobStore(live.engine)
+    for _ in range(300):
+        attempts = store.attempts(job_row(live, "unresolved").id)
+        if attempts:
+            break
+        time.sleep(0.1)
+    assert attempts and not attempts[0].delivered
+    assert attempts[0].error is not None and "could not be resolved" in attempts[0].error
+
+
 def test_a_failed_job_says_why(live: LiveServer, client: httpx.Client, hooks: Receiver) -> None:
     answer = client.post(
         ASYNC_IDENTIFY.format(version="v1"),
@@ -242,6 +262,7 @@ def test_bad_requests_are_refused_at_once_and_store_nothing(
     with live.engine.connect() as conn:
         before = conn.scalar(select(func.count()).select_from(Job))
     both = {**body_of(conversation), "url": "http://127.0.0.1:9/a.flac"}
+    zeros = body_of(b"\0" * 1000)
     cases = [
         ({}, both, 400, "request.Invalid"),
         ({}, {"encoding": "FLAC"}, 400, "request.Invalid"),
@@ -252,6 +273,16 @@ def test_bad_requests_are_refused_at_once_and_store_nothing(
         ({"request_id": "call-1"}, body_of(conversation), 409, "job.DuplicateRequestId"),
         ({}, {"url": "http://10.1.2.3/a.flac", "encoding": "FLAC"}, 400, "egress.Refused"),
         ({}, {**body_of(conversation), "content": "not base64!"}, 400, "audio.InvalidBase64"),
+        ({}, {**body_of(conversation), "speakerIds": ["nobody-here"]}, 404, "speaker.NotFound"),
+        # What the bytes tell without decoding them is checked now, as the sync routes do.
+        ({}, {**zeros, "encoding": "SPEEX"}, 400, "audio.UnsupportedEncoding"),
+        (
+            {},
+            {**zeros, "encoding": "MULAW", "sampleRate": None},
+            400,
+            "audio.MissingSampleRate",
+        ),
+        ({}, {**zeros, "encoding": "LINEAR16", "sampleRate": 1}, 400, "audio.Undecodable"),
     ]
     for params, body, status, code in cases:
         answer = client.post(path, params=params, json=body)

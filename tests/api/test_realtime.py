@@ -174,6 +174,7 @@ def test_a_streams_known_vectors_give_the_same_answers_for_less_model_work(
         for a, b in zip(answers["known"], answers["scratch"], strict=True):
             assert abs(a.start - b.start) <= 0.2 and abs(a.end - b.end) <= 0.2, answers
             # A context stretch left out moves its voice's vector a little, not its decision.
+            assert a.score is not None and b.score is not None
             assert abs(a.score - b.score) <= 0.5, answers
             same_scores += a.score == b.score
     assert work["known"] < work["scratch"], work

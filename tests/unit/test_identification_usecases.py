@@ -9,7 +9,7 @@ import pytest
 
 from devtools.fakes import FakeServices, MemoryStore, SyntheticVoice, as_linear16, fake_services
 from service.enrollment.scoring import DecisionRule, Scorer
-from service.errors import InsufficientSpeech, NoEnrolledSpeakers, ServiceError, SpeakerNotFound
+from service.errors import InsufficientSpeech, ServiceError, SpeakerNotFound
 
 ALICE, BOB, CAROL, DAVE = (SyntheticVoice(seed) for seed in (1, 2, 3, 4))
 STRANGER = SyntheticVoice(99)  # never enrolled
@@ -35,7 +35,7 @@ def svc(enrolled: MemoryStore) -> FakeServices:
 def test_a_known_voice_is_named_with_its_score_and_cosine(svc: FakeServices) -> None:
     found = svc.identification.identify(ACME, ALICE.clip(10), top_k=3)
     threshold = svc.identification.thresholds.identify
-    assert found.speaker_id == "alice" and found.score >= threshold
+    assert found.speaker_id == "alice" and found.score is not None and found.score >= threshold
     assert found.candidates[0].speaker_id == "alice" and len(found.candidates) == 3
     assert [c.score for c in found.candidates] == sorted((c.score for c in found.candidates), reverse=True)
     assert all(c.score < threshold for c in found.candidates[1:])
@@ -53,7 +53,7 @@ def test_a_speaker_with_one_sample_is_a_candidate_that_says_so(svc: FakeServices
 def test_an_unknown_voice_is_no_one(svc: FakeServices) -> None:
     found = svc.identification.identify(ACME, STRANGER.clip(0))
     assert found.speaker_id is None
-    assert found.score < svc.identification.thresholds.identify
+    assert found.score is not None and found.score < svc.identification.thresholds.identify
     assert len(found.candidates) == 4  # still ranked, for the app to see
 
 
@@ -84,10 +84,10 @@ def test_the_bar_rises_with_the_number_of_speakers_compared(svc: FakeServices) -
     clip = ALICE.clip(10)
     scorer = svc.identification.scorer
     scale = scorer.scale(ACME, *svc.index.cohort(ACME))
-    scores = {}
+    scores: dict[int, float] = {}
     for gallery, ids in ((4, None), (2, ["alice", "bob", "alice"]), (1, ["alice"])):
         found = svc.identification.identify(ACME, clip, speaker_ids=ids)
-        assert found.speaker_id == "alice"
+        assert found.speaker_id == "alice" and found.score is not None
         scores[gallery] = found.score
     assert scores[1] > scores[2] > scores[4]
     assert svc.identification.verify(ACME, clip, "alice").score == scores[1]
@@ -97,8 +97,12 @@ def test_the_bar_rises_with_the_number_of_speakers_compared(svc: FakeServices) -
 
 
 def test_tenants_see_only_their_own_speakers(svc: FakeServices) -> None:
-    with pytest.raises(NoEnrolledSpeakers):
-        svc.identification.identify(GLOBEX, ALICE.clip(10))
+    # No one enrolled in GLOBEX: the voice is unknown there (no candidates, no score), not an error.
+    empty = svc.identification.identify(GLOBEX, ALICE.clip(10))
+    assert (empty.speaker_id, empty.score, empty.candidates) == (None, None, [])
+    assert empty.speech_seconds == pytest.approx(7.0, abs=0.05)  # the clip was still checked
+    stretches = svc.identification.segments(GLOBEX, ALICE.clip(10))
+    assert stretches and all(s.speaker_id is None and s.score is None for s in stretches)
     # GLOBEX's "alice" is bob's voice: alice's clip finds no one there, bob's finds its "alice".
     svc.enroll_takes(GLOBEX, "alice", BOB, takes=(5, 6, 7))
     assert svc.identification.identify(GLOBEX, ALICE.clip(10)).speaker_id is None
@@ -177,7 +181,7 @@ def test_a_stretch_carries_the_decision_rules_score_of_its_voice(svc: FakeServic
         [segment] = svc.identification.segments(ACME, clip)
         found = svc.identification.identify(ACME, clip)
         assert segment.speaker_id == found.speaker_id == name
-        assert segment.score == found.score != 0
+        assert segment.score == found.score != 0 and segment.score is not None
         assert (segment.score >= svc.identification.thresholds.identify) == (name is not None)
 
 
