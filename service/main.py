@@ -14,7 +14,7 @@ from fastapi import FastAPI
 from service import __version__, console, logs, memory, metrics
 from service.api import compat, diarize, docs, errors, health, jobs, native, stream
 from service.api.deps import KeyRateLimiter, Runtime, Services, run_blocking
-from service.api.middleware import BodyLimit, Metrics, SecurityHeaders
+from service.api.middleware import BodyLimit, HeadAsGet, Metrics, SecurityHeaders
 from service.audio.frontend import AudioFrontEnd
 from service.audio.pipeline import QualityLimits
 from service.concurrency import compute
@@ -314,6 +314,7 @@ def create_app(settings: Settings | None = None, *, embedder: Embedder | None = 
         idle_timeout_s=settings.http.body_idle_timeout_s,
         total_timeout_s=settings.http.body_timeout_s,
     )
+    app.add_middleware(HeadAsGet)
     app.add_middleware(Metrics)
     app.add_middleware(SecurityHeaders, cacheable=(docs.ASSETS,))
     return app

@@ -105,9 +105,13 @@ def get_services(request: Request) -> Services:
 
 ServicesDep = Annotated[Services, Depends(get_services)]
 
-_query_key = APIKeyQuery(name="apikey", auto_error=False, description="API key (hosted API's spelling)")
-_query_key_alt = APIKeyQuery(name="api_key", auto_error=False, description="API key")
-_header_key = APIKeyHeader(name="X-API-Key", auto_error=False, description="API key")
+# Each scheme has its own name: OpenAPI keys schemes by name, and two unnamed query keys would
+# leave only the last one (`api_key`) in the document.
+_query_key = APIKeyQuery(
+    name="apikey", scheme_name="apikey", auto_error=False, description="API key (hosted API's spelling)"
+)
+_query_key_alt = APIKeyQuery(name="api_key", scheme_name="api_key", auto_error=False, description="API key")
+_header_key = APIKeyHeader(name="X-API-Key", scheme_name="X-API-Key", auto_error=False, description="API key")
 _bearer = HTTPBearer(auto_error=False, description="Authorization: Bearer KEY")
 
 

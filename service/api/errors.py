@@ -51,10 +51,17 @@ async def send_error(scope: Scope, receive: Receive, send: Send, exc: ServiceErr
     await render_error(Request(scope), exc)(scope, receive, send)
 
 
+# pydantic's words for "the body is not a JSON object"; they name the model's class.
+NOT_AN_OBJECT = ("model_attributes_type", "model_type", "dict_type")
+
+
 def validation_summary(errors: Sequence[Any]) -> str:
     """What was wrong with a request body, briefly, quoting none of the client's values."""
     parts = []
     for e in errors[:5]:
+        if tuple(e.get("loc", ())) in ((), ("body",)) and e.get("type") in NOT_AN_OBJECT:
+            parts.append("the body must be a JSON object (sent as Content-Type: application/json)")
+            continue
         where = ".".join(str(x) for x in e.get("loc", ()) if x != "body") or "body"
         parts.append(f"{shown(where)}: {shown(e.get('msg', 'invalid'), 120)}")
     return "; ".join(parts)
@@ -70,7 +77,7 @@ async def _service_error(request: Request, exc: Exception) -> JSONResponse:
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     errors = exc.errors()
-    if any("speakerId" in map(str, e.get("loc", ())) for e in errors):
+    if any({"speakerId", "speakerIds"} & set(map(str, e.get("loc", ()))) for e in errors):
         return render_error(request, InvalidSpeakerId())
     return render_error(request, BadRequest("Invalid request: " + validation_summary(errors)))
 

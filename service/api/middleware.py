@@ -1,4 +1,4 @@
-"""ASGI middleware: limits on the request body, security headers, request metrics."""
+"""ASGI middleware: limits on the request body, security headers, request metrics, HEAD."""
 
 from __future__ import annotations
 
@@ -112,6 +112,26 @@ class SecurityHeaders:
             await send(message)
 
         await self.app(scope, receive, with_headers)
+
+
+class HeadAsGet:
+    """HEAD is answered as GET without the body (RFC 9110), so load balancers' HEAD health checks
+    and link checkers work on every GET route; FastAPI's routes take only the methods they name."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "HEAD":
+            await self.app(scope, receive, send)
+            return
+
+        async def without_body(message: Message) -> None:
+            if message["type"] == "http.response.body":
+                message = {**message, "body": b""}
+            await send(message)
+
+        await self.app({**scope, "method": "GET"}, receive, without_body)
 
 
 class Metrics:

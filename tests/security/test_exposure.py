@@ -112,6 +112,17 @@ def test_every_answer_says_nosniff_and_names_no_server(client: httpx.Client, ano
         assert answers[name].headers.get("cache-control") == "no-store", name
 
 
+@needs_speech
+@pytest.mark.model
+def test_head_is_answered_as_get_without_a_body(client: httpx.Client, anonymous: httpx.Client) -> None:
+    for who, path in ((anonymous, "/healthz"), (anonymous, "/readyz"), (client, "/v1/speakers")):
+        got, head = who.get(path), who.head(path)
+        assert head.status_code == got.status_code == 200, path
+        assert head.content == b"" and head.headers["content-type"] == got.headers["content-type"]
+    assert anonymous.head("/v1/speakers").status_code == 401  # the key is still asked for
+    assert client.head(ENROLL).status_code == 405  # a POST route is no GET route
+
+
 # --- error bodies --------------------------------------------------------------------------------
 
 

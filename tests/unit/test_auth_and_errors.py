@@ -35,3 +35,17 @@ def test_uvicorn_access_lines_lose_their_query_string() -> None:
     )
     assert StripQueryStrings().filter(record)
     assert "sk_secret" not in record.getMessage() and "/v1/speakers" in record.getMessage()
+
+
+def test_a_body_that_is_no_json_object_is_named_so_without_the_models_class() -> None:
+    from pydantic import ValidationError
+
+    from service.api.errors import validation_summary
+    from service.api.schemas import EnrollRequest
+
+    bodies: tuple[object, ...] = ([], "text", 5)
+    for body in bodies:
+        with pytest.raises(ValidationError) as refused:
+            EnrollRequest.model_validate(body)
+        summary = validation_summary(refused.value.errors())
+        assert "must be a JSON object" in summary and "EnrollRequest" not in summary
