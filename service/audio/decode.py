@@ -307,8 +307,7 @@ def _decode_container(data: bytes, demuxer: str, max_seconds: float, timeout_s: 
                 chunks.append(out.to_ndarray().reshape(out.samples, -1).T[:channels])
     if not chunks:
         raise ValueError("no audio frames")
-    samples = np.concatenate(chunks, axis=1).astype(np.float32, copy=False)
-    del chunks
+    samples = _joined(chunks)
     if samples.shape[1] == 0:
         raise ValueError("no audio samples")
     # Float decoders (MP3, AAC, Opus, AMR) can overshoot far past full scale on corrupt input.
@@ -316,6 +315,20 @@ def _decode_container(data: bytes, demuxer: str, max_seconds: float, timeout_s: 
     np.nan_to_num(samples, copy=False, nan=0.0, posinf=1.0, neginf=-1.0)
     np.clip(samples, -1.0, 1.0, out=samples)
     return DecodedAudio(samples, rate)
+
+
+def _joined(chunks: list[np.ndarray]) -> np.ndarray:
+    """The chunks ``(channels, n_i)`` side by side, emptying the list as they are copied: at most
+    one chunk is held twice (np.concatenate holds all of them twice, 0.9 GB for 5 minutes of
+    8-channel 48 kHz audio)."""
+    joined = np.empty((chunks[0].shape[0], sum(c.shape[1] for c in chunks)), dtype=np.float32)
+    at = 0
+    chunks.reverse()
+    while chunks:
+        chunk = chunks.pop()
+        joined[:, at : at + chunk.shape[1]] = chunk
+        at += chunk.shape[1]
+    return joined
 
 
 def _ulaw_table() -> np.ndarray:
