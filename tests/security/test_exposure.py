@@ -123,6 +123,19 @@ def test_head_is_answered_as_get_without_a_body(client: httpx.Client, anonymous:
     assert client.head(ENROLL).status_code == 405  # a POST route is no GET route
 
 
+@needs_speech
+@pytest.mark.model
+def test_the_openapi_document_lists_every_way_to_send_the_key(anonymous: httpx.Client) -> None:
+    schemes = anonymous.get("/openapi.json").json()["components"]["securitySchemes"].values()
+    found = {(s["type"], s.get("in"), s.get("name") or s.get("scheme")) for s in schemes}
+    assert found == {
+        ("apiKey", "query", "apikey"),  # the hosted API's spelling, which its client sends
+        ("apiKey", "query", "api_key"),
+        ("apiKey", "header", "X-API-Key"),
+        ("http", None, "bearer"),
+    }
+
+
 # --- error bodies --------------------------------------------------------------------------------
 
 
