@@ -161,35 +161,38 @@ def test_deliveries_are_claimed_once_and_attempts_recorded(engine: Engine, tenan
     assert final is not None and final.delivery == "delivered"
 
 
+def handed_over(store: SqlJobStore, tenant: int) -> int:
+    """A finished job whose delivery worker "a" claimed and lost at once (a receiver kept it
+    waiting past its lease) and worker "b" holds now; its id."""
+    store.create(new_job(tenant, "r1", webhook="http://127.0.0.1:9/hook"))
+    job = store.claim("w", 5)
+    assert job is not None and store.finish(job.id, "w", "completed", {"request_id": "r1"})
+    assert store.claim_delivery("a", 0.0) is not None
+    assert store.claim_delivery("b", 30) is not None
+    return job.id
+
+
 def test_a_worker_that_lost_its_delivery_lease_does_not_undo_the_delivery(
     engine: Engine, tenant: int
 ) -> None:
     store = SqlJobStore(engine)
-    store.create(new_job(tenant, "r1", webhook="http://127.0.0.1:9/hook"))
-    job = store.claim("w", 5)
-    assert job is not None and store.finish(job.id, "w", "completed", {"request_id": "r1"})
-    assert store.claim_delivery("a", 0.0) is not None  # a's lease is over at once: a receiver hung
-    assert store.claim_delivery("b", 30) is not None
-    store.record_attempt(job.id, "b", Attempt(204, None, 0.01), None)
-    store.record_attempt(job.id, "a", Attempt(None, "ReadTimeout", 40.0), None)  # a gives up late
+    job_id = handed_over(store, tenant)
+    store.record_attempt(job_id, "b", Attempt(204, None, 0.01), None)
+    store.record_attempt(job_id, "a", Attempt(None, "ReadTimeout", 40.0), None)  # a gives up late
     final = store.get(tenant, "r1")
     assert final is not None and final.delivery == "delivered" and final.delivery_attempts == 2
-    assert [a.error for a in store.attempts(job.id)] == [None, "ReadTimeout"]
+    assert [a.error for a in store.attempts(job_id)] == [None, "ReadTimeout"]
 
 
 def test_a_failure_of_a_worker_without_the_lease_leaves_the_schedule_to_the_holder(
     engine: Engine, tenant: int
 ) -> None:
     store = SqlJobStore(engine)
-    store.create(new_job(tenant, "r1", webhook="http://127.0.0.1:9/hook"))
-    job = store.claim("w", 5)
-    assert job is not None and store.finish(job.id, "w", "completed", {"request_id": "r1"})
-    assert store.claim_delivery("a", 0.0) is not None
-    assert store.claim_delivery("b", 30) is not None
-    store.record_attempt(job.id, "a", Attempt(None, "ReadTimeout", 40.0), None)  # would be "failed"
+    job_id = handed_over(store, tenant)
+    store.record_attempt(job_id, "a", Attempt(None, "ReadTimeout", 40.0), None)  # would be "failed"
     held = store.get(tenant, "r1")
     assert held is not None and held.delivery == "pending"
-    store.record_attempt(job.id, "b", Attempt(204, None, 0.01), None)
+    store.record_attempt(job_id, "b", Attempt(204, None, 0.01), None)
     final = store.get(tenant, "r1")
     assert final is not None and final.delivery == "delivered"
 
