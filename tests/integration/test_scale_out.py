@@ -11,6 +11,7 @@ enrollment is still there.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -19,6 +20,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect
 
 from devtools.topology import (
     MAX_BODY_BYTES,
@@ -204,3 +207,14 @@ def test_the_access_log_keeps_no_key_from_a_query(one_replica: Topology) -> None
     log = one_replica.nginx.access_log.read_text()
     assert f"GET {path} HTTP/1.1" in log
     assert one_replica.key not in log
+
+
+def test_a_websocket_stream_passes_through_nginx(one_replica: Topology) -> None:
+    """The upgrade reaches the replica, which answers on the open socket (here: the key is refused,
+    4401), as it does without nginx; an nginx that drops Upgrade fails the handshake instead."""
+    url = one_replica.url.replace("http://", "ws://") + "/v1/identify/stream?apikey=not-a-key"
+    with connect(url) as ws:
+        assert json.loads(ws.recv(timeout=30))["error"]["code"] == "auth.InvalidKey"
+        with pytest.raises(ConnectionClosed) as closed:
+            ws.recv(timeout=30)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 4401
