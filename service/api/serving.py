@@ -41,13 +41,23 @@ class HeaderDeadline(asyncio.Protocol):
 
     header_timeout_s = 10.0
     _header_timer: asyncio.TimerHandle | None = None
+    _upgraded = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
         self._arm()
 
+    def handle_websocket_upgrade(self) -> None:
+        # From here the WebSocket protocol owns the connection (its own idle timeout): a deadline
+        # left armed here would write a 408 into the open stream and close it.
+        self._upgraded = True
+        self._disarm()
+        super().handle_websocket_upgrade()  # type: ignore[misc]
+
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
+        if self._upgraded:
+            return
         if self._between_requests():
             self._arm()  # from the first byte of this request on; a trickle does not push it back
         else:
@@ -74,7 +84,7 @@ class HeaderDeadline(asyncio.Protocol):
     def _expired(self) -> None:
         self._header_timer = None
         transport: asyncio.Transport | None = getattr(self, "transport", None)
-        if transport is None or transport.is_closing() or not self._between_requests():
+        if self._upgraded or transport is None or transport.is_closing() or not self._between_requests():
             return
         transport.write(_timeout_answer())
         transport.close()

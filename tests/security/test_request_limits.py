@@ -5,6 +5,7 @@ bounded, against a server with a small size limit and one-second timeouts."""
 from __future__ import annotations
 
 import contextlib
+import json
 import select
 import socket
 import time
@@ -13,9 +14,10 @@ from typing import Any
 
 import httpx
 import pytest
+from websockets.sync.client import connect as ws_connect
 
 from service.tools.client import parse_error
-from tests.conftest import LiveServer, make_settings, needs_speech
+from tests.conftest import LiveServer, make_settings, needs_speech, new_key
 
 pytestmark = [needs_speech, pytest.mark.model]
 
@@ -131,6 +133,17 @@ def test_a_connection_that_sends_nothing_is_closed(server: LiveServer) -> None:
         start = time.monotonic()
         assert sock.recv(65536).startswith(b"HTTP/1.1 408")
         assert time.monotonic() - start < 3.0
+
+
+def test_a_websocket_stream_outlives_the_header_deadline(server: LiveServer) -> None:
+    """The header deadline is for HTTP requests; once a connection is upgraded, the stream's own
+    idle timeout rules it. Here it is used past three header deadlines and still answers."""
+    url = server.url.replace("http://", "ws://") + "/v1/identify/stream?sampleRate=16000"
+    with ws_connect(url, additional_headers={"X-API-Key": new_key(server.settings, "streamer")}) as ws:
+        for _ in range(3):
+            time.sleep(1.2)  # past the server's one-second header deadline each time
+            ws.send(b"\0")  # an odd byte count: this chunk's own error, the stream goes on
+            assert json.loads(ws.recv(timeout=WAIT_S))["error"]["code"] == "audio.Undecodable"
 
 
 def test_the_server_still_answers(server: LiveServer) -> None:
