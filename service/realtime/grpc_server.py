@@ -95,21 +95,24 @@ def read_ahead(messages: Iterator[Any], size: int, idle_s: float, stop: threadin
     `idle_s` seconds."""
     ahead: queue.Queue[Any] = queue.Queue(maxsize=size)
 
+    def offer(item: Any) -> bool:
+        """Queue `item`, waiting while the queue is full, until the call stops (nothing reads then)."""
+        while not stop.is_set():
+            try:
+                ahead.put(item, timeout=0.2)
+                return True
+            except queue.Full:
+                continue
+        return False
+
     def read() -> None:
-        item: Any = _END
         try:
             for item in messages:
-                while not stop.is_set():
-                    try:
-                        ahead.put(item, timeout=0.2)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
+                if not offer(item):
                     return
-        except Exception:  # the call ended under the reader (client gone, deadline)
-            pass
-        ahead.put(_END)
+        except Exception:  # the call ended under the reader (client gone, deadline, a message over
+            pass  # gRPC's size limit): the end is queued as for a stream that ended cleanly
+        offer(_END)
 
     threading.Thread(target=read, name="grpc-read", daemon=True).start()
     while True:

@@ -17,6 +17,7 @@ compute thread like every HTTP request's).
 from __future__ import annotations
 
 import functools
+import math
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -35,6 +36,7 @@ from service.enrollment.identification import IdentificationService
 from service.enrollment.service import EnrollmentService
 from service.enrollment.speaker_ids import is_speaker_id
 from service.errors import (
+    BadRequest,
     InsufficientSpeech,
     InvalidSpeakerId,
     PayloadTooLarge,
@@ -164,6 +166,9 @@ class StreamSession:
         chunk comes back with its error and leaves the stream as it was."""
         index, start = self.count, self.clock if offset is None else offset
         self.count += 1
+        if not (math.isfinite(start) and start >= 0):
+            bad = BadRequest("segmentOffset must be a finite number of seconds, 0 or more")
+            return ChunkAnswer(index, self.clock, self.clock, [], bad)
         try:
             if self.hit is not None:
                 self.hit(self.tenant.key_id)

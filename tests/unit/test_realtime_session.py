@@ -4,6 +4,9 @@ on real speech over gRPC and WebSocket is tests/api/test_realtime.py."""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterator
+
 import numpy as np
 import pytest
 
@@ -84,6 +87,7 @@ def test_a_bad_chunk_is_refused_alone(svc: FakeServices) -> None:
         s.chunk(AudioInput(b"not audio at all", "FLAC")),
         s.chunk(AudioInput(good[1].data, "LINEAR16", None)),
         s.chunk(AudioInput(good[1].data, "LINEAR16", 2)),
+        *(s.chunk(good[1], offset=o) for o in (-5.0, float("nan"), float("inf"))),
     ]
     last = s.chunk(good[1])
     assert [b.error.code for b in bad if b.error] == [
@@ -91,10 +95,12 @@ def test_a_bad_chunk_is_refused_alone(svc: FakeServices) -> None:
         "audio.Undecodable",
         "audio.MissingSampleRate",
         "audio.Undecodable",  # 2 Hz
+        *["request.Invalid"] * 3,  # offsets that are no stream time
     ]
     assert first.error is None and last.error is None
     # The refused chunks took no stream time: the last chunk follows the first.
-    assert (last.start, last.end) == (3.0, 6.0) and [b.index for b in bad] == [1, 2, 3, 4]
+    assert (last.start, last.end) == (3.0, 6.0) and [b.index for b in bad] == [1, 2, 3, 4, 5, 6, 7]
+    assert all(b.start == b.end == 3.0 for b in bad[4:])
 
 
 def test_silence_is_an_error_for_its_chunk(svc: FakeServices) -> None:
@@ -146,3 +152,27 @@ def test_streams_are_limited_per_key_and_in_all() -> None:
             limiter.slot("c").__enter__()
         assert limiter.open_streams("a") == 2
     assert limiter.open_streams("a") == 0 and limiter.open_streams("b") == 0
+
+
+def test_the_reader_of_a_call_that_stopped_does_not_wait_forever() -> None:
+    """A call whose requests fail while the read-ahead queue is full (a message over gRPC's size
+    limit) ends with nothing reading the queue: the reader must still end once the call stops."""
+    import threading
+
+    from service.realtime.grpc_server import read_ahead
+
+    def messages() -> Iterator[int]:
+        yield from (1, 2)  # 2 fills the queue of one while 1 is being scored
+        raise RuntimeError("message larger than max")
+
+    stop = threading.Event()
+    before = threading.active_count()
+    chunks = read_ahead(messages(), 1, 5.0, stop)
+    assert next(chunks) == 1  # then the reader queues 2 and fails; no one reads on
+    time.sleep(0.5)
+    stop.set()  # the call ends
+    for _ in range(50):
+        if threading.active_count() <= before:
+            break
+        time.sleep(0.1)
+    assert threading.active_count() <= before
