@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -15,13 +16,10 @@ if TYPE_CHECKING:
 
 
 def _store(settings: Settings) -> SqlStore:
-    from service.storage.database import check_migrated, make_engine
+    from service.storage.database import open_migrated
     from service.storage.repository import SqlStore
 
-    url = settings.resolved_database_url()
-    engine = make_engine(url)
-    check_migrated(engine, url)
-    return SqlStore(engine)
+    return SqlStore(open_migrated(settings.resolved_database_url()))
 
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
@@ -128,6 +126,16 @@ def _twins(settings: Settings) -> Twins:
     return Twins(frontend, BoundedEmbedding(embedder.embed_batch))
 
 
+def tenant_name(value: str) -> str:
+    """A tenant's name as the database holds it (128 characters), printable, without spaces at its
+    ends; the console and `keys list` show it."""
+    if not 1 <= len(value) <= 128 or value != value.strip() or not value.isprintable():
+        raise argparse.ArgumentTypeError(
+            "a tenant is named by 1 to 128 printable characters, without spaces at either end"
+        )
+    return value
+
+
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="speakerid", description=__doc__)
     sub = root.add_subparsers(dest="command", required=True)
@@ -144,12 +152,12 @@ def parser() -> argparse.ArgumentParser:
     keys = sub.add_parser("keys", help="manage API keys")
     keys_sub = keys.add_subparsers(dest="keys_command", required=True)
     create = keys_sub.add_parser("create", help="create a key (and the tenant if new)")
-    create.add_argument("--tenant", required=True)
+    create.add_argument("--tenant", required=True, type=tenant_name)
     keys_sub.add_parser("list", help="list keys")
     revoke = keys_sub.add_parser("revoke", help="revoke a key at once")
     revoke.add_argument("key_id")
     ensure = keys_sub.add_parser("ensure", help="create a first key if there is no active one")
-    ensure.add_argument("--tenant", default="default")
+    ensure.add_argument("--tenant", default="default", type=tenant_name)
     keys.set_defaults(run=cmd_keys)
     webhooks = sub.add_parser("webhooks", help="webhook signing secrets")
     webhooks_sub = webhooks.add_subparsers(dest="webhooks_command", required=True)
@@ -171,10 +179,25 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parser().parse_args(argv)
-    settings = Settings()
+    from pydantic import ValidationError
+    from pydantic_settings import SettingsError
+
+    from service.config import unknown_settings
     from service.errors import StartupError
 
+    args = parser().parse_args(argv)
+    for name in unknown_settings(os.environ):
+        print(f"warning: {name} is not a setting of the service; it is ignored", file=sys.stderr)
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        for error in exc.errors():
+            name = "SPK_" + "__".join(str(part) for part in error["loc"]).upper()
+            print(f"error: {name}: {error['msg']}", file=sys.stderr)
+        return 2
+    except SettingsError as exc:  # a group given whole as JSON that is no JSON
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     try:
         code: int = args.run(args, settings)
     except StartupError as exc:

@@ -7,10 +7,11 @@ The thresholds' defaults and the measurements behind them are in `service/calibr
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, BeforeValidator, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from service import calibration as cal
@@ -19,19 +20,21 @@ DEFAULT_DATA_DIR = Path("data")
 
 
 class AudioSettings(BaseModel):
-    max_request_bytes: int = Field(25 * 1024 * 1024, description="413 beyond this body size")
-    max_seconds: float = Field(300.0, description="longest audio accepted, seconds")
-    decode_timeout_s: float = Field(20.0, description="wall-clock budget for one decode")
+    max_request_bytes: int = Field(25 * 1024 * 1024, ge=1, description="413 beyond this body size")
+    max_seconds: float = Field(300.0, gt=0, description="longest audio accepted, seconds")
+    decode_timeout_s: float = Field(20.0, gt=0, description="wall-clock budget for one decode")
     min_speech_seconds: float = Field(
-        cal.MIN_SPEECH_SECONDS, description="net speech (VAD) a clip must hold to be used"
+        cal.MIN_SPEECH_SECONDS, ge=0, description="net speech (VAD) a clip must hold to be used"
     )
     max_clipped_fraction: float = Field(
-        cal.MAX_CLIPPED_FRACTION, description="fraction of samples at full scale"
+        cal.MAX_CLIPPED_FRACTION, ge=0, le=1, description="fraction of samples at full scale"
     )
     min_snr_db: float = Field(cal.MIN_SNR_DB, description="speech-to-non-speech energy, dB")
-    vad_threshold: float = Field(0.5, description="silero-vad speech probability threshold")
+    vad_threshold: float = Field(0.5, gt=0, lt=1, description="silero-vad speech probability threshold")
     vad_narrowband_threshold: float | None = Field(
         cal.VAD_NARROWBAND_THRESHOLD,
+        gt=0,
+        lt=1,
         description="when set, clips recorded at 8 kHz or less go to silero's 8 kHz network at this "
         "threshold; unset, its 16 kHz network hears every clip (measured, not adopted: see "
         "service/calibration.py)",
@@ -39,9 +42,9 @@ class AudioSettings(BaseModel):
 
 
 class EnrollmentSettings(BaseModel):
-    min_samples: int = Field(cal.MIN_SAMPLES, description="samples needed for Complete")
+    min_samples: int = Field(cal.MIN_SAMPLES, ge=1, description="samples needed for Complete")
     min_total_speech_seconds: float = Field(
-        cal.MIN_TOTAL_SPEECH_SECONDS, description="net speech over all samples for Complete"
+        cal.MIN_TOTAL_SPEECH_SECONDS, ge=0, description="net speech over all samples for Complete"
     )
     min_spread: float = Field(
         cal.MIN_SPREAD, description="mean cosine distance of samples to their centroid for Complete"
@@ -117,7 +120,7 @@ class IdentifySettings(BaseModel):
         cal.SHORT_PROBE_SLOPE, ge=0, description="units the duration term adds per ln step of speech below it"
     )
     min_speech_seconds: float = Field(
-        cal.MIN_IDENTIFY_SPEECH_SECONDS, description="net speech a clip to identify must hold"
+        cal.MIN_IDENTIFY_SPEECH_SECONDS, ge=0, description="net speech a clip to identify must hold"
     )
 
 
@@ -240,7 +243,7 @@ class RealtimeSettings(BaseModel):
 
 
 class AuthSettings(BaseModel):
-    rate_limit_per_minute: int = Field(600, description="requests per key per minute; 0 = off")
+    rate_limit_per_minute: int = Field(600, ge=0, description="requests per key per minute; 0 = off")
 
 
 class Settings(BaseSettings):
@@ -266,12 +269,17 @@ class Settings(BaseSettings):
         "costs minutes at start-up)",
     )
     torch_threads: int = Field(
-        0, description="0 = one per core on a CPU box; 1 on a GPU box, where the cores prepare one clip each"
+        0,
+        ge=0,
+        description="0 = one per core on a CPU box; 1 on a GPU box, where the cores prepare one clip each",
     )
     host: str = "127.0.0.1"
-    port: int = 8000
-    log_level: str = "INFO"
-    index_poll_seconds: float = Field(0.5, description="how often the index follows the change log")
+    port: int = Field(8000, ge=1, le=65535)
+    log_level: Annotated[
+        Literal["CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG"],
+        BeforeValidator(lambda level: level.upper() if isinstance(level, str) else level),
+    ] = "INFO"
+    index_poll_seconds: float = Field(0.5, gt=0, description="how often the index follows the change log")
     metrics_token: SecretStr | None = Field(
         None,
         description="/metrics needs `Authorization: Bearer` with it; unset, /metrics answers loopback only",
@@ -297,3 +305,16 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite:///{(self.data_dir / 'speakerid.db').resolve()}"
+
+
+def unknown_settings(environ: Mapping[str, str]) -> list[str]:
+    """The SPK_ variables of `environ` that no setting reads: a typo (SPK_AUDIO__MAX_SECOND) would
+    otherwise be ignored without a word. Groups may also be given whole as JSON (SPK_AUDIO)."""
+    known: set[str] = set()
+    for name, field in Settings.model_fields.items():
+        top = f"SPK_{name.upper()}"
+        known.add(top)
+        group = field.annotation
+        if isinstance(group, type) and issubclass(group, BaseModel):
+            known.update(f"{top}__{sub.upper()}" for sub in group.model_fields)
+    return sorted(k for k in environ if k.upper().startswith("SPK_") and k.upper() not in known)

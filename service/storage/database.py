@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +13,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 
 from service import resources
 from service.errors import StartupError
@@ -58,9 +61,51 @@ def alembic_config(url: str) -> AlembicConfig:
 
 
 def migrate(url: str) -> None:
-    if make_url(url).get_backend_name() == "sqlite":
-        make_engine(url).dispose()  # creates the data folder
-    command.upgrade(alembic_config(url), "head")
+    """Bring the database at `url` to the latest migration (a SQLite file and its folder are made)."""
+    with _start_up_errors(url):
+        if make_url(url).get_backend_name() == "sqlite":
+            make_engine(url).dispose()  # creates the data folder
+        command.upgrade(alembic_config(url), "head")
+
+
+def open_migrated(url: str) -> Engine:
+    """An engine on the existing, migrated database at `url`; StartupError, with what to do, for a
+    URL that is none, a driver that is missing, a database that is not there, not reachable or not
+    migrated. Nothing is created (a mistyped SQLite path stays untouched)."""
+    with _start_up_errors(url):
+        parsed = make_url(url)
+        file = parsed.database if parsed.get_backend_name() == "sqlite" else None
+        if file not in (None, "", ":memory:") and not Path(str(file)).is_file():
+            raise StartupError(f"No database at {file}: run `speakerid migrate` first.")
+        engine = make_engine(url)
+        check_migrated(engine, url)
+        return engine
+
+
+@contextmanager
+def _start_up_errors(url: str) -> Iterator[None]:
+    """The database's own failures as one line for the operator, not a traceback."""
+    try:
+        yield
+    except StartupError:
+        raise
+    except ArgumentError as exc:
+        raise StartupError(f"SPK_DATABASE_URL is not a database URL: {exc}") from exc
+    except (NoSuchModuleError, ModuleNotFoundError) as exc:
+        raise StartupError(
+            f"No driver for the database URL's kind (sqlite and postgresql are supported): {exc}"
+        ) from exc
+    except SQLAlchemyError as exc:
+        where = _shown_url(url)
+        first = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+        raise StartupError(f"The database at {where} could not be used: {first}") from exc
+
+
+def _shown_url(url: str) -> str:
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "(not a URL)"
 
 
 def check_migrated(engine: Engine, url: str) -> None:

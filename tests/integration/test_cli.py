@@ -64,3 +64,43 @@ def test_rebuild_index_recomputes_speakers_after_a_threshold_change(tmp_path: Pa
         assert "recomputed 1 speakers" in done.stdout
         # The running server follows the change log: the status is re-derived under the new rule.
         assert client.get("/v1/speakers/alice").json()["status"] == "enrolling"
+
+
+@pytest.mark.parametrize(
+    ("env", "said"),
+    [
+        ({"SPK_DEVICE": "tpu"}, "error: SPK_DEVICE: Input should be 'auto', 'cpu' or 'cuda'"),
+        ({"SPK_AUDIO__VAD_THRESHOLD": "7"}, "error: SPK_AUDIO__VAD_THRESHOLD: Input should be less than 1"),
+        ({"SPK_LOG_LEVEL": "loud"}, "error: SPK_LOG_LEVEL: Input should be"),
+        ({"SPK_AUDIO": "{bad"}, 'error: error parsing value for field "audio"'),
+        ({"SPK_DATABASE_URL": "garbage"}, "error: SPK_DATABASE_URL is not a database URL"),
+        ({"SPK_DATABASE_URL": "mysql://u@localhost/db"}, "error: No driver for the database URL's kind"),
+    ],
+)
+def test_a_bad_setting_is_one_line_naming_it(tmp_path: Path, env: dict[str, str], said: str) -> None:
+    done = subprocess.run(
+        [*CLI, "keys", "list"],
+        env={**os.environ, "SPK_DATA_DIR": str(tmp_path), "SPK_DATABASE_URL": "", **env},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 2 and done.stderr.startswith(said), done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_a_mistyped_setting_is_named_and_a_missing_database_is_not_made(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'typo' / 'speakerid.db'}"
+    env = {**os.environ, "SPK_DATABASE_URL": url, "SPK_AUDIO__MAX_SECOND": "10"}
+    done = subprocess.run([*CLI, "keys", "list"], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and "run `speakerid migrate` first" in done.stderr
+    assert "warning: SPK_AUDIO__MAX_SECOND is not a setting of the service" in done.stderr
+    assert not (tmp_path / "typo").exists()  # a read-only command creates nothing
+
+
+def test_a_tenant_name_is_printable_and_fits_the_database(tmp_path: Path) -> None:
+    run(tmp_path, "migrate")
+    for bad in ("", " padded", "x" * 129, "tab\there"):
+        refused = run(tmp_path, "keys", "create", "--tenant", bad, check=False)
+        assert refused.returncode == 2 and "1 to 128 printable characters" in refused.stderr
+    assert run(tmp_path, "keys", "create", "--tenant", "x" * 128).returncode == 0
