@@ -88,7 +88,9 @@ fi
 
 port=$(running_port || true)
 if [ -z "$port" ]; then
-  port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  py=$(dirname "$0")/../.venv/bin/python  # the project's; else whichever Python 3 the machine has
+  [ -x "$py" ] || py=$(command -v python3.11 || command -v python3)
+  port=$("$py" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
   say "starting PostgreSQL on 127.0.0.1:$port ($DATA)"
   as_owner "$BIN/pg_ctl" start -D "$DATA" -w -t 60 -l "$DATA/server.log" -o "-p $port" >&2 \
     || { tail -n 20 "$DATA/server.log" >&2 || true; die "PostgreSQL did not start"; }

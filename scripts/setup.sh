@@ -9,6 +9,12 @@ cd "$(dirname "$0")/.."
 extra=""
 [ "${1:-}" = "dev" ] && extra="[dev]"
 
+# A .venv without pip is one whose creation failed halfway (Debian's python3 without its venv
+# package has no ensurepip): made again rather than trusted.
+if [ -x .venv/bin/python ] && ! .venv/bin/python -m pip --version >/dev/null 2>&1; then
+  echo "setup.sh: .venv has no pip; making it again" >&2
+  rm -rf .venv
+fi
 if [ ! -x .venv/bin/python ]; then
   py=""
   for candidate in python3.11 python3; do
@@ -18,7 +24,11 @@ if [ ! -x .venv/bin/python ]; then
     fi
   done
   [ -n "$py" ] || { echo "Python 3.11 is required" >&2; exit 1; }
-  "$py" -m venv .venv
+  if ! "$py" -m venv .venv; then
+    rm -rf .venv
+    echo "setup.sh: '$py -m venv' failed; on Debian or Ubuntu install python3.11-venv" >&2
+    exit 1
+  fi
 fi
 
 stamp=$(cat pyproject.toml constraints.txt | sha256sum | cut -c1-16)$extra

@@ -4,9 +4,11 @@ tests/integration/test_console.py and test_scale_out.py for those)."""
 
 from __future__ import annotations
 
+import fnmatch
 import re
 from pathlib import Path
 
+import pytest
 import yaml
 from fastapi.testclient import TestClient
 
@@ -69,3 +71,31 @@ def test_compose_runs_postgres_two_health_checked_replicas_and_nginx_with_the_se
     assert f"client_max_body_size {MAX_BODY_BYTES};" in compose_nginx()
     assert Settings().audio.max_request_bytes == MAX_BODY_BYTES
     assert (REPO_ROOT / "Dockerfile.cuda").is_file()
+
+
+def _sent_to_docker(top_level: str) -> bool:
+    """Whether .dockerignore lets a top-level file or folder into the build context (its last
+    matching line decides, as Docker reads it)."""
+    sent = True
+    for line in (REPO_ROOT / ".dockerignore").read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        keep = line.startswith("!")
+        if fnmatch.fnmatch(top_level, line.lstrip("!").rstrip("/")):
+            sent = keep
+    return sent
+
+
+@pytest.mark.parametrize("dockerfile", ["Dockerfile", "Dockerfile.cuda"])
+def test_each_image_gets_what_it_copies_and_serves_both_ports(dockerfile: str) -> None:
+    text = (REPO_ROOT / dockerfile).read_text()
+    copied = {
+        source.rstrip("/").split("/")[0]
+        for line in text.splitlines()
+        if line.startswith("COPY ") and "--from" not in line
+        for source in line.split()[1:-1]
+    }
+    assert copied and all(_sent_to_docker(name) for name in copied), copied
+    assert not any(_sent_to_docker(name) for name in (".venv", ".git", "data", "tests"))
+    assert "EXPOSE 8000 50051" in text and "serve --grpc-port 50051" in text  # as the README says
