@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from service.audio import MODEL_RATE
+from service.audio.band import TELEPHONE_RATE
 from service.audio.decode import decode
 from service.audio.frontend import AudioInput
 from service.audio.pipeline import to_mono_16k
@@ -148,6 +149,7 @@ class StreamSession:
         self._context = np.zeros(0, dtype=np.float32)  # 16 kHz audio just before `clock`
         self._heard = 0  # samples of audio scored so far: where the next chunk's audio starts
         self._known = SpanVectors()  # vectors of the context's audio, keyed by those sample counts
+        self._narrowband: bool | None = None  # whether the context came at 8 kHz or less
 
     @staticmethod
     def check_speakers(enrollment: EnrollmentService, tenant_id: int, speaker_ids: Sequence[str]) -> None:
@@ -172,10 +174,16 @@ class StreamSession:
         try:
             if self.hit is not None:
                 self.hit(self.tenant.key_id)
-            wave = self._decode(audio() if callable(audio) else audio, cancel)
+            wave, narrowband = self._decode(audio() if callable(audio) else audio, cancel)
         except ServiceError as exc:
             return ChunkAnswer(index, start, start, [], exc)
         end = start + len(wave) / MODEL_RATE
+        if narrowband != self._narrowband:
+            # A stream that moves between a call's band and a wider one: the window is scored in
+            # one band (identify's rule, from its spectrum), so context of the other band would
+            # decide it for this chunk's speech.
+            self._drop_context()
+            self._narrowband = narrowband
         try:
             segments = self._score(wave, start, cancel)
         except ServiceError as exc:
@@ -189,7 +197,8 @@ class StreamSession:
         self.count += 1
         return ChunkAnswer(self.count - 1, self.clock, self.clock, [], error)
 
-    def _decode(self, audio: AudioInput, cancel: Cancellation | None) -> np.ndarray:
+    def _decode(self, audio: AudioInput, cancel: Cancellation | None) -> tuple[np.ndarray, bool]:
+        """The chunk at 16 kHz, and whether it came at 8 kHz or less."""
         if len(audio.data) > self.settings.max_chunk_bytes:
             raise PayloadTooLarge(f"A chunk may hold at most {self.settings.max_chunk_bytes} bytes")
         decoded = decode(
@@ -200,7 +209,7 @@ class StreamSession:
             timeout_s=self.decode_timeout_s,
         )
         wave, _ = to_mono_16k(decoded, run=functools.partial(compute.run, cancel=cancel))
-        return wave
+        return wave, decoded.sample_rate <= TELEPHONE_RATE
 
     def _score(self, wave: np.ndarray, start: float, cancel: Cancellation | None) -> list[StreamSegment]:
         window = np.concatenate([self._context, wave])
@@ -228,6 +237,10 @@ class StreamSession:
         if not out:
             raise InsufficientSpeech("No speech in this chunk")
         return out
+
+    def _drop_context(self) -> None:
+        self._context = self._context[:0]
+        self._known.forget_before(self._heard)
 
     def _advance(self, wave: np.ndarray, end: float) -> None:
         keep = int(self.settings.context_seconds * MODEL_RATE)

@@ -176,3 +176,27 @@ def test_the_reader_of_a_call_that_stopped_does_not_wait_forever() -> None:
             break
         time.sleep(0.1)
     assert threading.active_count() <= before
+
+
+def test_a_chunk_from_the_other_band_is_scored_without_the_context(svc: FakeServices) -> None:
+    """A window is scored in one band, judged from its spectrum: 16 kHz context before a call's
+    8 kHz chunk would have it scored against the wideband voiceprints (a real stream named the
+    wrong speaker so). Across a change of band the chunk is scored as a stream's first."""
+    wide = ALICE.wave(13, seconds=3.0)[: 3 * RATE]
+    narrow_wave = BOB.wave(14, seconds=3.0)[: 3 * RATE][::2]  # 8 kHz (the tones lie below 4 kHz)
+    narrow = as_linear16(narrow_wave)
+    narrow = AudioInput(narrow.data, "LINEAR16", RATE // 2)
+    mixed = session(svc)
+    assert mixed.chunk(as_linear16(wide)).error is None
+    after_wide = mixed.chunk(narrow)
+    alone = session(svc).chunk(narrow, offset=3.0)
+    assert after_wide.error is None and alone.error is None
+    assert [(g.speaker_id, g.start, g.end, g.score) for g in after_wide.segments] == [
+        (g.speaker_id, g.start, g.end, g.score) for g in alone.segments
+    ]
+    # Within one band the context stays: a second wideband chunk is scored with the first before it.
+    again = session(svc)
+    again.chunk(as_linear16(wide))
+    assert len(again._context) > 0
+    again.chunk(as_linear16(ALICE.wave(15, seconds=3.0)[: 3 * RATE]))
+    assert len(again._context) > 0
