@@ -243,7 +243,13 @@ class CompatIdentifyRequest(RemoteAudioFields):
 
 
 class CompatDiarizeRequest(RemoteAudioFields):
-    speakers: int = Field(-1, ge=-1, le=100, description="number of speakers; -1: found from the audio")
+    speakers: int = Field(
+        -1,
+        ge=-1,
+        le=100,
+        description="number of speakers; -1: found from the audio. A given number is obeyed up to the "
+        "stretches of speech the clip holds (each voice is at least one): one sentence is one voice",
+    )
     audioType: str | None = Field(
         None, max_length=32, description="callcenter (up to ~6 speakers) or meeting"
     )

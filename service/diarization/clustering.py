@@ -43,7 +43,8 @@ def cluster(
 ) -> np.ndarray:
     """Voice labels ``(n,)`` (0..k-1, by first appearance) for window vectors ``(n, dim)``.
 
-    `count` given: exactly that many voices (fewer only if there are fewer windows). Otherwise the
+    `count` given: exactly that many voices (fewer only if there are fewer vectors: the caller's
+    units, such as a clip's stretches of speech, bound what a given count can mean). Otherwise the
     tree is cut at `stop_distance` (cosine distance, average linkage), with at most `max_count`
     voices, and groups whose `weights` (seconds of speech of each window; 1 each by default) sum to
     less than `min_weight` are folded into the nearest remaining voice.
