@@ -123,8 +123,13 @@ class FaissSpeakerIndex:
 
     def upsert(self, entry: IndexEntry) -> None:
         with self._lock:
-            if entry.speaker_id in self._entries:
-                self._forget(entry.speaker_id, replacing=True)
+            old = self._entries.get(entry.speaker_id)
+            if old is not None:
+                # The same speaker keeps its cohort seat. A row id the database gave out again
+                # (SQLite reuses the highest one after a delete the follower has not applied yet)
+                # is another speaker, maybe of another tenant: the old one leaves its cohort.
+                same = (old.tenant_id, old.external_id) == (entry.tenant_id, entry.external_id)
+                self._forget(entry.speaker_id, replacing=same)
             self._index.add_with_ids(
                 self._vector(entry)[None, :],
                 np.array([faiss_id(entry.tenant_id, entry.speaker_id)], dtype=np.int64),

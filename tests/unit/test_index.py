@@ -51,6 +51,22 @@ def test_upsert_replaces_and_remove_forgets(vectors: np.ndarray) -> None:
     assert len(index) == 0 and index.faiss_ids() == set() and index.tenant_size(1) == 0
 
 
+def test_a_row_id_given_out_again_to_another_tenant_leaves_no_trace_of_the_first(vectors: np.ndarray) -> None:
+    """SQLite gives the highest row id out again after a delete; when the follower sees the new
+    speaker before the old one's delete, the id's old tenant must lose it from its cohort too
+    (else its scores are normalised against another tenant's voice, then fail once that goes)."""
+    index = FaissSpeakerIndex(8)
+    index.upsert(entry(1, 1, vectors[0]))  # tenant 1's speaker, row 1
+    reused = IndexEntry(1, 2, "y", True, vectors[1])  # row 1 again: tenant 2's new speaker
+    index.upsert(reused)
+    assert index.tenant_size(1) == 0 and index.cohort(1)[0].tolist() == []
+    assert index.cohort(2)[0].tolist() == [1] and np.allclose(index.cohort(2)[1][0], vectors[1])
+    assert index.search(vectors[1], 1, 5) == [] and index.lookup(1, "s1") is None
+    index.remove(1)
+    index.upsert(entry(2, 1, vectors[2]))  # tenant 1 goes on: its cohort is its own speaker only
+    assert index.cohort(1)[0].tolist() == [2] and index.cohort(2)[0].tolist() == []
+
+
 class FakeStore:
     """Just enough of `Store` for the follower: a change log and speaker rows."""
 
