@@ -365,7 +365,9 @@ class MemoryStore:
         samples = self._snapshot().samples.get(speaker_id, [])
         return samples[-1] if samples else None
 
-    def index_entries(self, speaker_ids: Iterable[int] | None = None) -> list[IndexEntry]:
+    def index_entries(
+        self, speaker_ids: Iterable[int] | None = None, model_sha256: str | None = None
+    ) -> list[IndexEntry]:
         speakers = self._snapshot().speakers
         wanted = speakers.keys() if speaker_ids is None else set(speaker_ids) & speakers.keys()
         return [
@@ -378,7 +380,7 @@ class MemoryStore:
                 s.narrow_centroid,
             )
             for s in (speakers[i] for i in sorted(wanted))
-            if s.centroid is not None
+            if s.centroid is not None and model_sha256 in (None, s.model_sha256)
         ]
 
     def changes_since(self, seq: int, limit: int = 10_000) -> list[ChangeRecord]:

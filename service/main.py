@@ -177,7 +177,7 @@ def build_services(settings: Settings, embedder: Embedder | None = None) -> Serv
         work_timeout_s=settings.frontend.work_timeout_s,
     )
     index = banded_index(settings, embedder.dim)
-    follower = IndexFollower(store, index)
+    follower = IndexFollower(store, index, embedder.checksum)
     follower.rebuild()
     embed_batch = metrics.timed_embed_batch(embedder.embed_batch)
     batcher = _batcher(settings, embedder, embed_batch)

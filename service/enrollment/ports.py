@@ -185,7 +185,12 @@ class Store(Protocol):
 
     def latest_sample(self, speaker_id: int) -> SampleRecord | None: ...
 
-    def index_entries(self, speaker_ids: Iterable[int] | None = None) -> list[IndexEntry]: ...
+    def index_entries(
+        self, speaker_ids: Iterable[int] | None = None, model_sha256: str | None = None
+    ) -> list[IndexEntry]:
+        """Speakers with a voiceprint (of `speaker_ids`, if given), made by `model_sha256` if given:
+        vectors of different models are never compared."""
+        ...
 
     def changes_since(self, seq: int, limit: int = 10_000) -> list[ChangeRecord]: ...
 

@@ -237,7 +237,9 @@ class SqlStore:
             ).one_or_none()
             return _sample(row) if row is not None else None
 
-    def index_entries(self, speaker_ids: Iterable[int] | None = None) -> list[IndexEntry]:
+    def index_entries(
+        self, speaker_ids: Iterable[int] | None = None, model_sha256: str | None = None
+    ) -> list[IndexEntry]:
         query = select(
             Speaker.id,
             Speaker.tenant_id,
@@ -248,6 +250,8 @@ class SqlStore:
         ).where(Speaker.centroid.is_not(None))
         if speaker_ids is not None:
             query = query.where(Speaker.id.in_(list(speaker_ids)))
+        if model_sha256 is not None:
+            query = query.where(Speaker.model_sha256 == model_sha256)
         with self._sessions() as s:
             return [
                 IndexEntry(

@@ -26,9 +26,13 @@ REBUILD_WINDOW = 1000
 
 
 class IndexFollower:
-    def __init__(self, store: Store, index: SpeakerIndex) -> None:
+    def __init__(self, store: Store, index: SpeakerIndex, model_sha256: str | None = None) -> None:
+        """`model_sha256`: index only the voiceprints of this model (the one the process runs), so a
+        replica never scores its vectors against another model's while `rebuild-index` has not run
+        or replicas run different models during an upgrade."""
         self.store = store
         self.index = index
+        self.model_sha256 = model_sha256
         self._floor = 0  # every change with seq <= floor has been applied
         self._applied: set[int] = set()  # applied changes above the floor
         self._gaps: dict[int, float] = {}  # missing seq -> when first seen missing
@@ -42,7 +46,7 @@ class IndexFollower:
         """Load every speaker from the database; returns how many are indexed."""
         with self._lock:
             highest = self.store.last_change_seq()  # read first: later changes are re-applied
-            entries = self.store.index_entries()
+            entries = self.store.index_entries(model_sha256=self.model_sha256)
             self.index.replace(entries)
             # Not `highest` itself: on PostgreSQL a lower change may commit after this snapshot.
             # Changes in the window that the snapshot already holds are re-applied, harmlessly.
@@ -67,7 +71,7 @@ class IndexFollower:
         ids = set(speaker_ids)
         if not ids:
             return
-        found = {e.speaker_id: e for e in self.store.index_entries(ids)}
+        found = {e.speaker_id: e for e in self.store.index_entries(ids, self.model_sha256)}
         for speaker_id in ids:
             entry = found.get(speaker_id)
             if entry is None:

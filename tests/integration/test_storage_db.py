@@ -30,7 +30,9 @@ from service.enrollment.ports import Aggregates, ChangeKind, NewSample, SpeakerS
 from service.errors import StartupError
 from service.main import build_services
 from service.storage.database import alembic_config, check_migrated, make_engine, migrate
+from service.storage.index import FaissSpeakerIndex
 from service.storage.repository import SqlStore
+from service.storage.sync import IndexFollower
 from service.storage.tables import ApiKey, Base, Change, Sample, Speaker, Tenant
 from tests.conftest import LiveServer, flac_body, needs_speech, new_key, settings_for
 from tests.databases import fresh_url, indexable_speakers, kind_params, speaker_rows
@@ -394,3 +396,23 @@ def test_twins_round_trip_and_a_row_without_one_falls_back(store: SqlStore, kind
     assert entry.narrow_centroid is not None and np.array_equal(entry.narrow_centroid, narrow_centroid)
     record = store.get_speaker(speaker.tenant_id, "alice")
     assert record is not None and record.narrow_centroid is not None
+
+
+@BY_KIND
+def test_the_index_is_given_only_the_running_models_voiceprints(store: SqlStore, kind: str) -> None:
+    """After a model change and before `rebuild-index` (or while replicas run two models in an
+    upgrade), a speaker's voiceprint of the other model is left out, not scored against."""
+    tenant = tenant_of(store)
+    for name, model in (("old", "a" * 64), ("new", "b" * 64)):
+        with store.transaction() as tx:
+            speaker = tx.lock_speaker(tenant, name, create=True)
+            assert speaker is not None
+            tx.add_sample(speaker.id, new_sample(unit_vector(5)))
+            tx.update_speaker(speaker.id, replace(aggregates(unit_vector(5)), model_sha256=model))
+            tx.log_change(tenant, speaker.id, ChangeKind.SAMPLE_ADDED)
+    assert {e.external_id for e in store.index_entries()} == {"old", "new"}
+    assert {e.external_id for e in store.index_entries(model_sha256="b" * 64)} == {"new"}
+    index = FaissSpeakerIndex(192)
+    follower = IndexFollower(store, index, "b" * 64)
+    follower.rebuild()
+    assert index.lookup(tenant, "new") is not None and index.lookup(tenant, "old") is None

@@ -77,7 +77,7 @@ class FakeStore:
     def last_change_seq(self) -> int:
         return max((c.seq for c in self.changes), default=0)
 
-    def index_entries(self, ids: Any = None) -> list[IndexEntry]:
+    def index_entries(self, ids: Any = None, model_sha256: str | None = None) -> list[IndexEntry]:
         return [e for i, e in self.rows.items() if ids is None or i in ids]
 
     def changes_since(self, seq: int, limit: int = 10_000) -> list[ChangeRecord]:
