@@ -70,9 +70,10 @@ class Services:
 DISCONNECT_POLL_S = 0.25
 
 
-async def run_blocking(fn: Callable[..., T], *args: Any) -> T:
-    """The one way routes run blocking work (decode, model, database, faiss) off the event loop."""
-    return await anyio.to_thread.run_sync(fn, *args)
+async def run_blocking(fn: Callable[..., T], *args: Any, abandon_on_cancel: bool = False) -> T:
+    """The one way routes run blocking work (decode, model, database, faiss) off the event loop;
+    `abandon_on_cancel`: a cancelled caller returns at once, the work finishing on its own."""
+    return await anyio.to_thread.run_sync(fn, *args, abandon_on_cancel=abandon_on_cancel)
 
 
 async def run_for_client(request: Request, fn: Callable[..., T], *args: Any) -> T:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hmac
 import ipaddress
 
+import anyio
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -16,6 +17,7 @@ from service.config import Settings
 from service.errors import Forbidden, Unauthorized
 
 api = APIRouter(tags=["health"])
+PING_TIMEOUT_S = 2.0
 
 
 @api.get("/healthz", response_model=Health)
@@ -30,9 +32,14 @@ async def readyz(request: Request) -> JSONResponse:
     services = getattr(request.app.state, "services", None)
     checks = dict(services.checks) if services else {"model": False, "database": False, "index": False}
     if services is not None:
-        try:
-            await run_blocking(services.store.ping)
-        except Exception:
+        # A database that does not answer in time is not ready: the probe answers 503 rather than
+        # hang with it (the ping's thread is left to finish on its own).
+        with anyio.move_on_after(PING_TIMEOUT_S) as waited:
+            try:
+                await run_blocking(services.store.ping, abandon_on_cancel=True)
+            except Exception:
+                checks["database"] = False
+        if waited.cancelled_caught:
             checks["database"] = False
     ready = all(checks.values())
     body = Health(status="ready" if ready else "not ready", checks=checks)

@@ -24,6 +24,7 @@ LATENCY = Histogram(
 # The refused request's body is left unread: the connection cannot carry another request.
 CLOSE = {"Connection": "close"}
 HEADERS = ((b"x-content-type-options", b"nosniff"), (b"cache-control", b"no-store"))
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
 class BodyLimit:
@@ -131,7 +132,10 @@ class HeadAsGet:
                 message = {**message, "body": b""}
             await send(message)
 
-        await self.app({**scope, "method": "GET"}, receive, without_body)
+        as_get = {**scope, "method": "GET"}
+        await self.app(as_get, receive, without_body)
+        if "route" in as_get:  # what the router matched, for the metrics outside
+            scope["route"] = as_get["route"]
 
 
 class Metrics:
@@ -158,9 +162,11 @@ class Metrics:
         finally:
             route = scope.get("route")
             name = getattr(route, "path", "unmatched")
+            # Any token is a method to the parser (PROPFIND, PURGE, ...): each would be new series.
+            method = scope["method"] if scope["method"] in METHODS else "other"
             elapsed = time.perf_counter() - start
-            REQUESTS.labels(scope["method"], name, str(status)).inc()
-            LATENCY.labels(scope["method"], name).observe(elapsed)
+            REQUESTS.labels(method, name, str(status)).inc()
+            LATENCY.labels(method, name).observe(elapsed)
             # The path only: the query string may carry an API key.
             log.info(
                 "request",

@@ -108,6 +108,10 @@ def test_enroll_from_the_microphone_to_complete_then_identify(
     browser: WebDriver, server: LocalServer, tmp_path: Path
 ) -> None:
     sign_in(browser, server)
+    # No one enrolled yet: the voice is unknown, and the console says there is no one to compare with.
+    record(browser, "identify")
+    first = wait_for_text(browser, "#identify-form .result", "Unknown", "Identified", "Refused")
+    assert "no enrolled speakers to compare with" in first and "Score" not in first, first
     browser.find_element(By.ID, "enroll-speaker").send_keys("carol")
     said = []
     for _ in range(5):

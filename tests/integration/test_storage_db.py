@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import sqlite3
 import threading
 import time
 import uuid
@@ -24,6 +25,7 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Engine, func, inspect, select
+from sqlalchemy.engine import make_url
 
 from service.embedding.ecapa import EcapaEmbedder
 from service.enrollment.ports import Aggregates, ChangeKind, NewSample, SpeakerStatus
@@ -416,3 +418,25 @@ def test_the_index_is_given_only_the_running_models_voiceprints(store: SqlStore,
     follower = IndexFollower(store, index, "b" * 64)
     follower.rebuild()
     assert index.lookup(tenant, "new") is not None and index.lookup(tenant, "old") is None
+
+
+def test_the_readiness_ping_neither_takes_nor_waits_for_sqlites_write_lock(tmp_path: Path) -> None:
+    """Every session on SQLite begins with BEGIN IMMEDIATE; the ping must not, or a probe waits out
+    a long write (up to the 30 s busy timeout) and the replica flaps to not ready."""
+    url = fresh_url("sqlite", tmp_path)
+    engine = make_engine(url)
+    writer = sqlite3.connect(str(make_url(url).database), isolation_level=None)
+    try:
+        writer.execute("BEGIN IMMEDIATE")  # another process's long write holds the lock
+        pinged = threading.Event()
+
+        def ping() -> None:
+            SqlStore(engine).ping()
+            pinged.set()
+
+        threading.Thread(target=ping, daemon=True).start()
+        assert pinged.wait(10), "the ping waited for the write lock"
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
+        engine.dispose()

@@ -262,6 +262,11 @@ async function identify(blob, name, form) {
   const topK = Math.max(1, Math.min(20, Number(form.elements.top.value) || 5));
   const found = await api("identify", { method: "POST", type: "application/json", body: await audioJson(blob, name, { topK }) });
   const decision = node("p", null, { class: "decision" });
+  const speech = node("p", `${fixed(found.speechSeconds, 1)} s of speech in the clip.`);
+  if (found.score === null) {  // nobody enrolled: no one to compare with, no score
+    decision.append(node("strong", "Unknown speaker"), " - this account has no enrolled speakers to compare with.");
+    return [decision, speech];
+  }
   decision.append(node("strong", found.speakerId ? `Identified: ${found.speakerId}` : "Unknown speaker"),
     found.speakerId ? "" : " - no enrolled speaker passed the threshold.");
   const table = node("table", null, { class: "candidates" });
@@ -274,7 +279,6 @@ async function identify(blob, name, form) {
     row.append(node("td", c.speakerId), node("td", fixed(c.score)), node("td", c.complete === false ? "incomplete" : "complete"));
     table.append(row);
   }
-  const speech = node("p", `${fixed(found.speechSeconds, 1)} s of speech in the clip.`);
   return [decision, scoreLine(found.score, found.threshold), table, speech];
 }
 
