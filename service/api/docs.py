@@ -15,6 +15,9 @@ from starlette.responses import HTMLResponse
 
 ASSETS = "/docs/assets"
 _FILES = Path(fastapi_offline.__file__).parent / "static"
+# API keys are typed into these pages: no other site may frame them (clickjacking). Their inline
+# start-up script rules out a script policy; framing is what can be closed.
+NOT_FRAMED = {"Content-Security-Policy": "frame-ancestors 'none'", "X-Frame-Options": "DENY"}
 
 
 def install(app: FastAPI) -> None:
@@ -27,7 +30,7 @@ def install(app: FastAPI) -> None:
 
     async def swagger_ui(request: Request) -> HTMLResponse:
         spec, assets = where(request)
-        return get_swagger_ui_html(
+        page = get_swagger_ui_html(
             openapi_url=spec,
             title=f"{app.title} - Swagger UI",
             swagger_js_url=f"{assets}/swagger-ui-bundle.js",
@@ -36,16 +39,20 @@ def install(app: FastAPI) -> None:
             # Swagger UI would otherwise send the document's address to validator.swagger.io.
             swagger_ui_parameters={"validatorUrl": None},
         )
+        page.headers.update(NOT_FRAMED)
+        return page
 
     async def redoc(request: Request) -> HTMLResponse:
         spec, assets = where(request)
-        return get_redoc_html(
+        page = get_redoc_html(
             openapi_url=spec,
             title=f"{app.title} - ReDoc",
             redoc_js_url=f"{assets}/redoc.standalone.js",
             redoc_favicon_url=f"{assets}/favicon.png",
             with_google_fonts=False,
         )
+        page.headers.update(NOT_FRAMED)
+        return page
 
     app.add_route("/docs", swagger_ui, include_in_schema=False)
     app.add_route("/redoc", redoc, include_in_schema=False)

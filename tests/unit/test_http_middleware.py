@@ -26,3 +26,12 @@ def test_head_is_counted_under_its_route_and_odd_methods_share_one_label(tmp_pat
     assert counted("other", "/healthz", "405") == before[1] + 1  # not a series per method
     labels = {tuple(s.labels.values()) for metric in REQUESTS.collect() for s in metric.samples}
     assert not any("PROPFIND" in label for label in labels)
+
+
+def test_the_docs_pages_may_not_be_framed(tmp_path: Path) -> None:
+    client = TestClient(create_app(Settings(data_dir=tmp_path)))
+    for page in ("/docs", "/redoc"):
+        answer = client.get(page)
+        assert answer.status_code == 200
+        assert answer.headers["content-security-policy"] == "frame-ancestors 'none'"
+        assert answer.headers["x-frame-options"] == "DENY"
