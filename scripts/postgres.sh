@@ -5,12 +5,12 @@
 # Idempotent: a second run finds the same server and prints the same URL. Everything else goes to
 # stderr. Installs Debian's `postgresql` package when no server binaries exist and we are root.
 #
-# The server lives in its own data folder (SPK_PG_DIR, default /tmp/speakerid-postgres-UID), on a
+# The server lives in its own data folder (SPEAKERID_PG_DIR, default /tmp/speakerid-postgres-UID), on a
 # free port, with fsync off: it holds test data only. Stop it with
 #   scripts/postgres.sh stop
 set -euo pipefail
 
-DATA=${SPK_PG_DIR:-/tmp/speakerid-postgres-$(id -u)}
+DATA=${SPEAKERID_PG_DIR:-/tmp/speakerid-postgres-$(id -u)}
 PASSWORD=postgres
 
 say() { echo "postgres.sh: $*" >&2; }
@@ -58,7 +58,7 @@ fi
 
 if [ ! -s "$DATA/PG_VERSION" ]; then
   if [ -d "$DATA" ] && [ -n "$(ls -A "$DATA")" ]; then
-    die "$DATA exists, is not empty and holds no cluster: remove it or set SPK_PG_DIR"
+    die "$DATA exists, is not empty and holds no cluster: remove it or set SPEAKERID_PG_DIR"
   fi
   say "creating a cluster in $DATA"
   mkdir -p "$DATA"

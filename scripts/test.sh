@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
 # Set up and run the whole test suite: lint (ruff), types (mypy), then pytest, whose database tests
 # run on a SQLite file and on a real PostgreSQL server (scripts/postgres.sh starts one on loopback,
-# installing Debian's package if needed). SPK_TEST_POSTGRES_URL already set: that server is used.
+# installing Debian's package if needed). SPEAKERID_TEST_POSTGRES_URL already set: that server is used.
 # Without a server the PostgreSQL tests are skipped, except under CI (CI=true), where that fails.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh dev
 
-if [ -z "${SPK_TEST_POSTGRES_URL:-}" ]; then
+if [ -z "${SPEAKERID_TEST_POSTGRES_URL:-}" ]; then
   if url=$(scripts/postgres.sh); then
-    export SPK_TEST_POSTGRES_URL=$url
+    export SPEAKERID_TEST_POSTGRES_URL=$url
   elif [[ "${CI:-}" =~ ^(1|true|TRUE|True|yes)$ ]]; then
     echo "test.sh: no PostgreSQL server, and CI must run the PostgreSQL tests" >&2
     exit 1
@@ -25,7 +25,7 @@ if ! scripts/tools.sh; then
   fi
   echo "test.sh: WARNING: the browser and scale-out tests will be skipped" >&2
 fi
-echo "test.sh: PostgreSQL tests on $(sed -E 's#//([^:@/]*):[^@/]*@#//\1:***@#' <<<"${SPK_TEST_POSTGRES_URL:-(none)}")" >&2
+echo "test.sh: PostgreSQL tests on $(sed -E 's#//([^:@/]*):[^@/]*@#//\1:***@#' <<<"${SPEAKERID_TEST_POSTGRES_URL:-(none)}")" >&2
 
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .

@@ -1,6 +1,6 @@
 """The databases tests run against: a SQLite file always, PostgreSQL where a server is available.
 
-`SPK_TEST_POSTGRES_URL` names a PostgreSQL server's maintenance database (for example
+`SPEAKERID_TEST_POSTGRES_URL` names a PostgreSQL server's maintenance database (for example
 ``postgresql+psycopg://postgres:postgres@127.0.0.1:5432/postgres``); `scripts/test.sh` starts one on
 loopback with `scripts/postgres.sh` and sets it. Each call of `fresh_url` makes a new, empty,
 migrated database, so tests never share state; the PostgreSQL ones are dropped when the session ends.
@@ -23,7 +23,7 @@ from service.storage.database import migrate
 from service.storage.repository import hash_key
 from service.storage.tables import ApiKey, Speaker
 
-POSTGRES_ENV = "SPK_TEST_POSTGRES_URL"
+POSTGRES_ENV = "SPEAKERID_TEST_POSTGRES_URL"
 KINDS = ["sqlite", "postgres"]
 
 _created: list[str] = []  # PostgreSQL databases made by this session

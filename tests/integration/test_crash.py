@@ -142,7 +142,7 @@ def test_consistency_finds_aggregates_that_disagree_with_the_samples() -> None:
 @pytest.mark.parametrize("kind", kind_params())
 def test_acknowledged_writes_survive_sigkill(kind: str, tmp_path: Path) -> None:
     url = fresh_url(kind, tmp_path)
-    seed = int(os.environ.get("SPK_CRASH_SEED", "20")) + (kind == "postgres")
+    seed = int(os.environ.get("SPEAKERID_CRASH_SEED", "20")) + (kind == "postgres")
     report = crash.run_crash_test(
         url,
         cycles=CYCLES,
