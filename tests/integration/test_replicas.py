@@ -192,13 +192,14 @@ def test_a_replica_started_later_builds_the_same_index(replicas: Replicas) -> No
 # --- commits that become visible out of sequence order --------------------------------------------
 
 
-def write_speaker(tx: SqlTransaction, tenant: int, speaker_id: str, vector: np.ndarray) -> int:
-    """What an enrollment writes, by hand; returns the change's sequence number."""
+def write_speaker(tx: SqlTransaction, tenant: int, speaker_id: str, vector: np.ndarray, model: str) -> int:
+    """What an enrollment by `model` (the replicas': they index only its voiceprints) writes, by
+    hand; returns the change's sequence number."""
     speaker = tx.lock_speaker(tenant, speaker_id, create=True)
     assert speaker is not None
-    sample = NewSample(uuid.uuid4().hex, vector, "test", 5.0, 6.0, 20.0, 0.0, 16000, None)
+    sample = NewSample(uuid.uuid4().hex, vector, model, 5.0, 6.0, 20.0, 0.0, 16000, None)
     tx.add_sample(speaker.id, sample)
-    tx.update_speaker(speaker.id, Aggregates(SpeakerStatus.ENROLLING, 1, 5.0, 0.0, vector, "test"))
+    tx.update_speaker(speaker.id, Aggregates(SpeakerStatus.ENROLLING, 1, 5.0, 0.0, vector, model))
     tx.log_change(tenant, speaker.id, ChangeKind.SAMPLE_ADDED)
     tx.s.flush()  # allocates the sequence number now, before the commit
     seq = tx.s.scalar(select(Change.seq).where(Change.speaker_id == speaker.id).order_by(Change.seq.desc()))
@@ -243,9 +244,13 @@ def test_a_change_committed_after_a_later_one_still_reaches_every_replica(
     both = (a, b)
 
     with open_transaction(store) as (slow_tx, finish):
-        early = write_speaker(slow_tx, tenant, "henry", voice(replicas.embedder, henry[0]))
+        early = write_speaker(
+            slow_tx, tenant, "henry", voice(replicas.embedder, henry[0]), replicas.embedder.checksum
+        )
         with store.transaction() as tx:
-            later = write_speaker(tx, tenant, "iris", voice(replicas.embedder, iris[0]))
+            later = write_speaker(
+                tx, tenant, "iris", voice(replicas.embedder, iris[0]), replicas.embedder.checksum
+            )
         assert later > early  # the higher sequence number is committed first
         seconds_until(lambda: all(indexed(r, tenant, "iris") for r in both), time.monotonic())
         assert not any(indexed(r, tenant, "henry") for r in both)
@@ -258,10 +263,12 @@ def test_a_change_committed_after_a_later_one_still_reaches_every_replica(
 
     # A sequence number that is never committed (a rollback) holds nothing up.
     with open_transaction(store) as (doomed, finish):
-        write_speaker(doomed, tenant, "nobody", voice(replicas.embedder, iris[1]))
+        write_speaker(doomed, tenant, "nobody", voice(replicas.embedder, iris[1]), replicas.embedder.checksum)
         finish(False)
     with store.transaction() as tx:
-        write_speaker(tx, tenant, "jack", voice(replicas.embedder, clips_of("ls-2414")[1]))
+        write_speaker(
+            tx, tenant, "jack", voice(replicas.embedder, clips_of("ls-2414")[1]), replicas.embedder.checksum
+        )
     committed = time.monotonic()
     assert seconds_until(lambda: all(indexed(r, tenant, "jack") for r in both), committed) < CONVERGENCE_S
     assert not any(indexed(r, tenant, "nobody") for r in both)
@@ -275,9 +282,11 @@ def test_a_replica_started_while_a_lower_change_is_in_flight_misses_nothing(
     late = replicas.another()
     try:
         with open_transaction(store) as (slow_tx, finish):
-            write_speaker(slow_tx, tenant, "kate", voice(replicas.embedder, kate[0]))
+            write_speaker(
+                slow_tx, tenant, "kate", voice(replicas.embedder, kate[0]), replicas.embedder.checksum
+            )
             with store.transaction() as tx:
-                write_speaker(tx, tenant, "leo", voice(replicas.embedder, leo[0]))
+                write_speaker(tx, tenant, "leo", voice(replicas.embedder, leo[0]), replicas.embedder.checksum)
             late.start()  # its snapshot has leo's change and not kate's lower one
             assert indexed(late, tenant, "leo") and not indexed(late, tenant, "kate")
             finish(True)
