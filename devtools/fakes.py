@@ -253,6 +253,14 @@ class MemoryTransaction:
     def samples(self, speaker_id: int) -> list[SampleRecord]:
         return list(self.tables.samples.get(speaker_id, []))
 
+    def lock_tenant(self, tenant_id: int) -> None:
+        pass  # one transaction at a time already
+
+    def changed_speakers(self, tenant_id: int, after_seq: int) -> list[int]:
+        return sorted(
+            {c.speaker_id for c in self.tables.changes if c.tenant_id == tenant_id and c.seq > after_seq}
+        )
+
     def recordings(
         self, tenant_id: int, speaker_ids: Sequence[int], model_sha256: str
     ) -> list[StoredRecording]:
@@ -451,5 +459,6 @@ def fake_services(settings: Settings | None = None, store: MemoryStore | None = 
         index=index,
         prior=np.zeros(embedder.dim, dtype=np.float32),
         after_commit=follower.catch_up,
+        indexed_through=lambda: follower.floor,
     )
     return FakeServices(store, index, follower, embedder, enrollment, identification)

@@ -107,6 +107,7 @@ def use_cases(
     index: SpeakerIndex,
     prior: np.ndarray,
     after_commit: Callable[[], object],
+    indexed_through: Callable[[], int] | None = None,
 ) -> tuple[EnrollmentService, IdentificationService, DiarizationService]:
     """The use cases on the given parts, with the settings' thresholds; `prior` ``(dim,)`` is the
     mean of the model's training-speaker prototypes (the decision rule's prior domain mean)."""
@@ -138,6 +139,7 @@ def use_cases(
         complete_threshold=ident.verify_threshold,
         store_audio=settings.enrollment.store_audio,
         twins=settings.enrollment.narrowband_twins,
+        indexed_through=indexed_through,
     )
     # Identification answers noisy clips too: the score decides (see service.calibration).
     identify_limits = QualityLimits(ident.min_speech_seconds, audio.max_clipped_fraction, -math.inf)
@@ -197,6 +199,7 @@ def build_services(settings: Settings, embedder: Embedder | None = None) -> Serv
         index=index,
         prior=prior,
         after_commit=follower.catch_up,
+        indexed_through=lambda: follower.floor,
     )
     embedder.warmup()
     return Services(

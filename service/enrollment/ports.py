@@ -153,6 +153,16 @@ class Transaction(Protocol):
         `tenant_id` (another tenant's ids select nothing)."""
         ...
 
+    def lock_tenant(self, tenant_id: int) -> None:
+        """Hold the tenant's lock until the transaction ends: enrollments of one tenant that check
+        each other's recordings pass this point one at a time (on SQLite every write does anyway)."""
+        ...
+
+    def changed_speakers(self, tenant_id: int, after_seq: int) -> list[int]:
+        """Row ids of the tenant's speakers with a change after `after_seq` (committed, as far as
+        this transaction sees)."""
+        ...
+
     def add_sample(self, speaker_id: int, sample: NewSample) -> None: ...
 
     def stored_audio(self, speaker_id: int) -> list[tuple[str, bytes, int]]:

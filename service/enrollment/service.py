@@ -79,8 +79,11 @@ class EnrollmentService:
         complete_threshold: float = float("inf"),
         store_audio: bool = False,
         twins: bool = False,
+        indexed_through: Callable[[], int] | None = None,
     ) -> None:
-        """`twins`: give each wideband sample its narrowband twin (`service.audio.band`)."""
+        """`twins`: give each wideband sample its narrowband twin (`service.audio.band`).
+        `indexed_through`: the change up to which every change is in `voices`' index (the
+        follower's floor); speakers changed after it are checked from the database."""
         self.store = store
         self.frontend = frontend
         self.embed = embed
@@ -92,6 +95,7 @@ class EnrollmentService:
         self.complete_threshold = complete_threshold
         self.store_audio = store_audio
         self.twins = twins
+        self.indexed_through = indexed_through
 
     def enroll(
         self, tenant_id: int, speaker_id: str, audio: AudioInput, cancel: Cancellation | None = None
@@ -118,6 +122,8 @@ class EnrollmentService:
             narrow_vector=twin,
         )
         with self.store.transaction() as tx:
+            if self._checks_recordings(sample.fingerprint):
+                tx.lock_tenant(tenant_id)  # before the speaker's row: one order, no deadlock
             speaker = tx.lock_speaker(tenant_id, speaker_id, create=True)
             assert speaker is not None
             earlier = [s for s in tx.samples(speaker.id) if s.model_sha256 == self.model_sha256]
@@ -223,14 +229,22 @@ class EnrollmentService:
     ) -> None:
         """Refuse a recording another speaker of the tenant already has: the same recording under
         many ids would fill the tenant's cohort with one voice. Candidates: the samples of the
-        speakers nearest by voiceprint (an index search), never every sample of the tenant."""
-        if self.voices is None or not fp or not self.policy.one_speaker_per_recording:
+        speakers nearest by voiceprint (an index search), never every sample of the tenant, and the
+        speakers changed since the index was last brought up to date: an enrollment of the same
+        recording committed a moment ago (on this replica, before its catch-up; on another, within
+        the follow interval) is in the database, under the tenant's lock, if not yet in the index."""
+        if self.voices is None or not self._checks_recordings(fp):
             return
         nearest = self.voices.nearest(tenant_id, vector, self.policy.copy_search_limit + 1)
-        others = [entry.speaker_id for entry, _ in nearest if entry.speaker_id != speaker_row]
+        recent = tx.changed_speakers(tenant_id, self.indexed_through()) if self.indexed_through else []
+        candidates = dict.fromkeys([*(entry.speaker_id for entry, _ in nearest), *recent])
+        others = [speaker for speaker in candidates if speaker != speaker_row]
         if others:
             recordings = tx.recordings(tenant_id, others, self.model_sha256)
             rules.check_other_speakers(vector, fp, recordings, self.policy)
+
+    def _checks_recordings(self, fp: bytes | None) -> bool:
+        return self.voices is not None and bool(fp) and self.policy.one_speaker_per_recording
 
     def _warnings(self, speaker: SpeakerRecord) -> list[str]:
         if self.voices is None or speaker.centroid is None:

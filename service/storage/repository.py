@@ -72,6 +72,10 @@ def _sample(row: Sample) -> SampleRecord:
     )
 
 
+# The first key of PostgreSQL's two-key advisory locks that stand for tenants (SqlTransaction.lock_tenant).
+TENANT_LOCKS = 0x5350
+
+
 class SqlTransaction:
     def __init__(self, session: Session) -> None:
         self.s = session
@@ -112,6 +116,17 @@ class SqlTransaction:
             )
         )
         return [StoredRecording(sid, from_bytes(vector), fp) for sid, vector, fp in rows if fp]
+
+    def lock_tenant(self, tenant_id: int) -> None:
+        if self.s.get_bind().dialect.name == "postgresql":
+            self.s.execute(select(func.pg_advisory_xact_lock(TENANT_LOCKS, tenant_id)))
+        # SQLite: BEGIN IMMEDIATE already holds the one write lock for the whole transaction.
+
+    def changed_speakers(self, tenant_id: int, after_seq: int) -> list[int]:
+        rows = self.s.scalars(
+            select(Change.speaker_id).where(Change.tenant_id == tenant_id, Change.seq > after_seq).distinct()
+        )
+        return list(rows)
 
     def add_sample(self, speaker_id: int, sample: NewSample) -> None:
         self.s.add(

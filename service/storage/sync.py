@@ -39,6 +39,11 @@ class IndexFollower:
         self._lock = threading.Lock()
 
     @property
+    def floor(self) -> int:
+        """Every change with a sequence number up to this one is in the index."""
+        return self._floor
+
+    @property
     def applied_seq(self) -> int:
         return max(self._applied, default=self._floor)
 

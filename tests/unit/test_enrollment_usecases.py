@@ -74,6 +74,20 @@ def test_takes_too_alike_wait_for_a_more_diverse_one(svc: FakeServices) -> None:
     assert status.spread >= 0.022
 
 
+def test_a_recording_enrolled_a_moment_ago_is_found_before_the_index_has_it(
+    svc: FakeServices, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same recording sent as two ids at once: the second's transaction can follow the first's
+    commit before this process's index (or another replica's, within its follow interval) holds it.
+    Speakers changed since the index's floor are checked from the database."""
+    monkeypatch.setattr(svc.enrollment, "after_commit", lambda: None)  # no catch-up: the index lags
+    svc.enrollment.enroll(ACME, "alice", ALICE.clip(0))
+    assert svc.index.lookup(ACME, "alice") is None
+    with pytest.raises(DuplicateRecording):
+        svc.enrollment.enroll(ACME, "mallory", ALICE.clip(0))
+    assert svc.store.get_speaker(ACME, "mallory") is None
+
+
 def test_the_same_recording_again_is_refused_even_quieter_and_noisier(svc: FakeServices) -> None:
     svc.enrollment.enroll(ACME, "alice", ALICE.clip(0))
     before = written(svc)
