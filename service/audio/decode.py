@@ -153,16 +153,9 @@ def decode(
     timeout_s: float,
 ) -> DecodedAudio:
     """Decode `data`; `sample_rate` is required for raw encodings and ignored for containers."""
-    if not data:
-        raise EmptyAudio()
-    try:
-        name = normalise_encoding(encoding)
-    except UnsupportedEncoding:
-        # A name we do not know, on bytes that say what they are: believe the bytes.
-        found = sniff(data, weak=True)
-        if found is None:
-            raise
-        return _decode_any(data, encoding, [found], max_seconds, timeout_s, unknown_name=True)
+    name, guess = _named(data, encoding)
+    if name is None:
+        return _decode_any(data, encoding, [guess], max_seconds, timeout_s, unknown_name=True)
     # A raw name on a container (LINEAR16 with a WAV header is common: Google's API allows it):
     # the container's header wins.
     found = sniff(data)
@@ -209,16 +202,24 @@ def precheck(data: bytes, encoding: str, sample_rate: int | None) -> None:
     """Raise what `decode` would for what the bytes' first few tell without decoding them: no audio,
     a name nothing supports on bytes that name no container, raw audio without a usable rate. For
     work queued now and decoded later (async jobs), so that such input is a 4xx at once."""
+    name, _ = _named(data, encoding)
+    if name in RAW and sniff(data) is None:
+        _raw_rate(name, sample_rate)
+
+
+def _named(data: bytes, encoding: str) -> tuple[str | None, str]:
+    """(the encoding's canonical name, "") or, for a name we do not know on bytes that say what
+    they are (believe the bytes), (None, the demuxer their first bytes name). EmptyAudio, or
+    UnsupportedEncoding when neither the name nor the bytes tell."""
     if not data:
         raise EmptyAudio()
     try:
-        name = normalise_encoding(encoding)
+        return normalise_encoding(encoding), ""
     except UnsupportedEncoding:
-        if sniff(data, weak=True) is None:
+        guess = sniff(data, weak=True)
+        if guess is None:
             raise
-        return
-    if name in RAW and sniff(data) is None:
-        _raw_rate(name, sample_rate)
+        return None, guess
 
 
 def _raw_rate(name: str, sample_rate: int | None) -> int:

@@ -302,8 +302,8 @@ class IdentificationService:
     ) -> tuple[list[str | None], list[float | None]]:
         """Each voice's label (as `label`) and its score against that speaker, or against its best
         candidate when it has none (None when there is no candidate)."""
-        candidates = self._candidates(voices, tenant_id, only, band) if only != [] else []
-        if not candidates:
+        candidates = self._candidates(voices, tenant_id, only, band)
+        if not candidates:  # no one enrolled (or no one left)
             return [None] * len(voices), [None] * len(voices)
         gallery = self._gallery(tenant_id, only)
         scores = self._score_matrix(voices, candidates, tenant_id, gallery, band, seconds)
