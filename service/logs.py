@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from typing import Any
 
 _STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
@@ -36,15 +37,52 @@ class StripQueryStrings(logging.Filter):
         return True
 
 
+# A query string right after a path or URL (`/v1/identify/stream?apikey=...`), and the lines of a
+# WebSocket handshake's headers that carry credentials (`< x-api-key: ...`, at DEBUG).
+_QUERY = re.compile(r'(?<=[\w/.\-])\?[^\s"]+')
+_CREDENTIAL_HEADER = re.compile(
+    r"^([<>] (?:authorization|proxy-authorization|x-api-key|cookie|set-cookie)): .*$", re.IGNORECASE
+)
+# Loggers of the server underneath the app that write request lines of their own: uvicorn's
+# WebSocket protocols log "WebSocket /path?query" [accepted] to uvicorn.error, and the websockets
+# library, with uvicorn's logger or its own, the handshake's headers at DEBUG.
+_SERVER_LOGGERS = ("uvicorn.error", "websockets.server", "websockets.client", "websockets.protocol")
+# httpx and httpcore log every outbound request line at INFO: a `url` input's pre-signed query or a
+# webhook address's token (often in the path) is the tenant's secret. Their warnings still show.
+_CLIENT_LOGGERS = ("httpx", "httpcore")
+
+
+class RedactRequestLines(logging.Filter):
+    """Query strings and credential headers out of what third-party servers log: an API key may be
+    in either (`?apikey=`, `X-API-Key`, `Authorization`)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        cleaned = _CREDENTIAL_HEADER.sub(r"\1: [redacted]", _QUERY.sub("", message))
+        if cleaned != message:
+            record.msg, record.args = cleaned, None
+        return True
+
+
+def _add_once(logger: logging.Logger | logging.Handler, kind: type[logging.Filter]) -> None:
+    if not any(isinstance(f, kind) for f in logger.filters):
+        logger.addFilter(kind())
+
+
 def protect_access_log() -> None:
-    access = logging.getLogger("uvicorn.access")
-    if not any(isinstance(f, StripQueryStrings) for f in access.filters):
-        access.addFilter(StripQueryStrings())
+    """Keys and outbound addresses out of other libraries' records, however the app is served."""
+    _add_once(logging.getLogger("uvicorn.access"), StripQueryStrings)
+    for name in _SERVER_LOGGERS:
+        _add_once(logging.getLogger(name), RedactRequestLines)
+    for name in _CLIENT_LOGGERS:
+        client = logging.getLogger(name)
+        client.setLevel(max(client.level, logging.WARNING))
 
 
 def configure(level: str) -> None:
     handler = logging.StreamHandler()
     handler.setFormatter(JsonFormatter())
+    handler.addFilter(RedactRequestLines())  # records of loggers made after protect_access_log too
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -5,14 +5,17 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import httpx
 import pytest
 from sqlalchemy import select
+from websockets.sync.client import connect
 
 from devtools.server import local_server, speakerid
 from service.config import AuthSettings
@@ -34,7 +37,7 @@ WRONG = "sk_this-key-was-never-issued-0123456789"
 # Not the service's records: the test's own HTTP client logs the URLs it requests (query keys
 # included), and uvicorn's access line (also the whole URL) is on here only because pytest hooks a
 # handler onto every logger; `speakerid serve` turns it off, as the served-process test checks.
-NOT_THE_SERVICE = ("httpx", "httpcore", "hpack", "uvicorn.access")
+NOT_THE_SERVICE = ("httpx", "httpcore", "hpack", "uvicorn.access", "websockets.client")
 
 
 def with_key(key: str, channel: str) -> dict[str, Any]:
@@ -72,7 +75,24 @@ def exercise(url: str, key: str) -> list[str]:
                         f"{answer.request.url.path} {channel}: {answer.text}"
                     )
                     paths.append(answer.request.url.path)
+    open_streams(url, key)
     return paths
+
+
+def open_streams(url: str, key: str) -> None:
+    """Realtime streams opened with the key (and a wrong one) in every accepted place: uvicorn and
+    the websockets library log the handshake themselves, its path and (at DEBUG) its headers."""
+    for channel in CHANNELS:
+        for credentials in (key, WRONG):
+            auth = with_key(credentials, channel)
+            query = urlencode({**auth.get("params", {}), "sampleRate": "16000"})
+            address = url.replace("http://", "ws://", 1) + f"/v1/identify/stream?{query}"
+            with connect(address, additional_headers=auth.get("headers"), open_timeout=60) as ws:
+                if credentials == key:  # an empty chunk, answered as one
+                    ws.send(b"")
+                answer = json.loads(ws.recv(timeout=60))
+                expected = "audio.Empty" if credentials == key else "auth.InvalidKey"
+                assert answer["error"]["code"] == expected, (channel, answer)
 
 
 def secrets_of(key: str) -> list[str]:
