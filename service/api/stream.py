@@ -83,6 +83,7 @@ def _open(services: Services, ws: WebSocket) -> StreamSession:
         services.settings.realtime,
         decode_timeout_s=services.settings.audio.decode_timeout_s,
         hit=hit,
+        key_active=services.store.key_active,
     )
 
 

@@ -152,6 +152,7 @@ class RealtimeServicer(pb_grpc.DeepAffectsRealtimeServicer):
                     settings.realtime,
                     decode_timeout_s=settings.audio.decode_timeout_s,
                     hit=hit,
+                    key_active=services.store.key_active,
                 )
                 chunks = read_ahead(
                     request_iterator, settings.realtime.queue_chunks, settings.realtime.idle_timeout_s, stop

@@ -137,6 +137,7 @@ class StreamSession:
         *,
         decode_timeout_s: float,
         hit: Callable[[str], None] | None = None,
+        key_active: Callable[[str], bool] | None = None,
     ) -> None:
         self.identification = identification
         self.tenant = tenant
@@ -144,6 +145,7 @@ class StreamSession:
         self.settings = settings
         self.decode_timeout_s = decode_timeout_s
         self.hit = hit
+        self.key_active = key_active
         self.clock = 0.0  # stream time where the next chunk starts unless it says otherwise
         self.count = 0
         self._context = np.zeros(0, dtype=np.float32)  # 16 kHz audio just before `clock`
@@ -165,7 +167,10 @@ class StreamSession:
     ) -> ChunkAnswer:
         """Score one chunk (or what `audio()` makes of the message: its errors are the chunk's);
         `offset` is its stream time when the client says it, else the stream's clock. A refused
-        chunk comes back with its error and leaves the stream as it was."""
+        chunk comes back with its error and leaves the stream as it was. A key revoked since the
+        stream opened raises Unauthorized, which ends the stream: each chunk is a request."""
+        if self.key_active is not None and not self.key_active(self.tenant.key_id):
+            raise Unauthorized("Invalid or revoked API key")
         index, start = self.count, self.clock if offset is None else offset
         self.count += 1
         if not (math.isfinite(start) and start >= 0):

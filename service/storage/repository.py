@@ -361,6 +361,12 @@ class SqlStore:
                 row.revoked_at = utcnow()
             return True
 
+    def key_active(self, key_id: str) -> bool:
+        """Whether `key_id` is still a key (not revoked): an open stream asks before each chunk."""
+        with self._sessions() as s:
+            revoked = s.execute(select(ApiKey.revoked_at).where(ApiKey.key_id == key_id)).one_or_none()
+        return revoked is not None and revoked[0] is None
+
     def has_active_key(self) -> bool:
         with self._sessions() as s:
             return s.scalar(select(func.count()).where(ApiKey.revoked_at.is_(None))) != 0

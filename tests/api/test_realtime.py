@@ -260,6 +260,48 @@ def test_streams_per_key_are_limited(rt: LiveServer, key: str) -> None:
             ws.close()
 
 
+def test_a_key_revoked_mid_stream_ends_the_stream(rt: LiveServer, key: str, talk: Conversation) -> None:
+    """Each chunk is a request: a key revoked while its stream is open gets no further answer."""
+    chunks = talk.chunks(3.0)
+    store = rt.services.store
+
+    def key_id(secret: str) -> str:
+        tenant = store.authenticate(secret)
+        assert tenant is not None
+        return tenant.key_id
+
+    revoked = new_key(rt.settings, "acme")  # alice and bob's tenant
+    with connect(websocket_url(rt.url, revoked, sampleRate="16000")) as ws:
+        ws.send(chunks[0].astype("<i2").tobytes())
+        assert "segments" in json.loads(ws.recv(timeout=300))
+        assert store.revoke_key(key_id(revoked))
+        ws.send(chunks[1].astype("<i2").tobytes())
+        assert json.loads(ws.recv(timeout=300))["error"]["code"] == "auth.InvalidKey"
+        with pytest.raises(ConnectionClosed) as closed:
+            ws.recv(timeout=30)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 4401
+
+    revoked = new_key(rt.settings, "acme")
+    answered = threading.Event()
+
+    def revoked_after_the_first_answer() -> Iterator[pb.SegmentChunk]:
+        yield wav_chunk(chunks[0], 0.0)
+        assert answered.wait(300)
+        assert store.revoke_key(key_id(revoked))
+        yield wav_chunk(chunks[1], 3.0)
+
+    answers: list[pb.SegmentSpeaker] = []
+    with pytest.raises(grpc.RpcError) as ended:
+        for answer in grpc_stream(target(rt), revoked, revoked_after_the_first_answer()):
+            answers.append(answer)
+            answered.set()
+    assert ended.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert answers and {a.id for a in answers} == {0}  # the chunk before the revocation only
+    with connect(websocket_url(rt.url, key, sampleRate="16000")) as ws:  # the tenant's other key
+        ws.send(chunks[0].astype("<i2").tobytes())
+        assert "segments" in json.loads(ws.recv(timeout=300))
+
+
 def test_an_idle_stream_is_ended(rt: LiveServer, key: str, talk: Conversation) -> None:
     def one_chunk_then_silence() -> Iterator[pb.SegmentChunk]:
         yield wav_chunk(talk.chunks(3.0)[0], 0.0)
