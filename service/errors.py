@@ -97,6 +97,12 @@ class Unauthorized(ServiceError):
     code = "auth.InvalidKey"
     status = 401
     default_message = "Missing or invalid API key"
+    MISSING: ClassVar[str] = "An API key is required (apikey query parameter, X-API-Key, or Bearer)"
+    # RFC 9110: a 401 names how to authenticate (the key also works as `apikey` or `X-API-Key`).
+    CHALLENGE: ClassVar[dict[str, str]] = {"WWW-Authenticate": 'Bearer realm="speakerid"'}
+
+    def __init__(self, message: str | None = None, *, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message, headers={**self.CHALLENGE, **(headers or {})})
 
 
 class Forbidden(ServiceError):

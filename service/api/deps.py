@@ -152,7 +152,7 @@ def authenticate(
 ) -> TenantKey:
     key = apikey or api_key or header or (bearer.credentials if bearer else None)
     if not key:
-        raise Unauthorized("An API key is required (apikey query parameter, X-API-Key, or Bearer)")
+        raise Unauthorized(Unauthorized.MISSING)
     tenant = services.store.authenticate(key)
     if tenant is None:
         raise Unauthorized("Invalid or revoked API key")

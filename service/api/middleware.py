@@ -10,7 +10,7 @@ from prometheus_client import Counter, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.api.errors import send_error
-from service.errors import PayloadTooLarge, RequestTimeout, ServiceError
+from service.errors import PayloadTooLarge, RequestTimeout, ServiceError, Unauthorized
 
 log = logging.getLogger("service.access")
 
@@ -25,6 +25,21 @@ LATENCY = Histogram(
 CLOSE = {"Connection": "close"}
 HEADERS = ((b"x-content-type-options", b"nosniff"), (b"cache-control", b"no-store"))
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+# Every route that takes a body is an API route and needs a key (service/api/deps.authenticate).
+API_PREFIXES = ("/v1/", "/audio/")
+KEY_HEADERS = (b"x-api-key", b"authorization")
+KEY_PARAMS = (b"apikey=", b"api_key=")
+
+
+def carries_no_key(scope: Scope) -> bool:
+    """An API request with a body and no credential anywhere a key may be: it is refused before its
+    body is read (or parsed), which a caller without a key must not be able to make the server do."""
+    if scope["method"] not in ("POST", "PUT", "PATCH") or not scope["path"].startswith(API_PREFIXES):
+        return False
+    if any(name in KEY_HEADERS and value.strip() for name, value in scope.get("headers", [])):
+        return False
+    query = b"&" + scope.get("query_string", b"")
+    return not any(b"&" + param in query for param in KEY_PARAMS)
 
 
 class BodyLimit:
@@ -48,6 +63,8 @@ class BodyLimit:
             return
         declared = dict(scope.get("headers", [])).get(b"content-length")
         try:
+            if carries_no_key(scope):
+                raise Unauthorized(Unauthorized.MISSING, headers=CLOSE)
             if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
                 raise PayloadTooLarge(self._too_large(), headers=CLOSE)
             messages = await self._read(receive)

@@ -35,3 +35,54 @@ def test_the_docs_pages_may_not_be_framed(tmp_path: Path) -> None:
         assert answer.status_code == 200
         assert answer.headers["content-security-policy"] == "frame-ancestors 'none'"
         assert answer.headers["x-frame-options"] == "DENY"
+
+
+def test_an_api_request_without_any_key_is_refused_before_its_body_is_read(tmp_path: Path) -> None:
+    client = TestClient(create_app(Settings(data_dir=tmp_path)))
+    native = client.post("/v1/identify", content=b"{not json")
+    assert native.status_code == 401 and native.json()["error"]["code"] == "auth.InvalidKey"
+    compat = client.post("/audio/generic/api/v1/sync/diarization/enroll", content=b"x" * 100)
+    assert compat.status_code == 401
+    assert compat.json()["fault"]["detail"]["errorcode"] == "auth.InvalidKey"
+    for answer in (native, compat):
+        assert answer.headers["www-authenticate"] == 'Bearer realm="speakerid"'
+        assert answer.headers["connection"] == "close"  # the body was left unread
+    # A key anywhere it may be lets the request through to the routes (here, not started: 503).
+    for params, headers in (
+        ({"apikey": "k"}, {}),
+        ({"api_key": "k"}, {}),
+        ({}, {"X-API-Key": "k"}),
+        ({}, {"Authorization": "Bearer k"}),
+    ):
+        through = client.post("/v1/identify", content=b"{not json", params=params, headers=headers)
+        assert through.status_code == 503, (params, headers)
+    assert client.get("/v1/speakers").status_code == 503  # no body: the route's own check
+
+
+def test_the_body_of_a_request_without_any_key_is_never_received() -> None:
+    import asyncio
+
+    from starlette.types import Message, Receive, Scope, Send
+
+    from service.api.middleware import BodyLimit
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        raise AssertionError("the app was called")
+
+    async def receive() -> Message:
+        raise AssertionError("the body was read")
+
+    sent: list[Message] = []
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    scope: Scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/v1/identify",
+        "query_string": b"apikeyx=1&sampleRate=8000",
+        "headers": [(b"content-length", b"20000000"), (b"x-api-keys", b"k")],
+    }
+    asyncio.run(BodyLimit(app, 25_000_000, 30, 60)(scope, receive, send))
+    assert sent[0]["type"] == "http.response.start" and sent[0]["status"] == 401
