@@ -132,17 +132,25 @@ def check_other_speakers(
     """Refuse a recording that another speaker of the tenant already has. `recordings`: samples of
     the tenant's other speakers nearest by voiceprint; only those whose vectors have at least
     `policy.copy_search_cosine` to the new one, the `policy.copy_search_limit` nearest, have their
-    fingerprints compared (a few milliseconds each). The message names no other speaker."""
-    if not fingerprint or not recordings:
+    fingerprints compared (a few milliseconds each). A vector within `policy.duplicate_cosine` of
+    one of theirs is the same recording too, as for the speaker's own samples: fingerprints need 2 s
+    of audio in common, so a shorter clip is caught by its vector only. The message names no other
+    speaker."""
+    if not recordings:
         return
     cosines = np.array([float(r.vector @ vector) for r in recordings])
-    nearest = [i for i in np.argsort(-cosines) if cosines[i] >= policy.copy_search_cosine]
-    for i in nearest[: policy.copy_search_limit]:
-        if content.similarity(fingerprint, recordings[i].fingerprint) >= policy.duplicate_fingerprint:
-            raise DuplicateRecording(
-                "This recording is already enrolled for another speaker of this account; a recording "
-                "can belong to one speaker only"
-            )
+    copied = float(np.max(cosines)) >= policy.duplicate_cosine
+    if not copied and fingerprint:
+        nearest = [i for i in np.argsort(-cosines) if cosines[i] >= policy.copy_search_cosine]
+        copied = any(
+            content.similarity(fingerprint, recordings[i].fingerprint) >= policy.duplicate_fingerprint
+            for i in nearest[: policy.copy_search_limit]
+        )
+    if copied:
+        raise DuplicateRecording(
+            "This recording is already enrolled for another speaker of this account; a recording "
+            "can belong to one speaker only"
+        )
 
 
 def check_one_voice(vectors: Sequence[np.ndarray], score_of: VoiceScore, least: float) -> None:

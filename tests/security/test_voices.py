@@ -27,6 +27,7 @@ READER_LATER = "librispeech/test-other/367/367-130732-0007.flac"  # 9.8 s
 READER_OTHER = "librispeech/test-other/367/367-130732-0004.flac"  # 5.9 s
 OTHER_WOMAN = "vctk/p225/p225_021.wav"  # 8.2 s, a different woman
 OTHER_MAN = "librispeech/test-other/2609/2609-156975-0004.flac"
+SHORT = "librispeech/test-clean/237/237-134500-0001.flac"  # 1.81 s
 
 
 def stereo_body(left: str, right: str, right_seconds: float | None = None) -> dict[str, Any]:
@@ -99,6 +100,15 @@ def test_a_recording_of_one_speaker_is_refused_for_another(client: httpx.Client,
     assert native.status_code == 409, native.text
     assert native.json()["error"]["code"] == "enrollment.DuplicateRecording"
     assert reader not in native.json()["error"]["message"]
+
+
+def test_a_recording_too_short_for_a_fingerprint_is_refused_for_another(client: httpx.Client) -> None:
+    """1.81 s of audio (1.15 s of speech): fingerprints need 2 s in common, the vector says copy."""
+    first = client.post(ENROLL, json=flac_body(SHORT, "short-first"))
+    assert first.status_code == 200, first.text
+    again = client.post("/v1/speakers/short-second/enrollments", json=flac_body(SHORT))
+    assert again.status_code == 409 and again.json()["error"]["code"] == "enrollment.DuplicateRecording"
+    assert client.get("/v1/speakers/short-second").status_code == 404
 
 
 def test_another_account_may_enroll_the_same_recording(
