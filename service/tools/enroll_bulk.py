@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import base64
 import json
+import os
 import sys
 import threading
 from collections import Counter
@@ -58,6 +59,7 @@ class Plan:
     samples: dict[str, list[Sample]] = field(default_factory=dict)  # speaker id -> samples in order
     renamed: dict[str, str] = field(default_factory=dict)  # name in the input -> speaker id sent
     ignored: list[tuple[str, str]] = field(default_factory=list)  # (file, why it is not sent)
+    unreadable: list[tuple[str, str]] = field(default_factory=list)  # (file or folder, why): fix, re-run
 
     @property
     def total(self) -> int:
@@ -67,8 +69,9 @@ class Plan:
 def plan_input(source: Path, encoding: str) -> Plan:
     """The samples of a speaker folder tree or a CSV manifest. With `encoding` "auto", files whose
     extension names no known encoding are ignored (and listed)."""
+    unreadable: list[tuple[str, str]] = []
     if source.is_dir():
-        base, named = source, list(_folder_files(source))
+        base, named = source, list(_folder_files(source, unreadable))
     elif source.is_file():
         base = source.parent
         named = [(row.speaker, row.path) for row in read_manifest(source)]
@@ -76,24 +79,41 @@ def plan_input(source: Path, encoding: str) -> Plan:
         raise InputError(f"{source}: no such folder or file")
     ids = speaker_ids(name for name, _ in named)
     plan = Plan(renamed={name: sid for name, sid in ids.items() if name != sid})
+    plan.unreadable.extend((_key(Path(path), base), why) for path, why in unreadable)
+    listed: set[tuple[str, str]] = set()
     for name, path in named:
         key = _key(path, base)
         if encoding == "auto" and encoding_for(path) is None:
             plan.ignored.append((key, f"extension {path.suffix or '(none)'} is not audio"))
+        elif (ids[name], key) in listed:  # one answer per file and speaker in the state file
+            plan.ignored.append((key, f"listed again for {ids[name]}"))
         elif not path.is_file():
-            plan.ignored.append((key, "file not found"))
+            plan.unreadable.append((key, "file not found"))
         else:
+            listed.add((ids[name], key))
             plan.samples.setdefault(ids[name], []).append(Sample(key=key, path=path, speaker=ids[name]))
     return plan
 
 
-def _folder_files(root: Path) -> Iterator[tuple[str, Path]]:
+def _folder_files(root: Path, unreadable: list[tuple[str, str]]) -> Iterator[tuple[str, Path]]:
     """(speaker folder name, file) for every file under each subfolder, in name order; hidden
-    files and folders (".state", ".DS_Store") are not samples."""
-    for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        for path in sorted(folder.rglob("*")):
-            hidden = any(part.startswith(".") for part in path.relative_to(root).parts)
-            if path.is_file() and not hidden:
+    files and folders (".state", ".DS_Store") are not samples. A folder that cannot be listed is
+    added to `unreadable` (its path, why), never passed over in silence."""
+
+    def refused(exc: OSError) -> None:
+        unreadable.append((str(exc.filename), f"folder unreadable ({exc.strerror or type(exc).__name__})"))
+
+    try:
+        folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    except OSError as exc:
+        raise InputError(f"{root}: cannot list the folder ({exc.strerror or exc})") from exc
+    for folder in folders:
+        found: list[Path] = []
+        for parent, dirs, files in os.walk(folder, onerror=refused):
+            dirs[:] = [d for d in dirs if not d.startswith(".")]
+            found.extend(Path(parent, name) for name in files if not name.startswith("."))
+        for path in sorted(found):
+            if path.is_file():
                 yield folder.name, path
 
 
@@ -167,7 +187,13 @@ class Progress:
     accepted: int = 0
     refused: int = 0
     unsent: Counter[str] = field(default_factory=Counter)  # why a file got no answer (re-run sends it)
+    unreadable: list[tuple[str, str]] = field(default_factory=list)  # (file, why) that could not be read
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def cannot_read(self, sample: Sample, exc: OSError) -> None:
+        with self.lock:
+            self.unreadable.append((sample.key, f"file unreadable ({exc.strerror or type(exc).__name__})"))
+            self.bar.update(1)
 
     def count(self, outcome: str, files: int = 1) -> None:
         with self.lock:
@@ -218,8 +244,8 @@ def enroll_speaker(
             return
         try:
             body = request_body(sample, options)
-        except OSError:
-            progress.count("file unreadable")
+        except OSError as exc:
+            progress.cannot_read(sample, exc)
             continue
         try:
             response = client.request("POST", ENROLL, json=body)
@@ -278,6 +304,7 @@ class Summary:
     retries: int
     renamed: dict[str, str]
     ignored: list[tuple[str, str]]
+    unreadable: list[tuple[str, str]]
     state_path: Path
     status_source: str
 
@@ -300,11 +327,15 @@ class Summary:
         if self.renamed:
             out.append(f"speaker names that are not valid ids were renamed ({len(self.renamed)}):")
             out.extend(f"  {name!r} -> {sid}" for name, sid in list(self.renamed.items())[:50])
-        if self.ignored:
-            out.append(f"files not sent ({len(self.ignored)}):")
-            out.extend(f"  {key}: {why}" for key, why in self.ignored[:20])
-            if len(self.ignored) > 20:
-                out.append(f"  ... and {len(self.ignored) - 20} more")
+        for title, entries in (
+            ("files not sent", self.ignored),
+            ("could not be read (fix, then run again)", self.unreadable),
+        ):
+            if entries:
+                out.append(f"{title} ({len(entries)}):")
+                out.extend(f"  {key}: {why}" for key, why in entries[:20])
+                if len(entries) > 20:
+                    out.append(f"  ... and {len(entries) - 20} more")
         out.append(f"state: {self.state_path}")
         return out
 
@@ -345,6 +376,7 @@ def summarise(
         retries=client.retries,
         renamed=plan.renamed,
         ignored=plan.ignored,
+        unreadable=[*plan.unreadable, *progress.unreadable],
         state_path=state.path,
         status_source=source,
     )
@@ -391,7 +423,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 def cmd_enroll_bulk(args: argparse.Namespace, _settings: object = None) -> int:
     """Exit status: 0 when every file has an answer (accepted or refused), 1 when some must be sent
-    again (re-run to resume), 2 when the input or the service refuses the run itself."""
+    again (re-run to resume) or could not be read (a folder or file the summary names: a file of
+    the input listed but missing, or without permission), 2 when the input or the service refuses
+    the run itself."""
     url = args.url.rstrip("/")
     encoding = "auto" if args.encoding.lower() == "auto" else args.encoding.upper()
     state_path = args.state or default_state_path(args.input)
@@ -438,4 +472,4 @@ def cmd_enroll_bulk(args: argparse.Namespace, _settings: object = None) -> int:
     if fatal:
         print(f"stopped: {fatal}", file=sys.stderr)
         return 2
-    return 0 if answered == plan.total else 1
+    return 0 if answered == plan.total and not summary.unreadable else 1

@@ -11,6 +11,7 @@ import base64
 import csv
 import io
 import json
+import os
 import shutil
 from pathlib import Path
 from threading import Event
@@ -275,6 +276,7 @@ def test_enroll_bulk_from_a_csv(live: LiveServer, tmp_path: Path, capsys: pytest
         writer.writerow(["audio/missing.flac", "carol", ""])
         writer.writerow([str(EVAL_SPEECH / BOB[0]), "bad id!", "an id to mend"])
         writer.writerow(["audio/one.flac", "dave", "same audio, another speaker: refused"])
+        writer.writerow(["audio/one.flac", "carol", "listed again: sent once"])
     state = tmp_path / "my-state.jsonl"
     # One speaker at a time, so that carol has one.flac before dave asks for it.
     code, out = run_cli(
@@ -290,9 +292,10 @@ def test_enroll_bulk_from_a_csv(live: LiveServer, tmp_path: Path, capsys: pytest
         "--concurrency",
         "1",
     )
-    assert code == 0, out
+    assert code == 1, out  # a file of the list is missing: the migration is not whole
     assert "samples accepted: 3" in out and "'bad id!' -> bad_id" in out
-    assert "audio/missing.flac: file not found" in out
+    assert "could not be read (fix, then run again) (1):\n  audio/missing.flac: file not found" in out
+    assert "audio/one.flac: listed again for carol" in out
     assert "enrollment.DuplicateRecording" in out
     assert {(r["speakerId"], r["result"]) for r in state_lines(state)} == {
         ("carol", "accepted"),
@@ -388,6 +391,43 @@ def test_a_sample_without_an_answer_holds_back_the_rest_of_its_speaker(tmp_path:
         "held back behind an unsent sample": 1,
     }
     assert [r["file"] for r in state_lines(tmp_path / "state.jsonl")] == ["0.wav"]
+
+
+def test_folders_and_files_that_cannot_be_read_are_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = tmp_path / "in"
+    for speaker in ("open", "locked"):
+        (root / speaker).mkdir(parents=True)
+        tone_wav(root / speaker / "1.wav", 1.0)
+    walk = os.walk
+
+    def walk_refusing_locked(top: Any, onerror: Any = None, **kwargs: Any) -> Any:
+        if Path(top).name == "locked":  # as for a folder without permission (root reads any)
+            onerror(PermissionError(13, "Permission denied", str(top)))
+            return iter(())
+        return walk(top, onerror=onerror, **kwargs)
+
+    monkeypatch.setattr(os, "walk", walk_refusing_locked)
+    plan = enroll_bulk.plan_input(root, "auto")
+    assert list(plan.samples) == ["open"]
+    assert plan.unreadable == [("locked", "folder unreadable (Permission denied)")]
+
+    # A file that cannot be read when it is sent is named too (here: a folder where a file was).
+    (tmp_path / "gone.wav").mkdir()
+    transport, seen = scripted([])
+    client = ServiceClient("http://svc", "k", transport=transport, retry=RetryPolicy(attempts=1))
+    with tqdm(disable=True) as bar:
+        progress = Progress(bar=bar)
+        enroll_bulk.enroll_speaker(
+            client,
+            [Sample(key="gone.wav", path=tmp_path / "gone.wav", speaker="s")],
+            Options("http://svc", "auto", "en-US"),
+            StateFile(tmp_path / "state.jsonl"),
+            progress,
+            Event(),
+        )
+    assert not seen and progress.unreadable == [("gone.wav", "file unreadable (Is a directory)")]
 
 
 def test_read_manifest_needs_path_and_speaker(tmp_path: Path) -> None:
