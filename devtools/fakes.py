@@ -41,6 +41,7 @@ from service.enrollment.ports import (
     IndexEntry,
     NewSample,
     SampleRecord,
+    SampleSummary,
     SpeakerRecord,
     SpeakerStatus,
     StoredRecording,
@@ -372,6 +373,14 @@ class MemoryStore:
     def latest_sample(self, speaker_id: int) -> SampleRecord | None:
         samples = self._snapshot().samples.get(speaker_id, [])
         return samples[-1] if samples else None
+
+    def latest_samples(self, speaker_ids: Sequence[int]) -> dict[int, SampleSummary]:
+        found = {i: self.latest_sample(i) for i in speaker_ids}
+        return {
+            i: SampleSummary(s.sample_id, s.speech_seconds, s.snr_db)
+            for i, s in found.items()
+            if s is not None
+        }
 
     def index_entries(
         self, speaker_ids: Iterable[int] | None = None, model_sha256: str | None = None

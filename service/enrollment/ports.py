@@ -74,6 +74,15 @@ class SampleRecord:
 
 
 @dataclass(frozen=True)
+class SampleSummary:
+    """What a status says of a speaker's latest sample."""
+
+    sample_id: str
+    speech_seconds: float
+    snr_db: float
+
+
+@dataclass(frozen=True)
 class NewSample:
     sample_id: str
     vector: np.ndarray
@@ -194,6 +203,8 @@ class Store(Protocol):
     def speaker_keys(self) -> list[tuple[int, str]]: ...
 
     def latest_sample(self, speaker_id: int) -> SampleRecord | None: ...
+
+    def latest_samples(self, speaker_ids: Sequence[int]) -> dict[int, SampleSummary]: ...
 
     def index_entries(
         self, speaker_ids: Iterable[int] | None = None, model_sha256: str | None = None

@@ -27,6 +27,7 @@ from service.enrollment.ports import (
     EmbedWaves,
     NewSample,
     SampleRecord,
+    SampleSummary,
     SpeakerRecord,
     SpeakerStatus,
     Store,
@@ -38,13 +39,6 @@ from service.errors import SampleNotFound, SpeakerNotFound
 SIMILAR_VOICE_WARNING = "voice very close to another enrolled speaker"
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class SampleSummary:
-    sample_id: str
-    speech_seconds: float
-    snr_db: float
 
 
 @dataclass(frozen=True)
@@ -153,7 +147,8 @@ class EnrollmentService:
         self, tenant_id: int, offset: int = 0, limit: int | None = None
     ) -> tuple[list[EnrollmentStatus], int]:
         speakers = self.store.list_speakers(tenant_id, offset=offset, limit=limit)
-        return [self._status(s, None) for s in speakers], self.store.count_speakers(tenant_id)
+        latest = self.store.latest_samples([s.id for s in speakers])
+        return [self._status(s, latest.get(s.id)) for s in speakers], self.store.count_speakers(tenant_id)
 
     def delete_speaker(self, tenant_id: int, speaker_id: str) -> None:
         with self.store.transaction() as tx:

@@ -22,6 +22,7 @@ from service.enrollment.ports import (
     IndexEntry,
     NewSample,
     SampleRecord,
+    SampleSummary,
     SpeakerRecord,
     SpeakerStatus,
     StoredRecording,
@@ -251,6 +252,21 @@ class SqlStore:
                 select(Sample).where(Sample.speaker_id == speaker_id).order_by(Sample.id.desc()).limit(1)
             ).one_or_none()
             return _sample(row) if row is not None else None
+
+    def latest_samples(self, speaker_ids: Sequence[int]) -> dict[int, SampleSummary]:
+        """Each speaker's latest sample, for a page of a list: one query, no vectors or audio read."""
+        if not speaker_ids:
+            return {}
+        latest = (
+            select(func.max(Sample.id)).where(Sample.speaker_id.in_(speaker_ids)).group_by(Sample.speaker_id)
+        )
+        with self._sessions() as s:
+            rows = s.execute(
+                select(Sample.speaker_id, Sample.sample_id, Sample.speech_seconds, Sample.snr_db).where(
+                    Sample.id.in_(latest)
+                )
+            )
+            return {row[0]: SampleSummary(row[1], row[2], row[3]) for row in rows}
 
     def index_entries(
         self, speaker_ids: Iterable[int] | None = None, model_sha256: str | None = None

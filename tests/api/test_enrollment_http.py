@@ -112,7 +112,10 @@ def test_native_routes_enroll_list_and_delete_a_sample(own_client: httpx.Client,
     second = own_client.post("/v1/speakers/native.1/enrollments", json=flac_body(ALICE[1]))
     assert second.status_code == 201 and second.json()["samples"] == 2
     page = own_client.get("/v1/speakers", params={"limit": 1000}).json()
-    assert "native.1" in [s["speakerId"] for s in page["speakers"]]
+    listed = {s["speakerId"]: s for s in page["speakers"]}
+    # A list gives each speaker's status as its own route does, its latest sample too.
+    assert listed["native.1"]["lastSample"] == second.json()["lastSample"]
+    assert listed["native.1"] == {**own_client.get("/v1/speakers/native.1").json(), "warnings": None}
 
     sample_id = second.json()["lastSample"]["sampleId"]
     assert own_client.delete(f"/v1/speakers/native.1/enrollments/{sample_id}").status_code == 204

@@ -420,6 +420,29 @@ def test_the_index_is_given_only_the_running_models_voiceprints(store: SqlStore,
     assert index.lookup(tenant, "new") is not None and index.lookup(tenant, "old") is None
 
 
+@BY_KIND
+def test_a_page_of_speakers_gets_each_ones_latest_sample_in_one_query(store: SqlStore, kind: str) -> None:
+    tenant = tenant_of(store)
+    added: dict[int, list[str]] = {}
+    for name, count in (("alice", 3), ("bob", 1), ("carol", 2)):
+        with store.transaction() as tx:
+            speaker = tx.lock_speaker(tenant, name, create=True)
+            assert speaker is not None
+            for i in range(count):
+                sample = replace(new_sample(unit_vector(10 * count + i)), speech_seconds=1.0 + i)
+                tx.add_sample(speaker.id, sample)
+                added.setdefault(speaker.id, []).append(sample.sample_id)
+    latest = store.latest_samples(list(added))
+    assert {i: s.sample_id for i, s in latest.items()} == {i: ids[-1] for i, ids in added.items()}
+    for speaker_row, summary in latest.items():
+        single = store.latest_sample(speaker_row)
+        assert single is not None and (summary.speech_seconds, summary.snr_db) == (
+            single.speech_seconds,
+            single.snr_db,
+        )
+    assert store.latest_samples([]) == {}
+
+
 def test_the_readiness_ping_neither_takes_nor_waits_for_sqlites_write_lock(tmp_path: Path) -> None:
     """Every session on SQLite begins with BEGIN IMMEDIATE; the ping must not, or a probe waits out
     a long write (up to the 30 s busy timeout) and the replica flaps to not ready."""

@@ -187,6 +187,7 @@ def test_list_is_sorted_and_paged(svc: FakeServices) -> None:
         svc.enrollment.enroll(ACME, name, voice.clip(0))
     page, total = svc.enrollment.list_speakers(ACME, offset=1, limit=1)
     assert total == 3 and [s.speaker_id for s in page] == ["bob"]
+    assert page[0].last_sample == svc.enrollment.status(ACME, "bob").last_sample is not None
     assert [s.speaker_id for s in svc.enrollment.list_speakers(ACME)[0]] == ["alice", "bob", "carol"]
 
 
