@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from service.config import Settings
@@ -20,6 +20,21 @@ def _store(settings: Settings) -> SqlStore:
     from service.storage.repository import SqlStore
 
     return SqlStore(open_migrated(settings.resolved_database_url()))
+
+
+def _port(least: int) -> Callable[[str], int]:
+    """An argparse type: a port number from `least` to 65535 (uvloop would wrap 70000 to 4464)."""
+
+    def parse(text: str) -> int:
+        try:
+            port = int(text)
+        except ValueError:
+            port = -1
+        if not least <= port <= 65535:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a port ({least}-65535)")
+        return port
+
+    return parse
 
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
@@ -39,7 +54,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         create_app(settings),
         settings,
         host=args.host or settings.host,
-        port=args.port or settings.port,
+        port=settings.port if args.port is None else args.port,
         timeout_graceful_shutdown=10,
     )
     uvicorn.Server(config).run()
@@ -141,10 +156,10 @@ def parser() -> argparse.ArgumentParser:
     sub = root.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the HTTP service")
     serve.add_argument("--host")
-    serve.add_argument("--port", type=int)
+    serve.add_argument("--port", type=_port(1), help="1-65535 (SPK_PORT)")
     serve.add_argument(
         "--grpc-port",
-        type=int,
+        type=_port(0),
         help="also serve the realtime gRPC API on this port (SPK_REALTIME__GRPC_PORT)",
     )
     serve.set_defaults(run=cmd_serve)

@@ -40,3 +40,18 @@ def test_threads_default_to_every_usable_core_even_after_silero_vad_is_imported(
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize(
+    "argv", [["--port", "70000"], ["--port", "0"], ["--port", "x"], ["--grpc-port", "-1"]]
+)
+def test_serve_refuses_a_port_out_of_range_in_one_line(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """As SPK_PORT does; uvloop would otherwise serve --port 70000 on port 4464."""
+    from service.cli import main
+
+    with pytest.raises(SystemExit) as stopped:
+        main(["serve", *argv])
+    assert stopped.value.code == 2
+    assert "is not a port" in capsys.readouterr().err
