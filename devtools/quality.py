@@ -13,6 +13,7 @@ Usage: python -m scripts.duration_study
 
 from __future__ import annotations
 
+import argparse
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -312,7 +313,12 @@ def load(names: Sequence[str] = CROPPED) -> tuple[C.Study, Scorer, dict[str, Tri
     return study, scorer, collect(study, scorer, crop_all(names=tuple(names)))
 
 
-def main() -> int:
+def main(argv: Sequence[str] | None = None) -> int:
+    argparse.ArgumentParser(
+        prog="python -m scripts.duration_study",
+        description="How decisions move with a probe's speech duration (the first run embeds the crops: "
+        "about 15 min on 2 CPU cores; the work goes to data/study).",
+    ).parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     study, scorer, sets = load()
     print("\n".join(describe(sets)))

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import ast
 import importlib.util
+import subprocess
+import sys
 from functools import cache
 from pathlib import Path
 
@@ -120,3 +122,18 @@ def test_scripts_are_entry_points_over_devtools() -> None:
         if not names or not all(n.startswith("devtools.") for n in names) or not names[-1].endswith(".main"):
             thick.append(f"{path.relative_to(REPO_ROOT)} imports {names}")
     assert thick == []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script", sorted(p.stem for p in python_files("scripts") if p.name != "__init__.py"))
+def test_every_script_answers_help_without_starting_work(script: str) -> None:
+    """`--help` prints the usage and exits 0; no script may ignore its arguments and start a study."""
+    run = subprocess.run(
+        [sys.executable, "-m", f"scripts.{script}", "--help"],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        timeout=120,
+        check=False,
+    )
+    assert run.returncode == 0 and run.stdout.startswith("usage:"), run.stdout[-500:] + run.stderr[-2000:]
