@@ -161,6 +161,22 @@ class ServiceClient:
         self.sleep(self.retry.delay(attempt, retry_after))
 
 
+def reach(client: ServiceClient) -> int:
+    """Check that the service answers this key before a run: the number of speakers its tenant
+    holds. FatalHttpError (one line) when it cannot be reached, refuses the key or is not the
+    service at that URL."""
+    try:
+        answer = client.request("GET", "/v1/speakers?limit=1")
+    except httpx.TransportError as exc:
+        raise FatalHttpError(f"cannot reach {client.url} ({type(exc).__name__}: {exc})") from exc
+    if answer.status_code != 200:
+        code, message = error_of(answer)
+        status = f"HTTP {answer.status_code} {code}: {message}"
+        raise FatalHttpError(f"GET {client.url}/v1/speakers: {status}; is --url the service?")
+    total: int = answer.json()["total"]
+    return total
+
+
 # --- the command-line options every tool shares ---------------------------------------------------
 
 

@@ -50,7 +50,14 @@ from tqdm import tqdm
 from service.enrollment.speaker_ids import MAX_LENGTH as MAX_ID
 from service.tools import metrics
 from service.tools.audio import AudioReadError, flac_clip
-from service.tools.client import FatalHttpError, ServiceClient, add_connection_args, connect, error_of
+from service.tools.client import (
+    FatalHttpError,
+    ServiceClient,
+    add_connection_args,
+    connect,
+    error_of,
+    reach,
+)
 from service.tools.evaluate_diarization import cmd_evaluate_diarization
 from service.tools.inputs import InputError, ManifestRow, clean_id, read_manifest
 from service.tools.pool import run_bounded
@@ -811,8 +818,9 @@ def cmd_evaluate(args: argparse.Namespace, _settings: object = None) -> int:
     try:
         if args.resample is not None and args.resample <= 0:
             raise InputError("--resample must be a positive rate in Hz")
+        rows = read_manifest(args.manifest)
         plan = plan_eval(
-            read_manifest(args.manifest),
+            rows,
             prefix,
             args.enroll_clips,
             args.min_clips,
@@ -825,13 +833,30 @@ def cmd_evaluate(args: argparse.Namespace, _settings: object = None) -> int:
             need = "clips from two sessions" if args.by_session else f"{args.min_clips} clips"
             raise InputError(f"no speaker to enroll: none has {need} in {args.manifest}")
         if args.probe_manifest is not None:
-            probes_from(plan, read_manifest(args.probe_manifest))
+            probes = read_manifest(args.probe_manifest)
+            probes_from(plan, probes)
+            rows = [*rows, *probes]
+        missing = [str(row.path) for row in rows if not row.path.is_file()]
+        if missing:
+            raise InputError(f"{len(missing)} file(s) of the manifest are missing, e.g. {missing[0]}")
         client = connect(args)
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     started = datetime.now(UTC).isoformat(timespec="seconds")
     with client:
+        try:
+            already = reach(client)
+        except FatalHttpError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        if already:
+            print(
+                f"warning: the key's tenant already holds {already} speaker(s): they join the cohort "
+                "that sets the decision level, and a clip one of them has is refused as its recording; "
+                "use a tenant of its own for a measurement",
+                file=sys.stderr,
+            )
         try:
             run = run_eval(client, plan, resample=args.resample, concurrency=args.concurrency, keep=args.keep)
         except FatalHttpError as exc:
@@ -860,6 +885,7 @@ def cmd_evaluate(args: argparse.Namespace, _settings: object = None) -> int:
                 "started": started,
                 "speakers": plan.ids,
                 "droppedSpeakers": run.dropped,
+                "tenantSpeakersBefore": already,
                 "notDeleted": run.not_deleted,
             },
             "metrics": report,

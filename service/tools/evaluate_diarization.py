@@ -17,8 +17,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 from service.tools.audio import AudioReadError, flac_clip
-from service.tools.client import FatalHttpError, connect, error_of
+from service.tools.client import FatalHttpError, connect, error_of, reach
 from service.tools.inputs import InputError, read_manifest
 from service.tools.metrics import Turn, diarization_error
 
@@ -50,6 +52,9 @@ def cmd_evaluate_diarization(args: argparse.Namespace) -> int:
     try:
         rows = read_manifest(args.manifest, required=("path", "rttm"))
         files = [(row.path, read_rttm(args.manifest.parent / row.extra["rttm"])) for row in rows]
+        missing = [str(path) for path, _ in files if not path.is_file()]
+        if missing:
+            raise InputError(f"{len(missing)} file(s) of the manifest are missing, e.g. {missing[0]}")
         client = connect(args)
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -58,6 +63,11 @@ def cmd_evaluate_diarization(args: argparse.Namespace) -> int:
     missed = false_alarm = confusion = total = 0.0
     counted = 0
     with client:
+        try:
+            reach(client)
+        except FatalHttpError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
         for path, reference in files:
             speakers = len({t[0] for t in reference})
             try:
@@ -70,8 +80,11 @@ def cmd_evaluate_diarization(args: argparse.Namespace) -> int:
                     "audioType": args.audio_type,
                 }
                 answer = client.request("POST", DIARIZE, json=body)
-            except (AudioReadError, FatalHttpError) as exc:
-                results.append({"path": str(path), "error": str(exc)[:200]})
+            except FatalHttpError as exc:  # the key was revoked or the service replaced mid-run
+                print(f"error: {exc}", file=sys.stderr)
+                return 2
+            except (AudioReadError, httpx.TransportError) as exc:
+                results.append({"path": str(path), "error": f"{type(exc).__name__}: {exc}"[:200]})
                 continue
             if answer.status_code != 200:
                 code, message = error_of(answer)

@@ -51,6 +51,10 @@ def test_evaluate_diarization_scores_a_built_conversation(
     theirs = DiarizationErrorRate(collar=0.25)(reference(c), hyp)
     assert report["der"] == pytest.approx(theirs, abs=0.002)
     assert report["der"] < 0.1
+    capsys.readouterr()
+    wrong = [a if a != key else "sk_never-issued" for a in argv]
+    assert main(wrong) == 2  # the run itself is refused, once, not every file as a 401
+    assert capsys.readouterr().err.count("auth.InvalidKey") == 1
 
 
 def test_evaluate_diarization_refuses_a_manifest_without_references(tmp_path: Path) -> None:

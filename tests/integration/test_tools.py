@@ -331,6 +331,7 @@ def test_evaluate_end_to_end_on_a_tiny_manifest(
         assert png.read_bytes().startswith(b"\x89PNG\r\n\x1a\n") and "plots: " in out
 
     document = json.loads(out_json.read_text())
+    assert document["run"]["tenantSpeakersBefore"] == 0 and "warning" not in capsys.readouterr().err
     report = document["metrics"]
     assert report["trials"]["genuine"] == 4 and report["trials"]["unknown"] == 2
     assert report["trials"]["failedByCode"] == {"audio.InsufficientSpeech": 1}  # the silent clip
@@ -428,6 +429,28 @@ def test_folders_and_files_that_cannot_be_read_are_named(
             Event(),
         )
     assert not seen and progress.unreadable == [("gone.wav", "file unreadable (Is a directory)")]
+
+
+@pytest.mark.parametrize("diarization", [False, True])
+def test_evaluate_stops_in_one_line_at_a_missing_file_or_a_service_it_cannot_reach(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], diarization: bool
+) -> None:
+    manifest = tmp_path / "manifest.csv"
+    with open(manifest, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["path", "rttm"] if diarization else ["path", "speaker"])
+        for i in range(3):
+            tone_wav(tmp_path / f"{i}.wav", 1.0)
+            writer.writerow([f"{i}.wav", "ref.rttm" if diarization else "a"])
+    (tmp_path / "ref.rttm").write_text("SPEAKER 0 1 0.000 1.000 <NA> <NA> a <NA> <NA>\n")
+    mode = ["--diarization"] if diarization else ["--min-clips", "3", "--enroll-clips", "2"]
+    service = ["--url", "http://127.0.0.1:9", "--api-key", "k", "--retries", "0"]
+    argv = ["evaluate", str(manifest), *mode, *service]
+    assert main(argv) == 2
+    assert capsys.readouterr().err.startswith("error: cannot reach http://127.0.0.1:9 (ConnectError")
+    (tmp_path / "1.wav").unlink()
+    assert main(argv) == 2
+    assert "error: 1 file(s) of the manifest are missing, e.g. " in capsys.readouterr().err
 
 
 def test_read_manifest_needs_path_and_speaker(tmp_path: Path) -> None:
