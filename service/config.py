@@ -65,11 +65,6 @@ class EnrollmentSettings(BaseModel):
         "samples) is refused as another voice; a complete speaker's new samples must pass the verify "
         "threshold",
     )
-    one_speaker_per_recording: bool = Field(
-        True,
-        description="refuse a sample whose recording another speaker of the tenant already has (off only "
-        "for load tests that send a few clips under many ids)",
-    )
     copy_search_cosine: float = Field(
         cal.COPY_SEARCH_COSINE,
         description="samples of other speakers compared by fingerprint with a new one need this cosine to it",

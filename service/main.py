@@ -59,7 +59,6 @@ def enrollment_policy(settings: Settings) -> EnrollmentPolicy:
         duplicate_cosine=e.duplicate_cosine,
         voice_check=e.voice_check,
         duplicate_fingerprint=e.duplicate_fingerprint,
-        one_speaker_per_recording=e.one_speaker_per_recording,
         copy_search_cosine=e.copy_search_cosine,
         copy_search_limit=e.copy_search_limit,
         similar_voice=e.similar_voice,

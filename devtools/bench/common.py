@@ -263,10 +263,6 @@ def served(device: str, precision: str, threads: int, **env: str) -> Iterator[Se
         SPK_PRECISION=precision,
         SPK_TORCH_THREADS=str(threads),
         SPK_LOG_LEVEL="WARNING",
-        # The load sends a few clips under many new ids; a recording belongs to one speaker of a
-        # tenant, so that check is off here (it costs an index search and, for these copies, one
-        # fingerprint comparison).
-        SPK_ENROLLMENT__ONE_SPEAKER_PER_RECORDING="false",
         **cast(dict[str, Any], env),  # all SPK_ names: none is one of local_server's own parameters
     ) as local:
         yield Server(local, device, precision, threads)

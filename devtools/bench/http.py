@@ -13,14 +13,10 @@ from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from multiprocessing import get_context
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-from devtools.clips import SetClip
-
-if TYPE_CHECKING:
-    pass
 from devtools.bench.common import (
     COMPAT_ENROLL,
     EnrollBody,
@@ -31,6 +27,8 @@ from devtools.bench.common import (
     table,
     ten_second_bodies,
 )
+from devtools.clips import SetClip
+from devtools.server import create_key
 from service.audio import MODEL_RATE
 
 # --- http -----------------------------------------------------------------------------------------
@@ -44,7 +42,7 @@ class Load:
     `requests` per client or until `seconds` (0: no cap), all starting at `start_at` (epoch s)."""
 
     url: str
-    key: str
+    keys: Sequence[str]  # one tenant per pass over `bodies`: a recording belongs to one speaker of a tenant
     bodies: Sequence[EnrollBody]
     requests: int
     seconds: float
@@ -59,7 +57,7 @@ async def _clients(load: Load, client_ids: Sequence[int]) -> tuple[float, float,
     from service.tools.client import parse_error
 
     limits = httpx.Limits(max_connections=len(client_ids), max_keepalive_connections=len(client_ids))
-    headers = {"X-API-Key": load.key, "Content-Type": "application/json"}
+    headers = {"Content-Type": "application/json"}
     outcomes: list[Outcome] = []
     async with httpx.AsyncClient(
         base_url=load.url, headers=headers, timeout=load.timeout, limits=limits
@@ -75,10 +73,12 @@ async def _clients(load: Load, client_ids: Sequence[int]) -> tuple[float, float,
             for j in range(requests):
                 if time.monotonic() >= deadline:
                     return
-                body = bodies[(c * requests + j) % len(bodies)].with_speaker(f"{load.tag}-c{c}-r{j}")
+                n = c * requests + j
+                body = bodies[n % len(bodies)].with_speaker(f"{load.tag}-c{c}-r{j}")
+                key = {"X-API-Key": load.keys[n // len(bodies)]}
                 start = time.perf_counter()
                 try:
-                    answer = await http.post(COMPAT_ENROLL, content=body)
+                    answer = await http.post(COMPAT_ENROLL, content=body, headers=key)
                 except httpx.HTTPError as exc:
                     outcomes.append((time.perf_counter() - start, 0, type(exc).__name__))
                     continue
@@ -111,7 +111,9 @@ def http_level(
     """One level: `clients` at once, each enrolling speakers "{tag}-c{client}-r{request}"."""
     procs = client_processes(args.client_procs, clients)
     groups = [list(range(clients))[k::procs] for k in range(procs)]
-    load = Load(server.url, server.key, bodies, args.requests, args.http_seconds, tag, args.timeout)
+    passes = -(-clients * args.requests // len(bodies))
+    keys = [create_key(server.local.env(), f"{tag}-pass{k}") for k in range(passes)]
+    load = Load(server.url, keys, bodies, args.requests, args.http_seconds, tag, args.timeout)
     if procs == 1:
         runs = [drive_clients(load, groups[0])]
     else:

@@ -30,7 +30,6 @@ class EnrollmentPolicy:
     duplicate_fingerprint: float = 1.1  # off unless set
     max_spread: float = float("inf")  # off unless set
     # A recording belongs to one speaker of a tenant (see `check_other_speakers`).
-    one_speaker_per_recording: bool = True
     copy_search_cosine: float = cal.COPY_SEARCH_COSINE
     copy_search_limit: int = cal.COPY_SEARCH_LIMIT
     similar_voice: float = float("inf")  # normalised units; off unless set

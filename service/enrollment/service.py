@@ -239,7 +239,7 @@ class EnrollmentService:
             rules.check_other_speakers(vector, fp, recordings, self.policy)
 
     def _checks_recordings(self, fp: bytes | None) -> bool:
-        return self.voices is not None and bool(fp) and self.policy.one_speaker_per_recording
+        return self.voices is not None and bool(fp)
 
     def _warnings(self, speaker: SpeakerRecord) -> list[str]:
         if self.voices is None or speaker.centroid is None:
