@@ -28,7 +28,7 @@ from service import calibration as cal
 from service.embedding import weights
 from service.embedding.ecapa import load_cohort
 from service.enrollment.scoring import DecisionRule, Scorer, impostor_scores, unit_rows
-from service.tools.metrics import wilson
+from service.tools.metrics import Rate
 
 log = logging.getLogger(__name__)
 
@@ -84,14 +84,10 @@ def rule(study: Study, pair_mean: float, pair_sd: float) -> D.Service:
 
 
 def rates(outcome: D.Outcome) -> dict[str, Any]:
-    def entry(count: int, of: int) -> dict[str, Any]:
-        lo, hi = wilson(count, of)
-        return {"count": count, "of": of, "rate": count / of if of else None, "ci95": [lo, hi]}
-
     return {
-        "falseAccepts": entry(outcome.false_accepts, outcome.unknown),
-        "falseRejects": entry(outcome.false_rejects, outcome.genuine),
-        "misidentified": entry(outcome.misidentified, outcome.genuine),
+        "falseAccepts": _entry(outcome.false_accepts, outcome.unknown),
+        "falseRejects": _entry(outcome.false_rejects, outcome.genuine),
+        "misidentified": _entry(outcome.misidentified, outcome.genuine),
     }
 
 
@@ -236,8 +232,7 @@ def voice_check(study: Study, r: D.Service, threshold_units: float | None = None
 
 
 def _entry(count: int, of: int) -> dict[str, Any]:
-    lo, hi = wilson(count, of)
-    return {"count": count, "of": of, "rate": count / of if of else None, "ci95": [lo, hi]}
+    return Rate(count, of).as_dict()
 
 
 def _voice_trials(

@@ -40,6 +40,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from numpy.typing import ArrayLike
 
 from devtools.channels import TELEPHONE_RATE, encode, resample
 from devtools.clips import SetClip, set_clips
@@ -53,7 +54,21 @@ from service.embedding.ecapa import EcapaEmbedder
 from service.embedding.weights import resolve
 from service.enrollment.scoring import unit_rows
 from service.tools import metrics
-from service.tools.metrics import distribution
+
+
+def distribution(values: ArrayLike, percentiles: Sequence[float] = (1, 5, 50, 95, 99)) -> dict[str, float]:
+    """n, min, the given percentiles (as "p5"...), max and mean of the finite values; {"n": 0} if none."""
+    data = np.asarray(values, dtype=np.float64).reshape(-1)
+    data = data[np.isfinite(data)]
+    if not data.size:
+        return {"n": 0}
+    out: dict[str, float] = {"n": int(data.size), "min": float(data.min())}
+    for p in percentiles:
+        out[f"p{p:g}"] = float(np.percentile(data, p))
+    out["max"] = float(data.max())
+    out["mean"] = float(data.mean())
+    return out
+
 
 log = logging.getLogger("calibrate")
 

@@ -62,6 +62,19 @@ def create_key(env: dict[str, str], tenant: str) -> str:
     return speakerid(env, "keys", "create", "--tenant", tenant).strip().splitlines()[-1]
 
 
+def proc_status_bytes(field: str, pid: int | str = "self") -> int:
+    """A memory field of /proc/PID/status (VmRSS, VmHWM, ...) in bytes, Linux only."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no {field} for process {pid}")
+
+
+def resident_bytes(pid: int | str = "self") -> int:
+    """A process's resident set size (VmRSS)."""
+    return proc_status_bytes("VmRSS", pid)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -43,8 +43,7 @@ import soundfile as sf
 
 from devtools.clips import SetClip, set_clips
 from devtools.fuzz import still_serves
-from devtools.server import local_server
-from service.memory import resident_bytes
+from devtools.server import local_server, resident_bytes
 from service.tools.client import parse_error
 
 COMPAT = "/audio/generic/api/v1/sync/diarization"

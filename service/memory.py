@@ -14,7 +14,6 @@ import ctypes.util
 import functools
 import logging
 from collections.abc import Callable
-from pathlib import Path
 
 log = logging.getLogger(__name__)
 
@@ -39,11 +38,3 @@ def trim_heap() -> bool:
         return False
     trim(0)
     return True
-
-
-def resident_bytes(pid: int | str = "self") -> int:
-    """A process's resident set size (VmRSS), Linux only."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError(f"no VmRSS for process {pid}")

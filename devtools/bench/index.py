@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from devtools.server import proc_status_bytes, resident_bytes
 from service.config import IndexSettings
 from service.enrollment.ports import IndexEntry
 from service.enrollment.scoring import DecisionRule, Scorer
@@ -125,13 +126,7 @@ def near(vector: np.ndarray, rng: np.random.Generator, cos: float = COSINE) -> n
 
 def rss_gb() -> tuple[float, float]:
     """The process's resident memory now and at its peak, GB."""
-    fields = {}
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            key, _, value = line.partition(":")
-            if key in ("VmRSS", "VmHWM"):
-                fields[key] = int(value.split()[0]) / 1024 / 1024
-    return fields["VmRSS"], fields["VmHWM"]
+    return resident_bytes() / 2**30, proc_status_bytes("VmHWM") / 2**30
 
 
 def _ms(seconds: Sequence[float]) -> float:

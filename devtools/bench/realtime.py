@@ -10,7 +10,6 @@ with 16 streams at once.
 from __future__ import annotations
 
 import base64
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -21,15 +20,8 @@ import numpy as np
 
 from devtools.clips import clip_bytes
 from devtools.realtime import ENROLL, conversation, grpc_stream, wav_chunk
-from devtools.server import local_server
+from devtools.server import free_port, local_server
 from service.realtime import deepaffects_realtime_pb2 as pb
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def _one_stream(target: str, key: str, chunks: list[np.ndarray]) -> tuple[list[float], int]:
@@ -81,7 +73,7 @@ def _streams(target: str, key: str, chunks: list[np.ndarray], count: int) -> dic
 def realtime_section(stream_counts: tuple[int, ...] = (1, 16)) -> dict[str, Any]:
     talk = conversation()
     chunks = talk.chunks(3.0)
-    port = _free_port()
+    port = free_port()
     out: dict[str, Any] = {"chunk_seconds": 3.0, "levels": []}
     with local_server(
         tenant="bench",

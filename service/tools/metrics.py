@@ -22,7 +22,6 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 Z95 = 1.959963984540054
-PERCENTILES = (1, 5, 50, 95, 99)
 
 Statistic = Callable[[NDArray[np.float64], NDArray[np.float64]], float]
 
@@ -183,20 +182,6 @@ def eer_of(det: Det) -> Eer:
 
 def eer_value(target: NDArray[np.float64], nontarget: NDArray[np.float64]) -> float:
     return eer(target, nontarget).eer
-
-
-def distribution(values: ArrayLike, percentiles: Sequence[float] = PERCENTILES) -> dict[str, float]:
-    """n, min, the given percentiles (as "p5"...), max and mean of the finite values; {"n": 0} if none."""
-    data = np.asarray(values, dtype=np.float64).reshape(-1)
-    data = data[np.isfinite(data)]
-    if not data.size:
-        return {"n": 0}
-    out: dict[str, float] = {"n": int(data.size), "min": float(data.min())}
-    for p in percentiles:
-        out[f"p{p:g}"] = float(np.percentile(data, p))
-    out["max"] = float(data.max())
-    out["mean"] = float(data.mean())
-    return out
 
 
 # --- the bootstrap over speakers -----------------------------------------------------------------

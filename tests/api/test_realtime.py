@@ -6,7 +6,6 @@ from __future__ import annotations
 import copy
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -34,6 +33,7 @@ from devtools.realtime import (
     websocket_stream,
     websocket_url,
 )
+from devtools.server import free_port
 from service.audio.frontend import AudioInput
 from service.config import RealtimeSettings
 from service.diarization.turns import SpanVectors
@@ -47,16 +47,9 @@ PER_KEY = 16
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 @pytest.fixture(scope="module")
 def rt(tmp_path_factory: pytest.TempPathFactory, embedder: Any) -> Iterator[LiveServer]:
-    realtime = RealtimeSettings(grpc_port=_free_port(), idle_timeout_s=IDLE_S, max_streams_per_key=PER_KEY)
+    realtime = RealtimeSettings(grpc_port=free_port(), idle_timeout_s=IDLE_S, max_streams_per_key=PER_KEY)
     settings = make_settings(tmp_path_factory.mktemp("realtime"), realtime=realtime)
     server = LiveServer(settings, embedder)
     server.start()

@@ -7,6 +7,7 @@ import ctypes.util
 import numpy as np
 import pytest
 
+from devtools.server import resident_bytes
 from service import memory
 
 
@@ -16,8 +17,8 @@ def test_trim_returns_freed_fragmented_blocks() -> None:
     blocks = [np.ones(64 * 1024 + 4096 * (i % 7), dtype=np.uint8) for i in range(4000)]
     keep = blocks[::50]
     del blocks
-    before = memory.resident_bytes()
+    before = resident_bytes()
     assert memory.trim_heap()
-    after = memory.resident_bytes()
+    after = resident_bytes()
     assert before - after > 50 * 1024 * 1024, (before, after)
     assert all(int(k[0]) == 1 for k in keep)

@@ -177,10 +177,12 @@ def test_bootstrap_resamples_speakers_not_trials() -> None:
 
 
 def test_distribution_summary() -> None:
-    summary = metrics.distribution([1.0, 2.0, 3.0, 4.0, float("nan")])
+    from devtools.gates import distribution
+
+    summary = distribution([1.0, 2.0, 3.0, 4.0, float("nan")])
     assert summary["n"] == 4 and summary["min"] == 1.0 and summary["max"] == 4.0
     assert summary["p50"] == 2.5 and summary["mean"] == 2.5 and "p5" in summary
-    assert metrics.distribution([]) == {"n": 0}
+    assert distribution([]) == {"n": 0}
 
 
 # --- plots ---------------------------------------------------------------------------------------
