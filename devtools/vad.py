@@ -212,7 +212,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{name}: {s['clips']} clips, {s['audio_seconds']} s | CPU per 10 s, median clip (whole set): "
             f"silero loop {old['median_ms_per_10s']:.1f} ms ({old['total_ms_per_10s']:.1f}), "
             f"service {new['median_ms_per_10s']:.1f} ms ({new['total_ms_per_10s']:.1f}), "
-            f"{s['speedup']:.1f}x | max boundary difference {1000 * s['max_boundary_s']:.2f} ms, "
+            f"whole set {s['speedup']:.1f}x, "
+            f"median clip {old['median_ms_per_10s'] / new['median_ms_per_10s']:.1f}x"
+            f" | max boundary difference {1000 * s['max_boundary_s']:.2f} ms, "
             f"region counts differ on {s['region_count_differs']} | quality decisions changed: "
             f"{len(s['decisions_changed'])} (refused by the service: {s['refused']})",
             flush=True,

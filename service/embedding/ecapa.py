@@ -31,7 +31,8 @@ from service.errors import StartupError
 
 log = logging.getLogger(__name__)
 
-# How the model runs. fp32 / bf16: speechbrain's own modules (bf16 under autocast). fused-*: the
+# How the model runs. fp32 / bf16: speechbrain's own modules (bf16 under autocast), with
+# `skip_identity_padding` and `lean_attentive_pooling` applied (the same arithmetic). fused-*: the
 # inference rewrite of `service.embedding.fused`, in fp32, bf16, or int8 for its large matrix
 # products (bf16 elsewhere where the hardware has it, else fp32).
 Precision = Literal["fp32", "bf16", "fused-fp32", "fused-bf16", "fused-int8"]
