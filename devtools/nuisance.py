@@ -34,7 +34,7 @@ import copy
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -350,22 +350,38 @@ def lines(m: Measured) -> list[str]:
     return out
 
 
+T = TypeVar("T", int, float)
+
+
+def _listed(kind: Callable[[str], T]) -> Callable[[str], list[T]]:
+    """An argparse type: comma-separated values of `kind`."""
+
+    def parse(text: str) -> list[T]:
+        try:
+            return [kind(v) for v in text.split(",") if v.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of numbers") from None
+
+    return parse
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--ks", default="0,2,4,8,16,32")
-    parser.add_argument("--taus", default="")
-    parser.add_argument("--lams", default="", help="whitening: regularisation, in mean eigenvalues")
-    parser.add_argument("--tops", default="", help="probe normalisation: prototypes kept per probe")
+    ints, floats = _listed(int), _listed(float)  # checked here, before the study's long load
+    parser.add_argument("--ks", type=ints, default=ints("0,2,4,8,16,32"), help="directions removed")
+    parser.add_argument("--taus", type=floats, default=[], help="tenant: the channel scatter's weight")
+    parser.add_argument(
+        "--lams", type=floats, default=[], help="whitening: regularisation, in mean eigenvalues"
+    )
+    parser.add_argument(
+        "--tops", type=ints, default=[], help="probe normalisation: prototypes kept per probe"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     study = C.load()
     cases = all_cases(study)
-    ks = [int(k) for k in args.ks.split(",") if k]
-    taus = [float(t) for t in args.taus.split(",") if t]
-    tops = [int(t) for t in args.tops.split(",") if t]
-    lams = [float(x) for x in args.lams.split(",") if x]
-    for rule in rules(study, ks, taus, tops, lams):
+    for rule in rules(study, args.ks, args.taus, args.tops, args.lams):
         print("\n".join(lines(measure(study, rule, cases))), flush=True)
     return 0
