@@ -209,9 +209,9 @@ def voice_check(study: Study, r: D.Service, threshold_units: float | None = None
     samples before them (genuine), and other speakers' clips against the same voiceprints
     (impostor), scored by the rule against one speaker. Within each channel, and across (first
     sample at 16 kHz, the next through G.711, checked against the twins of the 16 kHz ones). Sets
-    the threshold on half 0 (the lowest genuine score there, less `VOICE_MARGIN`), reports half 1."""
+    the threshold on half 0 (the lowest genuine score there, less `VOICE_MARGIN`), reports half 1
+    at it and at the service's default (`cal.VOICE_CHECK`), which this threshold should match."""
     scorer = r.scorer
-    out: dict[str, Any] = {}
     pairs = [(c.name, c.enroll, c.test) for c in CONDITIONS if c.enroll == c.test] + [
         ("mixed", "twin", "mulaw")
     ]
@@ -222,13 +222,23 @@ def voice_check(study: Study, r: D.Service, threshold_units: float | None = None
     if threshold_units is None:
         genuine = np.concatenate([g for g, _ in per_half[0].values()])
         threshold_units = float(np.floor((genuine.min() - VOICE_MARGIN) * 10) / 10)
-    for name, (g, i) in per_half[1].items():
-        out[name] = {
-            "genuineRefused": _entry(int((g < threshold_units).sum()), len(g)),
-            "otherVoicesRefused": _entry(int((i < threshold_units).sum()), len(i)),
-            "genuineMin": float(g.min()),
+
+    def report(threshold: float) -> dict[str, Any]:
+        return {
+            name: {
+                "genuineRefused": _entry(int((g < threshold).sum()), len(g)),
+                "otherVoicesRefused": _entry(int((i < threshold).sum()), len(i)),
+                "genuineMin": float(g.min()),
+            }
+            for name, (g, i) in per_half[1].items()
         }
-    return {"threshold": threshold_units, "reportHalf": out}
+
+    return {
+        "threshold": threshold_units,
+        "reportHalf": report(threshold_units),
+        "default": cal.VOICE_CHECK,
+        "reportHalfAtDefault": report(cal.VOICE_CHECK),
+    }
 
 
 def _entry(count: int, of: int) -> dict[str, Any]:
@@ -327,12 +337,14 @@ def summary_lines(results: dict[str, Any]) -> list[str]:
             f"median {a['twoIdsMedian']:.2f} | nearest other person: highest {a['otherPersonHighest']:.2f} |"
         )
     v = results["voiceCheck"]
-    lines.append(f"\n## enrollment voice check: threshold {v['threshold']:.2f} units (gallery 1)")
-    for name, a in v["reportHalf"].items():
-        lines.append(
-            f"| {name} | genuine refused {cell(a['genuineRefused'])} (lowest {a['genuineMin']:.2f}) "
-            f"| other voices refused {cell(a['otherVoicesRefused'])} |"
-        )
+    for key, at in (("reportHalf", v["threshold"]), ("reportHalfAtDefault", v["default"])):
+        origin = "set on half 0" if key == "reportHalf" else "the service's default"
+        lines.append(f"\n## enrollment voice check: threshold {at:.2f} units ({origin}; gallery 1)")
+        for name, a in v[key].items():
+            lines.append(
+                f"| {name} | genuine refused {cell(a['genuineRefused'])} (lowest {a['genuineMin']:.2f}) "
+                f"| other voices refused {cell(a['otherVoicesRefused'])} |"
+            )
     return lines
 
 
