@@ -151,6 +151,30 @@ class EmbeddingSettings(BaseModel):
     )
 
 
+class DatabaseSettings(BaseModel):
+    """The connections of one process (PostgreSQL; SQLite opens what it needs)."""
+
+    pool_size: int = Field(10, ge=1, le=1000, description="connections kept open per process")
+    max_overflow: int = Field(20, ge=0, le=1000, description="more connections opened under load")
+    pool_timeout_s: float = Field(
+        10.0, gt=0, le=300, description="a request waiting this long for a free connection gets a 503"
+    )
+    lock_timeout_s: float = Field(
+        5.0,
+        gt=0,
+        le=600,
+        description="PostgreSQL: a statement waiting this long for a lock (a speaker's row, a tenant's "
+        "enrollment lock held by a stalled replica) is stopped and its request answered 503",
+    )
+    idle_in_transaction_timeout_s: float = Field(
+        15.0,
+        gt=0,
+        le=3600,
+        description="PostgreSQL: a session idle this long inside a transaction (its client stalled or cut "
+        "off) is ended by the server, releasing its locks; its transaction rolls back",
+    )
+
+
 class IndexSettings(BaseModel):
     ivf_threshold: int = Field(
         200_000,
@@ -292,6 +316,7 @@ class Settings(BaseSettings):
     batching: BatchingSettings = BatchingSettings()
     embedding: EmbeddingSettings = EmbeddingSettings()
     index: IndexSettings = IndexSettings()
+    database: DatabaseSettings = DatabaseSettings()
     egress: EgressSettings = EgressSettings()
     jobs: JobsSettings = JobsSettings()
     realtime: RealtimeSettings = RealtimeSettings()

@@ -282,6 +282,17 @@ class NotReady(ServiceError):
     default_message = "Service is not ready"
 
 
+class DatabaseUnavailable(ServiceError):
+    """The database did not answer in time (down, cut off, or a lock held past its timeout)."""
+
+    code = "service.DatabaseUnavailable"
+    status = 503
+    default_message = "The database is not answering; retry shortly"
+
+    def __init__(self, message: str | None = None, *, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message, headers={"Retry-After": "5", **(headers or {})})
+
+
 class FrontEndLost(ServiceError):
     """The process preparing the request's audio died or hung; it was replaced."""
 

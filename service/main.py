@@ -35,7 +35,7 @@ from service.jobs import handlers
 from service.jobs.worker import JobWorker
 from service.realtime import grpc_server
 from service.realtime.session import StreamLimiter
-from service.storage.database import check_migrated, make_engine
+from service.storage.database import check_migrated, make_engine, unavailable
 from service.storage.index import BandedIndex
 from service.storage.jobs import SqlJobStore
 from service.storage.repository import SqlStore
@@ -157,7 +157,7 @@ def use_cases(
 def build_services(settings: Settings, embedder: Embedder | None = None) -> Services:
     """Connect, check the schema, load and warm the model, build the index. Blocking."""
     url = settings.resolved_database_url()
-    engine = make_engine(url)
+    engine = make_engine(url, settings.database)
     check_migrated(engine, url)
     store = SqlStore(engine)
     if embedder is None:
@@ -243,9 +243,12 @@ async def _follow_changes(services: Services) -> None:
         try:
             await run_blocking(services.runtime.follower.catch_up)
             services.checks["index"] = True
-        except Exception:
+        except Exception as exc:
             services.checks["index"] = False
-            log.exception("index catch-up failed")
+            if unavailable(exc):
+                log.warning("index catch-up: database unavailable", extra={"error": type(exc).__name__})
+            else:
+                log.exception("index catch-up failed")
 
 
 async def _trim_heap(interval: float) -> None:

@@ -15,17 +15,20 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Receive, Scope, Send
 
 from service.errors import (
     BadRequest,
+    DatabaseUnavailable,
     InvalidSpeakerId,
     MethodNotAllowed,
     RouteNotFound,
     ServiceError,
     shown,
 )
+from service.storage.database import unavailable
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +93,18 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     return render_error(request, kind(shown(exc.detail, 200), headers=dict(exc.headers or {})))
 
 
+async def _database_error(request: Request, exc: Exception) -> JSONResponse:
+    """A database that does not answer is a 503 with Retry-After and one log line (an outage would
+    otherwise write two tracebacks per request); any other database error is unexpected."""
+    if not unavailable(exc):
+        return await _unexpected(request, exc)
+    log.warning(
+        "database unavailable",
+        extra={"path": request.url.path, "error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"},
+    )
+    return render_error(request, DatabaseUnavailable())
+
+
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error", extra={"path": request.url.path})
     # Rendered outside every middleware (Starlette's outermost layer): the headers that
@@ -102,4 +117,5 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(ServiceError, _service_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(SQLAlchemyError, _database_error)
     app.add_exception_handler(Exception, _unexpected)

@@ -15,14 +15,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from typing import Any
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
+from sqlalchemy.exc import SQLAlchemyError
 
 from service.api.deps import Services, run_blocking
 from service.audio.frontend import AudioInput
 from service.concurrency import Cancellation
-from service.errors import BadRequest, NotReady, ServiceError, StreamIdle
+from service.errors import BadRequest, DatabaseUnavailable, NotReady, ServiceError, StreamIdle
 from service.realtime.session import (
     ChunkAnswer,
     StreamLimiter,
@@ -30,8 +32,10 @@ from service.realtime.session import (
     authenticate,
     parse_speaker_ids,
 )
+from service.storage.database import unavailable
 
 api = APIRouter(prefix="/v1", tags=["identification"])
+log = logging.getLogger(__name__)
 
 
 def _key(ws: WebSocket) -> str | None:
@@ -103,9 +107,19 @@ async def identify_stream(ws: WebSocket) -> None:
     except WebSocketDisconnect:
         return
     except ServiceError as exc:
-        with contextlib.suppress(Exception):
-            await ws.send_json({"error": _error(exc)})
-            await ws.close(code=4000 + exc.status, reason=exc.code)
+        await _refuse(ws, exc)
+    except SQLAlchemyError as exc:  # the key check or the scoring could not reach the database
+        if not unavailable(exc):
+            raise
+        log.warning("database unavailable", extra={"path": ws.url.path, "error": type(exc).__name__})
+        await _refuse(ws, DatabaseUnavailable())
+
+
+async def _refuse(ws: WebSocket, exc: ServiceError) -> None:
+    """End the stream with `exc`: its error as a message, then a close of code 4000 + its status."""
+    with contextlib.suppress(Exception):
+        await ws.send_json({"error": _error(exc)})
+        await ws.close(code=4000 + exc.status, reason=exc.code)
 
 
 async def _serve(

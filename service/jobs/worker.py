@@ -24,6 +24,7 @@ from service.egress import Egress
 from service.errors import RequestCancelled, ServiceError
 from service.jobs import webhooks
 from service.jobs.ports import JobRecord, JobStore
+from service.storage.database import unavailable
 
 log = logging.getLogger(__name__)
 
@@ -97,8 +98,11 @@ class JobWorker:
         while not self._stopping.is_set():
             try:
                 busy = step()
-            except Exception:
-                log.exception("job worker step failed")
+            except Exception as exc:
+                if unavailable(exc):  # one line per poll while the database is away, not a traceback
+                    log.warning("job worker: database unavailable", extra={"error": type(exc).__name__})
+                else:
+                    log.exception("job worker step failed")
                 busy = False
             if not busy:
                 self._stopping.wait(self.settings.poll_seconds)

@@ -21,6 +21,7 @@ from concurrent import futures
 from typing import Any
 
 import grpc
+from sqlalchemy.exc import SQLAlchemyError
 
 from service.api.deps import Services
 from service.audio.decode import b64decode
@@ -28,6 +29,7 @@ from service.audio.frontend import AudioInput
 from service.concurrency import Cancellation
 from service.errors import (
     BadRequest,
+    DatabaseUnavailable,
     NotReady,
     RateLimited,
     ServiceError,
@@ -45,6 +47,7 @@ from service.realtime.session import (
     authenticate,
     parse_speaker_ids,
 )
+from service.storage.database import unavailable
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +63,7 @@ def status_code(exc: ServiceError) -> grpc.StatusCode:
         (RateLimited, grpc.StatusCode.RESOURCE_EXHAUSTED),
         (StreamIdle, grpc.StatusCode.DEADLINE_EXCEEDED),
         (NotReady, grpc.StatusCode.UNAVAILABLE),
+        (DatabaseUnavailable, grpc.StatusCode.UNAVAILABLE),
         (BadRequest, grpc.StatusCode.INVALID_ARGUMENT),
     ):
         if isinstance(exc, kind):
@@ -162,6 +166,12 @@ class RealtimeServicer(pb_grpc.DeepAffectsRealtimeServicer):
                     yield from answer_messages(answer)
         except ServiceError as exc:
             context.abort(status_code(exc), exc.message)
+        except SQLAlchemyError as exc:  # the key check or the scoring could not reach the database
+            if not unavailable(exc):
+                raise
+            log.warning("database unavailable", extra={"rpc": "IdentifySpeaker", "error": type(exc).__name__})
+            refused = DatabaseUnavailable()
+            context.abort(status_code(refused), refused.message)
         finally:
             stop.set()
 

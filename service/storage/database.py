@@ -13,13 +13,31 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
+from sqlalchemy.exc import (
+    ArgumentError,
+    DBAPIError,
+    InterfaceError,
+    NoSuchModuleError,
+    OperationalError,
+    SQLAlchemyError,
+)
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from service import resources
+from service.config import DatabaseSettings
 from service.errors import StartupError
 
 
-def make_engine(url: str) -> Engine:
+def unavailable(exc: BaseException) -> bool:
+    """Whether `exc` says the database could not be reached or answered in time (down, the link
+    cut, the pool exhausted, a lock or an idle transaction timed out), not that a request was wrong."""
+    if isinstance(exc, OperationalError | InterfaceError | PoolTimeout):
+        return True
+    return isinstance(exc, DBAPIError) and exc.connection_invalidated
+
+
+def make_engine(url: str, settings: DatabaseSettings | None = None) -> Engine:
+    s = settings or DatabaseSettings()
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
@@ -28,9 +46,31 @@ def make_engine(url: str) -> Engine:
         _sqlite_serialised_writes(engine)
         return engine
     # A server that does not answer fails a connection in 10 s rather than the OS's minutes (a
-    # readiness probe, a request), unless the URL sets its own.
-    connect_args = {} if "connect_timeout" in parsed.query else {"connect_timeout": 10}
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20, connect_args=connect_args)
+    # readiness probe, a request), and a link that goes silent is found dead in about 15 s (TCP
+    # keepalives, and a limit on unacknowledged data) instead of TCP's 15 minutes, unless the URL
+    # sets its own. A lock waited for past `lock_timeout_s` stops the statement; a session left idle
+    # inside a transaction past `idle_in_transaction_timeout_s` (a stalled or cut-off replica) is
+    # ended by the server, so its locks (a tenant's enrollment lock) cannot stop the other replicas,
+    # and its transaction cannot commit much later than the change numbers it drew.
+    defaults: dict[str, Any] = {
+        "connect_timeout": 10,
+        "keepalives": 1,
+        "keepalives_idle": 10,
+        "keepalives_interval": 5,
+        "keepalives_count": 3,
+        "tcp_user_timeout": 15_000,
+        "options": f"-c lock_timeout={round(s.lock_timeout_s * 1000)} "
+        f"-c idle_in_transaction_session_timeout={round(s.idle_in_transaction_timeout_s * 1000)}",
+    }
+    connect_args = {k: v for k, v in defaults.items() if k not in parsed.query}
+    return create_engine(
+        url,
+        pool_pre_ping=True,
+        pool_size=s.pool_size,
+        max_overflow=s.max_overflow,
+        pool_timeout=s.pool_timeout_s,
+        connect_args=connect_args,
+    )
 
 
 def _sqlite_serialised_writes(engine: Engine) -> None:

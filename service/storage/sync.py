@@ -4,7 +4,9 @@ Applying a change means re-reading that speaker's row (upsert it, or drop it if 
 applying one twice is harmless. On PostgreSQL a sequence number can become visible after a higher
 one (transactions commit out of order) or never (a rolled-back insert): changes above the last
 contiguous sequence are re-read on each poll, and a gap still open after `GAP_GRACE_S` is taken to
-be a rollback. For the same reason a rebuild cannot trust the highest sequence it sees: a lower one
+be a rollback. A transaction cannot commit that late unless its server stalls: a session idle
+inside a transaction past `SPK_DATABASE__IDLE_IN_TRANSACTION_TIMEOUT_S` (15 s) is ended, and a
+statement waits for a lock at most `SPK_DATABASE__LOCK_TIMEOUT_S` (5 s). For the same reason a rebuild cannot trust the highest sequence it sees: a lower one
 may still be in flight, so following resumes `REBUILD_WINDOW` below it.
 """
 

@@ -26,12 +26,14 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Engine, func, inspect, select
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
 
+from service.config import DatabaseSettings
 from service.embedding.ecapa import EcapaEmbedder
 from service.enrollment.ports import Aggregates, ChangeKind, NewSample, SpeakerStatus
 from service.errors import StartupError
 from service.main import build_services
-from service.storage.database import alembic_config, check_migrated, make_engine, migrate
+from service.storage.database import alembic_config, check_migrated, make_engine, migrate, unavailable
 from service.storage.index import FaissSpeakerIndex
 from service.storage.repository import SqlStore
 from service.storage.sync import IndexFollower
@@ -463,3 +465,32 @@ def test_the_readiness_ping_neither_takes_nor_waits_for_sqlites_write_lock(tmp_p
         writer.execute("ROLLBACK")
         writer.close()
         engine.dispose()
+
+
+@pytest.mark.postgres
+def test_a_stalled_holder_of_a_tenants_lock_stops_no_one_for_long(tmp_path: Path) -> None:
+    """A replica whose link stalls inside an enrollment holds its tenant's lock: another replica's
+    enrollment of that tenant waits at most the lock timeout (a 503, not a hang), and once the
+    stalled session has been idle in its transaction past its timeout the server ends it, its lock
+    goes, and its transaction can no longer commit."""
+    url = fresh_url("postgres", tmp_path)
+    timeouts = DatabaseSettings(lock_timeout_s=1.0, idle_in_transaction_timeout_s=2.0)
+    stalled, healthy = SqlStore(make_engine(url, timeouts)), SqlStore(make_engine(url, timeouts))
+    tenant = tenant_of(healthy)
+    try:
+        held = stalled.transaction()
+        tx = held.__enter__()
+        tx.lock_tenant(tenant)  # ... then nothing more from this session: it stalled
+        started = time.monotonic()
+        with pytest.raises(SQLAlchemyError) as waited, healthy.transaction() as other:
+            other.lock_tenant(tenant)
+        assert unavailable(waited.value) and time.monotonic() - started < 5
+        time.sleep(3)  # past the idle-in-transaction timeout: the server ended the stalled session
+        with healthy.transaction() as other:
+            other.lock_tenant(tenant)
+        with pytest.raises(SQLAlchemyError) as ended:
+            held.__exit__(None, None, None)  # its commit
+        assert unavailable(ended.value)
+    finally:
+        stalled.engine.dispose()
+        healthy.engine.dispose()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from fastapi.testclient import TestClient
 
 from service.api.middleware import REQUESTS
@@ -86,3 +87,32 @@ def test_the_body_of_a_request_without_any_key_is_never_received() -> None:
     }
     asyncio.run(BodyLimit(app, 25_000_000, 30, 60)(scope, receive, send))
     assert sent[0]["type"] == "http.response.start" and sent[0]["status"] == 401
+
+
+def test_a_database_that_does_not_answer_is_a_503_with_retry_after(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from sqlalchemy.exc import IntegrityError, OperationalError
+
+    app = create_app(Settings(data_dir=tmp_path))
+
+    def down() -> None:
+        raise OperationalError("SELECT 1", {}, Exception("connection refused\nand a second line"))
+
+    def broken() -> None:
+        raise IntegrityError("INSERT", {}, Exception("duplicate key"))
+
+    app.add_api_route("/v1/down", down)
+    app.add_api_route("/audio/generic/api/v1/down", down)
+    app.add_api_route("/v1/broken", broken)
+    client = TestClient(app, raise_server_exceptions=False)
+    native = client.get("/v1/down")
+    assert native.status_code == 503 and native.json()["error"]["code"] == "service.DatabaseUnavailable"
+    assert native.headers["retry-after"] == "5"
+    compat = client.get("/audio/generic/api/v1/down")
+    assert compat.status_code == 503
+    assert compat.json()["fault"]["detail"]["errorcode"] == "service.DatabaseUnavailable"
+    # One line, no traceback, for an outage; any other database error is still a 500.
+    outage = [r for r in caplog.records if r.getMessage() == "database unavailable"]
+    assert len(outage) == 2 and all(r.exc_info is None for r in outage)
+    assert client.get("/v1/broken").status_code == 500
