@@ -6,8 +6,9 @@ one (transactions commit out of order) or never (a rolled-back insert): changes 
 contiguous sequence are re-read on each poll, and a gap still open after `GAP_GRACE_S` is taken to
 be a rollback. A transaction cannot commit that late unless its server stalls: a session idle
 inside a transaction past `SPK_DATABASE__IDLE_IN_TRANSACTION_TIMEOUT_S` (15 s) is ended, and a
-statement waits for a lock at most `SPK_DATABASE__LOCK_TIMEOUT_S` (5 s). For the same reason a rebuild cannot trust the highest sequence it sees: a lower one
-may still be in flight, so following resumes `REBUILD_WINDOW` below it.
+statement waits for a lock at most `SPK_DATABASE__LOCK_TIMEOUT_S` (5 s). Since numbers can commit out
+of order, a rebuild cannot trust the highest sequence it sees either: a lower one may still be in
+flight, so following resumes `REBUILD_WINDOW` below it.
 """
 
 from __future__ import annotations
