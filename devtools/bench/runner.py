@@ -75,7 +75,8 @@ from devtools.bench.realtime import realtime_section
 
 SECTIONS = ("core", "enroll", "http", "index", "gpu", "realtime", "frontend")
 # realtime (a server and 16 streams) and frontend (three servers of its own) run when named: they
-# measure against a target, not a baseline run beside them.
+# take minutes. Each prints its ratio to a baseline of the same run (realtime: the chunks alone
+# over HTTP; frontend: one worker) beside its target.
 DEFAULT_SECTIONS = [s for s in SECTIONS if s not in ("realtime", "frontend")]
 # The targets for a GPU box.
 TARGET_GPU_CLIPS_PER_S = 8_000
