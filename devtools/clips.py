@@ -84,11 +84,11 @@ class SetClip:
         return {"content": base64.b64encode(self.file.read_bytes()).decode(), "encoding": self.encoding}
 
 
-def set_clips(folder: Path = EVAL_SPEECH) -> list[SetClip]:
-    """Every clip of the set in `folder` (its ``manifest.csv``: path, speaker, duration_s), in order."""
+def set_clips(folder: Path = EVAL_SPEECH, manifest: str = "manifest.csv") -> list[SetClip]:
+    """Every clip of the set in `folder` (its `manifest`: path, speaker, duration_s), in order."""
     return [
         SetClip(r.name, r.speaker, float(r.extra["duration_s"]), folder)
-        for r in manifest_rows(folder, ("path", "speaker", "duration_s"))
+        for r in manifest_rows(folder, ("path", "speaker", "duration_s"), manifest)
     ]
 
 

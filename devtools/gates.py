@@ -16,7 +16,10 @@ start, lower gain) for the duplicate and spread checks. The report covers:
 4. the spread that `Complete` asks of a speaker's samples;
 5. the audio gates (speech seconds, SNR, clipping) over every clip;
 
-with a proposed value for each threshold. Embeddings are cached in ``--cache-dir`` (keyed by the
+with a proposed value for each threshold. The speakers are split in two halves by a hash of their
+label (`devtools.decisions.half_of`, as for the decision rule): sections 3-5 propose each value on
+half 0 only, and section 6 reports the current defaults and those proposals on half 1, the
+speakers that chose nothing. Embeddings are cached in ``--cache-dir`` (keyed by the
 model's checksum and each file's content), so a rerun only redoes the statistics.
 
     python -m scripts.calibrate [--manifest PATH] [--out results.json]
@@ -30,6 +33,7 @@ import json
 import logging
 import math
 import os
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -44,6 +48,7 @@ from numpy.typing import ArrayLike
 
 from devtools.channels import TELEPHONE_RATE, encode, resample
 from devtools.clips import SetClip, set_clips
+from devtools.decisions import half_of
 from devtools.sets import EVAL_SPEECH
 from service import calibration as cal
 from service.audio.band import band_pass
@@ -54,6 +59,7 @@ from service.embedding.ecapa import EcapaEmbedder
 from service.embedding.weights import resolve
 from service.enrollment.scoring import unit_rows
 from service.tools import metrics
+from service.tools.inputs import InputError
 
 
 def distribution(values: ArrayLike, percentiles: Sequence[float] = (1, 5, 50, 95, 99)) -> dict[str, float]:
@@ -450,7 +456,10 @@ def duplicate_section(
     clips: Sequence[SetClip],
     speakers: dict[str, list[int]],
     copy_clips: dict[str, list[int]],
+    report_at: Sequence[float] = (),
 ) -> dict[str, Any]:
+    """Near-copies against distinct utterances of one speaker; a proposed DUPLICATE_COSINE, and how
+    the current value and each of `report_at` fare on these speakers."""
     original = vectors["16k"]
     copy_scores: dict[str, list[float]] = {v: [] for v in COPIES}
     for indices in copy_clips.values():
@@ -460,12 +469,14 @@ def duplicate_section(
     every_copy = finite([s for scores in copy_scores.values() for s in scores])
     distinct: dict[str, Any] = {}
     closest: list[dict[str, Any]] = []
+    pairs: list[float] = []  # every pair of different clips of one speaker, every condition
     for condition in CONDITIONS:
         maxima: dict[str, float] = {}
         for speaker, indices in speakers.items():
             block = vectors[condition][indices] @ vectors[condition][indices].T
             rows, cols = np.triu_indices(len(indices), k=1)
             upper = np.where(np.isfinite(block[rows, cols]), block[rows, cols], -np.inf)
+            pairs.extend(float(v) for v in upper if np.isfinite(v))
             best = int(np.argmax(upper))
             if not np.isfinite(upper[best]):
                 continue
@@ -498,6 +509,14 @@ def duplicate_section(
     def caught(threshold: float) -> dict[str, float]:
         return {v: float(np.mean(np.asarray(s) >= threshold)) for v, s in copy_scores.items()}
 
+    def at(threshold: float) -> dict[str, Any]:
+        refused = int(np.sum(np.asarray(pairs) >= threshold))
+        return {
+            "value": threshold,
+            "near_copies_caught": caught(threshold),
+            "distinct_pairs_refused": metrics.Rate(refused, len(pairs)).as_dict(),
+        }
+
     return {
         "near_copy": {v: distribution(s) for v, s in copy_scores.items()},
         "near_copy_all": distribution(every_copy),
@@ -505,8 +524,9 @@ def duplicate_section(
         "closest_distinct_pairs": sorted(closest, key=lambda c: -c["cosine"])[:5],
         "highest_distinct": highest_distinct,
         "lowest_near_copy": lowest_copy,
-        "current": {"value": cal.DUPLICATE_COSINE, "near_copies_caught": caught(cal.DUPLICATE_COSINE)},
-        "proposal": {"value": value, "rule": rule, "near_copies_caught": caught(value)},
+        "current": at(cal.DUPLICATE_COSINE),
+        "proposal": {**at(value), "rule": rule},
+        "at": [at(v) for v in report_at],
     }
 
 
@@ -516,6 +536,7 @@ def spread_section(
     copy_clips: dict[str, list[int]],
     long_clips: dict[str, list[int]],
     duplicate_cosine: float,
+    report_at: Sequence[float] = (),
 ) -> dict[str, Any]:
     """Spread of distinct utterances (first clips, and every triple of long clips) vs near-copy sets.
 
@@ -581,10 +602,17 @@ def spread_section(
         "duplicate_cosine": duplicate_cosine,
         "current": verdict(cal.MIN_SPREAD),
         "proposal": {**verdict(value), "rule": rule},
+        "at": [verdict(v) for v in report_at],
     }
 
 
-def audio_section(measured: dict[str, dict[int, Measurement]], clips: Sequence[SetClip]) -> dict[str, Any]:
+def audio_section(
+    measured: dict[str, dict[int, Measurement]],
+    clips: Sequence[SetClip],
+    report_at: dict[str, float] | None = None,
+) -> dict[str, Any]:
+    """The audio gates over every clip measured; with `report_at` (limits of the same keys), the
+    clips of each variant those limits refuse too."""
     limits = {
         "min_speech_seconds": cal.MIN_SPEECH_SECONDS,
         "min_snr_db": cal.MIN_SNR_DB,
@@ -610,7 +638,15 @@ def audio_section(measured: dict[str, dict[int, Measurement]], clips: Sequence[S
             lowest["speech_seconds"] = min(lowest["speech_seconds"], *(m.speech_seconds for _, m in items))
             lowest["snr_db"] = min(lowest["snr_db"], *(m.snr_db for _, m in items))
             highest_clipped = max(highest_clipped, *(m.clipped_fraction for _, m in items))
+        other = report_at or limits
+        refused_at = sum(
+            m.speech_seconds < other["min_speech_seconds"]
+            or m.clipped_fraction > other["max_clipped_fraction"]
+            or m.snr_db < other["min_snr_db"]
+            for _, m in items
+        )
         section[variant] = {
+            "refused_at_report_limits": refused_at if report_at else None,
             "clips": len(items),
             "speech_seconds": distribution([m.speech_seconds for _, m in items]),
             "snr_db": distribution([m.snr_db for _, m in items]),
@@ -680,6 +716,12 @@ def render(results: dict[str, Any]) -> list[str]:
             )
         )
 
+    halves = meta["speakers_by_half"]
+    lines += [
+        "",
+        f"Sections 3-5: half 0 ({len(halves[0])} speakers), which proposes each value; "
+        f"section 6: half 1 ({len(halves[1])} speakers), which reports them",
+    ]
     dup = results["duplicate"]
     lines += ["", "3. Near-duplicate gate: cosine of a clip (16k) to a near-copy of itself"]
     for variant, d in dup["near_copy"].items():
@@ -755,10 +797,43 @@ def render(results: dict[str, Any]) -> list[str]:
         f"  lowest speech {p['lowest_speech_seconds']:.2f} s, lowest SNR {p['lowest_snr_db']:.1f} dB, "
         f"highest clipped {100 * p['highest_clipped_fraction']:.3f} % (the three conditions)",
         "",
-        "Proposed values",
+        "Proposed values (half 0)",
     ]
     for name, value in results["proposal"].items():
         lines.append(f"  {name:22s} = {value:g}")
+    return lines + render_held_out(results["held_out"])
+
+
+def render_held_out(held: dict[str, Any]) -> list[str]:
+    """Section 6: half 1's speakers at the current defaults and at half 0's proposals."""
+    lines = ["", "6. Held out: half 1's speakers, at the current defaults and at half 0's proposals"]
+    dup = held["duplicate"]
+    for label, row in (("current ", dup["current"]), ("proposed", dup["at"][0])):
+        lines.append(
+            f"  {label} DUPLICATE_COSINE = {row['value']:.3f}: near-copies refused "
+            + ", ".join(f"{v} {100 * r:.0f} %" for v, r in row["near_copies_caught"].items())
+            + f"; different utterances of one speaker refused {rate_cell(row['distinct_pairs_refused'])}"
+        )
+    lines.append(
+        f"  highest cosine of two different clips of one speaker {dup['highest_distinct']:.3f}, "
+        f"lowest near-copy {dup['lowest_near_copy']:.3f}"
+    )
+    spr = held["spread"]
+    for label, row in (("current ", spr["current"]), ("proposed", spr["at"][0])):
+        lines.append(
+            f"  {label} MIN_SPREAD = {row['value']:.3f}: refuses {row['distinct_sets_refused']}/"
+            f"{row['distinct_sets']} sets of distinct utterances; passes {row['near_copy_sets_passing']}/"
+            f"{row['near_copy_sets']} near-copy sets, {row['near_copy_sets_passing_both_gates']} of them "
+            "also past the duplicate gate"
+        )
+    audio = held["audio"]
+    for variant, row in audio.items():
+        if variant in ("current_defaults", "proposal"):
+            continue
+        lines.append(
+            f"  audio gates, {variant}: {len(row['refused_by_defaults'])}/{row['clips']} clips refused by "
+            f"the current defaults, {row['refused_at_report_limits']} by half 0's proposal"
+        )
     return lines
 
 
@@ -775,7 +850,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def run(manifest: Path, cache_dir: Path) -> dict[str, Any]:
-    clips = set_clips(manifest.parent)
+    clips = set_clips(manifest.parent, manifest.name)
     speakers = enrollable_speakers(clips)
     measurer = Measurer(manifest.parent, cache_dir)
     dim = measurer.embedder.dim
@@ -789,11 +864,49 @@ def run(manifest: Path, cache_dir: Path) -> dict[str, Any]:
     copies = measure_all(measurer, clips, copy_indices, extra, "near-copies")
     copies.update({c: measured[c] for c in COPIES if c in CONDITIONS})
 
-    duplicate = duplicate_section(vectors, copies, clips, speakers, copy_clips)
-    spread_result = spread_section(
-        vectors, copies, copy_clips, long_clips(speakers, measured["16k"]), duplicate["proposal"]["value"]
-    )
-    audio = audio_section({**measured, **{v: copies[v] for v in extra}}, clips)
+    # Half 0 of the speakers proposes every value; half 1 reports them (and the current defaults).
+    def half(by_speaker: dict[str, list[int]], h: int) -> dict[str, list[int]]:
+        return {s: v for s, v in by_speaker.items() if half_of(s) == h}
+
+    def clips_of(h: int) -> dict[str, dict[int, Measurement]]:
+        every = {**measured, **{v: copies[v] for v in extra}}
+        return {
+            v: {i: m for i, m in by_clip.items() if half_of(clips[i].speaker) == h}
+            for v, by_clip in every.items()
+        }
+
+    long = long_clips(speakers, measured["16k"])
+    duplicate = duplicate_section(vectors, copies, clips, half(speakers, 0), half(copy_clips, 0))
+    duplicate_value = duplicate["proposal"]["value"]
+    spread_result = spread_section(vectors, copies, half(copy_clips, 0), half(long, 0), duplicate_value)
+    audio = audio_section(clips_of(0), clips)
+    proposal = {
+        "MIN_SPEECH_SECONDS": audio["proposal"]["min_speech_seconds"],
+        "MAX_CLIPPED_FRACTION": audio["proposal"]["max_clipped_fraction"],
+        "MIN_SNR_DB": audio["proposal"]["min_snr_db"],
+        "MIN_SPREAD": spread_result["proposal"]["value"],
+        "DUPLICATE_COSINE": duplicate_value,
+    }
+    held_out = {
+        "duplicate": duplicate_section(
+            vectors, copies, clips, half(speakers, 1), half(copy_clips, 1), report_at=[duplicate_value]
+        ),
+        "spread": spread_section(
+            vectors,
+            copies,
+            half(copy_clips, 1),
+            half(long, 1),
+            duplicate_value,
+            report_at=[proposal["MIN_SPREAD"]],
+        ),
+        "audio": audio_section(
+            clips_of(1),
+            clips,
+            report_at={
+                k: audio["proposal"][k] for k in ("min_speech_seconds", "min_snr_db", "max_clipped_fraction")
+            },
+        ),
+    }
     return {
         "data": {
             "manifest": str(manifest),
@@ -803,18 +916,16 @@ def run(manifest: Path, cache_dir: Path) -> dict[str, Any]:
             "enrollable_speakers": len(speakers),
             "enrollable_clips": sum(len(v) for v in speakers.values()),
             "near_copy_clips": {s: [clips[i].path for i in v] for s, v in copy_clips.items()},
+            "speakers_by_half": [
+                sorted({c.speaker for c in clips if half_of(c.speaker) == h}) for h in (0, 1)
+            ],
         },
         "pairwise": pairwise_section(vectors, clips),
         "duplicate": duplicate,
         "spread": spread_result,
         "audio": audio,
-        "proposal": {
-            "MIN_SPEECH_SECONDS": audio["proposal"]["min_speech_seconds"],
-            "MAX_CLIPPED_FRACTION": audio["proposal"]["max_clipped_fraction"],
-            "MIN_SNR_DB": audio["proposal"]["min_snr_db"],
-            "MIN_SPREAD": spread_result["proposal"]["value"],
-            "DUPLICATE_COSINE": duplicate["proposal"]["value"],
-        },
+        "proposal": proposal,
+        "held_out": held_out,
     }
 
 
@@ -822,7 +933,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(args.threads)
-    results = run(args.manifest.resolve(), args.cache_dir)
+    try:
+        results = run(args.manifest.resolve(), args.cache_dir)
+    except InputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     print("\n".join(render(results)))
     args.out.write_text(json.dumps(results, indent=2, default=float) + "\n")
     log.info("wrote %s", args.out)

@@ -13,8 +13,11 @@ EVAL_SPEECH = SHARED / "eval-speech"
 EVAL_TELEPHONE = SHARED / "eval-telephone"
 
 
-def manifest_rows(folder: Path, required: Iterable[str] = ("path", "speaker")) -> list[ManifestRow]:
-    """The rows of the set's ``manifest.csv``; a missing set is an `InputError` that says where."""
-    if not (folder / "manifest.csv").is_file():
-        raise InputError(f"no evaluation set at {folder} (manifest.csv missing)")
-    return read_manifest(folder / "manifest.csv", required)
+def manifest_rows(
+    folder: Path, required: Iterable[str] = ("path", "speaker"), name: str = "manifest.csv"
+) -> list[ManifestRow]:
+    """The rows of the set's manifest (`name` in `folder`, paths relative to it); a missing set is
+    an `InputError` that says where."""
+    if not (folder / name).is_file():
+        raise InputError(f"no evaluation set at {folder} ({name} missing)")
+    return read_manifest(folder / name, required)
