@@ -140,8 +140,9 @@ def use_cases(
         twins=settings.enrollment.narrowband_twins,
         indexed_through=indexed_through,
     )
-    # Identification answers noisy clips too: the score decides (see service.calibration).
-    identify_limits = QualityLimits(ident.min_speech_seconds, audio.max_clipped_fraction, -math.inf)
+    # Identification answers noisy and clipped clips too (a loud call clips): the score decides
+    # (see service.calibration). Only too little speech is refused.
+    identify_limits = QualityLimits(ident.min_speech_seconds, 1.0, -math.inf)
     identification = IdentificationService(
         frontend=frontend,
         embed=embed,

@@ -51,7 +51,7 @@ def diarize(
         p = job.params
         audio = audio_of(job)
         ctx.report(0.05)
-        prepared = frontend.load(audio, None, ctx.cancel)
+        prepared = frontend.load(audio, diarization.limits, ctx.cancel)  # the sync route's checks
         ctx.report(0.2)
         result = diarization.diarize(
             job.tenant_id,

@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from devtools.clips import encode_recipe, load_clip
+from devtools.clips import encode_recipe, load_clip, silence_flac
 from devtools.webhooks import Receiver, receiver
 from service.jobs.webhooks import SIGNATURE_HEADER, verify
 from service.storage.jobs import SqlJobStore
@@ -253,6 +253,21 @@ def test_a_failed_job_says_why(live: LiveServer, client: httpx.Client, hooks: Re
     status = finished(client, "bad-audio")
     assert status["status"] == "Failed" and status["response"]["response"]["fault"] == fault
     assert job_row(live, "bad-audio").audio is None
+
+
+def test_async_diarize_refuses_what_sync_diarize_refuses(client: httpx.Client, hooks: Receiver) -> None:
+    """The job's front end applies the route's checks: silence is a failed job with the 422's fault,
+    not a completed job with no speaker."""
+    body = body_of(silence_flac(3.0))
+    sync = client.post(SYNC_DIARIZE, json=body)
+    assert sync.status_code == 422, sync.text
+    fault = sync.json()["fault"]
+    answer = client.post(
+        ASYNC_DIARIZE.format(version="v1"), params={"webhook": hooks.hook, "request_id": "silent"}, json=body
+    )
+    assert answer.status_code == 202, answer.text
+    assert hooks.wait_for("silent").json == {"request_id": "silent", "fault": fault}
+    assert finished(client, "silent")["status"] == "Failed"
 
 
 def test_bad_requests_are_refused_at_once_and_store_nothing(

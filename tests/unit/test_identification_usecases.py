@@ -185,6 +185,14 @@ def test_a_stretch_carries_the_decision_rules_score_of_its_voice(svc: FakeServic
         assert (segment.score >= svc.identification.thresholds.identify) == (name is not None)
 
 
+def test_a_clipped_clip_is_identified_not_refused(svc: FakeServices) -> None:
+    """A loud call clips; the score decides, as for a noisy one (the clipping gate is enrollment's)."""
+    loud = as_linear16(40 * ALICE.wave(10))
+    found = svc.identification.identify(ACME, loud)
+    assert found.candidates and found.speech_seconds > 0
+    assert svc.identification.segments(ACME, loud)
+
+
 def test_too_little_speech_to_identify_is_a_client_error(svc: FakeServices) -> None:
     with pytest.raises(InsufficientSpeech) as refused:
         svc.identification.identify(ACME, ALICE.clip(10, seconds=0.3))
