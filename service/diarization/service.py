@@ -8,6 +8,7 @@ Blocking: call from a worker thread; a `cancel` set meanwhile stops it before it
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -18,7 +19,7 @@ from service.audio.band import Band, clip_band
 from service.audio.frontend import AudioFrontEnd, AudioInput
 from service.audio.pipeline import PreparedAudio, QualityLimits
 from service.concurrency import Cancellation
-from service.diarization.turns import TurnOptions, Turns, find_turns
+from service.diarization.turns import TurnOptions, Turns, find_turns, in_centiseconds
 from service.enrollment.ports import EmbedWaves
 
 # Most voices looked for when the count is not given, by the hosted API's `audioType` hint.
@@ -99,7 +100,7 @@ class DiarizationService:
             prepared, self.embed, self.options, count=count, max_count=max_speakers, cancel=cancel
         )
         names = self._names(tenant_id, found, speaker_ids, clip_band(prepared))
-        segments = segments_of(found, names, join_pauses=not do_vad)
+        segments = segments_of(found, names, join_pauses=not do_vad, duration_s=prepared.duration_s)
         return DiarizationResult(num_speakers=len({s.speaker_id for s in segments}), segments=segments)
 
     def _names(
@@ -116,9 +117,11 @@ class DiarizationService:
         return names
 
 
-def segments_of(found: Turns, names: Sequence[str], *, join_pauses: bool) -> list[DiarizedSegment]:
+def segments_of(
+    found: Turns, names: Sequence[str], *, join_pauses: bool, duration_s: float = math.inf
+) -> list[DiarizedSegment]:
     """The turns as named segments, in time order; a voice's turns that follow each other are joined
-    (across pauses, with `join_pauses`), times rounded to 10 ms."""
+    (across pauses, with `join_pauses`), times to 10 ms within the clip's `duration_s`."""
     out: list[DiarizedSegment] = []
     for t in found.turns:
         name = names[t.voice]
@@ -127,4 +130,4 @@ def segments_of(found: Turns, names: Sequence[str], *, join_pauses: bool) -> lis
             out[-1] = DiarizedSegment(name, last.start, t.end)
         else:
             out.append(DiarizedSegment(name, t.start, t.end))
-    return [DiarizedSegment(s.speaker_id, round(s.start, 2), round(s.end, 2)) for s in out]
+    return [DiarizedSegment(s.speaker_id, *in_centiseconds(s.start, s.end, duration_s)) for s in out]

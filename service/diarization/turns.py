@@ -60,6 +60,13 @@ class Turn:
     end: float
 
 
+def in_centiseconds(start: float, end: float, duration_s: float = math.inf) -> tuple[float, float]:
+    """A span's times as the answers give them: to 10 ms, never past the end of the clip (a turn
+    that runs to the last sample of a 7.3355 s clip ends at 7.33, not 7.34)."""
+    last = math.floor(duration_s * 100) / 100 if math.isfinite(duration_s) else math.inf
+    return min(round(start, 2), last), min(round(end, 2), last)
+
+
 @dataclass(frozen=True)
 class Turns:
     turns: list[Turn]  # speech only, in time order; voices 0..k-1 in order of first appearance

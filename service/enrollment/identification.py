@@ -19,7 +19,7 @@ from service.audio.band import Band, clip_band
 from service.audio.frontend import AudioFrontEnd, AudioInput
 from service.audio.pipeline import QualityLimits
 from service.concurrency import Cancellation
-from service.diarization.turns import SpanVectors, TurnOptions, find_turns
+from service.diarization.turns import SpanVectors, TurnOptions, find_turns, in_centiseconds
 from service.enrollment.policy import normalise
 from service.enrollment.ports import EmbedWaves, IndexEntry, SpeakerIndex
 from service.enrollment.scoring import Scorer
@@ -195,8 +195,7 @@ class IdentificationService:
         return [
             Segment(
                 s.speaker_id,
-                round(s.start, 2),
-                round(s.end, 2),
+                *in_centiseconds(s.start, s.end, prepared.duration_s),
                 None if s.score is None else round(s.score, 4),
             )
             for s in out

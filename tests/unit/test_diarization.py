@@ -19,7 +19,16 @@ from service.audio.pipeline import PreparedAudio
 from service.concurrency import Cancellation
 from service.diarization.clustering import cluster
 from service.diarization.service import DiarizationService, max_speakers_for, segments_of
-from service.diarization.turns import Stretches, Turn, TurnOptions, Turns, find_turns, voices_of, windows
+from service.diarization.turns import (
+    Stretches,
+    Turn,
+    TurnOptions,
+    Turns,
+    find_turns,
+    in_centiseconds,
+    voices_of,
+    windows,
+)
 
 RATE = 16_000
 DIM = 16
@@ -165,6 +174,14 @@ def test_segments_join_pauses_only_when_asked() -> None:
     assert [(s.speaker_id, s.start, s.end) for s in joined] == [("speaker_1", 0.0, 4.0), ("alice", 4.5, 6.0)]
     apart = segments_of(found, ["speaker_1", "alice"], join_pauses=False)
     assert len(apart) == 3
+
+
+def test_no_segment_ends_after_the_clip() -> None:
+    """Speech to the last sample of a 7.3355 s clip ends at 7.33: rounding to 10 ms never passes it."""
+    found = Turns([Turn(0, 0.004, 3.0), Turn(1, 3.2, 7.3355)], VOICES[:2])
+    segments = segments_of(found, ["speaker_1", "speaker_2"], join_pauses=True, duration_s=7.3355)
+    assert [(s.start, s.end) for s in segments] == [(0.0, 3.0), (3.2, 7.33)]
+    assert in_centiseconds(1.006, 2.004) == (1.01, 2.0)
 
 
 class KnowsFirstVoice:
