@@ -27,9 +27,12 @@ from service.tools.metrics import Turn, diarization_error
 DIARIZE = "/audio/generic/api/v1/sync/diarize"
 
 
-def read_rttm(path: Path) -> list[Turn]:
-    """The `SPEAKER` lines of an RTTM file as (speaker, start, end) turns."""
+def read_rttm(path: Path, uri: str | None = None) -> list[Turn]:
+    """The `SPEAKER` lines of an RTTM file as (speaker, start, end) turns. A file that holds several
+    recordings (its second field, the file id) gives those of `uri` only (the audio file's name
+    without its extension); it must hold some."""
     turns: list[Turn] = []
+    ids: list[str] = []
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except OSError as exc:
@@ -44,14 +47,22 @@ def read_rttm(path: Path) -> list[Turn]:
         except (IndexError, ValueError) as exc:
             raise InputError(f"{path}:{number}: not an RTTM SPEAKER line") from exc
         turns.append((speaker, start, start + duration))
-    return turns
+        ids.append(fields[1])
+    if len(set(ids)) <= 1 or uri is None:
+        return turns
+    mine = [turn for turn, file_id in zip(turns, ids, strict=True) if file_id == uri]
+    if not mine:
+        raise InputError(f"{path} holds several recordings ({', '.join(sorted(set(ids))[:5])}), none {uri!r}")
+    return mine
 
 
 def cmd_evaluate_diarization(args: argparse.Namespace) -> int:
     """Exit status 0 with a report, 1 when no file was answered, 2 when the run could not start."""
     try:
         rows = read_manifest(args.manifest, required=("path", "rttm"))
-        files = [(row.path, read_rttm(args.manifest.parent / row.extra["rttm"])) for row in rows]
+        files = [
+            (row.path, read_rttm(args.manifest.parent / row.extra["rttm"], row.path.stem)) for row in rows
+        ]
         missing = [str(path) for path, _ in files if not path.is_file()]
         if missing:
             raise InputError(f"{len(missing)} file(s) of the manifest are missing, e.g. {missing[0]}")
@@ -61,7 +72,8 @@ def cmd_evaluate_diarization(args: argparse.Namespace) -> int:
         return 2
     results: list[dict[str, Any]] = []
     missed = false_alarm = confusion = total = 0.0
-    counted = 0
+    refused_missed = refused_total = 0.0  # the reference speech of files the service refused
+    counted = refused = 0
     with client:
         try:
             reach(client)
@@ -87,8 +99,16 @@ def cmd_evaluate_diarization(args: argparse.Namespace) -> int:
                 results.append({"path": str(path), "error": f"{type(exc).__name__}: {exc}"[:200]})
                 continue
             if answer.status_code != 200:
+                # The service would not diarize it: all of its speech is missed, as the identify
+                # evaluation counts a refused clip as a reject.
                 code, message = error_of(answer)
                 results.append({"path": str(path), "error": f"{answer.status_code} {code}: {message}"})
+                unanswered = diarization_error(reference, [], collar=args.collar)
+                refused += 1
+                refused_missed, refused_total = (
+                    refused_missed + unanswered.missed,
+                    refused_total + unanswered.total,
+                )
                 continue
             found = answer.json()
             hypothesis = [(s["speaker_id"], s["start"], s["end"]) for s in found["segments"]]
@@ -106,14 +126,22 @@ def cmd_evaluate_diarization(args: argparse.Namespace) -> int:
                 }
             )
     answered = [r for r in results if "der" in r]
+    every = total + refused_total
+
+    def share(part: float, whole: float) -> float | None:
+        return round(part / whole, 4) if whole else None
+
     report = {
         "files": len(files),
         "answered": len(answered),
+        "refused": refused,  # by the service (4xx/5xx); files it never got are only in the errors
         "collar": args.collar,
-        "der": round((missed + false_alarm + confusion) / total, 4) if total else None,
-        "missed": round(missed / total, 4) if total else None,
-        "false_alarm": round(false_alarm / total, 4) if total else None,
-        "confusion": round(confusion / total, 4) if total else None,
+        # Refused files count: their speech is missed (`der_answered` leaves them out).
+        "der": share(missed + refused_missed + false_alarm + confusion, every),
+        "missed": share(missed + refused_missed, every),
+        "false_alarm": share(false_alarm, every),
+        "confusion": share(confusion, every),
+        "der_answered": share(missed + false_alarm + confusion, total),
         "count_right": round(counted / len(answered), 4) if answered else None,
     }
     print(json.dumps(report, indent=2))
