@@ -256,10 +256,12 @@ class CompatDiarizeRequest(RemoteAudioFields):
     speakerIds: list[SpeakerId] | None = Field(None, max_length=10_000)
     doVad: bool = Field(False, description="leave silence and noise out of the segments")
 
-    @field_validator("speakers")
+    @field_validator("speakers", mode="before")
     @classmethod
-    def _known_or_found(cls, value: int) -> int:
-        if value == 0:
+    def _known_or_found(cls, value: object) -> object:
+        if value is None:  # as if left out: found from the audio
+            return -1
+        if isinstance(value, bool) or value == 0:  # true is no count of speakers
             raise ValueError("speakers is a positive number, or -1 to find it from the audio")
         return value
 

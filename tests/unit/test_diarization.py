@@ -224,8 +224,11 @@ def test_diarize_requests_name_their_audio_once() -> None:
         with pytest.raises(ValidationError, match="exactly one"):
             CompatDiarizeRequest(**base, **bad)
     assert CompatDiarizeRequest(**base, url="https://example.org/a.flac").content is None
-    with pytest.raises(ValidationError):
-        CompatDiarizeRequest(**base, content="AAAA", speakers=0)
+    for bad_count in (0, True, -2, 101, 2.5, "abc"):
+        with pytest.raises(ValidationError):
+            CompatDiarizeRequest(**base, content="AAAA", speakers=bad_count)
+    assert CompatDiarizeRequest(**base, content="AAAA", speakers=None).speakers == -1  # as if left out
+    assert CompatDiarizeRequest(**base, content="AAAA", speakers="2").speakers == 2
 
 
 def test_the_tuning_memo_survives_a_run_and_counts_the_audio_asked(tmp_path: Any) -> None:
