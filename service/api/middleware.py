@@ -10,7 +10,7 @@ from prometheus_client import Counter, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.api.errors import send_error
-from service.errors import PayloadTooLarge, RequestTimeout, ServiceError, Unauthorized
+from service.errors import PayloadTooLarge, RequestCancelled, RequestTimeout, ServiceError, Unauthorized
 
 log = logging.getLogger("service.access")
 
@@ -94,8 +94,11 @@ class BodyLimit:
                     f"or {self.total_timeout_s:g} s in all",
                     headers=CLOSE,
                 )
+            if message["type"] == "http.disconnect":
+                # The client hung up before its body was whole: nothing to parse, nobody to answer.
+                raise RequestCancelled("The client closed the request before its body arrived")
             messages.append(message)
-            if message["type"] != "http.request":  # the client went away: the app will see it
+            if message["type"] != "http.request":
                 return messages
             seen += len(message.get("body", b""))
             if seen > self.max_bytes:

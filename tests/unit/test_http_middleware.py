@@ -116,3 +116,38 @@ def test_a_database_that_does_not_answer_is_a_503_with_retry_after(
     outage = [r for r in caplog.records if r.getMessage() == "database unavailable"]
     assert len(outage) == 2 and all(r.exc_info is None for r in outage)
     assert client.get("/v1/broken").status_code == 500
+
+
+def test_a_client_that_hangs_up_mid_body_is_a_cancelled_request_not_a_server_error() -> None:
+    """A raw upload cut off half way raised ClientDisconnect in the route: a 500 with two tracebacks."""
+    import asyncio
+
+    from starlette.types import Message, Receive, Scope, Send
+
+    from service.api.middleware import BodyLimit
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        raise AssertionError("the app was called")
+
+    parts: list[Message] = [
+        {"type": "http.request", "body": b"fLaC" + b"\0" * 1000, "more_body": True},
+        {"type": "http.disconnect"},
+    ]
+
+    async def receive() -> Message:
+        return parts.pop(0)
+
+    sent: list[Message] = []
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    scope: Scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/v1/speakers/a/enrollments",
+        "query_string": b"",
+        "headers": [(b"content-type", b"audio/flac"), (b"x-api-key", b"k")],
+    }
+    asyncio.run(BodyLimit(app, 25_000_000, 30, 60)(scope, receive, send))
+    assert sent[0]["status"] == 499
