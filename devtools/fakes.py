@@ -324,7 +324,7 @@ class MemoryTransaction:
 
     def log_change(self, tenant_id: int, speaker_id: int, kind: ChangeKind) -> None:
         seq = self.tables.changes[-1].seq + 1 if self.tables.changes else 1
-        self.tables.changes.append(ChangeRecord(seq, tenant_id, speaker_id))
+        self.tables.changes.append(ChangeRecord(seq, tenant_id, speaker_id, _now()))
 
 
 class MemoryStore:
@@ -406,6 +406,13 @@ class MemoryStore:
     def last_change_seq(self) -> int:
         changes = self._snapshot().changes
         return changes[-1].seq if changes else 0
+
+    def purge_changes(self, before: datetime) -> int:
+        with self.transaction() as tx:
+            kept = [c for c in tx.tables.changes if c.at is None or c.at >= before]
+            purged = len(tx.tables.changes) - len(kept)
+            tx.tables.changes[:] = kept
+        return purged
 
     def copy(self) -> MemoryStore:
         """A store that starts with what this one holds now; the two go separate ways after."""

@@ -146,6 +146,7 @@ class ChangeRecord:
     seq: int
     tenant_id: int
     speaker_id: int
+    at: datetime | None = None  # when it was logged, where the store keeps it
 
 
 class Transaction(Protocol):
@@ -216,6 +217,10 @@ class Store(Protocol):
     def changes_since(self, seq: int, limit: int = 10_000) -> list[ChangeRecord]: ...
 
     def last_change_seq(self) -> int: ...
+
+    def purge_changes(self, before: datetime) -> int:
+        """Delete the change log's rows logged before `before`; returns how many."""
+        ...
 
 
 class SpeakerIndex(Protocol):

@@ -311,6 +311,11 @@ class SqlStore:
         with self._sessions() as s:
             return s.scalar(select(func.max(Change.seq))) or 0
 
+    def purge_changes(self, before: datetime) -> int:
+        with self._sessions() as s, s.begin():
+            purged = s.execute(delete(Change).where(Change.created_at < before))
+            return int(purged.rowcount or 0)  # type: ignore[attr-defined]
+
     def keeps_audio(self) -> bool:
         """Whether any sample kept its audio (`SPK_ENROLLMENT__STORE_AUDIO`)."""
         with self._sessions() as s:

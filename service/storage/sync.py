@@ -14,9 +14,11 @@ flight, so following resumes `REBUILD_WINDOW` below it.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
 
 from service.enrollment.ports import SpeakerIndex, Store
 
@@ -26,6 +28,12 @@ GAP_GRACE_S = 30.0
 # Sequence numbers below the highest visible one that a rebuild re-reads. A transaction draws its
 # number just before it commits, so far fewer than this many can overtake one still in flight.
 REBUILD_WINDOW = 1000
+# The change log keeps a day of changes (each replica purges older rows now and then). A follower
+# that has not caught up for an hour (its database away) rebuilds instead, so it never needs a row
+# that is gone.
+CHANGE_LOG_KEEP_S = 86_400.0
+RESYNC_AFTER_S = 3_600.0
+PURGE_EVERY_S = 3_600.0
 
 
 class IndexFollower:
@@ -40,6 +48,8 @@ class IndexFollower:
         self._applied: set[int] = set()  # applied changes above the floor
         self._gaps: dict[int, float] = {}  # missing seq -> when first seen missing
         self._lock = threading.Lock()
+        self._caught_up_at = time.monotonic()  # the last rebuild or catch-up that worked
+        self._purged_at = -math.inf
 
     @property
     def floor(self) -> int:
@@ -60,20 +70,35 @@ class IndexFollower:
             # Changes in the window that the snapshot already holds are re-applied, harmlessly.
             floor = max(0, highest - REBUILD_WINDOW)
             self._floor, self._applied, self._gaps = floor, set(), {}
+            self._caught_up_at = time.monotonic()
         log.info("index rebuilt", extra={"speakers": len(entries), "seq": highest})
         return len(entries)
 
     def catch_up(self) -> int:
-        """Apply committed changes not yet applied; returns how many speakers were refreshed."""
+        """Apply committed changes not yet applied; returns how many speakers were refreshed (after
+        an hour without catching up, every speaker: the log may have lost what it missed)."""
+        if time.monotonic() - self._caught_up_at > RESYNC_AFTER_S:
+            log.warning("the index fell behind the change log for over an hour: rebuilding it")
+            return self.rebuild()
         with self._lock:
             changes = self.store.changes_since(self._floor)
-            if not changes:
-                return 0
             fresh = {c.speaker_id for c in changes if c.seq not in self._applied}
-            self._refresh(fresh)
-            self._applied.update(c.seq for c in changes)
-            self._advance_floor(changes[-1].seq)
-            return len(fresh)
+            if changes:
+                self._refresh(fresh)
+                self._applied.update(c.seq for c in changes)
+                self._advance_floor(changes[-1].seq)
+            self._caught_up_at = time.monotonic()
+        self._purge_now_and_then()
+        return len(fresh)
+
+    def _purge_now_and_then(self) -> None:
+        now = time.monotonic()
+        if now - self._purged_at < PURGE_EVERY_S:
+            return
+        self._purged_at = now
+        purged = self.store.purge_changes(datetime.now(UTC) - timedelta(seconds=CHANGE_LOG_KEEP_S))
+        if purged:
+            log.info("change log purged", extra={"rows": purged})
 
     def _refresh(self, speaker_ids: Iterable[int]) -> None:
         ids = set(speaker_ids)

@@ -16,6 +16,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -27,6 +28,7 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Engine, func, inspect, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
 
 from service.config import DatabaseSettings
 from service.embedding.ecapa import EcapaEmbedder
@@ -494,3 +496,20 @@ def test_a_stalled_holder_of_a_tenants_lock_stops_no_one_for_long(tmp_path: Path
     finally:
         stalled.engine.dispose()
         healthy.engine.dispose()
+
+
+@BY_KIND
+def test_the_change_log_is_purged_of_rows_older_than_asked(store: SqlStore, kind: str) -> None:
+    tenant = tenant_of(store)
+    for name in ("old", "new"):
+        with store.transaction() as tx:
+            speaker = tx.lock_speaker(tenant, name, create=True)
+            assert speaker is not None
+            tx.log_change(tenant, speaker.id, ChangeKind.SAMPLE_ADDED)
+    first = store.changes_since(0)[0].seq
+    with Session(store.engine) as s, s.begin():
+        s.query(Change).filter(Change.seq == first).update(
+            {"created_at": datetime.now(UTC) - timedelta(days=2)}
+        )
+    assert store.purge_changes(datetime.now(UTC) - timedelta(days=1)) == 1
+    assert [c.seq for c in store.changes_since(0)] == [first + 1]

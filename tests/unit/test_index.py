@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -82,6 +83,33 @@ class FakeStore:
 
     def changes_since(self, seq: int, limit: int = 10_000) -> list[ChangeRecord]:
         return sorted((c for c in self.changes if c.seq > seq), key=lambda c: c.seq)[:limit]
+
+    def purge_changes(self, before: datetime) -> int:
+        kept = [c for c in self.changes if c.at is None or c.at >= before]
+        purged, self.changes = len(self.changes) - len(kept), kept
+        return purged
+
+
+def test_the_change_log_is_purged_and_a_follower_long_behind_rebuilds(
+    vectors: np.ndarray, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The log keeps a day of changes, each replica purging now and then; a follower that could not
+    catch up for over an hour (its database away) may have lost rows to a purge: it rebuilds."""
+    store = FakeStore()
+    index = FaissSpeakerIndex(8)
+    follower = sync.IndexFollower(store, index)  # type: ignore[arg-type]
+    follower.rebuild()
+    old, recent = datetime.now(UTC) - timedelta(days=2), datetime.now(UTC)
+    store.rows[1] = entry(1, 1, vectors[1])
+    store.changes += [ChangeRecord(1, 1, 1, old), ChangeRecord(2, 1, 1, recent)]
+    follower.catch_up()
+    assert [c.seq for c in store.changes] == [2]  # the day-old row went, on the first catch-up
+    store.rows[3] = entry(3, 1, vectors[3])  # committed while this follower was cut off; its log row
+    follower.catch_up()  # already purged by another replica: nothing says so
+    assert index.ids() == {1}
+    monkeypatch.setattr(sync, "RESYNC_AFTER_S", -1.0)  # as if its last catch-up were an hour ago
+    follower.catch_up()
+    assert index.ids() == {1, 3}
 
 
 def test_follower_applies_out_of_order_commits(vectors: np.ndarray, monkeypatch: pytest.MonkeyPatch) -> None:
