@@ -47,8 +47,9 @@ def test_evaluate_diarization_scores_a_built_conversation(
     ]
     assert main(argv) == 0, capsys.readouterr()
     document = json.loads(out.read_text())
-    report, (answer,) = document["report"], document["files"]
+    report, (answer, quiet) = document["report"], document["files"]
     assert report["answered"] == 1 and report["refused"] == 1 and report["count_right"] == 1.0
+    assert "audio.InsufficientSpeech" in quiet["error"]
     hyp = Annotation()
     for i, s in enumerate(answer["segments"]):
         hyp[Segment(s["start"], s["end"]), i] = s["speaker_id"]
