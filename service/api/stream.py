@@ -20,11 +20,20 @@ from typing import Any
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from sqlalchemy.exc import SQLAlchemyError
+from starlette.types import Message
 
+from service import metrics
 from service.api.deps import Services, run_blocking
 from service.audio.frontend import AudioInput
 from service.concurrency import Cancellation
-from service.errors import BadRequest, DatabaseUnavailable, NotReady, ServiceError, StreamIdle
+from service.errors import (
+    BadRequest,
+    DatabaseUnavailable,
+    NotReady,
+    RequestCancelled,
+    ServiceError,
+    StreamIdle,
+)
 from service.realtime.session import (
     ChunkAnswer,
     StreamLimiter,
@@ -126,22 +135,40 @@ async def _serve(
     ws: WebSocket, session: StreamSession, encoding: str, rate: int | None, idle_s: float
 ) -> None:
     """Frames in, one answer each, one frame at a time: a client that sends faster than it is
-    answered waits on the socket's own buffers, and memory stays bounded."""
+    answered waits on the socket's own buffers (one frame at most is read ahead), and memory stays
+    bounded. While a chunk is scored the socket is still read, so a client that hangs up stops its
+    chunk's work at the next check, as an HTTP request's does."""
     cancel = Cancellation()
+    receiving: asyncio.Task[Message] | None = None
     try:
         while True:
+            if receiving is None:
+                receiving = asyncio.create_task(ws.receive())
             try:
-                message = await asyncio.wait_for(ws.receive(), idle_s)
+                message = await asyncio.wait_for(asyncio.shield(receiving), idle_s)
             except TimeoutError:
                 raise StreamIdle(f"No frame came for {idle_s:g} s") from None
+            receiving = None
             if message["type"] == "websocket.disconnect":
                 return
             data = message.get("bytes")
             if data is None:
-                answer = session.refuse(BadRequest("Send audio as binary frames"))
-            else:
-                audio = AudioInput(data, encoding, rate)
-                answer = await run_blocking(session.chunk, audio, None, cancel)
+                await ws.send_json(answer_json(session.refuse(BadRequest("Send audio as binary frames"))))
+                continue
+            work = asyncio.create_task(
+                run_blocking(session.chunk, AudioInput(data, encoding, rate), None, cancel)
+            )
+            receiving = asyncio.create_task(ws.receive())
+            await asyncio.wait({work, receiving}, return_when=asyncio.FIRST_COMPLETED)
+            if receiving.done() and receiving.result()["type"] == "websocket.disconnect":
+                cancel.cancel()  # nobody will read the answer: the chunk stops at its next check
+                with contextlib.suppress(Exception):
+                    if isinstance((await work).error, RequestCancelled):
+                        metrics.CANCELLED.labels(ws.url.path).inc()
+                return
+            answer = await work  # a next frame that came meanwhile waits in `receiving`
             await ws.send_json(answer_json(answer))
     finally:
         cancel.cancel()
+        if receiving is not None:
+            receiving.cancel()

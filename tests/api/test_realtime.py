@@ -253,6 +253,24 @@ def test_streams_per_key_are_limited(rt: LiveServer, key: str) -> None:
             ws.close()
 
 
+def test_a_websocket_client_that_hangs_up_mid_chunk_stops_its_work(
+    rt: LiveServer, key: str, talk: Conversation
+) -> None:
+    """A 29 s chunk, and the client gone at once: the chunk stops at its next check instead of
+    running to its end for nobody, as an HTTP request's work does."""
+    from service import metrics
+
+    counted = metrics.CANCELLED.labels("/v1/identify/stream")
+    before = counted._value.get()
+    long = np.tile(talk.samples, 2)[: 29 * 16_000]
+    with connect(websocket_url(rt.url, key, sampleRate="16000")) as ws:
+        ws.send(long.astype("<i2").tobytes())
+    deadline = time.monotonic() + 120
+    while counted._value.get() == before and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert counted._value.get() == before + 1
+
+
 def test_a_key_revoked_mid_stream_ends_the_stream(rt: LiveServer, key: str, talk: Conversation) -> None:
     """Each chunk is a request: a key revoked while its stream is open gets no further answer."""
     chunks = talk.chunks(3.0)
