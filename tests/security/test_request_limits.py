@@ -63,7 +63,15 @@ def read_answer(sock: socket.socket) -> tuple[int, dict[str, str], bytes, float]
 
 
 def request_head(path: str, *extra: str) -> bytes:
-    lines = [f"POST {path} HTTP/1.1", "Host: localhost", "Content-Type: application/json", *extra]
+    # A key (any: the body's limits come before the key is looked up); a request with no key at all
+    # is refused before its body is read.
+    lines = [
+        f"POST {path} HTTP/1.1",
+        "Host: localhost",
+        "Content-Type: application/json",
+        "X-API-Key: sk_not-looked-up-before-the-body",
+        *extra,
+    ]
     return ("\r\n".join(lines) + "\r\n\r\n").encode()
 
 
