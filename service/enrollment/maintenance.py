@@ -39,18 +39,27 @@ def recompute_all(
     """Re-derive every speaker's centroid, spread and status; returns (speakers, with vectors).
 
     With `twin_of`, the narrowband twins of samples whose audio was kept are made again first
-    (the others keep what is stored). Each speaker is one transaction that also logs a change, so
-    running replicas refresh their index from the change log.
+    (the others keep what is stored), outside any transaction: the model never runs while a
+    speaker's row (or SQLite's write lock) is held, nor past PostgreSQL's idle-in-transaction
+    timeout. Each speaker is then one transaction that also logs a change, so running replicas
+    refresh their index from the change log; a sample deleted meanwhile is left out.
     """
     total = indexed = 0
     for tenant_id, external_id in store.speaker_keys():
+        twins: dict[str, np.ndarray | None] = {}
+        if twin_of is not None:
+            with store.transaction() as tx:
+                speaker = tx.lock_speaker(tenant_id, external_id, create=False)
+                stored = tx.stored_audio(speaker.id) if speaker is not None else []
+            twins = {sid: twin_of(np.frombuffer(audio, dtype="<f4"), rate) for sid, audio, rate in stored}
         with store.transaction() as tx:
             speaker = tx.lock_speaker(tenant_id, external_id, create=False)
             if speaker is None:
                 continue  # deleted meanwhile
-            if twin_of is not None:
-                for sample_id, audio, rate in tx.stored_audio(speaker.id):
-                    tx.set_twin(sample_id, twin_of(np.frombuffer(audio, dtype="<f4"), rate))
+            present = {s.sample_id for s in tx.samples(speaker.id)}
+            for sample_id, twin in twins.items():
+                if sample_id in present:
+                    tx.set_twin(sample_id, twin)
             record = tx.update_speaker(
                 speaker.id, rules.aggregate(tx.samples(speaker.id), model_sha256, policy)
             )

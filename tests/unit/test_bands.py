@@ -4,6 +4,8 @@ tested in tests/model/test_twins.py."""
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 import torch
@@ -194,7 +196,24 @@ def test_rebuild_makes_twins_from_kept_audio_and_keeps_what_is_stored_otherwise(
     svc.enrollment.store_audio = False  # bob's samples keep no audio
     svc.enroll_takes(ACME, "bob", BOB)
     twins = Twins(svc.enrollment.frontend, svc.enrollment.embed)
-    assert recompute_all(svc.store, svc.embedder.checksum, svc.enrollment.policy, twins) == (2, 2)
+    outside: list[bool] = []
+
+    def twin_of(wave: np.ndarray, rate: int) -> np.ndarray | None:
+        # The model runs with no transaction open: another writer gets through meanwhile.
+        wrote = threading.Event()
+
+        def write() -> None:
+            with svc.store.transaction():
+                wrote.set()
+
+        writer = threading.Thread(target=write, daemon=True)
+        writer.start()
+        writer.join(5)
+        outside.append(wrote.is_set())
+        return twins(wave, rate)
+
+    assert recompute_all(svc.store, svc.embedder.checksum, svc.enrollment.policy, twin_of) == (2, 2)
+    assert outside and all(outside)
     alice, bob = svc.store.get_speaker(ACME, "alice"), svc.store.get_speaker(ACME, "bob")
     assert alice is not None and bob is not None
     with svc.store.transaction() as tx:
