@@ -5,7 +5,7 @@ Served under both ``/audio/generic/api/v1`` and ``/v2``; errors in the hosted AP
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
 
 from service.api.convert import audio_input, remote_audio_input
 from service.api.deps import ServicesDep, TenantDep, run_blocking, run_for_client
@@ -34,12 +34,20 @@ def router(version: str) -> APIRouter:
 
     @api.post("/enroll", response_model=CompatMessage, operation_id=f"compat_enroll_{version}")
     async def enroll(
-        body: CompatEnrollRequest, request: Request, tenant: TenantDep, services: ServicesDep
+        body: CompatEnrollRequest,
+        request: Request,
+        response: Response,
+        tenant: TenantDep,
+        services: ServicesDep,
     ) -> CompatMessage:
-        """Add one sample to a speaker: "Success" while more are needed, then "Complete"."""
+        """Add one sample to a speaker: "Success" while more are needed, then "Complete". The
+        body is the hosted API's; headers say how far the enrollment is (`X-Enrollment-Progress`,
+        0 to 1, and `X-Enrollment-Missing`, what it still needs, as the native status does)."""
         status = await run_for_client(
             request, services.enrollment.enroll, tenant.tenant_id, body.speakerId, audio_input(body)
         )
+        response.headers["X-Enrollment-Progress"] = f"{status.progress:.3f}"
+        response.headers["X-Enrollment-Missing"] = ", ".join(status.missing)
         return CompatMessage(message="Complete" if status.complete else "Success")
 
     @api.post("/delete", response_model=CompatMessage, operation_id=f"compat_delete_{version}")

@@ -47,6 +47,11 @@ def test_three_utterances_reach_complete(own_client: httpx.Client, own_tenant: s
     answers = [own_client.post(ENROLL, json=flac_body(path, "alice")) for path in ALICE]
     assert [a.status_code for a in answers] == [200, 200, 200], [a.text for a in answers]
     assert [a.json()["message"] for a in answers] == ["Success", "Success", "Complete"]
+    # The hosted API's body says only "Success"; headers say how far, as the native status does.
+    progress = [float(a.headers["X-Enrollment-Progress"]) for a in answers]
+    assert 0 < progress[0] < progress[1] < progress[2] == 1.0
+    assert "more samples" in answers[0].headers["X-Enrollment-Missing"]
+    assert answers[2].headers["X-Enrollment-Missing"] == ""
 
     status = own_client.get("/v1/speakers/alice").json()
     assert status["status"] == "complete"
