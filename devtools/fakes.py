@@ -409,7 +409,8 @@ class MemoryStore:
 
     def purge_changes(self, before: datetime) -> int:
         with self.transaction() as tx:
-            kept = [c for c in tx.tables.changes if c.at is None or c.at >= before]
+            newest = tx.tables.changes[-1].seq if tx.tables.changes else 0
+            kept = [c for c in tx.tables.changes if c.at is None or c.at >= before or c.seq == newest]
             purged = len(tx.tables.changes) - len(kept)
             tx.tables.changes[:] = kept
         return purged

@@ -57,7 +57,10 @@ class RedactRequestLines(logging.Filter):
     in either (`?apikey=`, `X-API-Key`, `Authorization`)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
+        try:
+            message = record.getMessage()
+        except Exception:  # a record whose arguments do not fit: logging reports it, as before
+            return True
         cleaned = _CREDENTIAL_HEADER.sub(r"\1: [redacted]", _QUERY.sub("", message))
         if cleaned != message:
             record.msg, record.args = cleaned, None

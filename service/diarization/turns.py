@@ -63,7 +63,8 @@ class Turn:
 def in_centiseconds(start: float, end: float, duration_s: float = math.inf) -> tuple[float, float]:
     """A span's times as the answers give them: to 10 ms, never past the end of the clip (a turn
     that runs to the last sample of a 7.3355 s clip ends at 7.33, not 7.34)."""
-    last = math.floor(duration_s * 100) / 100 if math.isfinite(duration_s) else math.inf
+    # round() first: 1.13 * 100 is 112.99999999999999, and a 1.13 s clip must keep its last 10 ms.
+    last = math.floor(round(duration_s * 100, 6)) / 100 if math.isfinite(duration_s) else math.inf
     return min(round(start, 2), last), min(round(end, 2), last)
 
 

@@ -219,7 +219,8 @@ class Store(Protocol):
     def last_change_seq(self) -> int: ...
 
     def purge_changes(self, before: datetime) -> int:
-        """Delete the change log's rows logged before `before`; returns how many."""
+        """Delete the change log's rows logged before `before`, but never the newest (sequence
+        numbers must keep rising); returns how many."""
         ...
 
 

@@ -312,8 +312,11 @@ class SqlStore:
             return s.scalar(select(func.max(Change.seq))) or 0
 
     def purge_changes(self, before: datetime) -> int:
+        # The newest row stays whatever its age: SQLite numbers a row max(seq) + 1, so an empty
+        # table would hand out numbers below every follower's floor again.
+        newest = select(func.max(Change.seq)).scalar_subquery()
         with self._sessions() as s, s.begin():
-            purged = s.execute(delete(Change).where(Change.created_at < before))
+            purged = s.execute(delete(Change).where(Change.created_at < before, Change.seq < newest))
             return int(purged.rowcount or 0)  # type: ignore[attr-defined]
 
     def keeps_audio(self) -> bool:

@@ -66,7 +66,6 @@ def test_evaluate_diarization_scores_a_built_conversation(
 
 def test_an_rttm_of_several_recordings_gives_each_file_its_own_turns(tmp_path: Path) -> None:
     from service.tools.evaluate_diarization import read_rttm
-    from service.tools.inputs import InputError
 
     both = tmp_path / "set.rttm"
     both.write_text(
@@ -76,8 +75,7 @@ def test_an_rttm_of_several_recordings_gives_each_file_its_own_turns(tmp_path: P
     )
     assert read_rttm(both, "call1") == [("a", 0.0, 1.5), ("c", 2.0, 3.0)]
     assert read_rttm(both, "call2") == [("b", 0.0, 3.0)]
-    with pytest.raises(InputError):
-        read_rttm(both, "call3")
+    assert read_rttm(both, "call3") == []  # a recording the file gives no line has no speech
     one = tmp_path / "one.rttm"
     one.write_text("SPEAKER whatever 1 0.00 1.50 <NA> <NA> a <NA> <NA>\n")
     assert read_rttm(one, "call1") == [("a", 0.0, 1.5)]  # one recording: its id need not match

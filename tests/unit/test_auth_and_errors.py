@@ -57,6 +57,9 @@ def test_websocket_handshake_lines_lose_their_query_string_and_credential_header
         assert redacted("< %s: %s", header, "Bearer sk_secret") == f"< {header}: [redacted]"
     assert redacted("< %s: %s", "host", "127.0.0.1:8000") == "< host: 127.0.0.1:8000"
     assert redacted("Is the database up? Retrying") == "Is the database up? Retrying"
+    # A record whose arguments do not fit its format is let through for logging to report, as before.
+    unfit = logging.LogRecord("some.lib", logging.INFO, __file__, 1, "%s and %s", ("one",), None)
+    assert RedactRequestLines().filter(unfit)
 
 
 def test_outbound_request_lines_are_not_logged(tmp_path: Path) -> None:

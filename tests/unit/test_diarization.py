@@ -182,6 +182,7 @@ def test_no_segment_ends_after_the_clip() -> None:
     segments = segments_of(found, ["speaker_1", "speaker_2"], join_pauses=True, duration_s=7.3355)
     assert [(s.start, s.end) for s in segments] == [(0.0, 3.0), (3.2, 7.33)]
     assert in_centiseconds(1.006, 2.004) == (1.01, 2.0)
+    assert in_centiseconds(0.0, 1.13, 1.13) == (0.0, 1.13)  # 1.13 * 100 is 112.999...: not 1.12
 
 
 class KnowsFirstVoice:
