@@ -161,17 +161,17 @@ class DatabaseSettings(BaseModel):
     )
     lock_timeout_s: float = Field(
         5.0,
-        gt=0,
+        ge=0,
         le=600,
-        description="PostgreSQL: a statement waiting this long for a lock (a speaker's row, a tenant's "
-        "enrollment lock held by a stalled replica) is stopped and its request answered 503",
+        description="PostgreSQL: a statement waiting this long for a lock (a speaker's row) is stopped and "
+        "its request answered 503; a tenant's enrollment lock is waited for up to 4x this; 0 = no limit",
     )
     idle_in_transaction_timeout_s: float = Field(
         15.0,
-        gt=0,
+        ge=0,
         le=3600,
         description="PostgreSQL: a session idle this long inside a transaction (its client stalled or cut "
-        "off) is ended by the server, releasing its locks; its transaction rolls back",
+        "off) is ended by the server, releasing its locks; its transaction rolls back; 0 = no limit",
     )
 
 

@@ -27,13 +27,34 @@ from service import resources
 from service.config import DatabaseSettings
 from service.errors import StartupError
 
+# PostgreSQL's SQLSTATEs that say the server could not serve now, not that the statement is wrong:
+# connection exceptions (class 08), shutdowns and a database that cannot take connections now
+# (57P01-57P03), a statement cancelled by a timeout (57014), a lock not obtained in time (55P03),
+# a session ended idle in its transaction (25P03), a serialization failure or deadlock (40001,
+# 40P01: the same request succeeds when sent again), too many connections (53300).
+PG_UNAVAILABLE = ("08", "57P01", "57P02", "57P03", "57014", "55P03", "25P03", "40001", "40P01", "53300")
+# SQLite's: the write lock not had within the busy timeout, a file that cannot be opened or read.
+SQLITE_UNAVAILABLE = ("database is locked", "unable to open", "disk i/o error", "readonly database")
+
 
 def unavailable(exc: BaseException) -> bool:
     """Whether `exc` says the database could not be reached or answered in time (down, the link
-    cut, the pool exhausted, a lock or an idle transaction timed out), not that a request was wrong."""
-    if isinstance(exc, OperationalError | InterfaceError | PoolTimeout):
+    cut, the pool exhausted, a lock or an idle transaction timed out), not that a request or the
+    schema was wrong ("no such table" is a bug to see, not an outage to wait out)."""
+    if isinstance(exc, PoolTimeout | InterfaceError):
         return True
-    return isinstance(exc, DBAPIError) and exc.connection_invalidated
+    if not isinstance(exc, DBAPIError):
+        return False
+    if exc.connection_invalidated:
+        return True
+    sqlstate = getattr(exc.orig, "sqlstate", None)
+    if isinstance(sqlstate, str):  # PostgreSQL (psycopg)
+        return sqlstate.startswith(PG_UNAVAILABLE)
+    if isinstance(exc, OperationalError):
+        text = str(exc.orig).lower()
+        # psycopg's failures to connect carry no SQLSTATE; SQLite says what went wrong in words.
+        return not exc.orig.__class__.__module__.startswith("sqlite3") or text.startswith(SQLITE_UNAVAILABLE)
+    return False
 
 
 def make_engine(url: str, settings: DatabaseSettings | None = None) -> Engine:
@@ -48,10 +69,7 @@ def make_engine(url: str, settings: DatabaseSettings | None = None) -> Engine:
     # A server that does not answer fails a connection in 10 s rather than the OS's minutes (a
     # readiness probe, a request), and a link that goes silent is found dead in about 15 s (TCP
     # keepalives, and a limit on unacknowledged data) instead of TCP's 15 minutes, unless the URL
-    # sets its own. A lock waited for past `lock_timeout_s` stops the statement; a session left idle
-    # inside a transaction past `idle_in_transaction_timeout_s` (a stalled or cut-off replica) is
-    # ended by the server, so its locks (a tenant's enrollment lock) cannot stop the other replicas,
-    # and its transaction cannot commit much later than the change numbers it drew.
+    # sets its own (these are the client library's own options, which poolers never see).
     defaults: dict[str, Any] = {
         "connect_timeout": 10,
         "keepalives": 1,
@@ -59,11 +77,9 @@ def make_engine(url: str, settings: DatabaseSettings | None = None) -> Engine:
         "keepalives_interval": 5,
         "keepalives_count": 3,
         "tcp_user_timeout": 15_000,
-        "options": f"-c lock_timeout={round(s.lock_timeout_s * 1000)} "
-        f"-c idle_in_transaction_session_timeout={round(s.idle_in_transaction_timeout_s * 1000)}",
     }
     connect_args = {k: v for k, v in defaults.items() if k not in parsed.query}
-    return create_engine(
+    engine = create_engine(
         url,
         pool_pre_ping=True,
         pool_size=s.pool_size,
@@ -71,6 +87,31 @@ def make_engine(url: str, settings: DatabaseSettings | None = None) -> Engine:
         pool_timeout=s.pool_timeout_s,
         connect_args=connect_args,
     )
+    _postgres_session_limits(engine, s)
+    return engine
+
+
+def _postgres_session_limits(engine: Engine, s: DatabaseSettings) -> None:
+    """A lock waited for past `lock_timeout_s` stops the statement; a session left idle inside a
+    transaction past `idle_in_transaction_timeout_s` (a stalled or cut-off replica) is ended by the
+    server, so its locks (a tenant's enrollment lock) cannot stop the other replicas, and its
+    transaction cannot commit much later than the change numbers it drew. Set with SET on each new
+    connection, not as a startup `options` parameter: poolers (PgBouncer) refuse that parameter,
+    and it would replace an operator's PGOPTIONS. 0 leaves the server's own setting."""
+    limits = {
+        "lock_timeout": s.lock_timeout_s,
+        "idle_in_transaction_session_timeout": s.idle_in_transaction_timeout_s,
+    }
+    statements = [f"SET {name} = {round(seconds * 1000)}" for name, seconds in limits.items() if seconds > 0]
+    if not statements:
+        return
+
+    @event.listens_for(engine, "connect")
+    def _connect(dbapi_connection: Any, _record: Any) -> None:
+        with dbapi_connection.cursor() as cursor:
+            for statement in statements:
+                cursor.execute(statement)
+        dbapi_connection.commit()
 
 
 def _sqlite_serialised_writes(engine: Engine) -> None:

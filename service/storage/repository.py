@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import numpy as np
-from sqlalchemy import Engine, delete, func, select
+from sqlalchemy import Engine, delete, func, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -120,7 +120,16 @@ class SqlTransaction:
 
     def lock_tenant(self, tenant_id: int) -> None:
         if self.s.get_bind().dialect.name == "postgresql":
+            # Enrollments of one tenant queue here one at a time (each holds it a few ms): waited
+            # for up to 4x the session's lock timeout (0: no limit), which a queue of healthy ones
+            # does not reach; a stalled holder is ended by its idle-in-transaction timeout first.
+            setting = text("SELECT setting::int FROM pg_settings WHERE name = 'lock_timeout'")
+            limit_ms = int(self.s.execute(setting).scalar_one())  # this session's, in ms
+            if limit_ms:
+                self.s.execute(select(func.set_config("lock_timeout", str(4 * limit_ms), True)))
             self.s.execute(select(func.pg_advisory_xact_lock(TENANT_LOCKS, tenant_id)))
+            if limit_ms:
+                self.s.execute(select(func.set_config("lock_timeout", str(limit_ms), True)))
         # SQLite: BEGIN IMMEDIATE already holds the one write lock for the whole transaction.
 
     def changed_speakers(self, tenant_id: int, after_seq: int) -> list[int]:

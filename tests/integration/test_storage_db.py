@@ -25,7 +25,7 @@ import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import Engine, func, inspect, select
+from sqlalchemy import Engine, create_engine, func, inspect, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
@@ -471,31 +471,54 @@ def test_the_readiness_ping_neither_takes_nor_waits_for_sqlites_write_lock(tmp_p
 
 @pytest.mark.postgres
 def test_a_stalled_holder_of_a_tenants_lock_stops_no_one_for_long(tmp_path: Path) -> None:
-    """A replica whose link stalls inside an enrollment holds its tenant's lock: another replica's
-    enrollment of that tenant waits at most the lock timeout (a 503, not a hang), and once the
-    stalled session has been idle in its transaction past its timeout the server ends it, its lock
-    goes, and its transaction can no longer commit."""
+    """A replica whose link stalls inside an enrollment holds its speaker's row and its tenant's
+    lock: another replica waits for the row at most the lock timeout (a 503, not a hang), for the
+    tenant's lock at most 4x that, and the server ends the stalled session once it has been idle in
+    its transaction past its timeout, which frees both; the stalled transaction cannot commit."""
     url = fresh_url("postgres", tmp_path)
-    timeouts = DatabaseSettings(lock_timeout_s=1.0, idle_in_transaction_timeout_s=2.0)
+    timeouts = DatabaseSettings(lock_timeout_s=1.0, idle_in_transaction_timeout_s=2.5)
     stalled, healthy = SqlStore(make_engine(url, timeouts)), SqlStore(make_engine(url, timeouts))
     tenant = tenant_of(healthy)
+    with healthy.transaction() as tx:
+        tx.lock_speaker(tenant, "alice", create=True)
     try:
         held = stalled.transaction()
         tx = held.__enter__()
-        tx.lock_tenant(tenant)  # ... then nothing more from this session: it stalled
+        tx.lock_tenant(tenant)
+        tx.lock_speaker(tenant, "alice", create=False)  # ... then nothing more: it stalled
         started = time.monotonic()
         with pytest.raises(SQLAlchemyError) as waited, healthy.transaction() as other:
+            other.lock_speaker(tenant, "alice", create=False)
+        assert unavailable(waited.value) and time.monotonic() - started < 2.0
+        with healthy.transaction() as other:  # the tenant's lock: free once the stalled session ends
             other.lock_tenant(tenant)
-        assert unavailable(waited.value) and time.monotonic() - started < 5
-        time.sleep(3)  # past the idle-in-transaction timeout: the server ended the stalled session
-        with healthy.transaction() as other:
-            other.lock_tenant(tenant)
+            other.lock_speaker(tenant, "alice", create=False)
+        assert time.monotonic() - started < 4.5
         with pytest.raises(SQLAlchemyError) as ended:
             held.__exit__(None, None, None)  # its commit
         assert unavailable(ended.value)
     finally:
         stalled.engine.dispose()
         healthy.engine.dispose()
+
+
+@BY_KIND
+def test_an_outage_is_told_from_a_bug(store: SqlStore, kind: str) -> None:
+    """A missing table is a bug to see (500, traceback), not an outage to wait out (503)."""
+    with pytest.raises(SQLAlchemyError) as bug, store.engine.connect() as conn:
+        conn.execute(text("SELECT * FROM no_such_table"))
+    assert not unavailable(bug.value)
+    if kind == "sqlite":  # the write lock not had in time
+        impatient = create_engine(store.engine.url, connect_args={"timeout": 0.1})
+        # The store's connection begins IMMEDIATE, taking the write lock; the other waits 0.1 s.
+        with store.engine.begin(), impatient.connect() as waiter, pytest.raises(SQLAlchemyError) as down:
+            waiter.exec_driver_sql("BEGIN IMMEDIATE")
+        impatient.dispose()
+    else:  # no server there
+        unreachable = make_engine(store.engine.url.set(port=1).render_as_string(hide_password=False))
+        with pytest.raises(SQLAlchemyError) as down, unreachable.connect():
+            pass
+    assert unavailable(down.value)
 
 
 @BY_KIND
@@ -519,3 +542,26 @@ def test_the_change_log_is_purged_of_rows_older_than_asked_but_its_newest(store:
     assert [c.seq for c in store.changes_since(0)] == seqs[-1:]
     log("later")
     assert store.changes_since(seqs[-1])[0].seq > seqs[-1]
+
+
+@pytest.mark.postgres
+def test_the_session_limits_come_on_top_of_an_operators_own_options(tmp_path: Path) -> None:
+    """Set on each connection, not as a startup parameter: an `options` in the URL (or PGOPTIONS)
+    keeps working, and poolers that refuse startup options are not asked for any."""
+    url = make_url(fresh_url("postgres", tmp_path)).update_query_dict(
+        {"options": "-c statement_timeout=7000"}
+    )
+    engine = make_engine(url.render_as_string(hide_password=False), DatabaseSettings(lock_timeout_s=3.0))
+    try:
+        with engine.connect() as conn:
+            shown = {
+                name: conn.execute(text(f"SHOW {name}")).scalar_one()
+                for name in ("statement_timeout", "lock_timeout", "idle_in_transaction_session_timeout")
+            }
+        assert shown == {
+            "statement_timeout": "7s",
+            "lock_timeout": "3s",
+            "idle_in_transaction_session_timeout": "15s",
+        }
+    finally:
+        engine.dispose()
