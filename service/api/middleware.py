@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from urllib.parse import parse_qsl
 
 import anyio
 from prometheus_client import Counter, Histogram
@@ -28,18 +29,21 @@ METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}
 # Every route that takes a body is an API route and needs a key (service/api/deps.authenticate).
 API_PREFIXES = ("/v1/", "/audio/")
 KEY_HEADERS = (b"x-api-key", b"authorization")
-KEY_PARAMS = (b"apikey=", b"api_key=")
+KEY_PARAMS = ("apikey", "api_key")
 
 
 def carries_no_key(scope: Scope) -> bool:
     """An API request with a body and no credential anywhere a key may be: it is refused before its
-    body is read (or parsed), which a caller without a key must not be able to make the server do."""
-    if scope["method"] not in ("POST", "PUT", "PATCH") or not scope["path"].startswith(API_PREFIXES):
+    body is read (or parsed), which a caller without a key must not be able to make the server do.
+    The query is read as the routes read it (names percent-decoded); a proxy's root path is not
+    part of the route."""
+    path = scope["path"].removeprefix(scope.get("root_path", ""))
+    if scope["method"] not in ("POST", "PUT", "PATCH") or not path.startswith(API_PREFIXES):
         return False
     if any(name in KEY_HEADERS and value.strip() for name, value in scope.get("headers", [])):
         return False
-    query = b"&" + scope.get("query_string", b"")
-    return not any(b"&" + param in query for param in KEY_PARAMS)
+    query = parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
+    return not any(name in KEY_PARAMS for name, _ in query)
 
 
 class BodyLimit:

@@ -160,7 +160,10 @@ async def _serve(
             )
             receiving = asyncio.create_task(ws.receive())
             await asyncio.wait({work, receiving}, return_when=asyncio.FIRST_COMPLETED)
-            if receiving.done() and receiving.result()["type"] == "websocket.disconnect":
+            gone = receiving.done() and (
+                receiving.exception() is not None or receiving.result()["type"] == "websocket.disconnect"
+            )
+            if gone:
                 cancel.cancel()  # nobody will read the answer: the chunk stops at its next check
                 with contextlib.suppress(Exception):
                     if isinstance((await work).error, RequestCancelled):

@@ -57,6 +57,8 @@ def test_an_api_request_without_any_key_is_refused_before_its_body_is_read(tmp_p
     ):
         through = client.post("/v1/identify", content=b"{not json", params=params, headers=headers)
         assert through.status_code == 503, (params, headers)
+    # The names as the routes read them, percent-decoded.
+    assert client.post("/v1/identify?api%5Fkey=k", content=b"{not json").status_code == 503
     assert client.get("/v1/speakers").status_code == 503  # no body: the route's own check
 
 
