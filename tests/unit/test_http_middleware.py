@@ -3,12 +3,14 @@ HEAD answered as GET, and request metrics labelled by route template and a bound
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from starlette.types import Message, Receive, Scope, Send
 
-from service.api.middleware import REQUESTS
+from service.api.middleware import REQUESTS, BodyLimit
 from service.config import Settings
 from service.main import create_app
 
@@ -62,33 +64,33 @@ def test_an_api_request_without_any_key_is_refused_before_its_body_is_read(tmp_p
     assert client.get("/v1/speakers").status_code == 503  # no body: the route's own check
 
 
-def test_the_body_of_a_request_without_any_key_is_never_received() -> None:
-    import asyncio
-
-    from starlette.types import Message, Receive, Scope, Send
-
-    from service.api.middleware import BodyLimit
+def body_limit_answer(
+    path: str, query: bytes, headers: list[tuple[bytes, bytes]], parts: list[Message]
+) -> Message:
+    """What BodyLimit (25 MB) sends first for a POST whose body comes as `parts` (none: it must not
+    be read); the app behind it must not be called."""
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         raise AssertionError("the app was called")
 
     async def receive() -> Message:
-        raise AssertionError("the body was read")
+        assert parts, "the body was read"
+        return parts.pop(0)
 
     sent: list[Message] = []
 
     async def send(message: Message) -> None:
         sent.append(message)
 
-    scope: Scope = {
-        "type": "http",
-        "method": "POST",
-        "path": "/v1/identify",
-        "query_string": b"apikeyx=1&sampleRate=8000",
-        "headers": [(b"content-length", b"20000000"), (b"x-api-keys", b"k")],
-    }
+    scope: Scope = {"type": "http", "method": "POST", "path": path, "query_string": query, "headers": headers}
     asyncio.run(BodyLimit(app, 25_000_000, 30, 60)(scope, receive, send))
-    assert sent[0]["type"] == "http.response.start" and sent[0]["status"] == 401
+    return sent[0]
+
+
+def test_the_body_of_a_request_without_any_key_is_never_received() -> None:
+    headers = [(b"content-length", b"20000000"), (b"x-api-keys", b"k")]
+    answer = body_limit_answer("/v1/identify", b"apikeyx=1&sampleRate=8000", headers, [])
+    assert answer["type"] == "http.response.start" and answer["status"] == 401
 
 
 def test_a_database_that_does_not_answer_is_a_503_with_retry_after(
@@ -122,34 +124,9 @@ def test_a_database_that_does_not_answer_is_a_503_with_retry_after(
 
 def test_a_client_that_hangs_up_mid_body_is_a_cancelled_request_not_a_server_error() -> None:
     """A raw upload cut off half way raised ClientDisconnect in the route: a 500 with two tracebacks."""
-    import asyncio
-
-    from starlette.types import Message, Receive, Scope, Send
-
-    from service.api.middleware import BodyLimit
-
-    async def app(scope: Scope, receive: Receive, send: Send) -> None:
-        raise AssertionError("the app was called")
-
     parts: list[Message] = [
         {"type": "http.request", "body": b"fLaC" + b"\0" * 1000, "more_body": True},
         {"type": "http.disconnect"},
     ]
-
-    async def receive() -> Message:
-        return parts.pop(0)
-
-    sent: list[Message] = []
-
-    async def send(message: Message) -> None:
-        sent.append(message)
-
-    scope: Scope = {
-        "type": "http",
-        "method": "POST",
-        "path": "/v1/speakers/a/enrollments",
-        "query_string": b"",
-        "headers": [(b"content-type", b"audio/flac"), (b"x-api-key", b"k")],
-    }
-    asyncio.run(BodyLimit(app, 25_000_000, 30, 60)(scope, receive, send))
-    assert sent[0]["status"] == 499
+    headers = [(b"content-type", b"audio/flac"), (b"x-api-key", b"k")]
+    assert body_limit_answer("/v1/speakers/a/enrollments", b"", headers, parts)["status"] == 499
