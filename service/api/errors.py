@@ -21,14 +21,13 @@ from starlette.types import Receive, Scope, Send
 
 from service.errors import (
     BadRequest,
-    DatabaseUnavailable,
     InvalidSpeakerId,
     MethodNotAllowed,
     RouteNotFound,
     ServiceError,
     shown,
 )
-from service.storage.database import unavailable
+from service.storage.database import outage
 
 log = logging.getLogger(__name__)
 
@@ -96,13 +95,8 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
 async def _database_error(request: Request, exc: Exception) -> JSONResponse:
     """A database that does not answer is a 503 with Retry-After and one log line (an outage would
     otherwise write two tracebacks per request); any other database error is unexpected."""
-    if not unavailable(exc):
-        return await _unexpected(request, exc)
-    log.warning(
-        "database unavailable",
-        extra={"path": request.url.path, "error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"},
-    )
-    return render_error(request, DatabaseUnavailable())
+    refused = outage(exc, path=request.url.path)
+    return render_error(request, refused) if refused is not None else await _unexpected(request, exc)
 
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

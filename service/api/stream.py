@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from typing import Any
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
@@ -28,7 +27,6 @@ from service.audio.frontend import AudioInput
 from service.concurrency import Cancellation
 from service.errors import (
     BadRequest,
-    DatabaseUnavailable,
     NotReady,
     RequestCancelled,
     ServiceError,
@@ -41,10 +39,9 @@ from service.realtime.session import (
     authenticate,
     parse_speaker_ids,
 )
-from service.storage.database import unavailable
+from service.storage.database import outage
 
 api = APIRouter(prefix="/v1", tags=["identification"])
-log = logging.getLogger(__name__)
 
 
 def _key(ws: WebSocket) -> str | None:
@@ -118,10 +115,10 @@ async def identify_stream(ws: WebSocket) -> None:
     except ServiceError as exc:
         await _refuse(ws, exc)
     except SQLAlchemyError as exc:  # the key check or the scoring could not reach the database
-        if not unavailable(exc):
+        refused = outage(exc, path=ws.url.path)
+        if refused is None:
             raise
-        log.warning("database unavailable", extra={"path": ws.url.path, "error": type(exc).__name__})
-        await _refuse(ws, DatabaseUnavailable())
+        await _refuse(ws, refused)
 
 
 async def _refuse(ws: WebSocket, exc: ServiceError) -> None:

@@ -116,7 +116,7 @@ class EnrollmentService:
             narrow_vector=twin,
         )
         with self.store.transaction() as tx:
-            if self._checks_recordings(sample.fingerprint):
+            if self.voices is not None:  # the tenant's other recordings are checked
                 tx.lock_tenant(tenant_id)  # before the speaker's row: one order, no deadlock
             speaker = tx.lock_speaker(tenant_id, speaker_id, create=True)
             assert speaker is not None
@@ -228,7 +228,7 @@ class EnrollmentService:
         speakers changed since the index was last brought up to date: an enrollment of the same
         recording committed a moment ago (on this replica, before its catch-up; on another, within
         the follow interval) is in the database, under the tenant's lock, if not yet in the index."""
-        if self.voices is None or not self._checks_recordings(fp):
+        if self.voices is None:
             return
         nearest = self.voices.nearest(tenant_id, vector, self.policy.copy_search_limit + 1)
         recent = tx.changed_speakers(tenant_id, self.indexed_through()) if self.indexed_through else []
@@ -237,9 +237,6 @@ class EnrollmentService:
         if others:
             recordings = tx.recordings(tenant_id, others, self.model_sha256)
             rules.check_other_speakers(vector, fp, recordings, self.policy)
-
-    def _checks_recordings(self, fp: bytes | None) -> bool:
-        return self.voices is not None and bool(fp)
 
     def _warnings(self, speaker: SpeakerRecord) -> list[str]:
         if self.voices is None or speaker.centroid is None:

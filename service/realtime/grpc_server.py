@@ -47,7 +47,7 @@ from service.realtime.session import (
     authenticate,
     parse_speaker_ids,
 )
-from service.storage.database import unavailable
+from service.storage.database import outage
 
 log = logging.getLogger(__name__)
 
@@ -167,10 +167,9 @@ class RealtimeServicer(pb_grpc.DeepAffectsRealtimeServicer):
         except ServiceError as exc:
             context.abort(status_code(exc), exc.message)
         except SQLAlchemyError as exc:  # the key check or the scoring could not reach the database
-            if not unavailable(exc):
+            refused = outage(exc, rpc="IdentifySpeaker")
+            if refused is None:
                 raise
-            log.warning("database unavailable", extra={"rpc": "IdentifySpeaker", "error": type(exc).__name__})
-            refused = DatabaseUnavailable()
             context.abort(status_code(refused), refused.message)
         finally:
             stop.set()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,7 +26,9 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from service import resources
 from service.config import DatabaseSettings
-from service.errors import StartupError
+from service.errors import DatabaseUnavailable, StartupError
+
+log = logging.getLogger(__name__)
 
 # PostgreSQL's SQLSTATEs that say the server could not serve now, not that the statement is wrong:
 # connection exceptions (class 08), shutdowns and a database that cannot take connections now
@@ -51,10 +54,21 @@ def unavailable(exc: BaseException) -> bool:
     if isinstance(sqlstate, str):  # PostgreSQL (psycopg)
         return sqlstate.startswith(PG_UNAVAILABLE)
     if isinstance(exc, OperationalError):
-        text = str(exc.orig).lower()
         # psycopg's failures to connect carry no SQLSTATE; SQLite says what went wrong in words.
-        return not exc.orig.__class__.__module__.startswith("sqlite3") or text.startswith(SQLITE_UNAVAILABLE)
+        if not type(exc.orig).__module__.startswith("sqlite3"):
+            return True
+        return str(exc.orig).lower().startswith(SQLITE_UNAVAILABLE)
     return False
+
+
+def outage(exc: BaseException, **where: str) -> DatabaseUnavailable | None:
+    """`exc` as the 503 it stands for, logged in one line (with `where`: the path, the rpc), or
+    None when it says no outage (a bug, to be raised and seen with its traceback)."""
+    if not unavailable(exc):
+        return None
+    first = str(exc).splitlines()[0][:200] if str(exc) else ""
+    log.warning("database unavailable", extra={**where, "error": f"{type(exc).__name__}: {first}"})
+    return DatabaseUnavailable()
 
 
 def make_engine(url: str, settings: DatabaseSettings | None = None) -> Engine:

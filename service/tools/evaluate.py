@@ -59,7 +59,7 @@ from service.tools.client import (
     reach,
 )
 from service.tools.evaluate_diarization import cmd_evaluate_diarization
-from service.tools.inputs import InputError, ManifestRow, clean_id, read_manifest
+from service.tools.inputs import InputError, ManifestRow, clean_id, read_manifest, require_files
 from service.tools.pool import run_bounded
 
 Scoring = Literal["score", "cosine"]
@@ -836,9 +836,7 @@ def cmd_evaluate(args: argparse.Namespace, _settings: object = None) -> int:
             probes = read_manifest(args.probe_manifest)
             probes_from(plan, probes)
             rows = [*rows, *probes]
-        missing = [str(row.path) for row in rows if not row.path.is_file()]
-        if missing:
-            raise InputError(f"{len(missing)} file(s) of the manifest are missing, e.g. {missing[0]}")
+        require_files(rows)
         client = connect(args)
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -21,7 +21,7 @@ import httpx
 
 from service.tools.audio import AudioReadError, flac_clip
 from service.tools.client import FatalHttpError, connect, error_of, reach
-from service.tools.inputs import InputError, read_manifest
+from service.tools.inputs import InputError, read_manifest, require_files
 from service.tools.metrics import Turn, diarization_error
 
 DIARIZE = "/audio/generic/api/v1/sync/diarize"
@@ -58,12 +58,10 @@ def cmd_evaluate_diarization(args: argparse.Namespace) -> int:
     """Exit status 0 with a report, 1 when no file was answered, 2 when the run could not start."""
     try:
         rows = read_manifest(args.manifest, required=("path", "rttm"))
+        require_files(rows)
         files = [
             (row.path, read_rttm(args.manifest.parent / row.extra["rttm"], row.path.stem)) for row in rows
         ]
-        missing = [str(path) for path, _ in files if not path.is_file()]
-        if missing:
-            raise InputError(f"{len(missing)} file(s) of the manifest are missing, e.g. {missing[0]}")
         client = connect(args)
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -49,6 +49,14 @@ def read_manifest(csv_path: Path, required: Iterable[str] = ("path", "speaker"))
     return rows
 
 
+def require_files(rows: Iterable[ManifestRow]) -> None:
+    """InputError, naming one of them, if files a manifest lists are missing: a run stops before it
+    sends anything rather than measure on fewer files than asked."""
+    missing = [str(row.path) for row in rows if not row.path.is_file()]
+    if missing:
+        raise InputError(f"{len(missing)} file(s) of the manifest are missing, e.g. {missing[0]}")
+
+
 def clean_id(name: str, max_len: int = MAX_LENGTH) -> str:
     """`name` made into a valid speaker id of at most `max_len` characters: accents dropped
     (José -> Jose), every other run of characters outside `[A-Za-z0-9_.-]` becomes one "_"."""
