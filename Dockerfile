@@ -1,7 +1,9 @@
 # Image of the speaker service: the project's wheel, installed (not editable) over the pinned
 # dependencies.
 #   docker build -t speakerid .
-#   docker run -p 8000:8000 -v speakerid-data:/app/data speakerid
+#   docker run -p 8000:8000 -p 50051:50051 --stop-timeout 30 -v speakerid-data:/app/data speakerid
+# (HTTP on 8000, the realtime gRPC stream on 50051; with SPK_FRONTEND__WORKERS > 0 add
+# --shm-size 512m: clips travel between processes through /dev/shm, 64 MB by default.)
 # Migrations run before the server starts; the first API key is printed once if there is none.
 ARG PYTHON=3.11
 
@@ -32,6 +34,13 @@ RUN python -c "import tomllib; print(*tomllib.load(open('pyproject.toml', 'rb'))
 
 COPY --from=wheel /dist/ /tmp/dist/
 RUN /app/.venv/bin/pip install --no-deps /tmp/dist/speakerid-*.whl && rm -rf /tmp/dist
+
+# The service runs as an unprivileged user that owns only the data folder. A volume made by an
+# earlier image that ran as root: `docker run --rm -u 0 -v speakerid-data:/app/data <image>
+# chown -R speakerid: /app/data` once.
+RUN useradd --system --uid 10001 --user-group --create-home --home-dir /home/speakerid speakerid \
+ && mkdir -p /app/data && chown speakerid:speakerid /app/data
+USER speakerid
 
 EXPOSE 8000 50051
 VOLUME ["/app/data"]

@@ -91,9 +91,13 @@ class ServerProcess:
         log_dir: Path,
         command: list[str] | None = None,
         cwd: Path = REPO_ROOT,
+        grpc: bool = False,
     ) -> None:
-        """`command`: the `speakerid` to run (default: this environment's); `cwd`: where it runs."""
+        """`command`: the `speakerid` to run (default: this environment's); `cwd`: where it runs;
+        `grpc`: also serve gRPC, on a free port of its own (`grpc_target`)."""
         self.env = env
+        self.grpc = grpc
+        self.grpc_target = ""
         self.log_dir = log_dir
         self.command = command or speakerid_command()
         self.cwd = cwd
@@ -111,11 +115,16 @@ class ServerProcess:
         """Start serving; returns at once (`wait_ready` before sending anything)."""
         port = free_port()
         self.url = f"http://127.0.0.1:{port}"
+        grpc_args: list[str] = []
+        if self.grpc:
+            grpc_port = free_port()
+            self.grpc_target = f"127.0.0.1:{grpc_port}"
+            grpc_args = ["--grpc-port", str(grpc_port)]
         self.log_path = self.log_dir / f"server-{self.starts}.log"
         self.starts += 1
         with self.log_path.open("wb") as log:
             self.proc = subprocess.Popen(
-                [*self.command, "serve", "--host", "127.0.0.1", "--port", str(port)],
+                [*self.command, "serve", "--host", "127.0.0.1", "--port", str(port), *grpc_args],
                 cwd=self.cwd,
                 env=self.env,
                 stdout=log,

@@ -40,15 +40,32 @@ COMPOSE = {
     "ERROR_LOG": "/dev/stderr",
     "ACCESS_LOG": "/dev/stdout",
     "LISTEN": "80",
+    "GRPC_LISTEN": "50051",
 }
 COMPOSE_REPLICAS = ("speakerid-1:8000", "speakerid-2:8000")
+COMPOSE_GRPC_REPLICAS = ("speakerid-1:50051", "speakerid-2:50051")
 
 
-def render_nginx(values: dict[str, str], servers: Sequence[str], max_body_bytes: int = MAX_BODY_BYTES) -> str:
-    """The template with `values` and one `server` line per `host:port` of `servers`."""
-    lines = "\n".join(f"    server {s} max_fails=1 fail_timeout=5s;" for s in servers)
+def render_nginx(
+    values: dict[str, str],
+    servers: Sequence[str],
+    grpc_servers: Sequence[str],
+    max_body_bytes: int = MAX_BODY_BYTES,
+) -> str:
+    """The template with `values` and one `server` line per `host:port` of `servers` (HTTP) and of
+    `grpc_servers` (the same replicas' gRPC ports)."""
+
+    def lines(addresses: Sequence[str]) -> str:
+        return "\n".join(f"    server {s} max_fails=1 fail_timeout=5s;" for s in addresses)
+
     text = TEMPLATE.read_text()
-    for name, value in {**values, "SERVERS": lines, "MAX_BODY_BYTES": str(max_body_bytes)}.items():
+    filled = {
+        **values,
+        "SERVERS": lines(servers),
+        "GRPC_SERVERS": lines(grpc_servers),
+        "MAX_BODY_BYTES": str(max_body_bytes),
+    }
+    for name, value in filled.items():
         text = text.replace("{{" + name + "}}", value)
     if "{{" in text:
         raise ValueError(f"unfilled placeholder in {TEMPLATE}: {text[text.index('{{') :][:40]}")
@@ -57,7 +74,7 @@ def render_nginx(values: dict[str, str], servers: Sequence[str], max_body_bytes:
 
 def compose_nginx() -> str:
     """deploy/nginx.conf as it must read."""
-    return render_nginx(COMPOSE, COMPOSE_REPLICAS)
+    return render_nginx(COMPOSE, COMPOSE_REPLICAS, COMPOSE_GRPC_REPLICAS)
 
 
 def nginx_binary() -> str | None:
@@ -69,9 +86,10 @@ def missing_reason() -> str:
 
 
 class Nginx:
-    """nginx on a free loopback port in front of `servers` (``host:port``), from the template."""
+    """nginx on free loopback ports in front of `servers` (``host:port``) and their gRPC ports
+    `grpc_servers`, from the template."""
 
-    def __init__(self, folder: Path, servers: Sequence[str]) -> None:
+    def __init__(self, folder: Path, servers: Sequence[str], grpc_servers: Sequence[str]) -> None:
         binary = nginx_binary()
         if binary is None:
             raise RuntimeError(missing_reason())
@@ -80,13 +98,14 @@ class Nginx:
         folder.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.grpc_target = f"127.0.0.1:{free_port()}"
         self.conf = folder / "nginx.conf"
         self.access_log = folder / "access.log"
         self.error_log = folder / "error.log"
         self.proc: subprocess.Popen[bytes] | None = None
-        self.configure(servers)
+        self.configure(servers, grpc_servers)
 
-    def configure(self, servers: Sequence[str]) -> None:
+    def configure(self, servers: Sequence[str], grpc_servers: Sequence[str]) -> None:
         """Write the configuration for `servers`; a running nginx takes it up on `reload`."""
         values = {
             # Workers as this user: they write request bodies under the test's own folder.
@@ -95,8 +114,9 @@ class Nginx:
             "ERROR_LOG": str(self.error_log),
             "ACCESS_LOG": str(self.access_log),
             "LISTEN": f"127.0.0.1:{self.port}",
+            "GRPC_LISTEN": self.grpc_target,
         }
-        self.conf.write_text(render_nginx(values, servers))
+        self.conf.write_text(render_nginx(values, servers, grpc_servers))
 
     def start(self) -> None:
         with (self.folder / "stderr.log").open("wb") as log:
@@ -146,7 +166,12 @@ class Topology:
         return self.nginx.url
 
     def address(self, replica: ServerProcess) -> str:
-        return replica.url.removeprefix("http://")
+        return topology_address(replica)
+
+
+def topology_address(replica: ServerProcess) -> str:
+    """A replica's HTTP ``host:port``."""
+    return replica.url.removeprefix("http://")
 
 
 @contextlib.contextmanager
@@ -166,13 +191,14 @@ def scale_out(
         for i in range(replicas):
             data = root / f"replica-{i}"
             data.mkdir(parents=True, exist_ok=True)
-            servers.append(ServerProcess(server_env(data, False, **extra), data))
+            servers.append(ServerProcess(server_env(data, False, **extra), data, grpc=True))
         for server in servers:
             stack.callback(server.stop)
             server.start()
         for server in servers:
             server.wait_ready()
-        nginx = Nginx(root / "nginx", [s.url.removeprefix("http://") for s in servers])
+        addresses = [topology_address(s) for s in servers]
+        nginx = Nginx(root / "nginx", addresses, [s.grpc_target for s in servers])
         stack.callback(nginx.stop)
         nginx.start()
         wait_through(nginx.url)
@@ -280,7 +306,8 @@ def one_and_two_replicas(
         probes = [body for _, body in speech_bodies(8, seconds=4.0)]
         rates = []
         for count in (1, 2):
-            topology.nginx.configure([topology.address(r) for r in topology.replicas[:count]])
+            chosen = topology.replicas[:count]
+            topology.nginx.configure([topology.address(r) for r in chosen], [r.grpc_target for r in chosen])
             topology.nginx.reload()
             identify_throughput(topology.url, topology.key, probes, clients, min(5.0, seconds))  # warm-up
             rates.append(identify_throughput(topology.url, topology.key, probes, clients, seconds))

@@ -264,14 +264,16 @@ Compile = Literal["auto", "on", "off"]
 
 
 def compiler_available(device: torch.device) -> bool:
-    """Whether torch.compile can generate code for `device` here: triton for a GPU, a C++
-    compiler for a CPU."""
+    """Whether torch.compile can generate code for `device` here: triton and a C compiler (triton
+    builds its launcher with one: `CC`, or gcc or clang on PATH) for a GPU, a C++ compiler for
+    a CPU."""
     if device.type == "cuda":
         try:
             import triton  # noqa: F401
         except ImportError:
             return False
-        return True
+        named = os.environ.get("CC")
+        return bool(shutil.which(named) if named else any(shutil.which(cc) for cc in ("gcc", "clang")))
     return any(shutil.which(cc) for cc in ("g++", "c++", "clang++"))
 
 

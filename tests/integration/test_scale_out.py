@@ -18,11 +18,13 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import grpc
 import httpx
 import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
+from devtools.realtime import ENROLL, conversation, grpc_stream, wav_chunk
 from devtools.topology import (
     MAX_BODY_BYTES,
     Outcome,
@@ -34,7 +36,7 @@ from devtools.topology import (
     scale_out,
     speech_bodies,
 )
-from tests.conftest import needs_speech
+from tests.conftest import flac_body, needs_speech
 from tests.databases import fresh_url, in_ci, kind_params
 
 pytestmark = [pytest.mark.slow, needs_speech]
@@ -199,14 +201,53 @@ def test_a_body_over_the_limit_is_refused_by_nginx_in_the_services_own_error_sha
     assert through.json() == direct.json(), (through.text, direct.text)
 
 
-def test_the_access_log_keeps_no_key_from_a_query(one_replica: Topology) -> None:
+def test_no_log_of_nginx_keeps_a_key_from_a_query(one_replica: Topology) -> None:
+    """The access log records paths without their query; the error log, whose lines carry the
+    whole request line, keeps nothing ordinary traffic causes: a body over 1 MiB (buffered to a
+    file) and one over the limit (refused) both logged the key at nginx's `warn` level."""
     path = "/audio/generic/api/v2/sync/diarization/get_enrolled_speakers"
-    answer = httpx.get(one_replica.url + path, params={"apikey": one_replica.key}, timeout=30)
-    assert answer.status_code == 200, answer.text
-    one_replica.nginx.stop()  # its log is complete once it has stopped
-    log = one_replica.nginx.access_log.read_text()
-    assert f"GET {path} HTTP/1.1" in log
-    assert one_replica.key not in log
+    enroll = "/audio/generic/api/v1/sync/diarization/enroll"
+    query = {"apikey": one_replica.key}
+    json_type = {"content-type": "application/json"}
+    with httpx.Client(base_url=one_replica.url, timeout=60) as http:
+        answer = http.get(path, params=query)
+        assert answer.status_code == 200, answer.text
+        for size in (2 * 1024 * 1024, MAX_BODY_BYTES + 1):
+            body = b'{"content": "' + b"A" * size + b'", "speakerId": "x"}'
+            refused = http.post(enroll, params=query, content=body, headers=json_type)
+            assert refused.status_code in (400, 413), refused.text
+    one_replica.nginx.stop()  # its logs are complete once it has stopped
+    access = one_replica.nginx.access_log.read_text()
+    assert f"GET {path} HTTP/1.1" in access and f"POST {enroll} HTTP/1.1" in access
+    assert one_replica.key not in access
+    errors = one_replica.nginx.error_log.read_text() if one_replica.nginx.error_log.exists() else ""
+    assert one_replica.key not in errors
+
+
+def test_a_grpc_stream_passes_through_nginx_and_is_answered_as_the_replica_answers(
+    one_replica: Topology,
+) -> None:
+    """The official client's realtime stream (HTTP/2) reaches a replica's gRPC port through nginx:
+    a refused key is refused, and a conversation gets the answers it gets without nginx."""
+    with httpx.Client(base_url=one_replica.url, timeout=120) as http:
+        for speaker, paths in ENROLL.items():
+            for path in paths:
+                done = http.post(
+                    "/audio/generic/api/v1/sync/diarization/enroll",
+                    params={"apikey": one_replica.key},
+                    json=flac_body(path, speaker),
+                )
+                assert done.status_code == 200, done.text
+    with pytest.raises(grpc.RpcError) as refused:
+        list(grpc_stream(one_replica.nginx.grpc_target, "not-a-key", []))
+    assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    talk = conversation(turn_s=6.0)
+    chunks = [wav_chunk(chunk, 3.0 * i) for i, chunk in enumerate(talk.chunks(3.0))]
+    through = list(grpc_stream(one_replica.nginx.grpc_target, one_replica.key, chunks, "alice,bob"))
+    direct = list(grpc_stream(one_replica.replicas[0].grpc_target, one_replica.key, chunks, "alice,bob"))
+    assert [(a.id, a.speaker_id, a.Error) for a in through] == [(a.id, a.speaker_id, a.Error) for a in direct]
+    named = {a.speaker_id for a in through}
+    assert {"alice", "bob"} <= named, through
 
 
 def test_a_websocket_stream_passes_through_nginx(one_replica: Topology) -> None:

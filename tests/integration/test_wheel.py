@@ -84,19 +84,25 @@ def test_a_wheel_installs_migrates_and_serves(tmp_path: Path) -> None:
         assert done.returncode == 0, done.stderr
         return done.stdout
 
-    # Imported from the installed package, which holds every module of the source tree.
+    # Imported from the installed package, which holds every file of the source tree (modules, the
+    # console, the realtime .proto and type stubs).
     found = json.loads(
         run(
             str(bin_dir / "python"),
             "-c",
             "import json, pathlib, service; "
             "root = pathlib.Path(service.__file__).parent; "
-            "print(json.dumps([str(root), sorted(str(p.relative_to(root)) for p in root.rglob('*.py'))]))",
+            "print(json.dumps([str(root), sorted(str(p.relative_to(root)) for p in root.rglob('*') "
+            "if p.is_file() and '__pycache__' not in p.parts)]))",
         )
     )
     installed_root, installed_files = Path(found[0]), set(found[1])
     assert installed_root.is_relative_to(tmp_path / "venv"), installed_root
-    source_files = {str(p.relative_to(REPO_ROOT / "service")) for p in (REPO_ROOT / "service").rglob("*.py")}
+    source_files = {
+        str(p.relative_to(REPO_ROOT / "service"))
+        for p in (REPO_ROOT / "service").rglob("*")
+        if p.is_file() and "__pycache__" not in p.parts
+    }
     assert source_files <= installed_files, sorted(source_files - installed_files)
     assert (installed_root / "_migrations" / "env.py").is_file()
     assert (installed_root / "_models" / "manifest.toml").is_file()

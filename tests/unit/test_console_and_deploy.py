@@ -67,7 +67,15 @@ def test_compose_runs_postgres_two_health_checked_replicas_and_nginx_with_the_se
         assert "postgres" in service["environment"]["SPK_DATABASE_URL"]
         assert "/readyz" in " ".join(service["healthcheck"]["test"])
         assert int(service["environment"]["SPK_AUDIO__MAX_REQUEST_BYTES"]) == MAX_BODY_BYTES
-        assert services["nginx"]["depends_on"][name]["condition"] == "service_healthy"
+        assert services["nginx"]["depends_on"][name] == {"condition": "service_healthy", "restart": True}
+        # The realtime stream too: each replica serves gRPC, nginx passes it on, on the port the
+        # README and the images name.
+        assert service["command"][-2:] == ["--grpc-port", "50051"]
+        assert f"{name}:50051" in compose_nginx()
+        # Longer than the server's own graceful shutdown (10 s), so Docker does not cut it short.
+        assert int(service["stop_grace_period"].removesuffix("s")) > 10
+    assert any(port.endswith(":50051") for port in services["nginx"]["ports"])
+    assert "grpc_pass grpc://speakerid_grpc;" in compose_nginx()
     assert f"client_max_body_size {MAX_BODY_BYTES};" in compose_nginx()
     assert Settings().audio.max_request_bytes == MAX_BODY_BYTES
     assert (REPO_ROOT / "Dockerfile.cuda").is_file()
@@ -99,3 +107,8 @@ def test_each_image_gets_what_it_copies_and_serves_both_ports(dockerfile: str) -
     assert copied and all(_sent_to_docker(name) for name in copied), copied
     assert not any(_sent_to_docker(name) for name in (".venv", ".git", "data", "tests"))
     assert "EXPOSE 8000 50051" in text and "serve --grpc-port 50051" in text  # as the README says
+    # The server runs as a user of its own, set after the last step that needs root.
+    lines = [line.split()[0] for line in text.splitlines() if line and not line.startswith(("#", " "))]
+    last_run = max(i for i, word in enumerate(lines) if word == "RUN")
+    assert "USER speakerid" in text and lines.index("USER") > last_run
+    assert "chown speakerid:speakerid /app/data" in text

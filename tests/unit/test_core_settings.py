@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
+from service.embedding import ecapa
 from service.embedding.ecapa import native_bf16, native_int8, pick_precision, precision_candidates
 from service.errors import StartupError
 
@@ -25,6 +28,24 @@ def test_explicit_precisions_stand_and_auto_follows_the_hardware() -> None:
     assert pick_precision("auto", cpu) == auto[0]
     with pytest.raises(StartupError, match="precision"):
         pick_precision("fp8", cpu)
+
+
+def test_a_gpu_compiles_only_where_triton_finds_a_c_compiler(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """triton builds its launcher with `CC`, else gcc or clang: an image without one (the slim
+    Python base) must not try torch.compile and fail at start-up."""
+    pytest.importorskip("triton")
+    cuda = torch.device("cuda")
+    monkeypatch.delenv("CC", raising=False)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert not ecapa.compiler_available(cuda)
+    compiler = tmp_path / "clang"
+    compiler.write_text("#!/bin/sh\n")
+    compiler.chmod(0o755)
+    assert ecapa.compiler_available(cuda)
+    monkeypatch.setenv("CC", "no-such-compiler")
+    assert not ecapa.compiler_available(cuda)  # a CC that is not there is what triton would run
 
 
 def test_threads_default_to_every_usable_core_even_after_silero_vad_is_imported() -> None:
