@@ -45,6 +45,7 @@ rejects at equal false accepts on the report half or on real calls, so the rule 
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass, replace
 from statistics import NormalDist
 from typing import Any
@@ -185,11 +186,13 @@ class Scorer:
 
     # Cohorts kept per tenant: one per band (a tenant's wideband and narrowband voiceprints).
     COHORTS_PER_TENANT = 2
+    # Tenants whose scales are kept, the most recently used (the index keeps as many cohorts).
+    TENANTS = 4096
 
     def __init__(self, rule: DecisionRule) -> None:
         self.rule = rule
         self._lock = threading.Lock()
-        self._cache: dict[int, list[tuple[np.ndarray, TenantScale]]] = {}
+        self._cache: OrderedDict[int, list[tuple[np.ndarray, TenantScale]]] = OrderedDict()
 
     def scale(self, tenant_id: int, cohort_ids: np.ndarray, cohort: np.ndarray) -> TenantScale:
         """The tenant's scale from its cohort (`cohort_ids` ``(c,)``, centroids ``(c, dim)``); the
@@ -198,11 +201,15 @@ class Scorer:
         with self._lock:
             for ids, cached in self._cache.get(tenant_id, ()):
                 if ids is cohort_ids:
+                    self._cache.move_to_end(tenant_id)
                     return cached
         built = self.build_scale(cohort)
         with self._lock:
             kept = [e for e in self._cache.get(tenant_id, []) if e[0] is not cohort_ids]
             self._cache[tenant_id] = [(cohort_ids, built), *kept][: self.COHORTS_PER_TENANT]
+            self._cache.move_to_end(tenant_id)
+            while len(self._cache) > self.TENANTS:
+                self._cache.popitem(last=False)
         return built
 
     def build_scale(self, cohort: np.ndarray) -> TenantScale:

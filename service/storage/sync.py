@@ -105,12 +105,7 @@ class IndexFollower:
         if not ids:
             return
         found = {e.speaker_id: e for e in self.store.index_entries(ids, self.model_sha256)}
-        for speaker_id in ids:
-            entry = found.get(speaker_id)
-            if entry is None:
-                self.index.remove(speaker_id)
-            else:
-                self.index.upsert(entry)
+        self.index.apply(list(found.values()), [i for i in ids if i not in found])
 
     def _advance_floor(self, highest: int) -> None:
         now = time.monotonic()
