@@ -16,11 +16,14 @@ from service.concurrency import Cancellation, check, compute
 
 @dataclass(frozen=True)
 class AudioInput:
-    """One clip as a client sent it. `sample_rate` matters only for raw encodings."""
+    """One clip as a client sent it. `sample_rate` matters only for raw encodings. `source_rate`:
+    the rate the audio was first heard at, where it has been converted since (a realtime stream's
+    window, re-encoded at 16 kHz from 8 kHz chunks): the band and the speech detector follow it."""
 
     data: bytes
     encoding: str
     sample_rate: int | None = None
+    source_rate: int | None = None
 
 
 class AudioFrontEnd:
@@ -103,14 +106,16 @@ class AudioFrontEnd:
         check(cancel)
         with self._detector() as detector:
             exclusive = compute if self.parallel == 1 else None
-            prepared = prepare(decoded, detector, exclusive, cancel, channels=channels)
+            prepared = prepare(
+                decoded, detector, exclusive, cancel, channels=channels, source_rate=audio.source_rate
+            )
         if limits is not None:
             prepared.check(limits)
         return prepared
 
     def _from_pool(self, audio: AudioInput, cancel: Cancellation | None, channels: bool) -> PreparedAudio:
         assert self.pool is not None
-        job = Job(audio.data, audio.encoding, audio.sample_rate, channels)
+        job = Job(audio.data, audio.encoding, audio.sample_rate, channels, audio.source_rate)
         figures, wave = self.pool.prepare(job, cancel)
         return PreparedAudio(
             wave=wave,

@@ -376,19 +376,22 @@ def prepare(
     cancel: Cancellation | None = None,
     *,
     channels: bool = False,
+    source_rate: int | None = None,
 ) -> PreparedAudio:
     """Resample and find speech; with `channels`, also in each channel that carries a signal of its
-    own (`PreparedAudio.channel_speech`). The torch work runs on `exclusive`, the process's compute
-    thread, where the model shares the cores, a few seconds of audio per turn; in the calling thread
-    (None) where each caller has a core of its own. A `cancel` set meanwhile stops it
-    (RequestCancelled)."""
+    own (`PreparedAudio.channel_speech`). `source_rate`: the rate the audio was first heard at, if
+    it was converted since (`AudioInput.source_rate`); else its own. The torch work runs on
+    `exclusive`, the process's compute thread, where the model shares the cores, a few seconds of
+    audio per turn; in the calling thread (None) where each caller has a core of its own. A
+    `cancel` set meanwhile stops it (RequestCancelled)."""
     run: Runner = _here if exclusive is None else functools.partial(exclusive.run, cancel=cancel)
+    rate = source_rate or audio.sample_rate
     wave, clipped = to_mono_16k(audio, run=run)
-    speech = detector.regions(wave, run, audio.sample_rate)
+    speech = detector.regions(wave, run, rate)
     per_channel = channel_speech(audio, detector, run) if channels else []
     return PreparedAudio(
         wave=wave,
-        source_rate=audio.sample_rate,
+        source_rate=rate,
         speech=speech,
         clipped_fraction=clipped,
         snr_db=estimate_snr_db(wave, speech),

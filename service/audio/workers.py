@@ -44,6 +44,7 @@ class Job:
     encoding: str
     sample_rate: int | None
     channels: bool
+    source_rate: int | None = None  # `AudioInput.source_rate`
 
 
 @dataclass(frozen=True)
@@ -85,7 +86,7 @@ def _serve(
             decoded = decode(
                 job.data, job.encoding, job.sample_rate, max_seconds=max_seconds, timeout_s=decode_timeout_s
             )
-            prepared = prepare(decoded, detector, None, channels=job.channels)
+            prepared = prepare(decoded, detector, None, channels=job.channels, source_rate=job.source_rate)
         except ServiceError as error:
             conn.send(("error", type(error), error.message))
             continue

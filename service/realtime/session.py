@@ -152,6 +152,7 @@ class StreamSession:
         self._heard = 0  # samples of audio scored so far: where the next chunk's audio starts
         self._known = SpanVectors()  # vectors of the context's audio, keyed by those sample counts
         self._narrowband: bool | None = None  # whether the context came at 8 kHz or less
+        self._source_rate = MODEL_RATE  # the rate the last chunk came at
 
     @staticmethod
     def check_speakers(enrollment: EnrollmentService, tenant_id: int, speaker_ids: Sequence[str]) -> None:
@@ -179,16 +180,18 @@ class StreamSession:
         try:
             if self.hit is not None:
                 self.hit(self.tenant.key_id)
-            wave, narrowband = self._decode(audio() if callable(audio) else audio, cancel)
+            wave, source_rate = self._decode(audio() if callable(audio) else audio, cancel)
         except ServiceError as exc:
             return ChunkAnswer(index, start, start, [], exc)
         end = start + len(wave) / MODEL_RATE
+        narrowband = source_rate <= TELEPHONE_RATE
         if narrowband != self._narrowband:
             # A stream that moves between a call's band and a wider one: the window is scored in
             # one band (identify's rule, from its spectrum), so context of the other band would
             # decide it for this chunk's speech.
             self._drop_context()
             self._narrowband = narrowband
+        self._source_rate = source_rate
         try:
             segments = self._score(wave, start, cancel)
         except ServiceError as exc:
@@ -202,8 +205,8 @@ class StreamSession:
         self.count += 1
         return ChunkAnswer(self.count - 1, self.clock, self.clock, [], error)
 
-    def _decode(self, audio: AudioInput, cancel: Cancellation | None) -> tuple[np.ndarray, bool]:
-        """The chunk at 16 kHz, and whether it came at 8 kHz or less."""
+    def _decode(self, audio: AudioInput, cancel: Cancellation | None) -> tuple[np.ndarray, int]:
+        """The chunk at 16 kHz, and the rate it came at."""
         if len(audio.data) > self.settings.max_chunk_bytes:
             raise PayloadTooLarge(f"A chunk may hold at most {self.settings.max_chunk_bytes} bytes")
         decoded = decode(
@@ -214,7 +217,7 @@ class StreamSession:
             timeout_s=self.decode_timeout_s,
         )
         wave, _ = to_mono_16k(decoded, run=functools.partial(compute.run, cancel=cancel))
-        return wave, decoded.sample_rate <= TELEPHONE_RATE
+        return wave, decoded.sample_rate
 
     def _score(self, wave: np.ndarray, start: float, cancel: Cancellation | None) -> list[StreamSegment]:
         window = np.concatenate([self._context, wave])
@@ -224,7 +227,9 @@ class StreamSession:
         self._known.origin, self._known.answered = self._heard - len(self._context), self._heard
         found = self.identification.segments(
             self.tenant.tenant_id,
-            AudioInput(pcm, "LINEAR16", MODEL_RATE),
+            # At 16 kHz, but heard as the chunks came: a call's band is judged, and its speech
+            # found, as identify would for the same 8 kHz audio.
+            AudioInput(pcm, "LINEAR16", MODEL_RATE, source_rate=self._source_rate),
             self.speaker_ids,
             cancel,
             known=self._known,

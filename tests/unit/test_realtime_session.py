@@ -200,3 +200,25 @@ def test_a_chunk_from_the_other_band_is_scored_without_the_context(svc: FakeServ
     assert len(again._context) > 0
     again.chunk(as_linear16(ALICE.wave(15, seconds=3.0)[: 3 * RATE]))
     assert len(again._context) > 0
+
+
+def test_a_calls_window_is_scored_as_heard_at_its_own_rate(
+    svc: FakeServices, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The window goes to identification re-encoded at 16 kHz, saying the rate its chunks came at:
+    the band and the speech detector follow that rate, as identify's do for the same 8 kHz bytes.
+    Without it the window's spectrum decided, and 8 kHz speech with content up to 4 kHz was scored
+    in the wide band (a real stream answered unknown where identify named the speaker)."""
+    heard: list[int | None] = []
+    real = svc.identification.segments
+
+    def segments(tenant_id: int, audio: AudioInput, *args: object, **kwargs: object) -> object:
+        heard.append(audio.source_rate)
+        return real(tenant_id, audio, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(svc.identification, "segments", segments)
+    narrow = AudioInput(as_linear16(BOB.wave(14, seconds=3.0)[: 3 * RATE][::2]).data, "LINEAR16", RATE // 2)
+    stream = session(svc)
+    assert stream.chunk(narrow).error is None and stream.chunk(narrow).error is None
+    assert stream.chunk(as_linear16(ALICE.wave(13, seconds=3.0)[: 3 * RATE])).error is None
+    assert heard == [RATE // 2, RATE // 2, RATE]
