@@ -14,9 +14,13 @@ starts in a fraction of a second.
 
 from __future__ import annotations
 
+import _posixshmem
 import contextlib
+import dataclasses
+import itertools
 import logging
 import multiprocessing
+import os
 import queue
 import threading
 import time
@@ -45,6 +49,9 @@ class Job:
     sample_rate: int | None
     channels: bool
     source_rate: int | None = None  # `AudioInput.source_rate`
+    # The shared block's name, chosen by the server, so it can remove a block its worker made but
+    # never handed over (killed past its time, or for a client that left).
+    block: str | None = None
 
 
 @dataclass(frozen=True)
@@ -94,32 +101,61 @@ def _serve(
             conn.send(("crash", repr(error), None))
             continue
         wave = prepared.wave
-        block = SharedMemory(create=True, size=max(1, wave.nbytes))
-        np.ndarray(wave.shape, np.float32, buffer=block.buf)[:] = wave
-        # The server unlinks the block; this process must not count it as its own to clean up.
-        resource_tracker.unregister(block._name, "shared_memory")  # type: ignore[attr-defined]
-        block.close()
-        conn.send(
-            (
-                "ok",
-                Prepared(
-                    block.name,
-                    len(wave),
-                    prepared.source_rate,
-                    prepared.speech,
-                    prepared.clipped_fraction,
-                    prepared.snr_db,
-                    prepared.channel_speech,
-                ),
-                None,
+        try:
+            block = _new_block(job.block, wave.nbytes)
+        except OSError as error:
+            message = (
+                f"No room in shared memory (/dev/shm) for this clip's {wave.nbytes} bytes of samples "
+                f"({error.strerror}); the server needs more shared memory"
             )
-        )
+            conn.send(("error", FrontEndLost, message))
+            continue
+        try:
+            np.ndarray(wave.shape, np.float32, buffer=block.buf)[:] = wave
+            figures = Prepared(
+                block.name,
+                len(wave),
+                prepared.source_rate,
+                prepared.speech,
+                prepared.clipped_fraction,
+                prepared.snr_db,
+                prepared.channel_speech,
+            )
+            block.close()
+            conn.send(("ok", figures, None))
+        except BaseException:  # the server is gone (a broken pipe): nobody will remove the block
+            _unlink(block.name)
+            raise
+
+
+def _new_block(name: str | None, size: int) -> SharedMemory:
+    """A shared block of `size` bytes whose pages are reserved now: on a full /dev/shm (a container's
+    64 MB) this raises ENOSPC, where writing into an unreserved block kills the process (SIGBUS)
+    and leaves the block behind. The server removes the block once it has the samples, so this
+    process must not count it as its own to clean up."""
+    block = SharedMemory(name=name, create=True, size=max(1, size))
+    # Unregistered at once: the tracker must not remove it when this worker exits or is killed.
+    resource_tracker.unregister(block._name, "shared_memory")  # type: ignore[attr-defined]
+    try:
+        os.posix_fallocate(block._fd, 0, max(1, size))  # type: ignore[attr-defined]
+    except OSError:
+        block.close()
+        _unlink(block.name)
+        raise
+    return block
+
+
+def _unlink(name: str) -> None:
+    """Remove a shared block by name, if it is there (without the resource tracker's bookkeeping)."""
+    with contextlib.suppress(FileNotFoundError):
+        _posixshmem.shm_unlink("/" + name.lstrip("/"))
 
 
 @dataclass(eq=False)  # hashed by identity: one entry per process
 class _Worker:
     process: BaseProcess
     conn: Connection
+    sending: threading.Thread | None = None  # the thread sending it its job
 
 
 class FrontEndPool:
@@ -144,6 +180,7 @@ class FrontEndPool:
         self._all: set[_Worker] = set()
         self._lock = threading.Lock()
         self._closed = False
+        self._blocks = itertools.count()
         for _ in range(workers):
             self._idle.put(self._start())
 
@@ -159,10 +196,16 @@ class FrontEndPool:
             self._all.add(worker)
         return worker
 
-    def _replace(self, worker: _Worker) -> None:
+    def _replace(self, worker: _Worker, block: str | None = None) -> None:
+        """Kill `worker` and start another; `block`: the shared block of the job it had, removed
+        if the worker made it and never handed it over."""
         worker.process.kill()
         worker.process.join(5)
+        if worker.sending is not None:  # its send fails once the worker is gone: the pipe is free
+            worker.sending.join(5)
         worker.conn.close()
+        if block is not None:
+            _unlink(block)
         with self._lock:
             self._all.discard(worker)
             closed = self._closed
@@ -177,17 +220,27 @@ class FrontEndPool:
     def prepare(self, job: Job, cancel: Cancellation | None = None) -> tuple[Prepared, np.ndarray]:
         """The worker's figures and the 16 kHz samples (float32, a copy of the shared block)."""
         worker = self._take(cancel)
+        job = dataclasses.replace(job, block=f"spk_{os.getpid()}_{next(self._blocks)}")
+        # Sent from a thread of its own: a job larger than the pipe's buffer to a worker that does
+        # not read (stopped) would block here past the deadline and the client's hang-up.
+        worker.sending = threading.Thread(
+            target=_send, args=(worker.conn, job), name="frontend-send", daemon=True
+        )
+        worker.sending.start()
         try:
-            worker.conn.send(job)
             kind, payload, message = self._wait(worker, cancel)
         except (RequestCancelled, FrontEndLost):
-            self._replace(worker)
+            self._replace(worker, job.block)
             raise
         except (OSError, EOFError) as error:
-            self._replace(worker)
+            worker.process.join(1)
+            log.error("front-end worker %s died (exit code %s)", worker.process.pid, worker.process.exitcode)
+            self._replace(worker, job.block)
             raise FrontEndLost() from error
         self._idle.put(worker)
         if kind == "error":
+            if payload is FrontEndLost:
+                log.error("front-end worker %s: %s", worker.process.pid, message)
             raise payload(message)
         if kind == "crash":
             raise RuntimeError(f"front-end worker failed: {payload}")
@@ -223,9 +276,10 @@ class FrontEndPool:
         with self._lock:
             self._closed = True
             workers = list(self._all)
-        for worker in workers:
-            with contextlib.suppress(OSError):
-                worker.conn.send(None)
+        for worker in workers:  # never blocking: a stopped worker's full pipe must not hold shutdown
+            threading.Thread(
+                target=_send, args=(worker.conn, None), name="frontend-stop", daemon=True
+            ).start()
         for worker in workers:
             worker.process.join(2)
             if worker.process.is_alive():
@@ -234,6 +288,12 @@ class FrontEndPool:
             worker.conn.close()
         with self._lock:
             self._all.clear()
+
+
+def _send(conn: Connection, message: Job | None) -> None:
+    """Send, quietly failing once the worker is gone (killed past its time: the caller has said so)."""
+    with contextlib.suppress(OSError, ValueError):
+        conn.send(message)
 
 
 def _take_block(prepared: Prepared) -> np.ndarray:

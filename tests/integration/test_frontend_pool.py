@@ -3,6 +3,9 @@ process, on real speech and the real model; a worker killed, hung or abandoned i
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import errno
 import os
 import signal
 import threading
@@ -170,3 +173,110 @@ def test_the_server_with_workers_answers_503_for_a_lost_worker_and_keeps_serving
     assert frontend.pool is not None and frontend.pool.pids == []  # stopped with the server
     with pytest.raises(ProcessLookupError):
         os.kill(replacement, 0)
+
+
+def blocks_of_this_process() -> set[str]:
+    return {p.name for p in Path("/dev/shm").glob(f"spk_{os.getpid()}_*")}
+
+
+def test_a_stopped_worker_holds_neither_a_large_request_nor_shutdown() -> None:
+    """A job larger than the pipe's buffer, to a worker that does not read: the request used to
+    block in the send, past its time and its client's hang-up, and shutdown after it (sending the
+    stop message to the same full pipe)."""
+    frontend = AudioFrontEnd(**SETTINGS, workers=1, work_timeout_s=1.0)
+    clip = long_clip()
+    assert len(clip.data) > 1_000_000
+    try:
+        (pid,) = wait_for_pids(frontend, 1)
+        os.kill(pid, signal.SIGSTOP)
+        with pytest.raises(FrontEndLost):
+            frontend.load(clip)
+        (pid,) = wait_for_pids(frontend, 1)
+        os.kill(pid, signal.SIGSTOP)
+        cancel = Cancellation()
+        threading.Timer(0.3, cancel.cancel).start()
+        with pytest.raises(RequestCancelled):
+            frontend.load(clip, cancel=cancel)
+    finally:
+        frontend.close()
+    # Shutdown while a request's large job waits on a stopped worker.
+    frontend = AudioFrontEnd(**SETTINGS, workers=1, work_timeout_s=60.0)
+    (pid,) = wait_for_pids(frontend, 1)
+    os.kill(pid, signal.SIGSTOP)
+    outcome: list[BaseException] = []
+
+    def request() -> None:
+        try:
+            frontend.load(clip)
+        except BaseException as error:
+            outcome.append(error)
+
+    waiting = threading.Thread(target=request)
+    waiting.start()
+    waiting.join(0.5)
+    closing = threading.Thread(target=frontend.close)
+    closing.start()
+    closing.join(15)
+    assert not closing.is_alive()
+    waiting.join(15)
+    assert len(outcome) == 1 and isinstance(outcome[0], FrontEndLost)
+
+
+def test_a_block_made_by_a_worker_killed_before_handing_it_over_is_removed() -> None:
+    """The server names each job's shared block, so the block of a worker killed past its time
+    after making it (or of a client that left) does not stay in /dev/shm until reboot."""
+    frontend = AudioFrontEnd(**SETTINGS, workers=1, work_timeout_s=2.0)
+    try:
+        (pid,) = wait_for_pids(frontend, 1)
+        seen: list[set[str]] = []
+
+        def stop_on_sight() -> None:  # stop the worker as soon as its block is there
+            while not seen:
+                made = blocks_of_this_process()
+                if made:
+                    os.kill(pid, signal.SIGSTOP)
+                    seen.append(made)
+
+        watcher = threading.Thread(target=stop_on_sight, daemon=True)
+        watcher.start()
+        with contextlib.suppress(FrontEndLost):  # stopped between making its block and handing it over
+            frontend.load(long_clip())
+        watcher.join(5)
+        assert seen, "the worker's block was never seen"
+        assert not blocks_of_this_process()
+        assert frontend.load(AudioInput(clip_bytes(SHORT_CLIP), "FLAC")).speech
+    finally:
+        frontend.close()
+    assert not blocks_of_this_process()
+
+
+def test_no_room_in_shared_memory_is_a_clear_503_that_leaves_nothing_behind(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A container's /dev/shm (64 MB) too small for a clip's samples: the worker used to die of
+    SIGBUS writing into the block, leaving it there, and every later request failed. The space is
+    now reserved first, so the clip is refused with a message saying what is short, and the next
+    clip is served."""
+    from multiprocessing import Pipe
+
+    from service.audio import workers
+
+    def no_room(fd: int, offset: int, length: int) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    ours, theirs = Pipe()
+    worker = threading.Thread(target=workers._serve, args=(theirs, 300.0, 20.0, 0.5, None), daemon=True)
+    worker.start()
+    job = workers.Job(clip_bytes(SHORT_CLIP), "FLAC", None, False, block=f"spk_{os.getpid()}_full")
+    with monkeypatch.context() as patch:
+        patch.setattr(workers.os, "posix_fallocate", no_room)
+        ours.send(job)
+        kind, error, message = ours.recv()
+    assert (kind, error) == ("error", FrontEndLost) and "shared memory" in message
+    assert not blocks_of_this_process()
+    ours.send(dataclasses.replace(job, block=f"spk_{os.getpid()}_room"))
+    kind, prepared, _ = ours.recv()
+    assert kind == "ok" and workers._take_block(prepared).size == prepared.samples
+    assert not blocks_of_this_process()
+    ours.send(None)
+    worker.join(10)
