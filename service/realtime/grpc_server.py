@@ -51,6 +51,10 @@ from service.storage.database import outage
 
 log = logging.getLogger(__name__)
 
+# Bytes a stream may have in flight towards the server beyond what it has read: about one 3 s
+# chunk of 16 kHz WAV as base64 (128 KB).
+FLOW_WINDOW_BYTES = 128 * 1024
+
 _END = object()  # the client closed its side
 
 
@@ -201,7 +205,14 @@ def start(services: Services, streams: StreamLimiter, host: str, port: int) -> t
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=rt.max_streams, thread_name_prefix="grpc"),
         maximum_concurrent_rpcs=rt.max_streams,
-        options=[("grpc.max_receive_message_length", max_message)],
+        options=[
+            ("grpc.max_receive_message_length", max_message),
+            # HTTP/2 flow control holds back a client that sends faster than it is answered only if
+            # each stream's window stays small: gRPC grows it to the link's bandwidth-delay product
+            # by default, which let a client queue minutes of audio ahead of its answers.
+            ("grpc.http2.bdp_probe", 0),
+            ("grpc.http2.lookahead_bytes", FLOW_WINDOW_BYTES),
+        ],
     )
     servicer = RealtimeServicer(services, streams)
     pb_grpc.add_DeepAffectsRealtimeServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]

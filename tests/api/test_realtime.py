@@ -3,6 +3,7 @@ WebSocket, served for real, with the real model on real speech."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
@@ -40,6 +41,7 @@ from service.audio.frontend import AudioInput
 from service.config import RealtimeSettings
 from service.diarization.turns import SpanVectors
 from service.realtime import deepaffects_realtime_pb2 as pb
+from service.realtime import deepaffects_realtime_pb2_grpc as pb_grpc
 from tests.conftest import LiveServer, b64, flac_body, make_settings, needs_speech, new_key
 
 pytestmark = [needs_speech, pytest.mark.model]
@@ -388,3 +390,34 @@ def test_a_stream_of_8_khz_chunks_is_heard_as_identify_hears_the_same_bytes(
     assert {s for s, _, _ in streamed} == {speaker}
     assert native.json()["speakerId"] == speaker
     assert all(s["score"] >= threshold(rt) for s in answer["segments"])
+
+
+def test_a_client_sending_faster_than_it_is_answered_is_held_back(rt: LiveServer, key: str) -> None:
+    """HTTP/2 flow control holds back a sender only while the stream's window stays small; gRPC
+    grew it to the link's bandwidth-delay product, and a client sending 10 ms chunks flat out had
+    8,000 of them (minutes of scoring) queued after 3 s. The window is now about one 3 s chunk."""
+    tone = np.zeros(RATE // 100, dtype=np.int16)
+    sent = [0]
+    answered: list[int] = []
+
+    def flat_out() -> Iterator[pb.SegmentChunk]:
+        while True:
+            sent[0] += 1
+            yield wav_chunk(tone, 0.0)
+
+    with grpc.insecure_channel(target(rt)) as channel:
+        stub = pb_grpc.DeepAffectsRealtimeStub(channel)  # type: ignore[no-untyped-call]
+        metadata = [("apikey", key), ("encoding", "wav"), ("samplerate", str(RATE))]
+        call = stub.IdentifySpeaker(flat_out(), 60, metadata=metadata)
+
+        def read() -> None:
+            with contextlib.suppress(grpc.RpcError):
+                answered.extend(m.id for m in call)
+
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
+        time.sleep(3.0)
+        backlog = sent[0] - len(answered)
+        call.cancel()
+        reader.join(10)
+    assert answered and backlog < 1000, (sent[0], len(answered))

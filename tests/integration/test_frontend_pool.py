@@ -269,7 +269,7 @@ def test_no_room_in_shared_memory_is_a_clear_503_that_leaves_nothing_behind(
     worker.start()
     job = workers.Job(clip_bytes(SHORT_CLIP), "FLAC", None, False, block=f"spk_{os.getpid()}_full")
     with monkeypatch.context() as patch:
-        patch.setattr(workers.os, "posix_fallocate", no_room)
+        patch.setattr(os, "posix_fallocate", no_room)
         ours.send(job)
         kind, error, message = ours.recv()
     assert (kind, error) == ("error", FrontEndLost) and "shared memory" in message
