@@ -143,6 +143,15 @@ class KeyRateLimiter:
         window.append(now)
 
 
+def one_key(*given: str | None) -> str | None:
+    """The request's API key from wherever it came (query, header, bearer token); two different
+    keys in one request are refused rather than one of them picked (which tenant would it be?)."""
+    keys = {k for k in given if k}
+    if len(keys) > 1:
+        raise Unauthorized("Two different API keys in one request: send one")
+    return keys.pop() if keys else None
+
+
 def authenticate(
     services: ServicesDep,
     apikey: Annotated[str | None, Security(_query_key)] = None,
@@ -150,7 +159,7 @@ def authenticate(
     header: Annotated[str | None, Security(_header_key)] = None,
     bearer: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)] = None,
 ) -> TenantKey:
-    key = apikey or api_key or header or (bearer.credentials if bearer else None)
+    key = one_key(apikey, api_key, header, bearer.credentials if bearer else None)
     if not key:
         raise Unauthorized(Unauthorized.MISSING)
     tenant = services.store.authenticate(key)

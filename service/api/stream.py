@@ -22,7 +22,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from starlette.types import Message
 
 from service import metrics
-from service.api.deps import Services, run_blocking
+from service.api.deps import Services, one_key, run_blocking
 from service.audio.frontend import AudioInput
 from service.concurrency import Cancellation
 from service.errors import (
@@ -48,7 +48,7 @@ def _key(ws: WebSocket) -> str | None:
     q, h = ws.query_params, ws.headers
     bearer = h.get("authorization", "")
     token = bearer[7:].strip() if bearer[:7].lower() == "bearer " else None
-    return q.get("apikey") or q.get("api_key") or h.get("x-api-key") or token
+    return one_key(q.get("apikey"), q.get("api_key"), h.get("x-api-key"), token)
 
 
 def _rate(value: str | None) -> int | None:

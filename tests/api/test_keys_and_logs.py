@@ -183,3 +183,22 @@ def test_rate_limit_is_per_key_with_retry_after(tmp_path: Path, embedder: object
             assert anonymous.get("/v1/speakers", headers={"X-API-Key": WRONG}).status_code == 401
     finally:
         server.stop()
+
+
+def test_two_different_keys_in_one_request_are_refused(live: LiveServer) -> None:
+    """A key in the query and another in a header (say, a proxy adding its own): which tenant the
+    request would act for is not the client's clear choice, so it is refused on HTTP and on the
+    stream; the same key twice is fine."""
+    mine, theirs = new_key(live.settings, "acme"), new_key(live.settings, "globex")
+    with httpx.Client(base_url=live.url, timeout=30) as http:
+        same = http.get(LIST, params={"apikey": mine}, headers={"X-API-Key": mine})
+        assert same.status_code == 200, same.text
+        for headers in ({"X-API-Key": theirs}, {"Authorization": f"Bearer {theirs}"}):
+            mixed = http.get("/v1/speakers", params={"apikey": mine}, headers=headers)
+            assert mixed.status_code == 401 and "Two different API keys" in mixed.json()["error"]["message"]
+        compat = http.get(LIST, params={"apikey": mine, "api_key": theirs})
+        assert compat.status_code == 401
+        assert compat.json()["fault"]["detail"]["errorcode"] == "auth.InvalidKey"
+    url = live.url.replace("http://", "ws://") + f"/v1/identify/stream?{urlencode({'apikey': mine})}"
+    with connect(url, additional_headers={"X-API-Key": theirs}) as ws:
+        assert "Two different API keys" in json.loads(ws.recv(timeout=30))["error"]["message"]
