@@ -166,12 +166,7 @@ class Topology:
         return self.nginx.url
 
     def address(self, replica: ServerProcess) -> str:
-        return topology_address(replica)
-
-
-def topology_address(replica: ServerProcess) -> str:
-    """A replica's HTTP ``host:port``."""
-    return replica.url.removeprefix("http://")
+        return replica.url.removeprefix("http://")
 
 
 @contextlib.contextmanager
@@ -197,7 +192,7 @@ def scale_out(
             server.start()
         for server in servers:
             server.wait_ready()
-        addresses = [topology_address(s) for s in servers]
+        addresses = [s.url.removeprefix("http://") for s in servers]
         nginx = Nginx(root / "nginx", addresses, [s.grpc_target for s in servers])
         stack.callback(nginx.stop)
         nginx.start()

@@ -151,8 +151,7 @@ class StreamSession:
         self._context = np.zeros(0, dtype=np.float32)  # 16 kHz audio just before `clock`
         self._heard = 0  # samples of audio scored so far: where the next chunk's audio starts
         self._known = SpanVectors()  # vectors of the context's audio, keyed by those sample counts
-        self._narrowband: bool | None = None  # whether the context came at 8 kHz or less
-        self._source_rate = MODEL_RATE  # the rate the last chunk came at
+        self._source_rate = MODEL_RATE  # the rate the context's chunks came at
 
     @staticmethod
     def check_speakers(enrollment: EnrollmentService, tenant_id: int, speaker_ids: Sequence[str]) -> None:
@@ -184,13 +183,11 @@ class StreamSession:
         except ServiceError as exc:
             return ChunkAnswer(index, start, start, [], exc)
         end = start + len(wave) / MODEL_RATE
-        narrowband = source_rate <= TELEPHONE_RATE
-        if narrowband != self._narrowband:
+        if (source_rate <= TELEPHONE_RATE) != (self._source_rate <= TELEPHONE_RATE):
             # A stream that moves between a call's band and a wider one: the window is scored in
-            # one band (identify's rule, from its spectrum), so context of the other band would
+            # one band (that of the rate its chunks came at), so context of the other band would
             # decide it for this chunk's speech.
             self._drop_context()
-            self._narrowband = narrowband
         self._source_rate = source_rate
         try:
             segments = self._score(wave, start, cancel)

@@ -25,6 +25,7 @@ are read from the database there.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import threading
 from collections import OrderedDict
@@ -71,7 +72,7 @@ class FaissSpeakerIndex:
         self._entries: dict[int, IndexEntry] = {}
         self._by_tenant: dict[int, set[int]] = {}
         self._by_key: dict[tuple[int, str], int] = {}
-        # Per tenant searched exactly: its sorted speaker ids and their centroids, built lazily
+        # Per tenant searched exactly: its speaker ids and their centroids, built lazily
         # for tenants of `MATRIX_CACHE_MIN` speakers or more, the most recently searched kept.
         self._matrices: OrderedDict[int, _Rows] = OrderedDict()
         # Per tenant: its score cohort (see `cohort`): member speaker ids in the order they joined,
@@ -381,7 +382,11 @@ class _Rows:
         self._ids = ids
         self._matrix = matrix
         self.count = len(ids)
-        self._row = {int(speaker): row for row, speaker in enumerate(ids.tolist())}
+
+    @functools.cached_property
+    def _row(self) -> dict[int, int]:
+        """Each speaker's row: made on first use (a small tenant stacked for one search has none)."""
+        return {int(speaker): row for row, speaker in enumerate(self.ids.tolist())}
 
     @property
     def ids(self) -> np.ndarray:
