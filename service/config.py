@@ -219,10 +219,20 @@ class JobsSettings(BaseModel):
         30.0, gt=0, description="a job whose worker stops renewing its claim this long is claimed again"
     )
     max_runs: int = Field(3, ge=1, description="a job started this often without finishing fails")
+    workers: int = Field(
+        2,
+        ge=1,
+        description="jobs this process runs at once (their model work takes turns with requests'); "
+        "a job waiting on a slow `url` holds one",
+    )
     result_ttl_seconds: float = Field(
         7 * 24 * 3600.0, gt=0, description="finished jobs and their results are purged after this"
     )
     webhook_timeout_s: float = Field(10.0, gt=0, description="one webhook delivery attempt")
+    webhook_workers: int = Field(8, ge=1, description="delivery attempts this process makes at once")
+    webhook_per_host: int = Field(
+        2, ge=1, description="of those, at most this many to one host: a receiver that hangs holds no more"
+    )
     webhook_backoff_s: float = Field(2.0, gt=0, description="wait before the first retry; doubles")
     webhook_max_backoff_s: float = Field(600.0, gt=0, description="longest wait between attempts")
     webhook_retry_seconds: float = Field(

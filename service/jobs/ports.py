@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
@@ -71,7 +72,12 @@ class JobStore(Protocol):
         """Give an unfinished job back (this process is stopping): it is claimed again at once."""
         ...
 
-    def claim_delivery(self, worker: str, lease_s: float) -> JobRecord | None: ...
+    def claim_delivery(
+        self, worker: str, lease_s: float, take: Callable[[str], bool] | None = None
+    ) -> JobRecord | None:
+        """The earliest due delivery no one holds, now this worker's; with `take`, the earliest of
+        the first few due whose webhook URL `take` accepts (it may reserve a slot: a True is kept)."""
+        ...
 
     def record_attempt(self, job_id: int, worker: str, attempt: Attempt, retry_at: datetime | None) -> None:
         """Log `attempt`; delivered, or retried at `retry_at`, or (None) given up."""

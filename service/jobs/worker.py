@@ -3,7 +3,9 @@
 Each step is claimed under a lease in the database (`JobStore`), renewed while the work runs: a
 process that dies mid-job stops renewing, and another worker (or this one after a restart) claims
 the job again once the lease has run out. A job is run again at most `max_runs` times in all.
-Delivery is a separate step with its own retries, so a slow receiver never holds up jobs.
+Delivery is a separate step with its own retries and threads: one thread claims due results for a
+bounded pool of senders, at most `webhook_per_host` attempts to one host at once, so a receiver that
+hangs holds up neither the jobs nor the other receivers.
 """
 
 from __future__ import annotations
@@ -13,10 +15,13 @@ import os
 import random
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import urlsplit
 
 from service.concurrency import Cancellation
 from service.config import JobsSettings
@@ -31,6 +36,15 @@ log = logging.getLogger(__name__)
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def host_of(url: str) -> str:
+    """Where a webhook goes, as the per-host limit counts it: host and port."""
+    try:
+        parts = urlsplit(url)
+        return f"{(parts.hostname or '').lower()}:{parts.port or ''}"
+    except ValueError:
+        return url
 
 
 class JobContext:
@@ -66,33 +80,50 @@ class JobWorker:
         self.egress = egress
         self.name = f"{socket.gethostname()[:32]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._stopping = threading.Event()
-        self._current: JobContext | None = None
         self._threads: list[threading.Thread] = []
         self._last_purge = 0.0
+        self._lock = threading.Lock()  # guards the two below
+        self._running: set[JobContext] = set()  # the jobs under way
+        self._in_flight: dict[str, int] = {}  # delivery attempts under way, by host
+        self._slots = threading.BoundedSemaphore(settings.webhook_workers)  # free senders
+        self._senders: ThreadPoolExecutor | None = None
 
     # --- lifecycle -------------------------------------------------------------------------------
 
     def start(self) -> JobWorker:
+        """`workers` job threads, and one delivery thread handing results to `webhook_workers`
+        senders: a job that waits on its `url`, or a receiver that hangs, holds one of them, not
+        the queue."""
         self._stopping.clear()
+        s = self.settings
+        self._slots = threading.BoundedSemaphore(s.webhook_workers)
+        self._senders = ThreadPoolExecutor(s.webhook_workers, thread_name_prefix="webhook-send")
         self._threads = [
-            threading.Thread(target=self._loop, args=(self.run_next,), name="jobs", daemon=True),
-            threading.Thread(
-                target=self._loop, args=(self._deliver_and_purge,), name="webhooks", daemon=True
+            *(
+                threading.Thread(target=self._loop, args=(self.run_next,), name=f"jobs-{i}", daemon=True)
+                for i in range(s.workers)
             ),
+            threading.Thread(target=self._loop, args=(self._dispatch,), name="webhooks", daemon=True),
         ]
         for thread in self._threads:
             thread.start()
         return self
 
     def stop(self, timeout_s: float = 30.0) -> None:
-        """Stop claiming; a running job stops at its next check and goes back to the queue."""
+        """Stop claiming; running jobs stop at their next check and go back to the queue; attempts
+        under way end within their timeout."""
         self._stopping.set()
-        current = self._current
-        if current is not None:
-            current.cancel.cancel()
+        with self._lock:
+            running = list(self._running)
+        for ctx in running:
+            ctx.cancel.cancel()
+        deadline = time.monotonic() + timeout_s
         for thread in self._threads:
-            thread.join(timeout_s)
+            thread.join(max(0.0, deadline - time.monotonic()))
         self._threads = []
+        if self._senders is not None:
+            self._senders.shutdown(wait=True)
+            self._senders = None
 
     def _loop(self, step: Callable[[], bool]) -> None:
         while not self._stopping.is_set():
@@ -119,7 +150,8 @@ class JobWorker:
             self.store.finish(job.id, self.name, "failed", fault(job.request_id, "job.Abandoned", message))
             return True
         ctx = JobContext()
-        self._current = ctx
+        with self._lock:
+            self._running.add(ctx)
         renewing = threading.Event()
         beat = threading.Thread(target=self._renew, args=(job, ctx, renewing), name="job-lease", daemon=True)
         beat.start()
@@ -138,7 +170,8 @@ class JobWorker:
             renewing.set()
             ctx.reported.set()
             beat.join()
-            self._current = None
+            with self._lock:
+                self._running.discard(ctx)
         if not self.store.finish(job.id, self.name, state, result):
             log.warning("job finished after its lease was lost", extra={"job": job.id})
         return True
@@ -165,19 +198,83 @@ class JobWorker:
 
     # --- webhooks --------------------------------------------------------------------------------
 
-    def _deliver_and_purge(self) -> bool:
+    def _dispatch(self) -> bool:
+        """The delivery thread's step: purge now and then; claim one due result for a free sender
+        and hand it over. Only this thread polls, however many senders there are."""
         now = utcnow().timestamp()
         if now - self._last_purge > min(60.0, self.settings.result_ttl_seconds):
             self._last_purge = now
             self.purge()
-        return self.deliver_next()
+        if not self._slots.acquire(timeout=self.settings.poll_seconds):
+            return True  # every sender busy: look again when one is free
+        taken: list[str] = []
+        handed = False
+        try:
+            job = self._claim_delivery(taken)
+            if job is None:
+                return False
+            assert self._senders is not None
+            self._senders.submit(self._send, job, taken)
+            handed = True
+            return True
+        finally:
+            if not handed:
+                self._release_hosts(taken)
+                self._slots.release()
+
+    def _send(self, job: JobRecord, taken: list[str]) -> None:
+        try:
+            self._attempt(job)
+        except Exception as exc:
+            if unavailable(exc):
+                log.warning("webhook attempt: database unavailable", extra={"error": type(exc).__name__})
+            else:
+                log.exception("webhook attempt failed", extra={"job": job.id})
+        finally:
+            self._release_hosts(taken)
+            self._slots.release()
 
     def deliver_next(self) -> bool:
-        """One delivery attempt of one due result; False when none was due."""
+        """One delivery attempt of one due result, here and now; False when none was due."""
+        taken: list[str] = []
+        try:
+            job = self._claim_delivery(taken)
+            if job is None:
+                return False
+            self._attempt(job)
+            return True
+        finally:
+            self._release_hosts(taken)
+
+    def _claim_delivery(self, taken: list[str]) -> JobRecord | None:
+        """A due result to a host with fewer than `webhook_per_host` attempts under way in this
+        process (its slot noted in `taken`); None when there is none."""
         lease = self.settings.webhook_timeout_s + 30.0
-        job = self.store.claim_delivery(self.name, lease)
-        if job is None or job.webhook is None or job.result is None:
-            return job is not None
+        job = self.store.claim_delivery(self.name, lease, lambda url: self._take_host(url, taken))
+        if job is not None and (job.webhook is None or job.result is None):
+            return None  # cannot happen: a pending delivery has both
+        return job
+
+    def _release_hosts(self, taken: list[str]) -> None:
+        with self._lock:
+            for host in taken:
+                self._in_flight[host] -= 1
+                if not self._in_flight[host]:
+                    del self._in_flight[host]
+        taken.clear()
+
+    def _take_host(self, url: str, taken: list[str]) -> bool:
+        """Reserve one of the webhook's host's slots, if one is free (noted in `taken`)."""
+        host = host_of(url)
+        with self._lock:
+            if self._in_flight.get(host, 0) >= self.settings.webhook_per_host:
+                return False
+            self._in_flight[host] = self._in_flight.get(host, 0) + 1
+        taken.append(host)
+        return True
+
+    def _attempt(self, job: JobRecord) -> None:
+        assert job.webhook is not None and job.result is not None
         secret = self.store.webhook_secret(job.tenant_id)
         body = webhooks.body_of(job.result)
         attempt = webhooks.deliver(
@@ -190,7 +287,6 @@ class JobWorker:
                 "webhook attempt failed",
                 extra={"job": job.id, "attempt": job.delivery_attempts + 1, "error": attempt.error},
             )
-        return True
 
     def next_attempt(self, job: JobRecord, now: datetime) -> datetime | None:
         """Exponential backoff with jitter (half to all of the doubled wait), for a bounded time."""
@@ -198,7 +294,7 @@ class JobWorker:
         doublings = min(job.delivery_attempts, 60)  # past that the cap holds anyway; 2.0**1024 overflows
         wait = min(s.webhook_max_backoff_s, s.webhook_backoff_s * 2.0**doublings)
         at = now + timedelta(seconds=wait * random.uniform(0.5, 1.0))
-        first = job.first_delivery_at or now
+        first = job.first_delivery_at or now  # None: this was the first attempt
         return at if at <= first + timedelta(seconds=s.webhook_retry_seconds) else None
 
     def purge(self) -> int:

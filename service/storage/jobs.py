@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import secrets
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -21,6 +22,8 @@ from service.jobs.ports import Attempt, JobRecord, NewJob
 from service.storage.tables import Job, Tenant, WebhookAttempt, utcnow
 
 UNFINISHED = ("queued", "running")
+# Due deliveries a claim looks through for one whose host has a free slot (`claim_delivery`).
+DELIVERY_CANDIDATES = 32
 
 
 def _utc(moment: datetime | None) -> datetime | None:
@@ -129,8 +132,7 @@ class SqlJobStore:
             row.lease_until = None
             if row.webhook:
                 row.delivery = "pending"
-                row.next_delivery_at = now
-                row.first_delivery_at = now
+                row.next_delivery_at = now  # the retry window opens at the first attempt
             return True
 
     def release(self, job_id: int, worker: str) -> None:
@@ -141,10 +143,12 @@ class SqlJobStore:
                 .values(state="queued", worker=None, lease_until=None, runs=Job.runs - 1, progress=0.0)
             )
 
-    def claim_delivery(self, worker: str, lease_s: float) -> JobRecord | None:
+    def claim_delivery(
+        self, worker: str, lease_s: float, take: Callable[[str], bool] | None = None
+    ) -> JobRecord | None:
         now = utcnow()
         with self._sessions() as s, s.begin():
-            row = s.scalars(
+            due = s.scalars(
                 select(Job)
                 .where(
                     Job.delivery == "pending",
@@ -152,9 +156,10 @@ class SqlJobStore:
                     or_(Job.lease_until.is_(None), Job.lease_until < now),
                 )
                 .order_by(Job.next_delivery_at)
-                .limit(1)
+                .limit(1 if take is None else DELIVERY_CANDIDATES)
                 .with_for_update(skip_locked=True)
-            ).one_or_none()
+            )
+            row = next((r for r in due if take is None or take(r.webhook or "")), None)
             if row is None:
                 return None
             row.worker = worker
@@ -165,6 +170,8 @@ class SqlJobStore:
         with self._sessions() as s, s.begin():
             row = s.get_one(Job, job_id, with_for_update=True)
             row.delivery_attempts += 1
+            if row.first_delivery_at is None:
+                row.first_delivery_at = utcnow() - timedelta(seconds=attempt.seconds)
             s.add(
                 WebhookAttempt(
                     job_id=job_id,

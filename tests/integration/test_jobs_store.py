@@ -4,6 +4,7 @@ killing its worker fails; webhook retries back off within a bounded time."""
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -12,8 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine
+from sqlalchemy import Engine, update
 
+from devtools.webhooks import receiver
 from service import cli
 from service.config import JobsSettings
 from service.egress import Egress, EgressRule
@@ -22,6 +24,7 @@ from service.jobs.worker import JobContext, JobWorker
 from service.storage.database import make_engine
 from service.storage.jobs import SqlJobStore
 from service.storage.repository import SqlStore
+from service.storage.tables import Job
 from tests.databases import fresh_url, kind_params
 
 
@@ -269,3 +272,117 @@ def test_progress_is_written_while_the_job_runs(engine: Engine, tenant: int) -> 
     finally:
         go_on.set()
         w.stop()
+
+
+def test_a_job_waiting_on_its_input_does_not_hold_up_the_queue(engine: Engine, tenant: int) -> None:
+    """A job stuck on its `url` (here: a handler that waits) holds one of the process's job
+    threads; the next job runs meanwhile."""
+    store = SqlJobStore(engine)
+    store.create(new_job(tenant, "stuck"))
+    store.create(new_job(tenant, "quick"))
+    go_on = threading.Event()
+
+    def handler(job: JobRecord, ctx: JobContext) -> dict[str, Any]:
+        if job.request_id == "stuck":
+            assert go_on.wait(20)
+        return {}
+
+    w = worker(store, handler, workers=2).start()
+    try:
+        deadline = time.monotonic() + 20
+        while (job := store.get(tenant, "quick")) is not None and job.state != "completed":
+            assert time.monotonic() < deadline, job
+            time.sleep(0.02)
+        stuck = store.get(tenant, "stuck")
+        assert stuck is not None and stuck.state == "running"
+    finally:
+        go_on.set()
+        w.stop()
+    stuck = store.get(tenant, "stuck")
+    assert stuck is not None and stuck.state == "completed"
+
+
+class HangingReceiver:
+    """Accepts connections and never answers; counts how many it holds at once."""
+
+    def __init__(self) -> None:
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.server.getsockname()[1]}/hook"
+        self.open = self.most = 0
+        self._lock = threading.Lock()
+        self._conns: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.server.accept()
+            except OSError:
+                return
+            with self._lock:
+                self._conns.append(conn)
+                self.open += 1
+                self.most = max(self.most, self.open)
+            threading.Thread(target=self._hold, args=(conn,), daemon=True).start()
+
+    def _hold(self, conn: socket.socket) -> None:
+        while conn.recv(65536):  # read the request, answer nothing, until the client gives up
+            pass
+        with self._lock:
+            self.open -= 1
+
+    def close(self) -> None:
+        self.server.close()
+        with self._lock:
+            for conn in self._conns:
+                conn.close()
+
+
+def test_a_hanging_receiver_holds_only_its_own_hosts_slots(engine: Engine, tenant: int) -> None:
+    """Results for a receiver that never answers do not hold up another receiver's: at most
+    `webhook_per_host` attempts go to one host at once, and the other deliveries are made while
+    those still wait."""
+    store = SqlJobStore(engine)
+    hanging = HangingReceiver()
+    with receiver() as healthy:
+        for i in range(5):
+            store.create(new_job(tenant, f"h{i}", webhook=hanging.url))
+        for i in range(3):
+            store.create(new_job(tenant, f"ok{i}", webhook=healthy.hook))
+        jobs = JobsSettings(poll_seconds=0.02, webhook_timeout_s=4.0, webhook_workers=4, webhook_per_host=2)
+        w = JobWorker(store, {"echo": lambda job, ctx: {}}, jobs, Egress(EgressRule.parse("127.0.0.1")))
+        w.start()
+        try:
+            for i in range(3):
+                healthy.wait_for(f"ok{i}", timeout_s=30)
+            # All three made while the first attempts to the hanging host were still waiting.
+            pending = [store.get(tenant, f"h{i}") for i in range(5)]
+            assert all(j is not None and j.delivery_attempts == 0 for j in pending), pending
+        finally:
+            w.stop()
+            hanging.close()
+    assert hanging.most == 2
+
+
+def test_the_retry_window_opens_at_the_first_attempt(engine: Engine, tenant: int) -> None:
+    """A result whose first attempt came long after the job finished (deliveries queued behind
+    others) is still retried: attempts stop `webhook_retry_seconds` after the first attempt."""
+    store = SqlJobStore(engine)
+    store.create(new_job(tenant, "r1", webhook="http://127.0.0.1:9/hook"))
+    job = store.claim("w", 5)
+    assert job is not None and store.finish(job.id, "w", "completed", {"request_id": "r1"})
+    with engine.begin() as conn:  # finished an hour ago, never attempted
+        conn.execute(
+            update(Job).where(Job.id == job.id).values(finished_at=datetime.now(UTC) - timedelta(hours=1))
+        )
+    w = worker(store, None, webhook_retry_seconds=60)
+    claimed = store.claim_delivery("w", 30)
+    assert claimed is not None and claimed.first_delivery_at is None
+    retry_at = w.next_attempt(claimed, datetime.now(UTC))
+    assert retry_at is not None  # the window opens now, not when the job finished
+    store.record_attempt(job.id, "w", Attempt(None, "ConnectError", 2.0), retry_at)
+    again = store.get(tenant, "r1")
+    assert again is not None and again.first_delivery_at is not None
+    assert abs((datetime.now(UTC) - again.first_delivery_at).total_seconds() - 2.0) < 5
+    late = again.first_delivery_at + timedelta(seconds=61)
+    assert w.next_attempt(again, late) is None
