@@ -6,7 +6,7 @@ from __future__ import annotations
 from alembic import context
 
 from service.config import Settings
-from service.storage.database import make_engine
+from service.storage.database import MIGRATION_LOCK, make_engine
 from service.storage.tables import Base
 
 config = context.config
@@ -24,6 +24,10 @@ def run_migrations_online() -> None:
     with engine.connect() as connection:
         context.configure(connection=connection, target_metadata=Base.metadata, render_as_batch=True)
         with context.begin_transaction():
+            if connection.dialect.name == "postgresql":  # two at once queue up (see MIGRATION_LOCK)
+                # The service's lock_timeout is for requests; a migration waits for the one before.
+                connection.exec_driver_sql("SET LOCAL lock_timeout = '10min'")
+                connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK})")
             context.run_migrations()
     engine.dispose()
 

@@ -158,6 +158,12 @@ def alembic_config(url: str) -> AlembicConfig:
     return cfg
 
 
+# PostgreSQL advisory lock a migration's transaction holds (migrations/env.py): two `speakerid
+# migrate` at once (two containers starting on a new database) queue up, and the second finds the
+# schema up to date.
+MIGRATION_LOCK = 0x5350_4B4D_4947  # "SPKMIG"
+
+
 def migrate(url: str) -> None:
     """Bring the database at `url` to the latest migration (a SQLite file and its folder are made)."""
     with _start_up_errors(url):

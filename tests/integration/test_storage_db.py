@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import sqlite3
+import subprocess
 import threading
 import time
 import uuid
@@ -30,12 +31,20 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
+from devtools.server import server_env, speakerid_command
 from service.config import DatabaseSettings
 from service.embedding.ecapa import EcapaEmbedder
 from service.enrollment.ports import Aggregates, ChangeKind, NewSample, SpeakerStatus
 from service.errors import StartupError
 from service.main import build_services
-from service.storage.database import alembic_config, check_migrated, make_engine, migrate, unavailable
+from service.storage.database import (
+    MIGRATION_LOCK,
+    alembic_config,
+    check_migrated,
+    make_engine,
+    migrate,
+    unavailable,
+)
 from service.storage.index import FaissSpeakerIndex
 from service.storage.repository import SqlStore
 from service.storage.sync import IndexFollower
@@ -118,6 +127,49 @@ def test_migrations_build_the_schema_from_empty_and_back(kind: str, tmp_path: Pa
         command.downgrade(alembic_config(url), "base")
         assert set(inspect(engine).get_table_names()) == {"alembic_version"}
         migrate(url)
+        check_migrated(engine, url)
+    finally:
+        engine.dispose()
+
+
+def run_migrate(url: str, folder: Path) -> subprocess.Popen[bytes]:
+    env = server_env(folder, SPK_DATABASE_URL=url)
+    return subprocess.Popen(
+        [*speakerid_command(), "migrate"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+
+
+@BY_KIND
+def test_two_migrations_at_once_both_succeed(kind: str, tmp_path: Path) -> None:
+    """Two containers started together on a new database each run `speakerid migrate`: the
+    second waits for the first and finds the schema up to date."""
+    url = fresh_url(kind, tmp_path, migrated=False)
+    runs = [run_migrate(url, tmp_path) for _ in range(2)]
+    outputs = [run.communicate(timeout=120)[0].decode() for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], outputs
+    engine = make_engine(url)
+    try:
+        check_migrated(engine, url)
+    finally:
+        engine.dispose()
+
+
+def test_a_migration_waits_for_the_one_under_way(tmp_path: Path) -> None:
+    """On PostgreSQL a migration holds an advisory lock for its transaction: one started meanwhile
+    waits for it instead of creating the same tables at the same time (which failed one of them
+    now and then on a duplicate type name)."""
+    url = fresh_url("postgres", tmp_path, migrated=False)
+    engine = make_engine(url)
+    try:
+        with engine.connect() as holder:  # a migration under way, as far as the lock goes
+            holder.exec_driver_sql(f"SELECT pg_advisory_lock({MIGRATION_LOCK})")
+            waiting = run_migrate(url, tmp_path)
+            with pytest.raises(subprocess.TimeoutExpired):
+                waiting.wait(timeout=8)  # the command starts and migrates in about 2 s when free
+            assert inspect(engine).get_table_names() == []
+            holder.exec_driver_sql(f"SELECT pg_advisory_unlock({MIGRATION_LOCK})")
+            output = waiting.communicate(timeout=120)[0].decode()
+        assert waiting.returncode == 0, output
         check_migrated(engine, url)
     finally:
         engine.dispose()
