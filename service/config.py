@@ -264,6 +264,13 @@ class RealtimeSettings(BaseModel):
         description="audio before each chunk scored with it, so a turn that spans chunks is one stretch; "
         "the model work per chunk grows with it (3 s doubled the answer time of 3 s chunks)",
     )
+    hold_margin: float = Field(
+        2.0,
+        ge=0,
+        description="a voice heard within `hold_seconds` of the speaker last named, whose best candidate "
+        "that speaker is, keeps the name at this many score units under the identify threshold; 0 = off",
+    )
+    hold_seconds: float = Field(3.0, ge=0, description="how long after a named stretch the name is held")
     max_chunk_seconds: float = Field(30.0, gt=0, description="longest chunk accepted")
     max_chunk_bytes: int = Field(8 * 1024 * 1024, ge=1, description="largest chunk (message or frame)")
     queue_chunks: int = Field(

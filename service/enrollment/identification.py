@@ -73,6 +73,8 @@ class Segment:
     # voice's best candidate (below the threshold, or taken by a voice that scored higher), or
     # None when there was no candidate at all (a tenant with no enrolled speaker).
     score: float | None
+    # For None: the best candidate that `score` is against (a stream holds a voice by it).
+    candidate: str | None = None
 
 
 class IdentificationService:
@@ -182,21 +184,25 @@ class IdentificationService:
         if not found.turns:
             return []
         band = clip_band(prepared)
-        labels, scores = self._voice_decisions(found.voices, tenant_id, only, band, found.seconds)
+        labels, scores, best = self._voice_decisions(found.voices, tenant_id, only, band, found.seconds)
         out: list[Segment] = []
         for turn in found.turns:
             label, score = labels[turn.voice], scores[turn.voice]
+            candidate = best[turn.voice] if label is None else None
             if out and out[-1].speaker_id == label and turn.start - out[-1].end <= self.merge_gap_s:
                 # Two voices share a segment only as None: the nearer to being someone speaks for it.
-                merged = [x for x in (out[-1].score, score) if x is not None]
-                out[-1] = Segment(label, out[-1].start, turn.end, max(merged) if merged else None)
+                last = out[-1]
+                if score is not None and (last.score is None or score > last.score):
+                    last = Segment(label, last.start, last.end, score, candidate)
+                out[-1] = Segment(label, last.start, turn.end, last.score, last.candidate)
             else:
-                out.append(Segment(label, turn.start, turn.end, score))
+                out.append(Segment(label, turn.start, turn.end, score, candidate))
         return [
             Segment(
                 s.speaker_id,
                 *in_centiseconds(s.start, s.end, prepared.duration_s),
                 None if s.score is None else round(s.score, 4),
+                s.candidate,
             )
             for s in out
         ]
@@ -298,12 +304,12 @@ class IdentificationService:
         only: list[int] | None,
         band: Band,
         seconds: np.ndarray | None = None,
-    ) -> tuple[list[str | None], list[float | None]]:
-        """Each voice's label (as `label`) and its score against that speaker, or against its best
-        candidate when it has none (None when there is no candidate)."""
+    ) -> tuple[list[str | None], list[float | None], list[str | None]]:
+        """Each voice's label (as `label`), its score against that speaker, or against its best
+        candidate when it has none (None when there is no candidate), and that best candidate."""
         candidates = self._candidates(voices, tenant_id, only, band)
         if not candidates:  # no one enrolled (or no one left)
-            return [None] * len(voices), [None] * len(voices)
+            return [None] * len(voices), [None] * len(voices), [None] * len(voices)
         gallery = self._gallery(tenant_id, only)
         scores = self._score_matrix(voices, candidates, tenant_id, gallery, band, seconds)
         labels: list[str | None] = [None] * len(voices)
@@ -317,6 +323,9 @@ class IdentificationService:
                 taken.add(j)
         named = {c.external_id: j for j, c in enumerate(candidates)}
         best = scores.max(axis=1)
-        return labels, [
-            float(best[i] if label is None else scores[i, named[label]]) for i, label in enumerate(labels)
-        ]
+        top: list[str | None] = [candidates[int(j)].external_id for j in scores.argmax(axis=1)]
+        return (
+            labels,
+            [float(best[i] if label is None else scores[i, named[label]]) for i, label in enumerate(labels)],
+            top,
+        )

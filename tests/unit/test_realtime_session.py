@@ -14,9 +14,16 @@ from devtools.fakes import FakeServices, SyntheticVoice, as_linear16, fake_servi
 from service.api.stream import answer_json
 from service.audio.frontend import AudioInput
 from service.config import RealtimeSettings
+from service.enrollment.identification import Segment, Thresholds
 from service.errors import InvalidSpeakerId, SpeakerNotFound, TooManyStreams, Unauthorized
 from service.realtime.grpc_server import answer_messages
-from service.realtime.session import StreamLimiter, StreamSession, authenticate, parse_speaker_ids
+from service.realtime.session import (
+    HOLD_MAX_S,
+    StreamLimiter,
+    StreamSession,
+    authenticate,
+    parse_speaker_ids,
+)
 from service.storage.repository import TenantKey
 
 ALICE, BOB, STRANGER = SyntheticVoice(1), SyntheticVoice(2), SyntheticVoice(99)
@@ -222,3 +229,46 @@ def test_a_calls_window_is_scored_as_heard_at_its_own_rate(
     assert stream.chunk(narrow).error is None and stream.chunk(narrow).error is None
     assert stream.chunk(as_linear16(ALICE.wave(13, seconds=3.0)[: 3 * RATE])).error is None
     assert heard == [RATE // 2, RATE // 2, RATE]
+
+
+class Scripted:
+    """An identification whose `segments` answers each window with the next scripted stretches
+    (window time: the context first, then the chunk)."""
+
+    def __init__(self, answers: list[list[Segment]], threshold: float = 4.0) -> None:
+        self.answers = answers
+        self.thresholds = Thresholds(threshold, threshold)
+
+    def segments(self, *args: object, **kwargs: object) -> list[Segment]:
+        return self.answers.pop(0)
+
+
+def held_names(second: Segment, chunk_s: float = 1.0, **settings: float) -> list[str]:
+    """What a stream answers for a 1 s chunk of alice, then a `chunk_s` chunk scored as `second`."""
+    first = Segment("alice", 0.0, 1.0, 6.0)
+    ident = Scripted([[first], [second]])
+    s = StreamSession(
+        ident,  # type: ignore[arg-type]
+        ACME,
+        [],
+        RealtimeSettings(context_seconds=0.0, **settings),
+        decode_timeout_s=10,
+    )
+    wave = ALICE.wave(13, seconds=1.0 + chunk_s)
+    chunks = [as_linear16(wave[:RATE]), as_linear16(wave[RATE : RATE + int(chunk_s * RATE)])]
+    return [g.speaker_id for c in chunks for g in s.chunk(c).segments]
+
+
+def test_a_short_stretch_whose_best_candidate_was_just_named_keeps_the_name() -> None:
+    """A turn resumed after a pause, or the next short chunk of it, is a weaker sample than a whole
+    turn: within `hold_margin` of the threshold, the speaker just named keeps the name."""
+    near = Segment(None, 0.2, 0.9, 2.5, candidate="alice")
+    assert held_names(near, hold_margin=2.0) == ["alice", "alice"]
+    assert held_names(near, hold_margin=0.0) == ["alice", "unknown"]  # off
+    assert held_names(near, hold_margin=1.0) == ["alice", "unknown"]  # under the margin
+    other = Segment(None, 0.2, 0.9, 3.5, candidate="bob")
+    assert held_names(other, hold_margin=2.0) == ["alice", "unknown"]  # someone else's best
+    long = Segment(None, 0.0, HOLD_MAX_S + 0.5, 3.5, candidate="alice")
+    assert held_names(long, chunk_s=HOLD_MAX_S + 0.5, hold_margin=2.0) == ["alice", "unknown"]  # judged alone
+    late = Segment(None, 0.2, 0.9, 3.5, candidate="alice")
+    assert held_names(late, hold_margin=2.0, hold_seconds=0.1) == ["alice", "unknown"]  # too late
