@@ -23,28 +23,60 @@ TRANSIENT_STATUS = frozenset({429, 502, 503, 504})
 FATAL_STATUS = frozenset({401, 403})
 
 
+# The exit status of a command the operator stopped (Ctrl-C): 128 + SIGINT, as a shell reports it.
+INTERRUPTED = 130
+
+# Errors no retry can mend: the URL has no http(s) scheme, or the request itself cannot be sent.
+NEVER_RETRIED: tuple[type[Exception], ...] = (httpx.UnsupportedProtocol, httpx.LocalProtocolError)
+# The service is not there (refused, reset, gone mid-answer): what a restart looks like, so these are
+# waited out for `RetryPolicy.reconnect_s` rather than counted with the other retries.
+CONNECTION_FAILED: tuple[type[Exception], ...] = (
+    httpx.ConnectError,
+    httpx.ConnectTimeout,
+    httpx.ReadError,
+    httpx.WriteError,
+    httpx.RemoteProtocolError,
+)
+
+
 class FatalHttpError(RuntimeError):
     """The service refuses the run itself (bad API key, wrong URL): retrying or going on is pointless."""
 
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """Exponential backoff with full jitter; a server's Retry-After wins over the computed delay."""
+    """Exponential backoff with full jitter; a server's Retry-After wins over the computed delay.
+
+    `attempts` bounds the tries of a request answered 429/502/503/504 or timed out. A connection
+    failure (`CONNECTION_FAILED`) is retried apart from those, with backoff capped at
+    `reconnect_max_delay_s`, until `reconnect_s` have passed since the request's first one, so
+    that a routine restart of the service (seconds) does not fail the requests in flight.
+    """
 
     attempts: int = 6
     base_delay_s: float = 0.5
     max_delay_s: float = 30.0
     max_retry_after_s: float = 120.0
+    reconnect_s: float = 60.0
+    reconnect_max_delay_s: float = 5.0
 
     def __post_init__(self) -> None:
         if self.attempts < 1:
             raise ValueError("attempts must be at least 1")
+        if self.reconnect_s < 0:
+            raise ValueError("reconnect_s must not be negative")
 
     def delay(self, attempt: int, retry_after: float | None) -> float:
         """Seconds to wait before attempt `attempt + 1` (attempt counts from 0)."""
         if retry_after is not None:
             return min(max(retry_after, 0.0), self.max_retry_after_s)
         return random.uniform(0.0, min(self.max_delay_s, self.base_delay_s * 2**attempt))
+
+    def reconnect_delay(self, failures: int) -> float:
+        """Seconds to wait after the `failures`-th connection failure in a row (from 1): half to
+        all of a doubling delay capped at `reconnect_max_delay_s`, so clients spread out."""
+        cap = min(self.reconnect_max_delay_s, self.base_delay_s * 2 ** (failures - 1))
+        return random.uniform(cap / 2, cap)
 
 
 def retry_after_seconds(response: httpx.Response) -> float | None:
@@ -101,13 +133,23 @@ def error_of(response: httpx.Response) -> tuple[str, str]:
     return answer.code, answer.message
 
 
+@dataclass(frozen=True)
+class Answer:
+    """An answer, and whether an earlier try of the same request may have reached the service
+    (its connection broke after the request was sent): the answer may then be to a repeat."""
+
+    response: httpx.Response
+    repeated: bool
+
+
 @dataclass
 class ServiceClient:
     """A thread-safe client of one service URL with one API key (sent as ``X-API-Key``).
 
-    `request` retries 429/502/503/504 answers and connection errors with backoff; once the attempts
-    are spent it returns the last transient answer, or raises the last `httpx.TransportError`.
-    401/403 raise `FatalHttpError`.
+    `request` retries 429/502/503/504 answers, timeouts and connection failures with backoff
+    (`RetryPolicy`); once they are spent it returns the last transient answer, or raises the last
+    `httpx.TransportError`. A URL without http(s) raises at once (`NEVER_RETRIED`); 401/403 raise
+    `FatalHttpError`.
     """
 
     url: str
@@ -116,6 +158,8 @@ class ServiceClient:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     transport: httpx.BaseTransport | None = None
     sleep: Callable[[float], None] = time.sleep
+    clock: Callable[[], float] = time.monotonic
+    stop: threading.Event | None = None  # once set, waits end and nothing more is retried
     retries: int = field(default=0, init=False)  # retries made so far, for the summary
     _http: httpx.Client = field(init=False, repr=False)
     _lock: threading.Lock = field(init=False, repr=False, default_factory=threading.Lock)
@@ -137,37 +181,69 @@ class ServiceClient:
     def close(self) -> None:
         self._http.close()
 
-    def request(self, method: str, path: str, *, json: Any = None) -> httpx.Response:
-        for attempt in range(self.retry.attempts):
+    def request(
+        self, method: str, path: str, *, json: Any = None, reconnect_s: float | None = None
+    ) -> httpx.Response:
+        return self.send(method, path, json=json, reconnect_s=reconnect_s).response
+
+    def send(self, method: str, path: str, *, json: Any = None, reconnect_s: float | None = None) -> Answer:
+        """`request`, saying also whether the answer may be to a repeat. `reconnect_s` overrides
+        the policy's time to wait out connection failures (0: raise the first one)."""
+        wait_s = self.retry.reconnect_s if reconnect_s is None else reconnect_s
+        attempt, failures, down_since, repeated = 0, 0, 0.0, False
+        while True:
             last = attempt == self.retry.attempts - 1
             try:
                 response = self._http.request(method, path, json=json)
-            except httpx.TransportError:
-                if last:
+            except NEVER_RETRIED:
+                raise
+            except CONNECTION_FAILED as exc:
+                failures += 1
+                if failures == 1:
+                    down_since = self.clock()
+                delay = self.retry.reconnect_delay(failures)
+                if self.clock() - down_since + delay > wait_s:
                     raise
-                self._backoff(attempt, None)
+                # A refused connection never carried the request; a broken one may have.
+                repeated = repeated or not isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout)
+                if not self._wait(delay):
+                    raise
                 continue
+            except httpx.TransportError:
+                if last or not self._wait(self.retry.delay(attempt, None)):
+                    raise
+                repeated = True
+                attempt += 1
+                continue
+            failures = 0
             if response.status_code in FATAL_STATUS:
                 code, message = error_of(response)
                 raise FatalHttpError(f"{method} {path}: HTTP {response.status_code} {code}: {message}")
             if response.status_code not in TRANSIENT_STATUS or last:
-                return response
-            self._backoff(attempt, retry_after_seconds(response))
-        raise AssertionError("unreachable: the last attempt returns or raises")
+                return Answer(response, repeated)
+            if not self._wait(self.retry.delay(attempt, retry_after_seconds(response))):
+                return Answer(response, repeated)
+            attempt += 1
 
-    def _backoff(self, attempt: int, retry_after: float | None) -> None:
+    def _wait(self, seconds: float) -> bool:
+        """Wait before a retry; False (retry no more) if `stop` is or gets set meanwhile."""
+        if self.stop is not None and self.stop.wait(seconds):
+            return False
         with self._lock:
             self.retries += 1
-        self.sleep(self.retry.delay(attempt, retry_after))
+        if self.stop is None:
+            self.sleep(seconds)
+        return True
 
 
 def reach(client: ServiceClient) -> int:
     """Check that the service answers this key before a run: the number of speakers its tenant
     holds. FatalHttpError (one line) when it cannot be reached, refuses the key or is not the
-    service at that URL."""
+    service at that URL. A connection failure is not waited out here: a wrong --url stops the run
+    at once, before it sends anything."""
     try:
-        answer = client.request("GET", "/v1/speakers?limit=1")
-    except httpx.TransportError as exc:
+        answer = client.request("GET", "/v1/speakers?limit=1", reconnect_s=0.0)
+    except (httpx.TransportError, httpx.InvalidURL) as exc:
         raise FatalHttpError(f"cannot reach {client.url} ({type(exc).__name__}: {exc})") from exc
     if answer.status_code != 200:
         code, message = error_of(answer)
@@ -188,7 +264,17 @@ def add_connection_args(p: argparse.ArgumentParser) -> None:
         help="API key (default: $SPEAKERID_API_KEY, which keeps it out of the process list)",
     )
     p.add_argument("--timeout", type=float, default=120.0, help="seconds per request (default 120)")
-    p.add_argument("--retries", type=int, default=5, help="retries on 429/503/connection errors (default 5)")
+    p.add_argument(
+        "--retries", type=int, default=5, help="retries on 429/503 answers and timeouts (default 5)"
+    )
+    p.add_argument(
+        "--reconnect-wait",
+        type=float,
+        default=RetryPolicy.reconnect_s,
+        metavar="S",
+        help="seconds a request keeps retrying while the service refuses or drops connections, as "
+        "while it restarts (default %(default)g)",
+    )
 
 
 def connect(args: argparse.Namespace) -> ServiceClient:
@@ -198,5 +284,5 @@ def connect(args: argparse.Namespace) -> ServiceClient:
         url=args.url,
         api_key=args.api_key,
         timeout_s=args.timeout,
-        retry=RetryPolicy(attempts=max(0, args.retries) + 1),
+        retry=RetryPolicy(attempts=max(0, args.retries) + 1, reconnect_s=max(0.0, args.reconnect_wait)),
     )

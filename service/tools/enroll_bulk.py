@@ -4,6 +4,7 @@ Input is a folder with one subfolder per speaker, or a CSV with `path,speaker` c
 is one sample, sent base64 in JSON to ``POST /audio/generic/api/v1/sync/diarization/enroll``. A
 speaker's samples go one at a time, in order (each is checked against the earlier ones); speakers
 run in parallel. Every answered file is written to a JSON-lines state file, so a re-run skips it.
+A file too large for one request (--max-bytes) is refused here, without reading it.
 """
 
 from __future__ import annotations
@@ -25,14 +26,18 @@ from typing import Any
 import httpx
 from tqdm import tqdm
 
+from service.config import AudioSettings
 from service.tools.audio import ENCODINGS, encoding_for, header_sample_rate
 from service.tools.client import (
+    INTERRUPTED,
+    NEVER_RETRIED,
     TRANSIENT_STATUS,
     FatalHttpError,
     ServiceClient,
     add_connection_args,
     connect,
     error_of,
+    reach,
 )
 from service.tools.inputs import InputError, read_manifest, speaker_ids
 from service.tools.pool import run_bounded
@@ -40,6 +45,11 @@ from service.tools.pool import run_bounded
 ENROLL = "/audio/generic/api/v1/sync/diarization/enroll"
 ENROLLED = "/audio/generic/api/v1/sync/diarization/get_enrolled_speakers"
 STATE_SUFFIX = ".enroll-bulk-state.jsonl"
+# The service's default body limit (SPK_AUDIO__MAX_REQUEST_BYTES), read from its settings' declaration.
+DEFAULT_MAX_BYTES: int = AudioSettings.model_fields["max_request_bytes"].default
+DUPLICATE_SAMPLE = "enrollment.DuplicateSample"
+ALREADY_ENROLLED = "already enrolled"  # the message of an acceptance inferred from a DuplicateSample
+TOO_LARGE = "client.TooLarge"  # the errorcode of a file refused here, unsent
 
 
 # --- the plan: which files, for which speaker ----------------------------------------------------
@@ -79,7 +89,10 @@ def plan_input(source: Path, encoding: str) -> Plan:
         raise InputError(f"{source}: no such folder or file")
     ids = speaker_ids(name for name, _ in named)
     plan = Plan(renamed={name: sid for name, sid in ids.items() if name != sid})
-    plan.unreadable.extend((_key(Path(path), base), why) for path, why in unreadable)
+    # A broken link's own path, not its target's: the link is what the operator must mend.
+    plan.unreadable.extend(
+        ((Path(_key(Path(path).parent, base)) / Path(path).name).as_posix(), why) for path, why in unreadable
+    )
     listed: set[tuple[str, str]] = set()
     for name, path in named:
         key = _key(path, base)
@@ -115,6 +128,10 @@ def _folder_files(root: Path, unreadable: list[tuple[str, str]]) -> Iterator[tup
         for path in sorted(found):
             if path.is_file():
                 yield folder.name, path
+            elif path.is_symlink() and not path.exists():
+                unreadable.append((str(path), f"broken link (to {os.readlink(path)}, which is missing)"))
+            else:  # a socket, a FIFO, a device: nothing to send
+                unreadable.append((str(path), "not a regular file"))
 
 
 def _key(path: Path, base: Path) -> str:
@@ -135,31 +152,64 @@ def default_state_path(source: Path) -> Path:
 # --- the state file ------------------------------------------------------------------------------
 
 
+def service_key(url: str) -> str:
+    """The service a URL names, as the state file keys it: scheme and host lower case, no default
+    port, no credentials, no trailing slash (`HTTP://Host:80/` -> `http://host`). Different names of
+    one host (localhost, 127.0.0.1) stay different: only the operator knows they are the same."""
+    try:
+        parsed = httpx.URL(url.strip())
+    except httpx.InvalidURL:
+        return url.strip().rstrip("/")
+    scheme, host, port = parsed.scheme.lower(), parsed.host.lower(), parsed.port
+    if not scheme or not host:
+        return url.strip().rstrip("/")
+    netloc = f"[{host}]" if ":" in host else host
+    if port is not None and port != {"http": 80, "https": 443}.get(scheme):
+        netloc += f":{port}"
+    return f"{scheme}://{netloc}{parsed.path.rstrip('/')}"
+
+
 class StateFile:
     """JSON lines, one per answered file: accepted, or refused with a 4xx that retrying won't change.
 
-    A line is keyed by (service URL, speaker id, file), so the same input can be migrated to another
-    service with its own state. Lines are appended and flushed one by one, so an interrupted run
-    loses at most the answer in flight; a torn last line is ignored on reading.
+    A line is keyed by (service, speaker id, file), so the same input can be migrated to another
+    service with its own state; the service is its URL as `service_key` writes it. Lines are
+    appended and flushed one by one, so an interrupted run loses at most the answers in flight; a
+    torn last line is ignored on reading. Before a file is sent a "sent" line is written, so that a
+    re-run can tell a file whose answer was lost (the service may hold it) from one never sent.
     """
 
     def __init__(self, path: Path, *, retry_refused: bool = False) -> None:
         self.path = path
         self.retry_refused = retry_refused
         self.records: dict[tuple[str, str, str], dict[str, Any]] = {}
+        self.unanswered: set[tuple[str, str, str]] = set()  # sent by an earlier run, no answer since
         self._lock = threading.Lock()
         if path.exists():
             for line in path.read_text(encoding="utf-8").splitlines():
                 try:
                     record = json.loads(line)
-                    self.records[(record["url"], record["speakerId"], record["file"])] = record
-                except (ValueError, KeyError, TypeError):
+                    key = (service_key(record["url"]), record["speakerId"], record["file"])
+                except (ValueError, KeyError, TypeError, AttributeError):
                     continue
+                if record.get("result") == "sent":
+                    self.unanswered.add(key)
+                else:
+                    self.unanswered.discard(key)
+                    self.records[key] = record
         path.parent.mkdir(parents=True, exist_ok=True)
         self._fh = open(path, "a", encoding="utf-8")  # noqa: SIM115 - held open for the run, closed in close()
 
     def get(self, url: str, sample: Sample) -> dict[str, Any] | None:
-        return self.records.get((url, sample.speaker, sample.key))
+        return self.records.get((service_key(url), sample.speaker, sample.key))
+
+    def lost_answer(self, url: str, sample: Sample) -> bool:
+        """Whether an earlier run sent the sample and got no answer (it may have been lost with that
+        run, the service holding the sample)."""
+        return (service_key(url), sample.speaker, sample.key) in self.unanswered
+
+    def mark_sent(self, url: str, sample: Sample) -> None:
+        self._write({"url": url, "speakerId": sample.speaker, "file": sample.key, "result": "sent"})
 
     def done(self, url: str, sample: Sample) -> bool:
         """Whether a run may skip the sample: it has an answer (only an acceptance, with retry_refused)."""
@@ -168,7 +218,11 @@ class StateFile:
 
     def add(self, record: dict[str, Any]) -> None:
         with self._lock:
-            self.records[(record["url"], record["speakerId"], record["file"])] = record
+            self.records[(service_key(record["url"]), record["speakerId"], record["file"])] = record
+        self._write(record)
+
+    def _write(self, record: dict[str, Any]) -> None:
+        with self._lock:
             self._fh.write(json.dumps(record, ensure_ascii=False) + "\n")
             self._fh.flush()
 
@@ -185,6 +239,7 @@ class Progress:
 
     bar: tqdm[Any]
     accepted: int = 0
+    already: int = 0  # of `accepted`: answered DuplicateSample after an earlier send of that file
     refused: int = 0
     unsent: Counter[str] = field(default_factory=Counter)  # why a file got no answer (re-run sends it)
     unreadable: list[tuple[str, str]] = field(default_factory=list)  # (file, why) that could not be read
@@ -197,8 +252,9 @@ class Progress:
 
     def count(self, outcome: str, files: int = 1) -> None:
         with self.lock:
-            if outcome == "accepted":
+            if outcome in ("accepted", ALREADY_ENROLLED):
                 self.accepted += files
+                self.already += files if outcome == ALREADY_ENROLLED else 0
             elif outcome == "refused":
                 self.refused += files
             else:
@@ -209,9 +265,27 @@ class Progress:
 
 @dataclass(frozen=True)
 class Options:
-    url: str
+    url: str  # as `service_key` writes it
     encoding: str
     language_code: str
+    max_bytes: int = DEFAULT_MAX_BYTES  # the service's request body limit
+
+
+def too_large(sample: Sample, options: Options) -> str | None:
+    """Why the sample cannot be sent in one request of `options.max_bytes` (its body is the file
+    base64-encoded, 4 bytes per 3, in JSON), from its size alone; None if it fits. OSError if the
+    file cannot be read."""
+    size = sample.path.stat().st_size
+    rest = {"content": "", "encoding": "LINEAR16", "languageCode": options.language_code}
+    overhead = len(json.dumps({**rest, "speakerId": sample.speaker, "sampleRate": 192_000}).encode()) + 64
+    body = 4 * -(-size // 3) + overhead
+    if body <= options.max_bytes:
+        return None
+    most = (options.max_bytes - overhead) // 4 * 3
+    return (
+        f"too large: {size} bytes; a request of at most {options.max_bytes} bytes (--max-bytes) "
+        f"carries a file of at most {max(most, 0)} bytes base64-encoded"
+    )
 
 
 def request_body(sample: Sample, options: Options) -> dict[str, Any]:
@@ -238,41 +312,64 @@ def enroll_speaker(
     stop: threading.Event,
 ) -> None:
     """Send one speaker's samples in order. A sample without an answer (the service stayed busy or
-    unreachable through every retry) holds back the rest, so that a re-run keeps the order."""
+    unreachable through every retry) holds back the rest, so that a re-run keeps the order.
+
+    A DuplicateSample answer to a file that may have reached the service before without an answer
+    (sent by an earlier run that was stopped before its answer, or by a try whose connection broke)
+    is the service holding that very file: it is recorded as accepted, "already enrolled". A file
+    sent for the first time that gets one is a copy of another file, and is refused."""
     for i, sample in enumerate(samples):
         if stop.is_set():
             return
+        record: dict[str, Any] = {"url": options.url, "speakerId": sample.speaker, "file": sample.key}
         try:
+            why = too_large(sample, options)
+            if why is not None:
+                at = datetime.now(UTC).isoformat(timespec="seconds")
+                state.add(
+                    {
+                        **record,
+                        "status": None,
+                        "at": at,
+                        "result": "refused",
+                        "errorcode": TOO_LARGE,
+                        "faultstring": why,
+                    }
+                )
+                progress.count("refused")
+                continue
             body = request_body(sample, options)
         except OSError as exc:
             progress.cannot_read(sample, exc)
             continue
+        lost_answer = state.lost_answer(options.url, sample)
+        state.mark_sent(options.url, sample)
         try:
-            response = client.request("POST", ENROLL, json=body)
+            answer = client.send("POST", ENROLL, json=body)
+        except NEVER_RETRIED as exc:
+            raise FatalHttpError(f"POST {client.url}{ENROLL}: {type(exc).__name__}: {exc}") from exc
         except httpx.TransportError as exc:
             progress.count(f"connection failed ({type(exc).__name__})")
             progress.count("held back behind an unsent sample", len(samples) - i - 1)
             return
-        record: dict[str, Any] = {
-            "url": options.url,
-            "speakerId": sample.speaker,
-            "file": sample.key,
-            "status": response.status_code,
-            "at": datetime.now(UTC).isoformat(timespec="seconds"),
-        }
+        response = answer.response
+        record["status"] = response.status_code
+        record["at"] = datetime.now(UTC).isoformat(timespec="seconds")
         if response.status_code in (404, 405):  # never an answer about a sample: the URL is wrong
             raise FatalHttpError(
                 f"POST {client.url}{ENROLL}: HTTP {response.status_code}; is --url the service?"
             )
+        code, text = error_of(response) if response.status_code != 200 else ("", "")
         if response.status_code == 200:
             state.add({**record, "result": "accepted", "message": _message(response)})
             progress.count("accepted")
+        elif code == DUPLICATE_SAMPLE and (lost_answer or answer.repeated):
+            state.add({**record, "result": "accepted", "message": ALREADY_ENROLLED, "errorcode": code})
+            progress.count(ALREADY_ENROLLED)
         elif 400 <= response.status_code < 500 and response.status_code not in TRANSIENT_STATUS:
-            code, text = error_of(response)
             state.add({**record, "result": "refused", "errorcode": code, "faultstring": text})
             progress.count("refused")
         else:
-            code, _ = error_of(response)
             progress.count(f"HTTP {response.status_code} {code}")
             progress.count("held back behind an unsent sample", len(samples) - i - 1)
             return
@@ -297,6 +394,7 @@ class Summary:
     enrolling: list[str]
     none_accepted: list[str]
     accepted: int
+    already: int  # of `accepted`: found enrolled when sent again after a lost answer
     refused: Counter[str]
     refused_example: dict[str, str]
     skipped: int
@@ -312,7 +410,12 @@ class Summary:
         out = [
             f"speakers: {self.speakers} ({len(self.complete)} complete, {len(self.enrolling)} enrolling, "
             f"{len(self.none_accepted)} with no accepted sample; {self.status_source})",
-            f"samples accepted: {self.accepted}",
+            f"samples accepted: {self.accepted}"
+            + (
+                f" ({self.already} already enrolled: sent again after their answer was lost)"
+                if self.already
+                else ""
+            ),
             f"samples refused: {sum(self.refused.values())}",
         ]
         width = max((len(code) for code in self.refused), default=0)
@@ -345,7 +448,7 @@ def summarise(
 ) -> Summary:
     """Totals over the whole migration (earlier runs' answers come from the state file), and each
     speaker's status as the service reports it now."""
-    accepted, refused, example = 0, Counter[str](), dict[str, str]()
+    accepted, already, refused, example = 0, 0, Counter[str](), dict[str, str]()
     last_message: dict[str, str] = {}
     for speaker, samples in plan.samples.items():
         for sample in samples:
@@ -354,7 +457,10 @@ def summarise(
                 continue
             if record["result"] == "accepted":
                 accepted += 1
-                last_message[speaker] = str(record.get("message"))
+                if record.get("message") == ALREADY_ENROLLED:
+                    already += 1
+                else:
+                    last_message[speaker] = str(record.get("message"))
             else:
                 code = str(record.get("errorcode"))
                 refused[code] += 1
@@ -369,6 +475,7 @@ def summarise(
         enrolling=enrolling,
         none_accepted=none,
         accepted=accepted,
+        already=already,
         refused=refused,
         refused_example=example,
         skipped=skipped,
@@ -416,6 +523,14 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     p.add_argument("--language-code", default="en-US")
     p.add_argument(
+        "--max-bytes",
+        type=int,
+        default=DEFAULT_MAX_BYTES,
+        metavar="N",
+        help="the service's request size limit, its SPK_AUDIO__MAX_REQUEST_BYTES (default %(default)d): "
+        "a file whose base64 body would pass it (about 3/4 of it) is refused here, unread",
+    )
+    p.add_argument(
         "--retry-refused", action="store_true", help="send again the files an earlier run had refused"
     )
     p.set_defaults(run=cmd_enroll_bulk)
@@ -424,24 +539,39 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 def cmd_enroll_bulk(args: argparse.Namespace, _settings: object = None) -> int:
     """Exit status: 0 when every file has an answer (accepted or refused), 1 when some must be sent
     again (re-run to resume) or could not be read (a folder or file the summary names: a file of
-    the input listed but missing, or without permission), 2 when the input or the service refuses
-    the run itself."""
-    url = args.url.rstrip("/")
+    the input listed but missing, a broken link, or without permission), 2 when the input or the
+    service refuses the run itself (an unreachable service or wrong --url, before anything is
+    sent), 130 when the operator stopped it (Ctrl-C; run it again to resume)."""
+    url = service_key(args.url)
     encoding = "auto" if args.encoding.lower() == "auto" else args.encoding.upper()
     state_path = args.state or default_state_path(args.input)
     try:
+        if args.max_bytes < 1:
+            raise InputError("--max-bytes must be a positive number of bytes")
         plan = plan_input(args.input, encoding)
         client = connect(args)
-        state = StateFile(state_path, retry_refused=args.retry_refused)
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    try:
+        reach(client)
+    except FatalHttpError as exc:
+        client.close()
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        client.close()
+        print("stopped: interrupted before anything was sent", file=sys.stderr)
+        return INTERRUPTED
+    try:
+        state = StateFile(state_path, retry_refused=args.retry_refused)
     except OSError as exc:
+        client.close()
         print(
             f"error: cannot use the state file {state_path} ({exc}); choose one with --state", file=sys.stderr
         )
         return 2
-    options = Options(url=url, encoding=encoding, language_code=args.language_code)
+    options = Options(url=url, encoding=encoding, language_code=args.language_code, max_bytes=args.max_bytes)
     todo = {s: [x for x in samples if not state.done(url, x)] for s, samples in plan.samples.items()}
     pending = sum(len(x) for x in todo.values())
     print(
@@ -449,7 +579,9 @@ def cmd_enroll_bulk(args: argparse.Namespace, _settings: object = None) -> int:
         file=sys.stderr,
     )
     stop = threading.Event()
+    client.stop = stop  # Ctrl-C ends the retries of requests in flight, not only the next files
     fatal: str | None = None
+    interrupted = False
     with client, tqdm(total=pending, unit="file", desc="enroll-bulk", dynamic_ncols=True) as bar:
         progress = Progress(bar=bar)
         jobs = [
@@ -462,7 +594,7 @@ def cmd_enroll_bulk(args: argparse.Namespace, _settings: object = None) -> int:
         except FatalHttpError as exc:
             fatal = str(exc)
         except KeyboardInterrupt:
-            fatal = "interrupted; run the same command again to resume"
+            interrupted = True
         finally:
             state.close()
         bar.close()
@@ -472,4 +604,7 @@ def cmd_enroll_bulk(args: argparse.Namespace, _settings: object = None) -> int:
     if fatal:
         print(f"stopped: {fatal}", file=sys.stderr)
         return 2
+    if interrupted:
+        print("stopped: interrupted; run the same command again to resume", file=sys.stderr)
+        return INTERRUPTED
     return 0 if answered == plan.total and not summary.unreadable else 1

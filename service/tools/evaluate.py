@@ -51,6 +51,7 @@ from service.enrollment.speaker_ids import MAX_LENGTH as MAX_ID
 from service.tools import metrics
 from service.tools.audio import AudioReadError, flac_clip
 from service.tools.client import (
+    INTERRUPTED,
     FatalHttpError,
     ServiceClient,
     add_connection_args,
@@ -741,10 +742,12 @@ def run_eval(
     concurrency: int = 4,
     keep: bool = False,
     progress: bool = True,
+    run: EvalRun | None = None,
 ) -> EvalRun:
     """Enroll (speakers in parallel, each one's clips in order), identify every trial, then delete
-    the run's speakers, also when a step fails or is interrupted (unless `keep`)."""
-    run = EvalRun()
+    the run's speakers, also when a step fails or is interrupted (unless `keep`). Results go into
+    `run` (a new EvalRun if None), so a caller sees `not_deleted` also when this raises."""
+    run = EvalRun() if run is None else run
     stop = threading.Event()
     lock = threading.Lock()
     total = sum(len(c) for c in plan.enroll.values()) + len(plan.trials)
@@ -811,9 +814,16 @@ def run_header(args: argparse.Namespace, plan: EvalPlan, run: EvalRun) -> list[s
 
 
 def cmd_evaluate(args: argparse.Namespace, _settings: object = None) -> int:
-    """Exit status 0 with a report, 1 when no trial was answered, 2 when the run could not start."""
-    if args.diarization:
-        return cmd_evaluate_diarization(args)
+    """Exit status 0 with a report, 1 when no trial was answered, 2 when the run could not start,
+    130 when the operator stopped it (Ctrl-C: the run's speakers are deleted first)."""
+    try:
+        return cmd_evaluate_diarization(args) if args.diarization else _evaluate(args)
+    except KeyboardInterrupt:
+        print("stopped: interrupted", file=sys.stderr)
+        return INTERRUPTED
+
+
+def _evaluate(args: argparse.Namespace) -> int:
     prefix = f"eval-{secrets.token_hex(4)}"
     try:
         if args.resample is not None and args.resample <= 0:
@@ -842,24 +852,33 @@ def cmd_evaluate(args: argparse.Namespace, _settings: object = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     started = datetime.now(UTC).isoformat(timespec="seconds")
+    run = EvalRun()
     with client:
         try:
             already = reach(client)
-        except FatalHttpError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-        if already:
-            print(
-                f"warning: the key's tenant already holds {already} speaker(s): they join the cohort "
-                "that sets the decision level, and a clip one of them has is refused as its recording; "
-                "use a tenant of its own for a measurement",
-                file=sys.stderr,
+            if already:
+                print(
+                    f"warning: the key's tenant already holds {already} speaker(s): they join the cohort "
+                    "that sets the decision level, and a clip one of them has is refused as its "
+                    "recording; use a tenant of its own for a measurement",
+                    file=sys.stderr,
+                )
+            run_eval(
+                client,
+                plan,
+                resample=args.resample,
+                concurrency=args.concurrency,
+                keep=args.keep,
+                run=run,
             )
-        try:
-            run = run_eval(client, plan, resample=args.resample, concurrency=args.concurrency, keep=args.keep)
         except FatalHttpError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
+        except KeyboardInterrupt:
+            # run_eval has deleted the run's speakers on its way out (unless --keep).
+            left = f"; could not delete {', '.join(run.not_deleted)}" if run.not_deleted else ""
+            print(f"stopped: interrupted, no report{left}", file=sys.stderr)
+            return INTERRUPTED
     report = build_report(run.trials, args.bootstrap, args.seed)
     print(format_report(report, run_header(args, plan, run)))
     if run.not_deleted:

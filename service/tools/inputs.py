@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -68,21 +69,27 @@ def clean_id(name: str, max_len: int = MAX_LENGTH) -> str:
 
 
 def speaker_ids(names: Iterable[str]) -> dict[str, str]:
-    """A valid, distinct speaker id for every name. Valid names keep themselves; the others are
-    cleaned (`clean_id`) and, where that collides with another id, get a "-2", "-3"... suffix."""
-    unique = list(dict.fromkeys(names))
-    taken = {n for n in unique if is_speaker_id(n)}
+    """A valid, distinct speaker id for every name, the same on every run whatever the order of the
+    input or the other names in it. A valid name keeps itself; any other is cleaned (`clean_id`)
+    and gets "-" and 8 hex digits of a hash of the name (NFC: "José" is one name however it was
+    typed), so José -> Jose-<h1> and Josè -> Jose-<h2> stay apart, and neither moves when the
+    other appears. InputError in the (1 in 4 billion) case where two ids still meet."""
     ids: dict[str, str] = {}
-    for name in unique:
-        if name in taken:
-            ids[name] = name
-            continue
-        base = clean_id(name)
-        candidate, n = base, 1
-        while candidate in taken:
-            n += 1
-            suffix = f"-{n}"
-            candidate = base[: MAX_LENGTH - len(suffix)] + suffix
-        taken.add(candidate)
-        ids[name] = candidate
+    owner: dict[str, str] = {}
+    for name in dict.fromkeys(names):
+        sid = name if is_speaker_id(name) else _hashed_id(name)
+        if owner.setdefault(sid, _nfc(name)) != _nfc(name):
+            raise InputError(
+                f"speaker names {owner[sid]!r} and {name!r} both become the id {sid}; rename one"
+            )
+        ids[name] = sid
     return ids
+
+
+def _hashed_id(name: str) -> str:
+    digest = hashlib.sha256(_nfc(name).encode("utf-8")).hexdigest()[:8]
+    return f"{clean_id(name, MAX_LENGTH - 9)}-{digest}"
+
+
+def _nfc(name: str) -> str:
+    return unicodedata.normalize("NFC", name)

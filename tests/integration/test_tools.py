@@ -12,6 +12,7 @@ import csv
 import io
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 from threading import Event
@@ -26,8 +27,15 @@ from tqdm import tqdm
 from devtools.clips import silence_flac
 from devtools.sets import EVAL_SPEECH
 from service.cli import main
-from service.tools import enroll_bulk
-from service.tools.client import FatalHttpError, RetryPolicy, ServiceClient, error_of, retry_after_seconds
+from service.tools import enroll_bulk, evaluate
+from service.tools.client import (
+    INTERRUPTED,
+    FatalHttpError,
+    RetryPolicy,
+    ServiceClient,
+    error_of,
+    retry_after_seconds,
+)
 from service.tools.enroll_bulk import Options, Progress, Sample, StateFile
 from service.tools.evaluate import build_report, plan_eval, run_eval
 from service.tools.inputs import ManifestRow, read_manifest, speaker_ids
@@ -38,11 +46,13 @@ from tests.conftest import LiveServer, needs_speech, new_key
 
 def test_speaker_ids_are_made_valid_and_distinct() -> None:
     ids = speaker_ids(["José García", "a b", "a_b", "x" * 200, "///", "ok-1.2"])
-    assert ids["José García"] == "Jose_Garcia"
-    assert ids["a_b"] == "a_b" and ids["a b"] == "a_b-2"  # a valid name keeps itself
-    assert ids["x" * 200] == "x" * 128
-    assert ids["///"] == "speaker" and ids["ok-1.2"] == "ok-1.2"
-    assert speaker_ids(["..", "a..b"]) == {"..": "speaker", "a..b": "a..b"}  # no id of dots alone
+    # A name that must be mended gets a hash of itself, so its id never depends on the others.
+    assert re.fullmatch(r"Jose_Garcia-[0-9a-f]{8}", ids["José García"])
+    assert ids["a_b"] == "a_b" and re.fullmatch(r"a_b-[0-9a-f]{8}", ids["a b"])  # a valid name keeps itself
+    assert re.fullmatch(r"x{119}-[0-9a-f]{8}", ids["x" * 200])
+    assert re.fullmatch(r"speaker-[0-9a-f]{8}", ids["///"]) and ids["ok-1.2"] == "ok-1.2"
+    dots = speaker_ids(["..", "a..b"])  # no id of dots alone
+    assert re.fullmatch(r"speaker-[0-9a-f]{8}", dots[".."]) and dots["a..b"] == "a..b"
 
 
 # --- the HTTP client -----------------------------------------------------------------------------
@@ -87,7 +97,11 @@ def test_client_gives_up_and_stops_on_a_bad_key() -> None:
     assert busy.request("GET", "/x").status_code == 503
     transport, _ = scripted([httpx.ConnectError("down")] * 2)
     down = ServiceClient(
-        "http://svc", "k", transport=transport, retry=RetryPolicy(attempts=2), sleep=lambda _: None
+        "http://svc",
+        "k",
+        transport=transport,
+        retry=RetryPolicy(attempts=2, reconnect_s=0.0),
+        sleep=lambda _: None,
     )
     with pytest.raises(httpx.ConnectError):
         down.request("GET", "/x")
@@ -191,6 +205,38 @@ def test_evaluate_talks_to_the_service_as_specified(tmp_path: Path, resample: in
     assert report["service"]["falseAccepts"]["count"] == 0
 
 
+def test_ctrl_c_stops_evaluate_in_one_line_after_deleting_its_speakers(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    manifest = tmp_path / "manifest.csv"
+    with open(manifest, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["path", "speaker"])
+        for speaker, seconds in (("A", 1.0), ("B", 1.5)):
+            for i in range(3):
+                tone_wav(tmp_path / f"{speaker}{i}.wav", seconds)
+                writer.writerow([f"{speaker}{i}.wav", speaker])
+    fake = FakeService()
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v1/speakers":
+            return httpx.Response(200, json={"speakers": [], "total": 0})
+        if request.url.path == "/v1/identify":
+            raise KeyboardInterrupt  # the operator's Ctrl-C while trials are in flight
+        return fake(request)
+
+    def connect(args: Any) -> ServiceClient:
+        return ServiceClient(args.url, args.api_key, transport=httpx.MockTransport(handler))
+
+    monkeypatch.setattr(evaluate, "connect", connect)
+    argv = ["evaluate", str(manifest), "--url", "http://svc", "--api-key", "k", "--min-clips", "3"]
+    assert main([*argv, "--enroll-clips", "2"]) == INTERRUPTED == 130
+    err = capsys.readouterr().err
+    assert "stopped: interrupted, no report" in err and "Traceback" not in err
+    deleted = sorted(path for method, path, _ in fake.requests if method == "DELETE")
+    assert len(deleted) == 2 and all(p.startswith("/v1/speakers/eval-") for p in deleted)
+
+
 # --- both commands against the real service ------------------------------------------------------
 
 ALICE = [f"librispeech/test-other/367/367-130732-000{i}.flac" for i in (2, 3, 5)]
@@ -212,7 +258,9 @@ def run_cli(capsys: pytest.CaptureFixture[str], *argv: str | Path) -> tuple[int,
 
 
 def state_lines(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
+    """The answers in a state file (not the "sent" lines written before each request)."""
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    return [r for r in lines if r["result"] != "sent"]
 
 
 @needs_speech
@@ -239,9 +287,10 @@ def test_enroll_bulk_from_folders_summarises_and_resumes(
     assert "speakers: 2 (0 complete, 2 enrolling" in out
     assert "samples accepted: 3" in out and "samples refused: 2" in out
     assert "enrollment.DuplicateSample" in out and "audio.InsufficientSpeech" in out
-    assert "'Bob Smith' -> Bob_Smith" in out and "notes.txt: extension .txt is not audio" in out
+    bob = speaker_ids(["Bob Smith"])["Bob Smith"]
+    assert f"'Bob Smith' -> {bob}" in out and "notes.txt: extension .txt is not audio" in out
     with live.client(key) as client:
-        assert client.get("/v1/speakers/Bob_Smith").json()["samples"] == 1
+        assert client.get(f"/v1/speakers/{bob}").json()["samples"] == 1
 
     # A third file for alice: a re-run sends only that one and completes her enrollment.
     shutil.copy(EVAL_SPEECH / ALICE[2], root / "alice")
@@ -293,18 +342,19 @@ def test_enroll_bulk_from_a_csv(live: LiveServer, tmp_path: Path, capsys: pytest
         "1",
     )
     assert code == 1, out  # a file of the list is missing: the migration is not whole
-    assert "samples accepted: 3" in out and "'bad id!' -> bad_id" in out
+    bad_id = speaker_ids(["bad id!"])["bad id!"]
+    assert "samples accepted: 3" in out and f"'bad id!' -> {bad_id}" in out
     assert "could not be read (fix, then run again) (1):\n  audio/missing.flac: file not found" in out
     assert "audio/one.flac: listed again for carol" in out
     assert "enrollment.DuplicateRecording" in out
     assert {(r["speakerId"], r["result"]) for r in state_lines(state)} == {
         ("carol", "accepted"),
-        ("bad_id", "accepted"),
+        (bad_id, "accepted"),
         ("dave", "refused"),
     }
     with live.client(key) as client:
         listed = client.get("/audio/generic/api/v1/sync/diarization/get_enrolled_speakers").json()
-    assert sorted(s["speaker_id"] for s in listed["enrolled_speaker_ids"]) == ["bad_id", "carol"]
+    assert sorted(s["speaker_id"] for s in listed["enrolled_speaker_ids"]) == sorted([bad_id, "carol"])
 
 
 @needs_speech
@@ -367,7 +417,45 @@ def test_enroll_bulk_stops_at_a_wrong_url_or_key(
             capsys, "enroll-bulk", tmp_path / "in", "--url", url, "--api-key", api_key, "--state", state
         )
         assert code == 2
-        assert state.read_text() == ""  # nothing recorded: a corrected re-run sends everything
+        assert not state.exists() or state.read_text() == ""  # a corrected re-run sends everything
+
+
+@needs_speech
+@pytest.mark.model
+def test_enroll_bulk_resumes_a_killed_run_without_counting_its_lost_answers_as_refused(
+    live: LiveServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    key = new_key(live.settings, "bulk-resume")
+    (tmp_path / "in" / "erin").mkdir(parents=True)
+    for rel in ALICE[:2]:
+        shutil.copy(EVAL_SPEECH / rel, tmp_path / "in" / "erin")
+    first = tmp_path / "in" / "erin" / Path(ALICE[0]).name
+    # A killed run: the first file was sent and stored by the service, its answer lost with the client.
+    with live.client(key) as client:
+        body = {
+            "content": base64.b64encode(first.read_bytes()).decode(),
+            "encoding": "FLAC",
+            "languageCode": "en-US",
+            "speakerId": "erin",
+        }
+        assert client.post(enroll_bulk.ENROLL, json=body).status_code == 200
+    state = tmp_path / "state.jsonl"
+    sent = {"url": live.url + "/", "speakerId": "erin", "file": f"erin/{first.name}", "result": "sent"}
+    state.write_text(json.dumps(sent) + "\n")
+
+    code, out = run_cli(
+        capsys, "enroll-bulk", tmp_path / "in", "--url", live.url, "--api-key", key, "--state", state
+    )
+    assert code == 0, out
+    assert "samples accepted: 2 (1 already enrolled" in out and "samples refused: 0" in out
+    answer = state_lines(state)[0]
+    assert (answer["file"], answer["result"], answer["errorcode"]) == (
+        f"erin/{first.name}",
+        "accepted",
+        "enrollment.DuplicateSample",
+    )
+    with live.client(key) as client:
+        assert client.get("/v1/speakers/erin").json()["samples"] == 2
 
 
 def test_a_sample_without_an_answer_holds_back_the_rest_of_its_speaker(tmp_path: Path) -> None:
@@ -392,6 +480,12 @@ def test_a_sample_without_an_answer_holds_back_the_rest_of_its_speaker(tmp_path:
         "held back behind an unsent sample": 1,
     }
     assert [r["file"] for r in state_lines(tmp_path / "state.jsonl")] == ["0.wav"]
+    sent = [json.loads(line) for line in (tmp_path / "state.jsonl").read_text().splitlines()]
+    assert [(r["file"], r["result"]) for r in sent] == [
+        ("0.wav", "sent"),
+        ("0.wav", "accepted"),
+        ("1.wav", "sent"),
+    ]
 
 
 def test_folders_and_files_that_cannot_be_read_are_named(
