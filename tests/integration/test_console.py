@@ -2,7 +2,8 @@
 on a `speakerid serve` process, with Chromium's fake capture device playing real speech of one
 eval-speech speaker as the microphone. The operator signs in, enrolls the speaker to Complete from
 the microphone, identifies them from a recording and live (over the WebSocket route), sees a refused
-sample's reason, and deletes a speaker.
+sample's reason, and deletes a speaker. A second tenant of a few hundred speakers (rows inserted
+directly) is listed a page at a time, searched, and skipped past with the section links.
 
 The screenshot of the signed-in console is kept in the test's tmp folder (docs/console.png is one).
 """
@@ -17,18 +18,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 from selenium.common.exceptions import TimeoutException
+from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support import expected_conditions
 from selenium.webdriver.support.ui import WebDriverWait
+from sqlalchemy import create_engine, insert
 
 from devtools.browser import chromium, chromium_paths, missing_reason
 from devtools.clips import load_clip, manifest, silence_flac
 from devtools.server import LocalServer, local_server
 from devtools.sets import EVAL_SPEECH
+from service.storage.repository import SqlStore
+from service.storage.tables import Speaker
 from tests.conftest import needs_speech
-from tests.databases import in_ci
+from tests.databases import in_ci, tenant_of_key
 
 pytestmark = [pytest.mark.slow, needs_speech]
 
@@ -85,19 +90,19 @@ def wait_for_text(driver: WebDriver, selector: str, *texts: str, within_s: float
     return str(element.text)
 
 
-def sign_in(driver: WebDriver, server: LocalServer) -> None:
+def sign_in(driver: WebDriver, server: LocalServer, key: str | None = None) -> None:
     driver.get(f"{server.url}/console")  # redirected to /console/
     key_field = driver.find_element(By.ID, "api-key")
     key_field.send_keys("sk_not_a_key", Keys.ENTER)  # the keyboard alone signs in
     assert "not accepted" in wait_for_text(driver, "#sign-in-status", "not accepted", within_s=30)
     key_field.clear()
-    key_field.send_keys(server.key, Keys.ENTER)
+    key_field.send_keys(key or server.key, Keys.ENTER)
     WebDriverWait(driver, 30).until(expected_conditions.visibility_of_element_located((By.ID, "work")))
     # Focus moves to what appeared (once the list is in), for keyboard and screen-reader users.
     WebDriverWait(driver, 30).until(
         lambda d: d.switch_to.active_element.get_attribute("id") == "speakers-title"
     )
-    assert driver.execute_script("return sessionStorage.getItem('speakerid.apiKey')") == server.key
+    assert driver.execute_script("return sessionStorage.getItem('speakerid.apiKey')") == (key or server.key)
 
 
 def record(driver: WebDriver, form: str) -> None:
@@ -191,6 +196,10 @@ def test_a_refused_sample_shows_the_reason_and_a_delete_asks_first(
 def test_on_a_phone_screen_nothing_is_wider_than_the_screen(browser: WebDriver, server: LocalServer) -> None:
     if not browser.find_elements(By.CSS_SELECTOR, "#work:not([hidden])"):
         sign_in(browser, server)
+    assert_fits_a_phone(browser)
+
+
+def assert_fits_a_phone(browser: WebDriver) -> None:
     # A phone's viewport (headless windows are never narrower than 500 px).
     browser.execute_cdp_cmd(
         "Emulation.setDeviceMetricsOverride",
@@ -204,3 +213,86 @@ def test_on_a_phone_screen_nothing_is_wider_than_the_screen(browser: WebDriver, 
         assert widths[1] <= widths[2], f"the page is wider than a 390 px screen: {widths}"
     finally:
         browser.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
+
+
+CROWD = 230  # speakers of a second tenant: four full pages of 50 and one of 30
+PAGE = 50
+
+
+@pytest.fixture(scope="module")
+def crowd_key(server: LocalServer) -> str:
+    """A key of a second tenant with CROWD speakers, caller-000 to caller-229, inserted as rows in
+    one statement (no audio, no model: the list shows them as enrolling, with no samples)."""
+    engine = create_engine(server.env()["SPK_DATABASE_URL"])
+    try:
+        _, key = SqlStore(engine).create_key("crowd")  # as `speakerid keys create`, without its start-up
+        tenant = tenant_of_key(engine, key)
+        with engine.begin() as conn:
+            rows = [{"tenant_id": tenant, "external_id": f"caller-{i:03d}"} for i in range(CROWD)]
+            conn.execute(insert(Speaker), rows)
+    finally:
+        engine.dispose()
+    return key
+
+
+def listed(driver: WebDriver, count: str) -> list[str]:
+    """The speaker ids on the page once the count says `count`."""
+    assert count in wait_for_text(driver, "#speaker-count", count, within_s=30)
+    rows = driver.find_elements(By.CSS_SELECTOR, "#speaker-table tbody tr")
+    return [str(r.get_attribute("data-speaker")) for r in rows]
+
+
+def tab_stops_before(driver: WebDriver, selector: str) -> int:
+    """How many Tab stops the keyboard passes, from the top of the page, before `selector`."""
+    return int(
+        driver.execute_script(
+            "const stops = [...document.querySelectorAll("
+            "'a[href], button, input, select, textarea, [tabindex]:not([tabindex=\"-1\"])')]"
+            ".filter((e) => !e.disabled && e.offsetParent !== null);"
+            "return stops.indexOf(document.querySelector(arguments[0]));",
+            selector,
+        )
+    )
+
+
+def test_a_crowded_tenant_is_listed_a_page_at_a_time_searched_and_skipped_past(
+    browser: WebDriver, server: LocalServer, crowd_key: str
+) -> None:
+    browser.get(f"{server.url}/console/")
+    browser.execute_script("sessionStorage.clear()")  # whoever an earlier test signed in
+    sign_in(browser, server, crowd_key)
+    ids = [f"caller-{i:03d}" for i in range(CROWD)]
+    assert listed(browser, f"Speakers 1-50 of {CROWD}") == ids[:PAGE]  # one page, not 230 rows
+
+    # The section links reach the forms past the list: the Enroll link is a few Tab stops from the
+    # top, and following it with the keyboard puts the focus on the Enroll form.
+    assert 0 <= tab_stops_before(browser, "#sections a[href='#enroll']") <= 3
+    assert tab_stops_before(browser, "#enroll-speaker") <= PAGE + 12  # a page of Delete buttons at most
+    browser.find_element(By.CSS_SELECTOR, "#sections a[href='#enroll']").send_keys(Keys.ENTER)
+    assert browser.switch_to.active_element.get_attribute("id") == "enroll"
+    ActionChains(browser).send_keys(Keys.TAB).perform()
+    assert browser.switch_to.active_element.get_attribute("id") == "enroll-speaker"
+
+    # Next shows the next ids; on the last page Next is off and the focus is on Previous.
+    next_page = browser.find_element(By.ID, "page-next")
+    next_page.click()
+    assert listed(browser, f"Speakers 51-100 of {CROWD}") == ids[PAGE : 2 * PAGE]
+    for first in (101, 151):
+        next_page.click()
+        listed(browser, f"Speakers {first}-{first + PAGE - 1} of {CROWD}")
+    next_page.send_keys(Keys.ENTER)
+    assert listed(browser, f"Speakers 201-230 of {CROWD}") == ids[200:]
+    assert not next_page.is_enabled()
+    assert browser.switch_to.active_element.get_attribute("id") == "page-previous"
+    assert_fits_a_phone(browser)  # a full page, the search box and the pager on a phone
+
+    # The search narrows the list (any case, anywhere in the id) and starts at its first page.
+    browser.find_element(By.ID, "speaker-search").send_keys("Caller-21")
+    assert listed(browser, '10 speakers matching "Caller-21"') == ids[210:220]
+    assert not next_page.is_enabled()
+    browser.find_element(By.ID, "speaker-search").send_keys(Keys.BACKSPACE * 9, "nobody")
+    assert listed(browser, 'No speaker ids contain "nobody"') == []
+    browser.find_element(By.ID, "speaker-search").clear()
+    browser.find_element(By.ID, "speaker-search").send_keys(Keys.ENTER)  # an empty search: everyone
+    assert listed(browser, f"Speakers 1-50 of {CROWD}") == ids[:PAGE]
+    browser.find_element(By.ID, "sign-out").click()

@@ -47,6 +47,19 @@ def test_the_console_is_served_with_a_policy_that_allows_only_its_own_origin(tmp
     assert "<script>" not in page.text and not re.search(r"\son[a-z]+=", page.text)
 
 
+def test_the_console_links_each_section_and_each_link_can_take_the_focus(tmp_path: Path) -> None:
+    page = served(tmp_path).get("/console/").text
+    # Keyboard users reach the forms from the header instead of tabbing through the speaker list.
+    nav = page[page.index('<nav id="sections"') : page.index("</nav>")]
+    targets = re.findall(r'href="#([a-z-]+)"', nav)
+    assert {"speakers", "enroll", "identify", "verify", "live"} <= set(targets), targets
+    for target in targets:
+        assert re.search(rf'<section id="{target}"[^>]* tabindex="-1"', page), target
+    # The list is a page at a time, with a labelled search box and its pager.
+    assert '<label for="speaker-search">' in page and 'id="speaker-search"' in page
+    assert 'id="page-previous"' in page and 'id="page-next"' in page
+
+
 def test_the_console_policy_stays_off_the_api(tmp_path: Path) -> None:
     answer = served(tmp_path).get("/healthz")
     assert "content-security-policy" not in answer.headers

@@ -113,6 +113,7 @@ async function signIn(key) {
   $("#sign-in").hidden = true;
   $("#work").hidden = false;
   $("#who").hidden = false;
+  $("#sections").hidden = false;
   $("#who-text").textContent = "Signed in";
   await listSpeakers();
   $("#speakers-title").setAttribute("tabindex", "-1");
@@ -124,6 +125,8 @@ function signOut() {
   sessionStorage.removeItem(KEY);
   $("#work").hidden = true;
   $("#who").hidden = true;
+  $("#sections").hidden = true;
+  resetList();
   $("#sign-in").hidden = false;
   $("#api-key").value = "";
   $("#api-key").focus();
@@ -131,24 +134,107 @@ function signOut() {
 
 // --- speakers --------------------------------------------------------------------------------
 
-async function listSpeakers() {
+// One page of the list at a time, from the API's offset/limit paging. The API has no filter, so a
+// search reads the whole list once (1,000 a request), keeps it until the next Refresh, enroll or
+// delete, and pages through the matches here.
+const PAGE_SIZE = 50;
+const FETCH_SIZE = 1000;
+const SEARCH_DELAY_MS = 250;
+const list = { offset: 0, search: "", everyone: null, generation: 0, typing: 0 };
+const count = (n) => n.toLocaleString("en");
+
+async function everySpeaker() {
+  if (!list.everyone) {
+    const reading = (async () => {
+      const rows = [];
+      for (let offset = 0; ; ) {
+        const page = await api(`speakers?offset=${offset}&limit=${FETCH_SIZE}`);
+        rows.push(...page.speakers);
+        offset += page.speakers.length;
+        if (!page.speakers.length || offset >= page.total) return rows;
+      }
+    })();
+    reading.catch(() => { if (list.everyone === reading) list.everyone = null; }); // read again next time
+    list.everyone = reading;
+  }
+  return list.everyone;
+}
+
+// The page at list.offset (moved back onto the last page when the list has shrunk below it).
+async function speakerPage() {
+  const lastPage = (total) => Math.max(0, Math.ceil(total / PAGE_SIZE) - 1) * PAGE_SIZE;
+  if (list.search) {
+    const needle = list.search.toLowerCase();
+    const found = (await everySpeaker()).filter((s) => s.speakerId.toLowerCase().includes(needle));
+    list.offset = Math.min(list.offset, lastPage(found.length));
+    return { speakers: found.slice(list.offset, list.offset + PAGE_SIZE), total: found.length };
+  }
+  let page = await api(`speakers?offset=${list.offset}&limit=${PAGE_SIZE}`);
+  if (!page.speakers.length && list.offset > 0 && page.total > 0) {
+    list.offset = lastPage(page.total);
+    page = await api(`speakers?offset=${list.offset}&limit=${PAGE_SIZE}`);
+  }
+  return page;
+}
+
+// `reload`: read the list afresh (after a change); paging and searching reuse what was read.
+async function listSpeakers({ reload = true } = {}) {
   const status = $("#speakers-status");
-  const rows = [];
+  const generation = ++list.generation;
+  if (reload) list.everyone = null;
+  let page;
   try {
-    for (let offset = 0; ; ) {
-      const page = await api(`speakers?offset=${offset}&limit=1000`);
-      rows.push(...page.speakers);
-      offset += page.speakers.length;
-      if (!page.speakers.length || offset >= page.total) break;
-    }
+    page = await speakerPage();
   } catch (error) {
-    say(status, `Could not list speakers: ${error.message}`, "error");
+    if (generation === list.generation) say(status, `Could not list speakers: ${error.message}`, "error");
     return;
   }
-  const body = $("#speaker-table tbody");
-  body.replaceChildren(...rows.map(speakerRow));
-  $("#speaker-count").textContent = `${rows.length} speaker${rows.length === 1 ? "" : "s"}`;
-  say(status, rows.length ? "" : "No speakers enrolled yet.");
+  if (generation !== list.generation) return; // a newer listing (a page, a search) is on its way
+  $("#speaker-table tbody").replaceChildren(...page.speakers.map(speakerRow));
+  const shown = page.speakers.length;
+  const matching = list.search ? ` matching "${list.search}"` : "";
+  let said = `Speakers ${count(list.offset + 1)}-${count(list.offset + shown)} of ${count(page.total)}${matching}`;
+  if (shown === page.total) said = `${count(shown)} speaker${shown === 1 ? "" : "s"}${matching}`; // one page
+  if (!shown) said = list.search ? `No speaker ids contain "${list.search}"` : "No speakers";
+  $("#speaker-count").textContent = said;
+  pagerButtons(list.offset > 0, list.offset + shown < page.total);
+  say(status, page.total || list.search ? "" : "No speakers enrolled yet.");
+}
+
+// Previous and Next, enabled when there is a page that way; a button that goes disabled under
+// the keyboard's focus hands it to the other one, so focus is never dropped on the page.
+function pagerButtons(previous, next) {
+  const focused = document.activeElement;
+  $("#page-previous").disabled = !previous;
+  $("#page-next").disabled = !next;
+  if (focused && focused.disabled) {
+    const other = focused.id === "page-next" ? $("#page-previous") : $("#page-next");
+    (other.disabled ? $("#speaker-search") : other).focus();
+  }
+}
+
+function turnPage(step) {
+  list.offset = Math.max(0, list.offset + step * PAGE_SIZE);
+  listSpeakers({ reload: false });
+}
+
+function search(now = false) {
+  clearTimeout(list.typing);
+  const run = () => {
+    const wanted = $("#speaker-search").value.trim();
+    if (wanted === list.search) return;
+    list.search = wanted;
+    list.offset = 0;
+    listSpeakers({ reload: false });
+  };
+  if (now) run();
+  else list.typing = setTimeout(run, SEARCH_DELAY_MS);
+}
+
+function resetList() {
+  clearTimeout(list.typing);
+  Object.assign(list, { offset: 0, search: "", everyone: null, generation: list.generation + 1 });
+  $("#speaker-search").value = "";
 }
 
 function speakerRow(speaker) {
@@ -426,7 +512,20 @@ $("#sign-in-form").addEventListener("submit", async (event) => {
   }
 });
 $("#sign-out").addEventListener("click", signOut);
-$("#refresh").addEventListener("click", listSpeakers);
+$("#refresh").addEventListener("click", () => listSpeakers());
+$("#page-previous").addEventListener("click", () => turnPage(-1));
+$("#page-next").addEventListener("click", () => turnPage(1));
+$("#speaker-search").addEventListener("input", () => search());
+$("#speaker-filter").addEventListener("submit", (event) => {
+  event.preventDefault();
+  search(true);
+});
+// A section link moves the keyboard's focus to the section too (sections take focus, tabindex -1).
+$("#sections").addEventListener("click", (event) => {
+  const link = event.target.closest("a");
+  const target = link && document.getElementById(link.hash.slice(1));
+  if (target) target.focus();
+});
 audioForm($("#enroll-form"), enroll);
 audioForm($("#identify-form"), identify);
 audioForm($("#verify-form"), verify);
