@@ -234,18 +234,6 @@ class JobWorker:
             self._release_hosts(taken)
             self._slots.release()
 
-    def deliver_next(self) -> bool:
-        """One delivery attempt of one due result, here and now; False when none was due."""
-        taken: list[str] = []
-        try:
-            job = self._claim_delivery(taken)
-            if job is None:
-                return False
-            self._attempt(job)
-            return True
-        finally:
-            self._release_hosts(taken)
-
     def _claim_delivery(self, taken: list[str]) -> JobRecord | None:
         """A due result to a host with fewer than `webhook_per_host` attempts under way in this
         process (its slot noted in `taken`); None when there is none."""
