@@ -150,8 +150,13 @@ class JobWorker:
             self.store.finish(job.id, self.name, "failed", fault(job.request_id, "job.Abandoned", message))
             return True
         ctx = JobContext()
-        with self._lock:
-            self._running.add(ctx)
+        with self._lock:  # `stop` sets the flag, then cancels what is in `_running` under this lock
+            stopping = self._stopping.is_set()
+            if not stopping:
+                self._running.add(ctx)
+        if stopping:  # claimed while stopping (another thread's job, just given back): give it back
+            self.store.release(job.id, self.name)
+            return True
         renewing = threading.Event()
         beat = threading.Thread(target=self._renew, args=(job, ctx, renewing), name="job-lease", daemon=True)
         beat.start()

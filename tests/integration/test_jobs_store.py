@@ -386,3 +386,21 @@ def test_the_retry_window_opens_at_the_first_attempt(engine: Engine, tenant: int
     assert abs((datetime.now(UTC) - again.first_delivery_at).total_seconds() - 2.0) < 5
     late = again.first_delivery_at + timedelta(seconds=61)
     assert w.next_attempt(again, late) is None
+
+
+def test_a_job_claimed_while_the_worker_stops_goes_back_unrun(engine: Engine, tenant: int) -> None:
+    """A second job thread whose claim was under way as `stop` ran (it may take the very job the
+    first thread just gave back) gives it back instead of running it past the stop."""
+    store = SqlJobStore(engine)
+    ran: list[str] = []
+
+    def handler(job: JobRecord, ctx: JobContext) -> dict[str, Any]:
+        ran.append(job.request_id)
+        return {}
+
+    w = worker(store, handler).start()
+    w.stop()
+    store.create(new_job(tenant, "late"))
+    assert w.run_next()  # what the other thread's claim in flight does next
+    job = store.get(tenant, "late")
+    assert ran == [] and job is not None and job.state == "queued" and job.runs == 0
