@@ -12,7 +12,8 @@ Every 0.1 s frame of reference speech (the speech silero hears in each turn alon
 the answer covering it names the turn's speaker ("unknown" for the reader never enrolled), a
 wrong name when it names someone else, and unanswered when no answer covers it.
 
-Usage: python -m scripts.eval_realtime [--half 1] [--per-rate 12] [--hold-margin 2] [--json OUT]
+Usage: python -m scripts.eval_realtime [--half 1] [--per-rate 12] [--hold-margin 2] [--hold-max 1.5]
+    [--min-voice 1] [--json OUT]
 """
 
 from __future__ import annotations
@@ -137,13 +138,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--chunks", default="0.5,1,3", help="chunk lengths in seconds")
     parser.add_argument("--hold-margin", type=float, default=None, help="SPK_REALTIME__HOLD_MARGIN")
     parser.add_argument("--context", type=float, default=None, help="SPK_REALTIME__CONTEXT_SECONDS")
+    parser.add_argument("--hold-max", type=float, default=None, help="SPK_REALTIME__HOLD_MAX_SECONDS")
+    parser.add_argument("--min-voice", type=float, default=None, help="SPK_REALTIME__MIN_VOICE_SECONDS")
     parser.add_argument("--json", type=Path, help="write every conversation's figures here")
     args = parser.parse_args(argv)
-    realtime = Settings().realtime
-    if args.hold_margin is not None:
-        realtime = realtime.model_copy(update={"hold_margin": args.hold_margin})
-    if args.context is not None:
-        realtime = realtime.model_copy(update={"context_seconds": args.context})
+    given = {
+        "hold_margin": args.hold_margin,
+        "context_seconds": args.context,
+        "hold_max_seconds": args.hold_max,
+        "min_voice_seconds": args.min_voice,
+    }
+    realtime = Settings().realtime.model_copy(update={k: v for k, v in given.items() if v is not None})
     with tempfile.TemporaryDirectory() as work:
         url = f"sqlite:///{Path(work) / 'stream.db'}"
         migrate(url)
@@ -171,7 +176,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(json.dumps(row), flush=True)
             rows.append(row)
         services.runtime.engine.dispose()
-    print(f"\nhalf {args.half}, hold margin {realtime.hold_margin:g}, context {realtime.context_seconds:g} s")
+    print(
+        f"\nhalf {args.half}, hold margin {realtime.hold_margin:g}, context {realtime.context_seconds:g} s, "
+        f"hold for {realtime.hold_max_seconds:g} s at most, a voice {realtime.min_voice_seconds:g} s at least"
+    )
     print("rate | way | right | wrong name | unanswered | conversations")
     for rate in rates:
         mine = [r for r in rows if r["rate"] == rate]

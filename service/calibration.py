@@ -227,3 +227,11 @@ DIARIZATION_WINDOW_STOP_DISTANCE = 0.45  # cosine distance, average linkage, bet
 DIARIZATION_STOP_DISTANCE = 0.875  # between voices, from whole stretches less part of the clip's mean
 DIARIZATION_CENTRING = 0.3  # share of the clip's mean stretch vector taken from each before clustering
 DIARIZATION_MIN_VOICE_S = 1.5  # a voice found in the audio holds at least this much speech
+# A realtime stream's window (the chunk and 1.5 s of context before it) holds a new speaker's first
+# words beside the last speaker's turn; with a voice of at least 1.5 s, one of 1-1.5 s was folded
+# into the other, so a turn starting late in a chunk was named after the speaker before. A name is
+# held (`StreamSession._held`) for an unknown stretch of at most REALTIME_HOLD_MAX_S in its chunk.
+# Both chosen on half 0 of eval-speech's readers (`python -m scripts.eval_realtime --half 0`): see
+# the README's realtime section for the figures.
+REALTIME_MIN_VOICE_S = 1.0
+REALTIME_HOLD_MAX_S = 1.5

@@ -271,6 +271,14 @@ class RealtimeSettings(BaseModel):
         "that speaker is, keeps the name at this many score units under the identify threshold; 0 = off",
     )
     hold_seconds: float = Field(3.0, ge=0, description="how long after a named stretch the name is held")
+    hold_max_seconds: float = Field(
+        cal.REALTIME_HOLD_MAX_S, ge=0, description="the longest stretch in a chunk that a name is held for"
+    )
+    min_voice_seconds: float = Field(
+        cal.REALTIME_MIN_VOICE_S,
+        gt=0,
+        description="speech a voice of a stream's window holds at least; a shorter one joins the nearest",
+    )
     max_chunk_seconds: float = Field(30.0, gt=0, description="longest chunk accepted")
     max_chunk_bytes: int = Field(8 * 1024 * 1024, ge=1, description="largest chunk (message or frame)")
     queue_chunks: int = Field(

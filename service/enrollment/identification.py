@@ -168,18 +168,25 @@ class IdentificationService:
         speaker_ids: Sequence[str] | None = None,
         cancel: Cancellation | None = None,
         known: SpanVectors | None = None,
+        turns: TurnOptions | None = None,
     ) -> list[Segment]:
         """The clip's speech in time order, each stretch labelled with a speaker or None.
 
         The turns come from the diarization machinery (`service.diarization.turns`: voices found by
         clustering short windows, boundaries from frame-level likeness, each stretch re-scored whole);
         each voice, from all of its speech, is then labelled by the identify rule (`label`).
-        `known`: a stream's vectors of audio it scored before (`find_turns`).
+        `known`: a stream's vectors of audio it scored before (`find_turns`); `turns`: options other
+        than the service's (a stream's window).
         """
         only = self._restriction(tenant_id, speaker_ids)
         prepared = self.frontend.load(audio, self.limits, cancel)
         found = find_turns(
-            prepared, self.embed, self.turn_options, max_count=self.max_voices, cancel=cancel, known=known
+            prepared,
+            self.embed,
+            turns or self.turn_options,
+            max_count=self.max_voices,
+            cancel=cancel,
+            known=known,
         )
         if not found.turns:
             return []

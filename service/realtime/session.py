@@ -16,6 +16,7 @@ compute thread like every HTTP request's).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import threading
@@ -48,10 +49,6 @@ from service.errors import (
 from service.storage.repository import TenantKey
 
 UNKNOWN = "unknown"
-# A name is held (`StreamSession._held`) for an answer's stretch of at most this long in its chunk.
-# On built conversations (half 0 of eval-speech's readers, 16 and 8 kHz) the longer stretches it
-# would have held, in 3 s chunks, were as often the start of the next speaker's turn as not.
-HOLD_MAX_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -157,6 +154,8 @@ class StreamSession:
         self._known = SpanVectors()  # vectors of the context's audio, keyed by those sample counts
         self._source_rate = MODEL_RATE  # the rate the context's chunks came at
         self._named: tuple[str, float] | None = None  # the speaker last named, and where that ended
+        # A new speaker's first words in a chunk are a voice of their own from a shorter stretch.
+        self._turns = dataclasses.replace(identification.turn_options, min_voice_s=settings.min_voice_seconds)
 
     @staticmethod
     def check_speakers(enrollment: EnrollmentService, tenant_id: int, speaker_ids: Sequence[str]) -> None:
@@ -235,6 +234,7 @@ class StreamSession:
             self.speaker_ids,
             cancel,
             known=self._known,
+            turns=self._turns,
         )
         out = []
         for s in found:
@@ -257,7 +257,7 @@ class StreamSession:
         margin = self.settings.hold_margin
         if not margin or self._named is None or segment.score is None:
             return None
-        if end - start > HOLD_MAX_S:  # the answer's stretch, in the chunk
+        if end - start > self.settings.hold_max_seconds:  # the answer's stretch, in the chunk
             return None
         name, named_end = self._named
         if segment.candidate != name or start - named_end > self.settings.hold_seconds:

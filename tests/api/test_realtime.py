@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import itertools
 import json
 import os
 import subprocess
@@ -133,6 +134,28 @@ def test_websocket_names_each_frames_speaker(rt: LiveServer, key: str, talk: Con
         assert found == talk.speaker_at(3 * i + 1.5), answer
         assert all(s["score"] >= threshold(rt) for s in answer["segments"] if s["speakerId"] != "unknown")
         assert answer["start"] == pytest.approx(3 * i) and answer["end"] == pytest.approx(3 * i + 3)
+
+
+@pytest.mark.parametrize("lead", [1.5, 1.8])
+def test_a_turn_that_starts_late_in_a_chunk_is_not_named_after_the_speaker_before(
+    rt: LiveServer, key: str, talk: Conversation, lead: float
+) -> None:
+    """3 s frames after a first one of `lead` seconds: each turn change (6 s, 12 s) comes 1.2-1.5 s
+    before its frame ends. That speech was folded into the voice of the turn before it when a voice
+    needed 1.5 s (the stranger's first 1.5-1.8 s named alice, bob's first ones unknown)."""
+    x, step = talk.samples, int(3 * RATE)
+    edges = [0, *range(int(lead * RATE), len(x), step), len(x)]
+    frames = [x[a:b].astype("<i2").tobytes() for a, b in itertools.pairwise(edges)]
+    answers = websocket_stream(websocket_url(rt.url, key, sampleRate="16000"), frames)
+    segments = [(s["speakerId"], s["start"], s["end"]) for a in answers for s in a.get("segments", [])]
+
+    def named(who: str, start: float, end: float) -> float:
+        frames = np.arange(start + 0.05, end, 0.1)
+        return 0.1 * sum(any(s == who and a <= t < b for s, a, b in segments) for t in frames)
+
+    assert talk.speakers == ["alice", "unknown", "bob"]
+    assert named("alice", 6.0, 8.0) <= 0.3, segments
+    assert named("bob", 12.0, 14.0) >= 1.0, segments
 
 
 def test_a_streams_known_vectors_give_the_same_answers_for_less_model_work(

@@ -14,11 +14,11 @@ from devtools.fakes import FakeServices, SyntheticVoice, as_linear16, fake_servi
 from service.api.stream import answer_json
 from service.audio.frontend import AudioInput
 from service.config import RealtimeSettings
+from service.diarization.turns import TurnOptions
 from service.enrollment.identification import Segment, Thresholds
 from service.errors import InvalidSpeakerId, SpeakerNotFound, TooManyStreams, Unauthorized
 from service.realtime.grpc_server import answer_messages
 from service.realtime.session import (
-    HOLD_MAX_S,
     StreamLimiter,
     StreamSession,
     authenticate,
@@ -238,6 +238,7 @@ class Scripted:
     def __init__(self, answers: list[list[Segment]], threshold: float = 4.0) -> None:
         self.answers = answers
         self.thresholds = Thresholds(threshold, threshold)
+        self.turn_options = TurnOptions()
 
     def segments(self, *args: object, **kwargs: object) -> list[Segment]:
         return self.answers.pop(0)
@@ -268,7 +269,8 @@ def test_a_short_stretch_whose_best_candidate_was_just_named_keeps_the_name() ->
     assert held_names(near, hold_margin=1.0) == ["alice", "unknown"]  # under the margin
     other = Segment(None, 0.2, 0.9, 3.5, candidate="bob")
     assert held_names(other, hold_margin=2.0) == ["alice", "unknown"]  # someone else's best
-    long = Segment(None, 0.0, HOLD_MAX_S + 0.5, 3.5, candidate="alice")
-    assert held_names(long, chunk_s=HOLD_MAX_S + 0.5, hold_margin=2.0) == ["alice", "unknown"]  # judged alone
+    longest = RealtimeSettings().hold_max_seconds
+    long = Segment(None, 0.0, longest + 0.5, 3.5, candidate="alice")
+    assert held_names(long, chunk_s=longest + 0.5, hold_margin=2.0) == ["alice", "unknown"]  # judged alone
     late = Segment(None, 0.2, 0.9, 3.5, candidate="alice")
     assert held_names(late, hold_margin=2.0, hold_seconds=0.1) == ["alice", "unknown"]  # too late
