@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -38,6 +40,8 @@ log = logging.getLogger(__name__)
 PG_UNAVAILABLE = ("08", "57P01", "57P02", "57P03", "57014", "55P03", "25P03", "40001", "40P01", "53300")
 # SQLite's: the write lock not had within the busy timeout, a file that cannot be opened or read.
 SQLITE_UNAVAILABLE = ("database is locked", "unable to open", "disk i/o error", "readonly database")
+# How long a SQLite connection waits for another's write lock before "database is locked".
+SQLITE_BUSY_S = 30.0
 
 
 def unavailable(exc: BaseException) -> bool:
@@ -77,7 +81,7 @@ def make_engine(url: str, settings: DatabaseSettings | None = None) -> Engine:
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_S})
         _sqlite_serialised_writes(engine)
         return engine
     # A server that does not answer fails a connection in 10 s rather than the OS's minutes (a
@@ -140,15 +144,31 @@ def _sqlite_serialised_writes(engine: Engine) -> None:
     def _connect(dbapi_connection: Any, _record: Any) -> None:
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
+        _write_ahead_log(cursor)
         cursor.execute("PRAGMA synchronous=FULL")
         cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute(f"PRAGMA busy_timeout={int(SQLITE_BUSY_S * 1000)}")
         cursor.close()
 
     @event.listens_for(engine, "begin")
     def _begin(connection: Any) -> None:
         connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def _write_ahead_log(cursor: Any, wait_s: float = SQLITE_BUSY_S) -> None:
+    """PRAGMA journal_mode=WAL. Switching a new database file to it needs a lock that SQLite does
+    not wait for (its busy timeout is not consulted): while another connection writes to the file,
+    the switch fails at once with "database is locked", which failed one of two `speakerid migrate`
+    started together on a new file. It is tried again until `wait_s` have passed."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.05)
 
 
 def alembic_config(url: str) -> AlembicConfig:

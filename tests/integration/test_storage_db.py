@@ -154,6 +154,29 @@ def test_two_migrations_at_once_both_succeed(kind: str, tmp_path: Path) -> None:
         engine.dispose()
 
 
+def test_a_connection_to_a_new_sqlite_file_waits_for_a_writer(tmp_path: Path) -> None:
+    """A new file is switched to write-ahead logging on connect, which SQLite refuses at once (no
+    busy timeout) while another connection writes to it: the connection tries again instead."""
+    path = tmp_path / "new.sqlite"
+    writer = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    writer.execute("CREATE TABLE t (x INTEGER)")
+    writer.execute("BEGIN IMMEDIATE")
+    writer.execute("INSERT INTO t VALUES (1)")
+    done = threading.Timer(1.0, writer.execute, ["COMMIT"])
+    done.start()
+    engine = make_engine(f"sqlite:///{path}")
+    try:
+        started = time.monotonic()
+        with engine.connect() as c:
+            assert c.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+            assert c.exec_driver_sql("SELECT x FROM t").scalar() == 1
+        assert time.monotonic() - started >= 0.5  # it waited for the writer
+    finally:
+        done.join()
+        engine.dispose()
+        writer.close()
+
+
 def test_a_migration_waits_for_the_one_under_way(tmp_path: Path) -> None:
     """On PostgreSQL a migration holds an advisory lock for its transaction: one started meanwhile
     waits for it instead of creating the same tables at the same time (which failed one of them
