@@ -236,18 +236,37 @@ class StreamSession:
             known=self._known,
             turns=self._turns,
         )
-        out = []
+        out: list[StreamSegment] = []
         for s in found:
             if s.end <= lead:
                 continue
             a, b = round(start + max(float(s.start) - lead, 0.0), 2), round(start + float(s.end) - lead, 2)
-            name = s.speaker_id or self._held(s, a, b)
+            name = s.speaker_id or self._accepted(s) or self._held(s, a, b)
             if name is not None:
                 self._named = (name, b)
-            out.append(StreamSegment(name or UNKNOWN, a, b, s.score))
+            last = out[-1] if out else None
+            if (
+                last
+                and name is not None
+                and last.speaker_id == name
+                and a - last.end <= self.identification.merge_gap_s
+            ):
+                best = max((x for x in (last.score, s.score) if x is not None), default=None)
+                out[-1] = StreamSegment(name, last.start, b, best)
+            else:
+                out.append(StreamSegment(name or UNKNOWN, a, b, s.score))
         if not out:
             raise InsufficientSpeech("No speech in this chunk")
         return out
+
+    def _accepted(self, segment: Segment) -> str | None:
+        """The best candidate of a voice that passes the identify threshold for it, yet was left
+        unknown because another voice of the window took that speaker (a diarized clip names each
+        speaker once): in a stream's short window that is one voice found twice, which held the
+        name from half of a speaker's own chunk."""
+        if segment.candidate is None or segment.score is None:
+            return None
+        return segment.candidate if segment.score >= self.identification.thresholds.identify else None
 
     def _held(self, segment: Segment, start: float, end: float) -> str | None:
         """The speaker named just before, for a voice no one was accepted for whose best candidate

@@ -239,6 +239,7 @@ class Scripted:
         self.answers = answers
         self.thresholds = Thresholds(threshold, threshold)
         self.turn_options = TurnOptions()
+        self.merge_gap_s = 1.0
 
     def segments(self, *args: object, **kwargs: object) -> list[Segment]:
         return self.answers.pop(0)
@@ -274,3 +275,31 @@ def test_a_short_stretch_whose_best_candidate_was_just_named_keeps_the_name() ->
     assert held_names(long, chunk_s=longest + 0.5, hold_margin=2.0) == ["alice", "unknown"]  # judged alone
     late = Segment(None, 0.2, 0.9, 3.5, candidate="alice")
     assert held_names(late, hold_margin=2.0, hold_seconds=0.1) == ["alice", "unknown"]  # too late
+
+
+def test_a_voice_that_passes_for_a_speaker_another_voice_took_is_named_too() -> None:
+    """A diarized clip names each speaker once, so a second voice that passes for that speaker is
+    unknown there; in a stream's short window it is the same speaker found as two voices, and the
+    chunk is answered as one stretch of that speaker (under the threshold it stays unknown)."""
+
+    def answer(second: Segment) -> list[tuple[str, float, float, float | None]]:
+        ident = Scripted([[Segment("alice", 0.0, 1.4, 6.0), second]])
+        s = StreamSession(
+            ident,  # type: ignore[arg-type]
+            ACME,
+            [],
+            RealtimeSettings(context_seconds=0.0, hold_margin=0.0),
+            decode_timeout_s=10,
+        )
+        chunk = s.chunk(as_linear16(ALICE.wave(13, seconds=3.0)[: 3 * RATE]))
+        return [(g.speaker_id, g.start, g.end, g.score) for g in chunk.segments]
+
+    assert answer(Segment(None, 1.6, 3.0, 5.0, candidate="alice")) == [("alice", 0.0, 3.0, 6.0)]
+    assert answer(Segment(None, 1.6, 3.0, 3.5, candidate="alice")) == [
+        ("alice", 0.0, 1.4, 6.0),
+        ("unknown", 1.6, 3.0, 3.5),
+    ]
+    assert answer(Segment(None, 1.6, 3.0, 5.0, candidate="bob")) == [
+        ("alice", 0.0, 1.4, 6.0),
+        ("bob", 1.6, 3.0, 5.0),
+    ]
