@@ -150,8 +150,8 @@ def test_a_turn_that_starts_late_in_a_chunk_is_not_named_after_the_speaker_befor
     segments = [(s["speakerId"], s["start"], s["end"]) for a in answers for s in a.get("segments", [])]
 
     def named(who: str, start: float, end: float) -> float:
-        frames = np.arange(start + 0.05, end, 0.1)
-        return 0.1 * sum(any(s == who and a <= t < b for s, a, b in segments) for t in frames)
+        times = np.arange(start + 0.05, end, 0.1)
+        return 0.1 * sum(any(s == who and a <= t < b for s, a, b in segments) for t in times)
 
     assert talk.speakers == ["alice", "unknown", "bob"]
     assert named("alice", 6.0, 8.0) <= 0.3, segments
