@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from service.audio import MODEL_RATE
-from service.audio.band import Band, band_of, telephone_band
+from service.audio import MODEL_RATE, Band
+from service.audio.band import band_of, telephone_band
 from service.audio.decode import decode
 from service.audio.pipeline import PreparedAudio, SpeechDetector, prepare
 from service.config import Settings

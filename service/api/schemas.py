@@ -14,7 +14,7 @@ from pydantic import (
     model_validator,
 )
 
-from service.audio.band import Band
+from service.audio import Band
 from service.audio.decode import RAW, normalise_encoding
 from service.enrollment import speaker_ids
 from service.enrollment.ports import SpeakerStatus

@@ -14,7 +14,6 @@ power above 3.8 kHz (8 kHz audio resampled to 16 kHz or more before it was sent)
 from __future__ import annotations
 
 import math
-from enum import StrEnum
 from functools import cache
 
 import numpy as np
@@ -22,7 +21,7 @@ import torch
 import torchaudio.functional as AF
 from scipy import signal
 
-from service.audio import MODEL_RATE
+from service.audio import MODEL_RATE, Band
 from service.audio.pipeline import PreparedAudio, torch_threads
 
 TELEPHONE_RATE = 8_000
@@ -36,13 +35,6 @@ HIGH_BAND_HZ = 3_800.0
 WIDEBAND_SHARE = 1e-3
 FFT_SIZE = 512
 PEAK = 0.5  # the simulation's output level (the model is insensitive to level; codecs are not)
-
-
-class Band(StrEnum):
-    """The channel a clip was heard through, as far as its spectrum tells; the values are public."""
-
-    WIDE = "wideband"
-    NARROW = "narrowband"
 
 
 def high_band_share(speech: np.ndarray) -> float:

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from service.audio.band import Band, clip_band
+from service.audio import Band
+from service.audio.band import clip_band
 from service.audio.frontend import AudioFrontEnd, AudioInput
 from service.audio.pipeline import QualityLimits
 from service.concurrency import Cancellation

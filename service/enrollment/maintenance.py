@@ -6,8 +6,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from service.audio import MODEL_RATE
-from service.audio.band import Band, band_of, telephone_band
+from service.audio import MODEL_RATE, Band
+from service.audio.band import band_of, telephone_band
 from service.audio.frontend import AudioFrontEnd, AudioInput
 from service.enrollment import policy as rules
 from service.enrollment.policy import EnrollmentPolicy

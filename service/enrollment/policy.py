@@ -8,8 +8,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from service import calibration as cal
+from service.audio import Band
 from service.audio import fingerprint as content
-from service.audio.band import Band
 from service.enrollment.ports import Aggregates, SampleRecord, SpeakerStatus, StoredRecording
 from service.errors import (
     DuplicateRecording,

@@ -15,7 +15,7 @@ from typing import Protocol
 
 import numpy as np
 
-from service.audio.band import Band
+from service.audio import Band
 from service.concurrency import Cancellation
 
 

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from service.audio import MODEL_RATE
-from service.audio.band import Band, band_of, telephone_band
+from service.audio import MODEL_RATE, Band
+from service.audio.band import band_of, telephone_band
 from service.audio.fingerprint import fingerprint
 from service.audio.frontend import AudioFrontEnd, AudioInput
 from service.audio.pipeline import PreparedAudio, QualityLimits

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from service.audio.band import Band
+from service.audio import Band
 from service.enrollment.ports import IndexEntry, SpeakerIndex
 from service.enrollment.scoring import Scorer
 

@@ -35,7 +35,7 @@ from typing import Any
 import faiss as _faiss
 import numpy as np
 
-from service.audio.band import Band
+from service.audio import Band
 from service.enrollment.ports import IndexEntry
 
 # faiss's generated stubs describe the C++ signatures, not the numpy wrappers it installs.

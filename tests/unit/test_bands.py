@@ -13,12 +13,11 @@ import torchaudio.functional as AF
 
 from devtools.clips import MEDIUM_CLIP, load_clip
 from devtools.fakes import FakeServices, MemoryStore, SyntheticVoice, as_linear16, fake_services
-from service.audio import MODEL_RATE
+from service.audio import MODEL_RATE, Band
 from service.audio.band import (
     TELEPHONE_BAND_HZ,
     TELEPHONE_RATE,
     WIDEBAND_SHARE,
-    Band,
     band_of,
     band_pass,
     high_band_share,

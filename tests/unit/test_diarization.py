@@ -14,7 +14,7 @@ import pytest
 from pydantic import ValidationError
 
 from service.api.schemas import CompatDiarizeRequest
-from service.audio.band import Band
+from service.audio import Band
 from service.audio.pipeline import PreparedAudio
 from service.concurrency import Cancellation
 from service.diarization.clustering import cluster
