@@ -30,5 +30,12 @@ echo "test.sh: PostgreSQL tests on $(sed -E 's#//([^:@/]*):[^@/]*@#//\1:***@#' <
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 .venv/bin/mypy
-# Every test, slow ones included (plain pytest runs the fast lane only); a -m in "$@" comes later and wins.
-.venv/bin/python -m pytest -m "slow or not slow" "$@"
+# Every test, slow ones included (plain pytest runs the fast lane only): first in two processes,
+# each taking whole files (pytest-xdist), then the files marked `alone` (they bound a time or kill
+# a worker) with the machine to themselves. A -m in "$@" comes later and wins, in both runs.
+status=0
+.venv/bin/python -m pytest -m "(slow or not slow) and not alone" -n 2 --dist loadfile "$@" || status=$?
+alone=0
+.venv/bin/python -m pytest -m "alone" "$@" || alone=$?
+if [ "$alone" -ne 0 ] && [ "$alone" -ne 5 ]; then status=$alone; fi  # 5: none selected
+exit "$status"

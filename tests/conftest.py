@@ -23,13 +23,15 @@ from service.api.deps import Services
 from service.api.serving import uvicorn_config
 from service.config import EgressSettings, JobsSettings, Settings
 from service.embedding import weights
-from service.embedding.ecapa import EcapaEmbedder, configure_threads
+from service.embedding.ecapa import EcapaEmbedder, configure_threads, usable_cores
 from service.main import create_app
 from service.storage.database import make_engine
 from service.storage.repository import SqlStore
 from tests.databases import drop_created, fresh_url, kind_params
 
-configure_threads(int(os.environ.get("SPK_TORCH_THREADS", "0")))
+# Under pytest-xdist (scripts/test.sh) the workers share the cores: one torch thread each by default.
+_workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+configure_threads(int(os.environ.get("SPK_TORCH_THREADS", "0")) or max(1, usable_cores() // _workers))
 
 # Reads ../shared/eval-speech: slow, and skipped where the set is missing (`pytest_collection_modifyitems`).
 needs_speech = pytest.mark.speech

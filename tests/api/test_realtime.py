@@ -45,7 +45,7 @@ from service.realtime import deepaffects_realtime_pb2 as pb
 from service.realtime import deepaffects_realtime_pb2_grpc as pb_grpc
 from tests.conftest import LiveServer, b64, flac_body, make_settings, needs_speech, new_key
 
-pytestmark = [needs_speech, pytest.mark.model]
+pytestmark = [needs_speech, pytest.mark.model, pytest.mark.alone]
 
 IDLE_S = 4.0
 PER_KEY = 16

@@ -26,7 +26,7 @@ from service.embedding.ecapa import EcapaEmbedder
 from service.errors import FrontEndLost, RequestCancelled, UndecodableAudio
 from tests.conftest import LiveServer, flac_body, make_settings, needs_speech, new_key
 
-pytestmark = needs_speech
+pytestmark = [needs_speech, pytest.mark.alone]
 
 SETTINGS: dict[str, Any] = {"max_seconds": 300.0, "decode_timeout_s": 20.0, "vad_threshold": 0.5}
 

@@ -28,7 +28,7 @@ from service.storage.tables import Change, Sample, Speaker
 from tests.conftest import LiveServer, flac_body, needs_speech, new_key
 from tests.databases import indexable_speakers, speaker_rows
 
-pytestmark = [needs_speech, pytest.mark.model]
+pytestmark = [needs_speech, pytest.mark.model, pytest.mark.alone]
 
 
 def clips_of(speaker: str) -> list[str]:

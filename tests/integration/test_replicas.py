@@ -31,7 +31,7 @@ from service.storage.tables import Change
 from tests.conftest import LiveServer, b64, flac_body, needs_speech, new_key, settings_for
 from tests.databases import fresh_url, indexable_speakers, skip_without_postgres, tenant_of_key
 
-pytestmark = [needs_speech, pytest.mark.model, pytest.mark.postgres]
+pytestmark = [needs_speech, pytest.mark.model, pytest.mark.postgres, pytest.mark.alone]
 
 CONVERGENCE_S = 1.0  # the bound the issue sets: every replica reflects a write within 1 s
 

@@ -39,7 +39,7 @@ from devtools.topology import (
 from tests.conftest import flac_body, needs_speech
 from tests.databases import fresh_url, in_ci, kind_params
 
-pytestmark = [pytest.mark.slow, needs_speech]
+pytestmark = [pytest.mark.slow, needs_speech, pytest.mark.alone]
 
 CONVERGENCE_S = 1.0  # every replica reflects an acknowledged write within a second
 

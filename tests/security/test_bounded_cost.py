@@ -21,7 +21,7 @@ from devtools.clips import ALICE_UNENROLLED, TWO_READERS, encode_recipe, load_cl
 from devtools.server import LocalServer, local_server
 from tests.conftest import LiveServer, b64, flac_body, make_settings, needs_speech, new_key
 
-pytestmark = [needs_speech, pytest.mark.model]
+pytestmark = [needs_speech, pytest.mark.model, pytest.mark.alone]
 
 COMPAT_IDENTIFY = "/audio/generic/api/v1/sync/diarization/identify"
 DIARIZE = "/audio/generic/api/v1/sync/diarize"

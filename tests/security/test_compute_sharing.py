@@ -17,6 +17,8 @@ from service.concurrency import ComputeThread, compute
 from service.embedding.ecapa import EcapaEmbedder, usable_cores
 from tests.conftest import LiveServer, flac_body, make_settings, needs_speech, new_key
 
+pytestmark = pytest.mark.alone  # run with the machine to itself (scripts/test.sh)
+
 
 def test_a_short_request_waits_for_at_most_one_batch_of_a_long_one() -> None:
     shared = ComputeThread("test-sharing")

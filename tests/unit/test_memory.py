@@ -10,6 +10,8 @@ import pytest
 from devtools.server import resident_bytes
 from service import memory
 
+pytestmark = pytest.mark.alone  # run with the machine to itself (scripts/test.sh)
+
 
 @pytest.mark.skipif(ctypes.util.find_library("c") is None, reason="no C library to trim")
 def test_trim_returns_freed_fragmented_blocks() -> None:
