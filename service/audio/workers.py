@@ -156,6 +156,16 @@ class _Worker:
     process: BaseProcess
     conn: Connection
     sending: threading.Thread | None = None  # the thread sending it its job
+    # Its pipe is closed by whichever comes first, a request replacing it or shutdown; two closes
+    # of one Connection race on its file descriptor (the second got EBADF).
+    conn_closing: bool = False
+
+    def close_conn(self, lock: threading.Lock) -> None:
+        with lock:
+            if self.conn_closing:
+                return
+            self.conn_closing = True
+        self.conn.close()
 
 
 class FrontEndPool:
@@ -203,7 +213,7 @@ class FrontEndPool:
         worker.process.join(5)
         if worker.sending is not None:  # its send fails once the worker is gone: the pipe is free
             worker.sending.join(5)
-        worker.conn.close()
+        worker.close_conn(self._lock)
         if block is not None:
             _unlink(block)
         with self._lock:
@@ -285,7 +295,7 @@ class FrontEndPool:
             if worker.process.is_alive():
                 worker.process.kill()
                 worker.process.join(2)
-            worker.conn.close()
+            worker.close_conn(self._lock)
         with self._lock:
             self._all.clear()
 
