@@ -156,16 +156,7 @@ class _Worker:
     process: BaseProcess
     conn: Connection
     sending: threading.Thread | None = None  # the thread sending it its job
-    # Its pipe is closed by whichever comes first, a request replacing it or shutdown; two closes
-    # of one Connection race on its file descriptor (the second got EBADF).
-    conn_closing: bool = False
-
-    def close_conn(self, lock: threading.Lock) -> None:
-        with lock:
-            if self.conn_closing:
-                return
-            self.conn_closing = True
-        self.conn.close()
+    conn_closing: bool = False  # set under the pool's lock by the one who closes `conn`
 
 
 class FrontEndPool:
@@ -213,7 +204,7 @@ class FrontEndPool:
         worker.process.join(5)
         if worker.sending is not None:  # its send fails once the worker is gone: the pipe is free
             worker.sending.join(5)
-        worker.close_conn(self._lock)
+        self._close_conn(worker)
         if block is not None:
             _unlink(block)
         with self._lock:
@@ -221,6 +212,15 @@ class FrontEndPool:
             closed = self._closed
         if not closed:
             self._idle.put(self._start())
+
+    def _close_conn(self, worker: _Worker) -> None:
+        """Close `worker`'s pipe once: a request replacing it and shutdown may both get here, and two
+        closes of one Connection race on its file descriptor (the second got EBADF)."""
+        with self._lock:
+            if worker.conn_closing:
+                return
+            worker.conn_closing = True
+        worker.conn.close()
 
     @property
     def pids(self) -> list[int | None]:
@@ -295,7 +295,7 @@ class FrontEndPool:
             if worker.process.is_alive():
                 worker.process.kill()
                 worker.process.join(2)
-            worker.close_conn(self._lock)
+            self._close_conn(worker)
         with self._lock:
             self._all.clear()
 
