@@ -465,8 +465,9 @@ def index_problems(
     problems = []
     expected = snap.indexed()
     response = http.post("/v1/identify", json={**probe.clip.audio_fields, "topK": 100})
-    if not expected:
-        if response.status_code != 404:
+    if not expected:  # no one enrolled: every voice is unknown, with no candidate to name
+        body = response.json() if response.status_code == 200 else {}
+        if body.get("candidates") != [] or body.get("speakerId") is not None:
             problems.append(
                 f"identify with nothing indexed answered {response.status_code}: {response.text[:200]}"
             )

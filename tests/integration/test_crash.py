@@ -23,12 +23,15 @@ from devtools import crash
 from devtools.clips import SetClip
 from service.enrollment.policy import EnrollmentPolicy, centroid_and_spread
 from service.enrollment.ports import SampleRecord, SpeakerRecord, SpeakerStatus
-from tests.conftest import needs_speech
+from tests.conftest import LiveServer, flac_body, needs_speech, new_key
 from tests.databases import fresh_url, kind_params
 
 CYCLES = 10  # the suite's share of the script's 20; each cycle costs the suite about 7 s
 # Short load windows keep a cycle near 8 s (the restart, model load included, takes about 4-5 s).
 WINDOW_S = (0.5, 3.0)
+
+PROBE_CLIP = "librispeech/test-other/367/367-130732-0007.flac"
+ENROLL_CLIP = "librispeech/test-other/367/367-130732-0002.flac"
 
 # --- the judge on synthetic logs ------------------------------------------------------------------
 
@@ -131,6 +134,23 @@ def test_consistency_finds_aggregates_that_disagree_with_the_samples() -> None:
     assert any("sample_count 3" in p for p in problems)
     assert any("speaker row is missing" in p for p in problems)
     assert any("change-log" in p for p in problems)
+
+
+@needs_speech
+@pytest.mark.model
+@pytest.mark.slow
+def test_index_check_on_a_tenant_with_no_one_enrolled(live: LiveServer) -> None:
+    """A first cycle can be killed before any write commits: the restarted server then holds no one,
+    and identify answers "unknown" with no candidate, which is right. Once the tenant holds a speaker
+    the database does not, the same check reports it."""
+    probe = crash.Probe(SetClip(PROBE_CLIP, "ls-367", 0.0), vector(0))
+    with live.client(new_key(live.settings, "crash-index-check")) as http:
+        assert crash.index_problems(http, snapshot(), POOL, probe) == []
+        enrolled = http.post(f"/v1/speakers/{SPEAKER}/enrollments", json=flac_body(ENROLL_CLIP))
+        assert enrolled.status_code == 201, enrolled.text
+        problems = crash.index_problems(http, snapshot(), POOL, probe)
+    assert any("identify with nothing indexed answered 200" in p for p in problems), problems
+    assert any(f"speakerIds=[{SPEAKER}] (not in the database) answered 200" in p for p in problems), problems
 
 
 # --- the crash test itself ------------------------------------------------------------------------
