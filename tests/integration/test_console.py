@@ -2,7 +2,8 @@
 on a `speakerid serve` process, with Chromium's fake capture device playing real speech of one
 eval-speech speaker as the microphone. The operator signs in, enrolls the speaker to Complete from
 the microphone, identifies them from a recording and live (over the WebSocket route), sees a refused
-sample's reason, and deletes a speaker. A second tenant of a few hundred speakers (rows inserted
+sample's reason, and deletes a speaker. A revoked key sends the console back to its sign-in form,
+saying why, on a reload and mid-session. A second tenant of a few hundred speakers (rows inserted
 directly) is listed a page at a time, searched, and skipped past with the section links.
 
 The screenshot of the signed-in console is kept in the test's tmp folder (docs/console.png is one).
@@ -217,6 +218,41 @@ def assert_fits_a_phone(browser: WebDriver) -> None:
 
 CROWD = 230  # speakers of a second tenant: four full pages of 50 and one of 30
 PAGE = 50
+
+
+def test_a_revoked_key_signs_the_console_out_and_says_why(browser: WebDriver, server: LocalServer) -> None:
+    engine = create_engine(server.env()["SPK_DATABASE_URL"])
+    try:
+        store = SqlStore(engine)
+        keys = [store.create_key("console") for _ in range(2)]  # (key id, key), as `speakerid keys create`
+        browser.get(f"{server.url}/console/")
+        browser.execute_script("sessionStorage.clear()")  # whoever an earlier test signed in
+        sign_in(browser, server, keys[0][1])
+        # A reload while the service does not answer: the page says so and keeps the key for the next.
+        browser.execute_cdp_cmd("Network.enable", {})
+        browser.execute_cdp_cmd("Network.setBlockedURLs", {"urls": ["*/v1/speakers*"]})
+        browser.refresh()
+        wait_for_text(browser, "#sign-in-status", "Could not sign in again", within_s=30)
+        assert browser.execute_script("return sessionStorage.getItem('speakerid.apiKey')") == keys[0][1]
+        browser.execute_cdp_cmd("Network.setBlockedURLs", {"urls": []})
+        browser.refresh()
+        WebDriverWait(browser, 30).until(expected_conditions.visibility_of_element_located((By.ID, "work")))
+        # Revoked between visits: the reload signs in with the tab's key, is refused, and says so.
+        assert store.revoke_key(keys[0][0])
+        browser.refresh()
+        wait_for_text(browser, "#sign-in-status", "no longer accepted", within_s=30)
+        assert not browser.find_element(By.ID, "work").is_displayed()
+        assert browser.execute_script("return sessionStorage.getItem('speakerid.apiKey')") is None
+        # Revoked while signed in: the next call the page makes (here a refresh of the list) signs out.
+        sign_in(browser, server, keys[1][1])
+        assert store.revoke_key(keys[1][0])
+        browser.find_element(By.ID, "refresh").click()
+        wait_for_text(browser, "#sign-in-status", "no longer accepted", within_s=30)
+        assert browser.find_element(By.ID, "sign-in").is_displayed()
+        assert not browser.find_element(By.ID, "work").is_displayed()
+        assert browser.execute_script("return sessionStorage.getItem('speakerid.apiKey')") is None
+    finally:
+        engine.dispose()
 
 
 @pytest.fixture(scope="module")

@@ -41,6 +41,9 @@ async function api(path, { method = "GET", body, type } = {}) {
     throw new ApiError(0, "network", `The service did not answer (${error.message})`);
   }
   const data = answer.status === 204 ? null : await answer.json().catch(() => null);
+  // The key stopped working while signed in (revoked, or the tenant removed): back to the sign-in
+  // form, saying why, rather than an error in whichever section asked.
+  if (answer.status === 401 && !$("#work").hidden) signOut(KEY_REFUSED);
   if (!answer.ok) {
     const error = data && data.error ? data.error : {};
     throw new ApiError(answer.status, error.code || `http.${answer.status}`, error.message || `HTTP ${answer.status}`);
@@ -120,9 +123,12 @@ async function signIn(key) {
   $("#speakers-title").focus();
 }
 
-function signOut() {
+const KEY_REFUSED = "This key is no longer accepted (it may have been revoked): sign in with a valid key.";
+
+function signOut(reason = "") {
   stopLive();
   sessionStorage.removeItem(KEY);
+  say($("#sign-in-status"), reason, reason ? "error" : "");
   $("#work").hidden = true;
   $("#who").hidden = true;
   $("#sections").hidden = true;
@@ -511,7 +517,7 @@ $("#sign-in-form").addEventListener("submit", async (event) => {
     $("#api-key").focus();
   }
 });
-$("#sign-out").addEventListener("click", signOut);
+$("#sign-out").addEventListener("click", () => signOut());
 $("#refresh").addEventListener("click", () => listSpeakers());
 $("#page-previous").addEventListener("click", () => turnPage(-1));
 $("#page-next").addEventListener("click", () => turnPage(1));
@@ -532,6 +538,16 @@ audioForm($("#verify-form"), verify);
 $("#live-start").addEventListener("click", startLive);
 $("#live-stop").addEventListener("click", stopLive);
 
+// A reload signs in again with the tab's key. If that fails, the sign-in form says why: a key the
+// service refuses is forgotten; a service that did not answer keeps it, for the next reload.
 if (sessionStorage.getItem(KEY)) {
-  signIn(sessionStorage.getItem(KEY)).catch(() => signOut());
+  const saved = sessionStorage.getItem(KEY);
+  signIn(saved).catch((error) => {
+    if (error.status === 401) {
+      signOut(KEY_REFUSED);
+    } else {
+      signOut(`Could not sign in again: ${error.message}`);
+      sessionStorage.setItem(KEY, saved);
+    }
+  });
 }
