@@ -81,6 +81,39 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def listening_pids(port: int) -> set[int] | None:
+    """The processes that hold a socket listening on TCP `port` (any address), from Linux's /proc;
+    None where /proc cannot tell. Only this user's processes can be seen, which is enough to know
+    whether a listener is one's own."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            rows = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            return None
+        for row in rows:
+            fields = row.split()  # sl, local address:port (hex), remote, state (0A: LISTEN), ..., inode
+            if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                inodes.add(f"socket:[{fields[9]}]")
+    owners = set()
+    for fd in Path("/proc").glob("[0-9]*/fd/*"):
+        with contextlib.suppress(OSError):
+            if os.readlink(fd) in inodes:
+                owners.add(int(fd.parts[2]))
+    return owners
+
+
+def process_group(pgid: int) -> set[int]:
+    """The live processes of process group `pgid` (Linux's /proc)."""
+    members = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            # pid (comm) state ppid pgrp ...: comm may hold spaces and parentheses, so split after it
+            if int(stat.read_text().rsplit(")", 1)[1].split()[2]) == pgid:
+                members.add(int(stat.parts[2]))
+    return members
+
+
 class ServerProcess:
     """`speakerid serve` on a free loopback port, in its own process group so that a SIGKILL takes
     it and anything it started. Each `start` picks a new port and writes a new log in `log_dir`."""
@@ -132,13 +165,24 @@ class ServerProcess:
                 start_new_session=True,
             )
 
-    def wait_ready(self, within_s: float = READY_TIMEOUT_S) -> float:
-        """Wait for /readyz; the seconds since `start`. A server that exits or is not ready in time
-        raises, with its log's tail."""
+    def wait_ready(self, within_s: float = READY_TIMEOUT_S, port_retries: int = 3) -> float:
+        """Wait for /readyz of this process; the seconds since `start`. A server that exits or is
+        not ready in time raises, with its log's tail.
+
+        `free_port` only finds a port free at that moment, and the server binds it after loading
+        the model, seconds later: another process may take it meanwhile (the other test process, a
+        server it starts). A /readyz answered from the port then is not this server's: it counts
+        only once this process group holds the listening socket. A server that exits because its
+        port was taken is started again on a new one, up to `port_retries` times (`url` changes).
+        """
         began = time.monotonic()
         with httpx.Client(timeout=5) as http:
             while True:
                 if self.process.poll() is not None:
+                    if port_retries > 0 and "address already in use" in self.log_tail():
+                        port_retries -= 1
+                        self.start()
+                        continue
                     raise RuntimeError(
                         f"speakerid serve exited ({self.process.returncode}):\n{self.log_tail()}"
                     )
@@ -146,9 +190,14 @@ class ServerProcess:
                     self.kill()
                     raise RuntimeError(f"speakerid serve not ready within {within_s:g} s:\n{self.log_tail()}")
                 with contextlib.suppress(httpx.HTTPError):
-                    if http.get(f"{self.url}/readyz").status_code == 200:
+                    if http.get(f"{self.url}/readyz").status_code == 200 and self._owns_port():
                         return time.monotonic() - began
                 time.sleep(0.1)
+
+    def _owns_port(self) -> bool:
+        """Whether the listener on `url`'s port is this server's (assumed where /proc cannot tell)."""
+        owners = listening_pids(int(self.url.rsplit(":", 1)[1]))
+        return owners is None or bool(owners & process_group(self.process.pid))
 
     def kill(self) -> None:
         """SIGKILL, as a crash would."""
