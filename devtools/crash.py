@@ -601,8 +601,6 @@ def work_folder(log_dir: Path | None) -> Iterator[Path]:
 
 
 def server_log_problems(path: Path) -> list[str]:
-    """Tracebacks and errors in a server's log, but for a start whose port another process took
-    (it served nothing; the launcher started it again on another port)."""
     try:
         text = path.read_text(errors="replace")
     except OSError:
@@ -610,7 +608,7 @@ def server_log_problems(path: Path) -> list[str]:
     return [
         f"{path.name}: {line.strip()[:200]}"
         for line in text.splitlines()
-        if ("Traceback" in line or "ERROR" in line) and "address already in use" not in line
+        if "Traceback" in line or "ERROR" in line
     ]
 
 

@@ -179,7 +179,7 @@ class ServerProcess:
         with httpx.Client(timeout=5) as http:
             while True:
                 if self.process.poll() is not None:
-                    if port_retries > 0 and "address already in use" in self.log_tail():
+                    if port_retries > 0 and "address already in use" in self.log_tail().lower():
                         port_retries -= 1
                         self.start()
                         continue

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
 import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
@@ -37,6 +38,21 @@ def _port(least: int) -> Callable[[str], int]:
     return parse
 
 
+def _bound_socket(host: str, port: int) -> socket.socket:
+    """The HTTP address, taken now: uvicorn would bind it only after the application's start-up
+    (the model's load, seconds), so a port in use was found late, and another process could take a
+    free one meanwhile. uvicorn listens on this socket once the service is ready."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET  # as uvicorn's own bind
+    sock = socket.socket(family)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    return sock  # not inheritable (Python's default): no child process holds the port
+
+
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
@@ -47,17 +63,27 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     if args.grpc_port is not None:
         realtime = settings.realtime.model_copy(update={"grpc_port": args.grpc_port})
         settings = settings.model_copy(update={"realtime": realtime, "host": args.host or settings.host})
+    host = args.host or settings.host
+    port = settings.port if args.port is None else args.port
     _store(settings).engine.dispose()  # fail fast, with the fix in the message, before serving
     weights.resolve(settings.model_dir, settings.model_sha256)
+    try:
+        sock = _bound_socket(host, port)
+    except OSError as exc:
+        print(f"speakerid serve: cannot serve on {host}:{port}: {exc.strerror or exc}", file=sys.stderr)
+        return 3
     configure_logging(settings)
-    config = uvicorn_config(
-        create_app(settings),
-        settings,
-        host=args.host or settings.host,
-        port=settings.port if args.port is None else args.port,
-        timeout_graceful_shutdown=10,
-    )
-    uvicorn.Server(config).run()
+    app = create_app(settings)
+    config = uvicorn_config(app, settings, host=host, port=port, timeout_graceful_shutdown=10)
+
+    class Server(uvicorn.Server):
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            await super().startup(sockets)
+            if self.started and sockets:  # uvicorn says where it listens only for sockets of its own
+                self._log_started_message(sockets)
+
+    with sock:
+        Server(config).run(sockets=[sock])
     return 0
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -44,6 +45,18 @@ def test_serve_refuses_an_unmigrated_database(tmp_path: Path) -> None:
     answer = run(tmp_path, "serve", "--port", "1", check=False)
     assert answer.returncode == 2
     assert "speakerid migrate" in answer.stderr
+
+
+def test_serve_on_a_port_in_use_says_so_before_loading_the_model(tmp_path: Path) -> None:
+    run(tmp_path, "migrate")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        answer = run(tmp_path, "serve", "--host", "127.0.0.1", "--port", port, check=False)
+    assert answer.returncode == 3, answer.stderr
+    assert f"cannot serve on 127.0.0.1:{port}: Address already in use" in answer.stderr
+    assert "model loaded" not in answer.stdout + answer.stderr  # found before the model's load
 
 
 @needs_speech
