@@ -54,24 +54,29 @@ def _bound_socket(host: str, port: int) -> socket.socket:
 
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    if args.grpc_port is not None:
+        realtime = settings.realtime.model_copy(update={"grpc_port": args.grpc_port})
+        settings = settings.model_copy(update={"realtime": realtime, "host": args.host or settings.host})
+    host = args.host or settings.host
+    port = settings.port if args.port is None else args.port
+    try:  # first, before the seconds of importing the model's libraries
+        sock = _bound_socket(host, port)
+    except OSError as exc:
+        print(f"speakerid serve: cannot serve on {host}:{port}: {exc.strerror or exc}", file=sys.stderr)
+        return 3
+    with sock:
+        return _serve(sock, host, port, settings)
+
+
+def _serve(sock: socket.socket, host: str, port: int, settings: Settings) -> int:
     import uvicorn
 
     from service.api.serving import uvicorn_config
     from service.embedding import weights
     from service.main import configure_logging, create_app
 
-    if args.grpc_port is not None:
-        realtime = settings.realtime.model_copy(update={"grpc_port": args.grpc_port})
-        settings = settings.model_copy(update={"realtime": realtime, "host": args.host or settings.host})
-    host = args.host or settings.host
-    port = settings.port if args.port is None else args.port
     _store(settings).engine.dispose()  # fail fast, with the fix in the message, before serving
     weights.resolve(settings.model_dir, settings.model_sha256)
-    try:
-        sock = _bound_socket(host, port)
-    except OSError as exc:
-        print(f"speakerid serve: cannot serve on {host}:{port}: {exc.strerror or exc}", file=sys.stderr)
-        return 3
     configure_logging(settings)
     app = create_app(settings)
     config = uvicorn_config(app, settings, host=host, port=port, timeout_graceful_shutdown=10)
@@ -82,8 +87,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
             if self.started and sockets:  # uvicorn says where it listens only for sockets of its own
                 self._log_started_message(sockets)
 
-    with sock:
-        Server(config).run(sockets=[sock])
+    Server(config).run(sockets=[sock])
     return 0
 
 

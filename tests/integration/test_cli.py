@@ -42,7 +42,10 @@ def test_keys_lifecycle_and_first_key(tmp_path: Path) -> None:
 
 
 def test_serve_refuses_an_unmigrated_database(tmp_path: Path) -> None:
-    answer = run(tmp_path, "serve", "--port", "1", check=False)
+    with socket.socket() as probe:  # a port free now (serve binds before it checks the database)
+        probe.bind(("127.0.0.1", 0))
+        port = str(probe.getsockname()[1])
+    answer = run(tmp_path, "serve", "--host", "127.0.0.1", "--port", port, check=False)
     assert answer.returncode == 2
     assert "speakerid migrate" in answer.stderr
 
