@@ -169,11 +169,12 @@ class ServerProcess:
         """Wait for /readyz of this process; the seconds since `start`. A server that exits or is
         not ready in time raises, with its log's tail.
 
-        `free_port` only finds a port free at that moment, and the server binds it after loading
-        the model, seconds later: another process may take it meanwhile (the other test process, a
-        server it starts). A /readyz answered from the port then is not this server's: it counts
-        only once this process group holds the listening socket. A server that exits because its
-        port was taken is started again on a new one, up to `port_retries` times (`url` changes).
+        `free_port` only finds a port free at that moment, and the server binds it once its Python
+        has started, about a second later: another process may take it meanwhile (the other test
+        process, a server it starts). A /readyz answered from the port then is not this server's:
+        it counts only once this process group holds the listening socket. A server that exits
+        because its port was taken is started again on a new one, up to `port_retries` times (`url`
+        changes).
         """
         began = time.monotonic()
         with httpx.Client(timeout=5) as http:
